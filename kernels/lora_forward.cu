@@ -1,0 +1,437 @@
+// Fused LoRA forward: y = base + sum_i scale_i * (x * A_i^T) * B_i^T, one launch.
+//
+// Shapes: x [m, k], A_i [r_i, k], B_i [n, r_i], base and y [m, n], all row-major, one element type
+// (f32, f16 or bf16; products accumulate in f32). The adapters' ranks are concatenated into one rank
+// R = sum r_i <= 256, padded to a power of two RP >= 16; scale_i is folded into the rank-R hidden.
+//
+// How the work is split. Rows are cut into M-tiles of BM rows (16, or 64 for large m). Two kinds of
+// work items are handed out, in this order, by a ticket counter in global memory:
+//   1. shrink (m_tiles * k_chunks items): an M-tile's x rows over one chunk of k, times the matching
+//      columns of every A, gives a partial f32 hidden [BM, RP] written to `partials`. The last chunk to
+//      finish for an M-tile sums the chunks, applies the scales and writes the hidden (element type)
+//      to `hidden`, then raises the tile's ready flag. Splitting k keeps every SM busy at m = 1.
+//   2. expand (m_tiles * n_tiles items): waits for its M-tile's flag, reads the hidden [BM, RP] and a
+//      B tile [64, RP], and writes y = base + hidden * B^T for its BM x 64 outputs.
+// A block only claims an expand item after every shrink item has been claimed by a running block,
+// and shrink items never wait, so the spin on the ready flag cannot deadlock whatever the residency.
+// The last block to finish zeroes the counters for the next launch on the stream.
+//
+// Bytes moved from HBM: x once (shrink), base once and y once (expand); A and B once per M-tile
+// (L2-resident: at most 2 * 256 * k * 2 bytes); the f32 partials and hidden are m * RP * (4 * k_chunks
+// + 2) bytes, which is k_chunks * 2 * RP / (k + n) of the x + base + y traffic (k_chunks is 1 for
+// large m; for small m everything fits in L2 anyway). f16/bf16 multiply on tensor cores (wmma
+// 16x16x16, f32 accumulate); f32 uses CUDA-core FMAs to keep f32 accuracy.
+#include <mma.h>
+
+#include "common.cuh"
+#include "lora_params.h"
+
+namespace {
+
+using namespace nvcuda;
+
+constexpr int kThreads = LORA_FORWARD_THREADS;
+constexpr int kWarps = kThreads / 32;
+constexpr int kNTile = LORA_FORWARD_N_TILE;
+constexpr int kMaxRank = LORA_MAX_LAUNCH_RANK;
+
+// Per element type: K slice staged per step, rank chunk per expand step, whether tensor cores run it,
+// and the row padding that keeps shared-memory accesses conflict-free (and wmma rows 32-byte aligned).
+template <typename T> struct Config {
+    static constexpr int kKSlice = 64;
+    static constexpr int kRankChunk = 64;
+    static constexpr bool kTensorCores = true;
+    static constexpr int kPad = 8;
+};
+template <> struct Config<float> {
+    static constexpr int kKSlice = 32;
+    static constexpr int kRankChunk = 64;
+    static constexpr bool kTensorCores = false;
+    static constexpr int kPad = 1;
+};
+
+template <typename T, int BM> struct SharedShrink {
+    T x[BM][Config<T>::kKSlice + Config<T>::kPad];
+    T a[kMaxRank][Config<T>::kKSlice + Config<T>::kPad];
+};
+template <typename T, int BM> struct SharedExpand {
+    union {
+        T hidden[BM][kMaxRank + Config<T>::kPad];
+        float out[BM][kNTile + 4];  // tensor-core accumulators, after the products are done
+    };
+    T b[kNTile][Config<T>::kRankChunk + Config<T>::kPad];
+};
+template <typename T, int BM> union SharedMem {
+    SharedShrink<T, BM> shrink;
+    SharedExpand<T, BM> expand;
+};
+
+struct Counters {
+    unsigned int *ticket;
+    unsigned int *finished_blocks;
+    unsigned int *chunks_done;  // [m_tiles]
+    unsigned int *tile_ready;   // [m_tiles]
+    __device__ explicit Counters(const LoraForwardParams &p) {
+        auto *c = reinterpret_cast<unsigned int *>(p.counters);
+        ticket = c;
+        finished_blocks = c + 1;
+        chunks_done = c + 2;
+        tile_ready = c + 2 + p.m_tiles;
+    }
+};
+
+// Stages x[row0 .. row0+BM, k0 .. k0+KS) and A rows [0, RP) over the same columns into shared memory,
+// zero outside [0, m) x [k0, k_end) and beyond the summed rank.
+template <typename T, int BM>
+__device__ void load_shrink_slice(const LoraForwardParams &p, SharedShrink<T, BM> &s,
+                                  const int8_t *adapter_of, int row0, int k0, int k_end) {
+    constexpr int KS = Config<T>::kKSlice;
+    const T *x = reinterpret_cast<const T *>(p.x);
+    const T zero = Element<T>::from_f32(0.0f);
+    if (p.vector_k) {
+        constexpr int V = kVec<T>;
+        for (int e = threadIdx.x; e < BM * KS / V; e += kThreads) {
+            const int r = e / (KS / V), c = (e % (KS / V)) * V;
+            const int row = row0 + r, col = k0 + c;
+            Vec16<T> v;
+            v.raw = make_uint4(0, 0, 0, 0);
+            if (row < p.m && col < k_end) v.raw = __ldg(reinterpret_cast<const uint4 *>(x + (size_t)row * p.k + col));
+#pragma unroll
+            for (int i = 0; i < V; ++i) s.x[r][c + i] = v.v[i];
+        }
+        for (int e = threadIdx.x; e < p.rank_pad * KS / V; e += kThreads) {
+            const int j = e / (KS / V), c = (e % (KS / V)) * V;
+            const int col = k0 + c;
+            Vec16<T> v;
+            v.raw = make_uint4(0, 0, 0, 0);
+            if (j < p.rank_total && col < k_end) {
+                const LoraAdapterSlot &ad = p.adapters[adapter_of[j]];
+                const T *a = reinterpret_cast<const T *>(ad.lora_a) + (size_t)(j - ad.rank_offset) * p.k;
+                v.raw = __ldg(reinterpret_cast<const uint4 *>(a + col));
+            }
+#pragma unroll
+            for (int i = 0; i < V; ++i) s.a[j][c + i] = v.v[i];
+        }
+    } else {
+        for (int e = threadIdx.x; e < BM * KS; e += kThreads) {
+            const int r = e / KS, c = e % KS;
+            const int row = row0 + r, col = k0 + c;
+            s.x[r][c] = (row < p.m && col < k_end) ? x[(size_t)row * p.k + col] : zero;
+        }
+        for (int e = threadIdx.x; e < p.rank_pad * KS; e += kThreads) {
+            const int j = e / KS, c = e % KS;
+            const int col = k0 + c;
+            T v = zero;
+            if (j < p.rank_total && col < k_end) {
+                const LoraAdapterSlot &ad = p.adapters[adapter_of[j]];
+                v = reinterpret_cast<const T *>(ad.lora_a)[(size_t)(j - ad.rank_offset) * p.k + col];
+            }
+            s.a[j][c] = v;
+        }
+    }
+}
+
+// Shrink item: partial hidden of one M-tile over one K chunk; the last chunk reduces and publishes.
+template <typename T, int BM>
+__device__ void shrink_item(const LoraForwardParams &p, SharedShrink<T, BM> &s, const int8_t *adapter_of,
+                            const Counters &ctr, int item) {
+    constexpr int KS = Config<T>::kKSlice;
+    const int mt = item / p.k_chunks, kc = item % p.k_chunks;
+    const int row0 = mt * BM;
+    const int m_pad = p.m_tiles * BM;
+    const int rp = p.rank_pad;
+    const int k_begin = kc * p.k_chunk_len;
+    const int k_end = min(p.k, k_begin + p.k_chunk_len);
+    float *partial = reinterpret_cast<float *>(p.partials) + ((size_t)kc * m_pad + row0) * rp;
+    const int warp = threadIdx.x / 32;
+
+    if constexpr (Config<T>::kTensorCores) {
+        // Fragments of the [BM, RP] hidden, round-robin over warps.
+        constexpr int kFragsPerWarp = (BM / 16) * (kMaxRank / 16) / kWarps;
+        const int frags = (BM / 16) * (rp / 16);
+        wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[kFragsPerWarp];
+#pragma unroll
+        for (int i = 0; i < kFragsPerWarp; ++i) wmma::fill_fragment(acc[i], 0.0f);
+        for (int k0 = k_begin; k0 < k_end; k0 += KS) {
+            __syncthreads();
+            load_shrink_slice<T, BM>(p, s, adapter_of, row0, k0, k_end);
+            __syncthreads();
+#pragma unroll
+            for (int kk = 0; kk < KS; kk += 16) {
+#pragma unroll
+                for (int i = 0; i < kFragsPerWarp; ++i) {
+                    const int f = warp + i * kWarps;
+                    if (f < frags) {
+                        const int fm = f % (BM / 16), fn = f / (BM / 16);
+                        wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major> xf;
+                        wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::col_major> af;
+                        wmma::load_matrix_sync(xf, &s.x[fm * 16][kk], KS + Config<T>::kPad);
+                        wmma::load_matrix_sync(af, &s.a[fn * 16][kk], KS + Config<T>::kPad);
+                        wmma::mma_sync(acc[i], xf, af, acc[i]);
+                    }
+                }
+            }
+        }
+#pragma unroll
+        for (int i = 0; i < kFragsPerWarp; ++i) {
+            const int f = warp + i * kWarps;
+            if (f < frags) {
+                const int fm = f % (BM / 16), fn = f / (BM / 16);
+                wmma::store_matrix_sync(partial + (size_t)fm * 16 * rp + fn * 16, acc[i], rp, wmma::mem_row_major);
+            }
+        }
+    } else {
+        // CUDA cores: each thread owns outputs tid, tid + 256, ... of the [BM, RP] hidden.
+        constexpr int kPerThread = BM * kMaxRank / kThreads;
+        const int outputs = BM * rp;
+        float acc[kPerThread];
+#pragma unroll
+        for (int i = 0; i < kPerThread; ++i) acc[i] = 0.0f;
+        for (int k0 = k_begin; k0 < k_end; k0 += KS) {
+            __syncthreads();
+            load_shrink_slice<T, BM>(p, s, adapter_of, row0, k0, k_end);
+            __syncthreads();
+#pragma unroll
+            for (int i = 0; i < kPerThread; ++i) {
+                const int o = threadIdx.x + i * kThreads;
+                if (o < outputs) {
+                    const int r = o / rp, j = o % rp;
+                    float sum = acc[i];
+#pragma unroll 8
+                    for (int c = 0; c < KS; ++c)
+                        sum = fmaf(Element<T>::to_f32(s.x[r][c]), Element<T>::to_f32(s.a[j][c]), sum);
+                    acc[i] = sum;
+                }
+            }
+        }
+#pragma unroll
+        for (int i = 0; i < kPerThread; ++i) {
+            const int o = threadIdx.x + i * kThreads;
+            if (o < outputs) partial[o] = acc[i];
+        }
+    }
+
+    // Publish: the last chunk of this M-tile reduces the partials into the scaled hidden.
+    __shared__ int is_last;
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) is_last = atomicAdd(&ctr.chunks_done[mt], 1u) == (unsigned)p.k_chunks - 1;
+    __syncthreads();
+    if (is_last) {
+        __threadfence();
+        const float *partials = reinterpret_cast<const float *>(p.partials);
+        T *hidden = reinterpret_cast<T *>(p.hidden);
+        for (int e = threadIdx.x; e < BM * rp; e += kThreads) {
+            const int r = e / rp, j = e % rp;
+            float sum = 0.0f;
+            for (int c = 0; c < p.k_chunks; ++c) sum += __ldcg(partials + ((size_t)c * m_pad + row0 + r) * rp + j);
+            const float scale = j < p.rank_total ? p.adapters[adapter_of[j]].scale : 0.0f;
+            hidden[(size_t)(row0 + r) * rp + j] = Element<T>::from_f32(sum * scale);
+        }
+        __threadfence();
+        __syncthreads();
+        if (threadIdx.x == 0) atomicExch(&ctr.tile_ready[mt], 1u);
+    }
+}
+
+// Writes y = base + acc for one output element (base may alias y).
+template <typename T>
+__device__ __forceinline__ void store_output(const LoraForwardParams &p, size_t idx, float acc) {
+    const T *base = reinterpret_cast<const T *>(p.base);
+    T *y = reinterpret_cast<T *>(p.y);
+    y[idx] = Element<T>::from_f32(Element<T>::to_f32(base[idx]) + acc);
+}
+
+// Expand item: y tile [BM, 64] = base + hidden [BM, RP] * B[cols, :RP]^T.
+template <typename T, int BM>
+__device__ void expand_item(const LoraForwardParams &p, SharedExpand<T, BM> &s, const int8_t *adapter_of,
+                            const Counters &ctr, int item) {
+    constexpr int RC = Config<T>::kRankChunk;
+    constexpr int kHidPad = kMaxRank + Config<T>::kPad;
+    const int mt = item / p.n_tiles, nt = item % p.n_tiles;
+    const int row0 = mt * BM, col0 = nt * kNTile;
+    const int rp = p.rank_pad;
+    const int warp = threadIdx.x / 32;
+
+    if (threadIdx.x == 0) {
+        while (atomicAdd(&ctr.tile_ready[mt], 0u) == 0u) __nanosleep(32);
+        __threadfence();
+    }
+    __syncthreads();
+
+    // The hidden tile, straight from L2 (it was written by another block during this launch).
+    const T *hidden = reinterpret_cast<const T *>(p.hidden) + (size_t)row0 * rp;
+    {
+        constexpr int V = kVec<T>;
+        for (int e = threadIdx.x; e < BM * rp / V; e += kThreads) {
+            const int r = e / (rp / V), j = (e % (rp / V)) * V;
+            Vec16<T> v;
+            v.raw = __ldcg(reinterpret_cast<const uint4 *>(hidden + (size_t)r * rp + j));
+#pragma unroll
+            for (int i = 0; i < V; ++i) s.hidden[r][j + i] = v.v[i];
+        }
+    }
+
+    const T zero = Element<T>::from_f32(0.0f);
+    auto load_b = [&](int rc, int width) {
+        for (int e = threadIdx.x; e < kNTile * width; e += kThreads) {
+            const int nn = e / width, jj = e % width;
+            const int col = col0 + nn, j = rc + jj;
+            T v = zero;
+            if (col < p.n && j < p.rank_total) {
+                const LoraAdapterSlot &ad = p.adapters[adapter_of[j]];
+                v = reinterpret_cast<const T *>(ad.lora_b)[(size_t)col * ad.rank + (j - ad.rank_offset)];
+            }
+            s.b[nn][jj] = v;
+        }
+    };
+
+    if constexpr (Config<T>::kTensorCores) {
+        constexpr int kFrags = (BM / 16) * (kNTile / 16);
+        constexpr int kFragsPerWarp = (kFrags + kWarps - 1) / kWarps;
+        wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[kFragsPerWarp];
+#pragma unroll
+        for (int i = 0; i < kFragsPerWarp; ++i) wmma::fill_fragment(acc[i], 0.0f);
+        for (int rc = 0; rc < rp; rc += RC) {
+            const int width = min(RC, rp - rc);
+            __syncthreads();
+            load_b(rc, width);
+            __syncthreads();
+            for (int kk = 0; kk < width; kk += 16) {
+#pragma unroll
+                for (int i = 0; i < kFragsPerWarp; ++i) {
+                    const int f = warp + i * kWarps;
+                    if (f < kFrags) {
+                        const int fm = f % (BM / 16), fn = f / (BM / 16);
+                        wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major> hf;
+                        wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::col_major> bf;
+                        wmma::load_matrix_sync(hf, &s.hidden[fm * 16][rc + kk], kHidPad);
+                        wmma::load_matrix_sync(bf, &s.b[fn * 16][kk], RC + Config<T>::kPad);
+                        wmma::mma_sync(acc[i], hf, bf, acc[i]);
+                    }
+                }
+            }
+        }
+        __syncthreads();  // every warp is done with s.hidden, which s.out overlays
+#pragma unroll
+        for (int i = 0; i < kFragsPerWarp; ++i) {
+            const int f = warp + i * kWarps;
+            if (f < kFrags) {
+                const int fm = f % (BM / 16), fn = f / (BM / 16);
+                wmma::store_matrix_sync(&s.out[fm * 16][fn * 16], acc[i], kNTile + 4, wmma::mem_row_major);
+            }
+        }
+        __syncthreads();
+        if (p.vector_n) {
+            constexpr int V = kVec<T>;
+            const T *base = reinterpret_cast<const T *>(p.base);
+            T *y = reinterpret_cast<T *>(p.y);
+            for (int e = threadIdx.x; e < BM * kNTile / V; e += kThreads) {
+                const int r = e / (kNTile / V), c = (e % (kNTile / V)) * V;
+                const int row = row0 + r, col = col0 + c;
+                if (row < p.m && col < p.n) {
+                    const size_t idx = (size_t)row * p.n + col;
+                    Vec16<T> v;
+                    v.raw = *reinterpret_cast<const uint4 *>(base + idx);
+#pragma unroll
+                    for (int i = 0; i < V; ++i)
+                        v.v[i] = Element<T>::from_f32(Element<T>::to_f32(v.v[i]) + s.out[r][c + i]);
+                    *reinterpret_cast<uint4 *>(y + idx) = v.raw;
+                }
+            }
+        } else {
+            for (int e = threadIdx.x; e < BM * kNTile; e += kThreads) {
+                const int r = e / kNTile, c = e % kNTile;
+                const int row = row0 + r, col = col0 + c;
+                if (row < p.m && col < p.n) store_output<T>(p, (size_t)row * p.n + col, s.out[r][c]);
+            }
+        }
+        __syncthreads();  // s.out is overwritten by the next item's loads
+    } else {
+        // CUDA cores: each thread owns outputs tid, tid + 256, ... of the [BM, 64] tile.
+        constexpr int kPerThread = BM * kNTile / kThreads;
+        float acc[kPerThread];
+#pragma unroll
+        for (int i = 0; i < kPerThread; ++i) acc[i] = 0.0f;
+        for (int rc = 0; rc < rp; rc += RC) {
+            const int width = min(RC, rp - rc);
+            __syncthreads();
+            load_b(rc, width);
+            __syncthreads();
+#pragma unroll
+            for (int i = 0; i < kPerThread; ++i) {
+                const int o = threadIdx.x + i * kThreads;
+                const int r = o / kNTile, c = o % kNTile;
+                float sum = acc[i];
+                for (int jj = 0; jj < width; ++jj)
+                    sum = fmaf(Element<T>::to_f32(s.hidden[r][rc + jj]), Element<T>::to_f32(s.b[c][jj]), sum);
+                acc[i] = sum;
+            }
+        }
+#pragma unroll
+        for (int i = 0; i < kPerThread; ++i) {
+            const int o = threadIdx.x + i * kThreads;
+            const int r = o / kNTile, c = o % kNTile;
+            const int row = row0 + r, col = col0 + c;
+            if (row < p.m && col < p.n) store_output<T>(p, (size_t)row * p.n + col, acc[i]);
+        }
+        __syncthreads();
+    }
+}
+
+template <typename T, int BM> __device__ void lora_forward(const LoraForwardParams &p) {
+    __shared__ __align__(128) SharedMem<T, BM> smem;
+    __shared__ int8_t adapter_of[kMaxRank];
+    __shared__ unsigned int ticket;
+    const Counters ctr(p);
+
+    for (int j = threadIdx.x; j < kMaxRank; j += kThreads) {
+        int8_t owner = 0;
+        for (int i = 0; i < p.num_adapters; ++i)
+            if (j >= p.adapters[i].rank_offset && j < p.adapters[i].rank_offset + p.adapters[i].rank) owner = (int8_t)i;
+        adapter_of[j] = owner;
+    }
+
+    const unsigned int shrink_items = (unsigned)(p.m_tiles * p.k_chunks);
+    const unsigned int total_items = shrink_items + (unsigned)(p.m_tiles * p.n_tiles);
+    for (;;) {
+        __syncthreads();
+        if (threadIdx.x == 0) ticket = atomicAdd(ctr.ticket, 1u);
+        __syncthreads();
+        const unsigned int t = ticket;
+        if (t < shrink_items) {
+            shrink_item<T, BM>(p, smem.shrink, adapter_of, ctr, (int)t);
+        } else if (t < total_items) {
+            expand_item<T, BM>(p, smem.expand, adapter_of, ctr, (int)(t - shrink_items));
+        } else {
+            break;
+        }
+    }
+
+    // The last block out resets the counters: every item is done and no block reads them again.
+    if (threadIdx.x == 0) {
+        __threadfence();
+        if (atomicAdd(ctr.finished_blocks, 1u) == gridDim.x - 1) {
+            for (int i = 0; i < p.m_tiles; ++i) {
+                ctr.chunks_done[i] = 0;
+                ctr.tile_ready[i] = 0;
+            }
+            *ctr.ticket = 0;
+            *ctr.finished_blocks = 0;
+            __threadfence();
+        }
+    }
+}
+
+}  // namespace
+
+#define LORA_FORWARD_ENTRY(NAME, T, BM)                                                    \
+    extern "C" __global__ void __launch_bounds__(kThreads, 1) NAME(const LoraForwardParams p) { \
+        lora_forward<T, BM>(p);                                                            \
+    }
+
+LORA_FORWARD_ENTRY(lora_forward_f32_bm16, float, 16)
+LORA_FORWARD_ENTRY(lora_forward_f16_bm16, __half, 16)
+LORA_FORWARD_ENTRY(lora_forward_f16_bm64, __half, 64)
+LORA_FORWARD_ENTRY(lora_forward_bf16_bm16, __nv_bfloat16, 16)
+LORA_FORWARD_ENTRY(lora_forward_bf16_bm64, __nv_bfloat16, 64)

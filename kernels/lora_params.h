@@ -1,0 +1,60 @@
+/* Parameter structs shared by the CUDA kernels and Rust (bound by bindgen into src/sys/params.rs).
+ * One source of truth: change a struct here, then re-bless the bindings (see README, "Bindings").
+ * Pointers travel as 64-bit integers so the layout is identical on both sides. */
+#ifndef LORA_PARAMS_H
+#define LORA_PARAMS_H
+
+#include <stdint.h>
+
+/* Largest summed rank one launch of the fused LoRA forward takes; the Rust side splits more. */
+#define LORA_MAX_LAUNCH_RANK 256
+/* Adapters one launch sums; the Rust side splits more into several launches. */
+#define LORA_MAX_LAUNCH_ADAPTERS 8
+/* Threads per block of the fused LoRA forward. */
+#define LORA_FORWARD_THREADS 256
+/* Output columns per expand tile. */
+#define LORA_FORWARD_N_TILE 64
+
+/* One adapter of a launch: A [rank, k] and B [n, rank], row-major, and its scale. Its rank columns sit
+ * at [rank_offset, rank_offset + rank) of the launch's concatenated rank. */
+typedef struct LoraAdapterSlot {
+    uint64_t lora_a;
+    uint64_t lora_b;
+    int32_t rank;
+    int32_t rank_offset;
+    float scale;
+    int32_t reserved;
+} LoraAdapterSlot;
+
+/* y = base + sum_i scale_i * (x * A_i^T) * B_i^T for x [m, k], base and y [m, n] row-major.
+ * base may equal y (in place). The work is split into `m_tiles * k_chunks` shrink items followed by
+ * `m_tiles * n_tiles` expand items, handed out by a ticket counter (see kernels/lora_forward.cu). */
+typedef struct LoraForwardParams {
+    uint64_t x;
+    uint64_t base;
+    uint64_t y;
+    /* f32 [k_chunks][m_tiles * block_m][rank_pad]: per-K-chunk partial x * A^T. */
+    uint64_t partials;
+    /* element type of x [m_tiles * block_m][rank_pad]: the scaled x * A^T, reduced. */
+    uint64_t hidden;
+    /* uint32 [2 + 2 * m_tiles]: ticket, finished blocks, per M-tile shrink count, per M-tile ready flag.
+     * Zero before a launch; the last block to finish zeroes them again. */
+    uint64_t counters;
+    int32_t m;
+    int32_t n;
+    int32_t k;
+    int32_t rank_total;
+    int32_t rank_pad;
+    int32_t num_adapters;
+    int32_t m_tiles;
+    int32_t k_chunks;
+    int32_t k_chunk_len;
+    int32_t n_tiles;
+    /* 1 when k is a multiple of 16 / sizeof(element) and x and every A are 16-byte aligned. */
+    int32_t vector_k;
+    /* 1 when n is a multiple of 16 / sizeof(element) and base and y are 16-byte aligned. */
+    int32_t vector_n;
+    LoraAdapterSlot adapters[LORA_MAX_LAUNCH_ADAPTERS];
+} LoraForwardParams;
+
+#endif

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Builds, on a machine without a GPU, everything the GPU check needs into one git-ignored folder
+# (default gpu-bundle/): the release GPU test, bench and example binaries (kernels required, no
+# spills), the golden data, the peers' baseline script and scripts/gpu-check.sh.
+#
+#   scripts/gpu-bundle.sh [DIR]
+# then, on the GPU machine, from the repository root: bash gpu-bundle/gpu-check.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+dir="${1:-gpu-bundle}"
+eval "$(scripts/install-cuda-toolchain.sh)"
+export LORA_KERNELS_REQUIRE_KERNELS=1 LORA_KERNELS_DENY_SPILLS=1
+# The GPU machines are Hopper (H100/H200): SASS for sm_90a plus the portable set.
+cargo build --release --tests --benches --examples
+rm -rf "$dir" && mkdir -p "$dir/bin"
+cargo test --release --no-run --message-format=json 2>/dev/null \
+    | python3 -c '
+import json, sys
+for line in sys.stdin:
+    try: m = json.loads(line)
+    except ValueError: continue
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["kind"] == ["test"]:
+        print(m["target"]["name"], m["executable"])' \
+    | while read -r name exe; do
+        case "$name" in golden|lora_gpu|errors) cp "$exe" "$dir/bin/$name";; esac
+    done
+cargo bench --no-run --message-format=json 2>/dev/null \
+    | python3 -c '
+import json, sys
+for line in sys.stdin:
+    try: m = json.loads(line)
+    except ValueError: continue
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["kind"] == ["bench"]:
+        print(m["target"]["name"], m["executable"])' \
+    | while read -r name exe; do cp "$exe" "$dir/bin/bench_$name"; done
+cp target/release/examples/quickstart "$dir/bin/quickstart"
+strip --strip-debug "$dir"/bin/*
+cp -r tests/data/golden "$dir/golden"
+cp scripts/gpu-check.sh "$dir/gpu-check.sh"
+if [ -f ../shared/gpu/peer_baseline.py ]; then cp ../shared/gpu/peer_baseline.py "$dir/"; fi
+cp "$(find target/release/build -name 'ptxas-lora_forward.log' -newer Cargo.toml | head -n 1)" "$dir/" 2>/dev/null || true
+ls -la "$dir/bin"
+du -sh "$dir"
+echo "bundle ready: send $dir with the device tool's carry and run: bash $dir/gpu-check.sh"

@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# The GPU check, run on the GPU machine from the folder scripts/gpu-bundle.sh made:
+# device and driver info; every GPU test with GPU tests required; compute-sanitizer memcheck and
+# racecheck over the GPU tests at small sizes; the benchmark sweep; the peers' baseline (peft, cuBLAS)
+# in the same run. Full logs go to $OUT (default ./gpu-check-out); a short table comes last.
+# One refused tool (sanitizer "Device not supported") is reported and the rest carries on.
+set -uo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+out="${OUT:-$PWD/gpu-check-out}"
+mkdir -p "$out"
+log="$out/check.log"
+: >"$log"
+say() { echo "$*" | tee -a "$log"; }
+declare -a summary
+
+# Libraries cudarc loads at run time: libcuda (driver), libcublas (bench baseline).
+libdirs="/usr/local/cuda/lib64"
+for d in $(python3 -c 'import site,glob; print(" ".join(sorted({p.rsplit("/",1)[0] for s in site.getsitepackages() for p in glob.glob(s+"/nvidia/**/libcublas.so*", recursive=True)})))' 2>/dev/null); do
+    libdirs="$libdirs:$d"
+done
+export LD_LIBRARY_PATH="$libdirs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+export LORA_KERNELS_GOLDEN_DIR="$here/golden" LORA_KERNELS_REQUIRE_GPU=1
+say "== device"
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv 2>&1 | tee -a "$log"
+say "libcuda: $(ldconfig -p | grep -m1 'libcuda.so.1' || echo 'not in ldconfig')"
+say "libcublas: $(for d in ${LD_LIBRARY_PATH//:/ }; do ls "$d"/libcublas.so* 2>/dev/null; done | head -n 1)"
+
+step() { # name, timeout, command...
+    local name=$1 limit=$2; shift 2
+    local t0=$SECONDS
+    say "== $name: $*"
+    timeout "$limit" "$@" >"$out/step.log" 2>&1
+    local rc=$?
+    cat "$out/step.log" >>"$log"
+    local verdict="pass"
+    [ $rc -ne 0 ] && verdict="FAIL (rc $rc)"
+    [ $rc -eq 124 ] && verdict="TIMEOUT after ${limit}s"
+    if grep -q "Device not supported\|LibraryNotLoaded" "$out/step.log"; then verdict="REFUSED by the machine"; fi
+    summary+=("$(printf '%-28s %-24s %4ss  %s' "$name" "$verdict" $((SECONDS - t0)) "$(grep -E '^(golden:|test result:|=+ (ERROR SUMMARY|RACECHECK SUMMARY))' "$out/step.log" | tail -n 2 | tr '\n' ' ')")")
+    say "-- $name: $verdict"
+}
+
+step "golden" 120 "$here/bin/golden"
+step "lora_gpu" 240 "$here/bin/lora_gpu" --test-threads=1
+step "errors" 60 "$here/bin/errors"
+step "quickstart" 60 "$here/bin/quickstart" "$here/golden"
+cs=/usr/local/cuda/bin/compute-sanitizer
+command -v compute-sanitizer >/dev/null && cs=compute-sanitizer
+export LORA_KERNELS_SMALL=1
+step "memcheck golden" 180 "$cs" --tool memcheck --error-exitcode 9 "$here/bin/golden"
+step "memcheck lora_gpu" 300 "$cs" --tool memcheck --error-exitcode 9 "$here/bin/lora_gpu" --test-threads=1
+step "racecheck lora_gpu" 300 "$cs" --tool racecheck --error-exitcode 9 "$here/bin/lora_gpu" --test-threads=1 random_shapes_bf16
+unset LORA_KERNELS_SMALL
+LORA_KERNELS_BENCH_OUT="$out/bench.json" step "bench lora_forward" 300 "$here/bin/bench_lora_forward" --bench
+cp "$out/step.log" "$out/bench.log"
+if [ -f "$here/peer_baseline.py" ]; then
+    PYTHONUNBUFFERED=1 step "peers (peft, cuBLAS)" 240 python3 "$here/peer_baseline.py" --quick --out "$out/peer.json"
+    cp "$out/step.log" "$out/peer.log"
+fi
+rm -f "$out/step.log"
+
+{
+    echo
+    echo "== benchmark table"
+    sed -n '/^fused LoRA forward vs unfused/,$p' "$out/bench.log" 2>/dev/null
+    echo
+    echo "== summary ($(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null), $(date -u +%F))"
+    printf '%s\n' "${summary[@]}"
+} | tee -a "$log" >"$out/summary.txt"
+cat "$out/summary.txt"

@@ -1,0 +1,214 @@
+//! The GPU handle: driver probe, context and stream, lazily loaded kernel modules, device limits.
+//!
+//! [`Gpu::new`] never panics on a machine without a GPU: it first looks for the driver library itself
+//! (cudarc panics when `libcuda` is absent) and returns [`Error::NoDevice`].
+use crate::error::{Error, Result};
+use crate::kernel_images;
+use cudarc::driver::{sys::CUdevice_attribute, CudaContext, CudaFunction, CudaModule, CudaStream};
+use cudarc::nvrtc::Ptx;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+
+/// The kernel families, one `kernels/<name>.cu` each.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum KernelModule {
+    /// `kernels/lora_forward.cu`.
+    LoraForward,
+}
+
+impl KernelModule {
+    fn image(self) -> Option<&'static [u8]> {
+        match self {
+            KernelModule::LoraForward => kernel_images::LORA_FORWARD,
+        }
+    }
+}
+
+/// Whether the CUDA driver library can be loaded on this machine (no device is touched).
+pub fn driver_present() -> bool {
+    static PRESENT: OnceLock<bool> = OnceLock::new();
+    *PRESENT.get_or_init(|| {
+        ["libcuda.so.1", "libcuda.so", "nvcuda.dll"]
+            .iter()
+            // SAFETY: loading the driver library runs its initialisers, as cudarc itself would.
+            .any(|name| unsafe { libloading::Library::new(*name) }.is_ok())
+    })
+}
+
+/// Whether the kernels were compiled into this build.
+pub fn kernels_built() -> bool {
+    kernel_images::KERNELS_BUILT
+}
+
+/// Modules loaded into a context, shared by every handle on that context while any of them lives.
+type ModuleRegistry = Mutex<Vec<(Weak<CudaContext>, KernelModule, Weak<CudaModule>)>>;
+fn registry() -> &'static ModuleRegistry {
+    static REGISTRY: OnceLock<ModuleRegistry> = OnceLock::new();
+    REGISTRY.get_or_init(|| Mutex::new(Vec::new()))
+}
+
+/// A GPU and the stream this crate launches on.
+///
+/// Cheap to clone (the state is shared). Kernel modules load on first use, once per CUDA context.
+/// Work is ordered on the handle's stream; scratch buffers (e.g. the fused LoRA forward's counters)
+/// belong to the handle, so use one handle per stream.
+#[derive(Clone)]
+pub struct Gpu {
+    inner: Arc<GpuInner>,
+}
+
+struct GpuInner {
+    stream: Arc<CudaStream>,
+    name: String,
+    compute_capability: (i32, i32),
+    sm_count: u32,
+    modules: Mutex<HashMap<KernelModule, Arc<CudaModule>>>,
+    /// Loaded kernels with the number of blocks of 256 threads resident on the whole device.
+    kernels: Mutex<HashMap<String, (CudaFunction, usize)>>,
+    pub(crate) lora_workspace: Mutex<Option<crate::lora::gpu::Workspace>>,
+}
+
+impl std::fmt::Debug for Gpu {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gpu")
+            .field("name", &self.inner.name)
+            .field("compute_capability", &self.inner.compute_capability)
+            .field("sm_count", &self.inner.sm_count)
+            .finish()
+    }
+}
+
+impl Gpu {
+    /// Opens device `ordinal` with a new stream of its own.
+    ///
+    /// Returns [`Error::NoDevice`] when the driver library is missing or reports no such device.
+    pub fn new(ordinal: usize) -> Result<Self> {
+        if !driver_present() {
+            return Err(Error::NoDevice(
+                "the CUDA driver library (libcuda.so.1) was not found".into(),
+            ));
+        }
+        let ctx = CudaContext::new(ordinal)
+            .map_err(|e| Error::NoDevice(format!("device {ordinal}: {e}")))?;
+        let stream = ctx.new_stream()?;
+        Self::from_stream(stream)
+    }
+
+    /// Wraps a caller's stream (e.g. a framework's), so this crate's work is ordered with theirs.
+    pub fn from_stream(stream: Arc<CudaStream>) -> Result<Self> {
+        let ctx = stream.context();
+        let compute_capability = ctx.compute_capability()?;
+        let sm_count =
+            ctx.attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)? as u32;
+        let name = ctx.name().unwrap_or_else(|_| "unknown GPU".into());
+        Ok(Gpu {
+            inner: Arc::new(GpuInner {
+                stream,
+                name,
+                compute_capability,
+                sm_count,
+                modules: Mutex::new(HashMap::new()),
+                kernels: Mutex::new(HashMap::new()),
+                lora_workspace: Mutex::new(None),
+            }),
+        })
+    }
+
+    /// The stream every launch of this handle goes to.
+    pub fn stream(&self) -> &Arc<CudaStream> {
+        &self.inner.stream
+    }
+
+    /// The device's name, as the driver reports it.
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    /// (major, minor) compute capability.
+    pub fn compute_capability(&self) -> (i32, i32) {
+        self.inner.compute_capability
+    }
+
+    /// Number of streaming multiprocessors.
+    pub fn sm_count(&self) -> u32 {
+        self.inner.sm_count
+    }
+
+    /// Waits for all work on the handle's stream.
+    pub fn synchronize(&self) -> Result<()> {
+        Ok(self.inner.stream.synchronize()?)
+    }
+
+    pub(crate) fn lora_workspace(&self) -> &Mutex<Option<crate::lora::gpu::Workspace>> {
+        &self.inner.lora_workspace
+    }
+
+    /// Fails unless the device can run kernels on `dtype` (all kernels are built for sm_80 and newer).
+    pub(crate) fn check_dtype(&self, dtype: crate::DType, what: &str) -> Result<()> {
+        let (major, minor) = self.inner.compute_capability;
+        if major < 8 {
+            return Err(Error::Unsupported {
+                what: format!("{what} on {dtype}"),
+                device: self.inner.name.clone(),
+                major,
+                minor,
+                needed: "compute capability 8.0 or newer (the kernels are built for sm_80+)".into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Kernel `name` of `module` and how many of its blocks of `block_threads` fit on the device at
+    /// once; looked up once per handle.
+    pub(crate) fn kernel(
+        &self,
+        module: KernelModule,
+        name: &str,
+        block_threads: u32,
+    ) -> Result<(CudaFunction, usize)> {
+        let mut kernels = self.inner.kernels.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(found) = kernels.get(name) {
+            return Ok(found.clone());
+        }
+        let func = self.function(module, name)?;
+        let per_sm = func.occupancy_max_active_blocks_per_multiprocessor(block_threads, 0, None)?;
+        let resident = per_sm.max(1) as usize * self.inner.sm_count as usize;
+        kernels.insert(name.to_string(), (func.clone(), resident));
+        Ok((func, resident))
+    }
+
+    /// Loads (once per context) and returns kernel `name` of `module`.
+    fn function(&self, module: KernelModule, name: &str) -> Result<CudaFunction> {
+        let loaded = {
+            let mut mine = self.inner.modules.lock().unwrap_or_else(|e| e.into_inner());
+            match mine.get(&module) {
+                Some(m) => m.clone(),
+                None => {
+                    let m = self.load_module(module)?;
+                    mine.insert(module, m.clone());
+                    m
+                }
+            }
+        };
+        Ok(loaded.load_function(name)?)
+    }
+
+    fn load_module(&self, module: KernelModule) -> Result<Arc<CudaModule>> {
+        let image = module.image().ok_or(Error::KernelsNotBuilt)?;
+        let ctx = self.inner.stream.context();
+        let mut reg = registry().lock().unwrap_or_else(|e| e.into_inner());
+        reg.retain(|(c, _, m)| c.strong_count() > 0 && m.strong_count() > 0);
+        for (c, kind, m) in reg.iter() {
+            if *kind == module {
+                if let (Some(c), Some(m)) = (c.upgrade(), m.upgrade()) {
+                    if Arc::ptr_eq(&c, ctx) {
+                        return Ok(m);
+                    }
+                }
+            }
+        }
+        let loaded = ctx.load_module(Ptx::from_binary(image.to_vec()))?;
+        reg.push((Arc::downgrade(ctx), module, Arc::downgrade(&loaded)));
+        Ok(loaded)
+    }
+}

@@ -1,0 +1,47 @@
+//! Fused CUDA kernels for LoRA-family adapters, with CPU references.
+//!
+//! - [`Gpu::lora_forward`]: the fused LoRA forward `y = base + Σᵢ sᵢ · (x · Aᵢᵀ) · Bᵢᵀ` in one launch.
+//! - [`lora::reference`]: simple f64 CPU references of every op, the specification the kernels are
+//!   tested against and the fallback without a GPU.
+//! - [`golden`]: reading the golden cases computed by the real peft and bitsandbytes.
+//!
+//! Kernels are compiled by `build.rs` from `kernels/*.cu` into an embedded fatbin; a build without
+//! nvcc still compiles, and GPU calls then return [`Error::KernelsNotBuilt`]. Creating a [`Gpu`] on a
+//! machine without a driver or device returns [`Error::NoDevice`].
+//!
+//! ```no_run
+//! use half::bf16;
+//! use lora_kernels::{Gpu, LoraAdapter, LoraShape};
+//!
+//! # fn main() -> lora_kernels::Result<()> {
+//! let gpu = Gpu::new(0)?;
+//! let (m, k, n, r) = (4, 4096, 4096, 16);
+//! let stream = gpu.stream();
+//! let host = |len: usize| (0..len).map(|i| bf16::from_f32((i % 7) as f32 * 0.01)).collect::<Vec<_>>();
+//! let x = stream.clone_htod(&host(m * k))?;
+//! let base = stream.clone_htod(&host(m * n))?;
+//! let a = stream.clone_htod(&host(r * k))?;
+//! let b = stream.clone_htod(&host(n * r))?;
+//! let mut y = stream.alloc_zeros::<bf16>(m * n)?;
+//! let adapter = LoraAdapter::new(&a, &b, r, 32.0 / r as f32);
+//! gpu.lora_forward(&x, &base, &[adapter], LoraShape::new(m, k, n), &mut y)?;
+//! let y_host = stream.clone_dtoh(&y)?;
+//! # Ok(()) }
+//! ```
+#![warn(missing_docs)]
+
+pub mod device;
+pub mod dtype;
+pub mod error;
+pub mod golden;
+pub mod lora;
+pub mod sys;
+
+mod kernel_images {
+    include!(concat!(env!("OUT_DIR"), "/kernel_images.rs"));
+}
+
+pub use device::Gpu;
+pub use dtype::{DType, Element};
+pub use error::{Error, Result};
+pub use lora::{LoraAdapter, LoraShape, MAX_RANK};

@@ -1,0 +1,330 @@
+//! GPU launch of the fused LoRA forward (`kernels/lora_forward.cu`).
+use super::{validate_lora_forward, AdapterLens, LoraAdapter, LoraShape};
+use crate::device::{Gpu, KernelModule};
+use crate::error::{Error, Result};
+use crate::sys::{
+    LoraAdapterSlot, LoraForwardParams, LORA_FORWARD_N_TILE, LORA_FORWARD_THREADS,
+    LORA_MAX_LAUNCH_ADAPTERS, LORA_MAX_LAUNCH_RANK,
+};
+use crate::{DType, Element};
+use cudarc::driver::{
+    result as cu, CudaSlice, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig, PushKernelArg,
+};
+
+// SAFETY: plain C struct of integers and floats, laid out by bindgen from kernels/lora_params.h.
+unsafe impl DeviceRepr for LoraForwardParams {}
+
+/// Scratch memory of the fused forward, owned by a [`Gpu`] handle and reused across calls on its stream.
+pub(crate) struct Workspace {
+    partials: CudaSlice<f32>,
+    hidden: CudaSlice<f32>,
+    counters: CudaSlice<u32>,
+}
+
+/// How one launch splits its work (see the comment at the top of the kernel).
+#[derive(Clone, Copy, Debug)]
+struct Plan {
+    block_m: usize,
+    rank_pad: usize,
+    m_tiles: usize,
+    k_chunks: usize,
+    k_chunk_len: usize,
+    n_tiles: usize,
+}
+
+impl Plan {
+    fn new(dtype: DType, shape: LoraShape, rank_total: usize, resident_blocks: usize) -> Self {
+        let LoraShape { m, k, n } = shape;
+        let block_m = if dtype != DType::F32 && m >= 1024 {
+            64
+        } else {
+            16
+        };
+        let rank_pad = rank_total.next_power_of_two().max(16);
+        let m_tiles = m.div_ceil(block_m);
+        let k_slice = if dtype == DType::F32 { 32 } else { 64 };
+        // Split k until every resident block has a shrink item, but keep the reduction of the
+        // partials (k_chunks * block_m * rank_pad floats, read by one block) small.
+        let max_chunks = k.div_ceil(k_slice);
+        let reduce_cap = (16384 / (block_m * rank_pad)).max(1);
+        let want = resident_blocks.div_ceil(m_tiles);
+        let chunks = want.min(max_chunks).min(reduce_cap).max(1);
+        let k_chunk_len = k.div_ceil(chunks).div_ceil(k_slice) * k_slice;
+        let k_chunks = k.div_ceil(k_chunk_len);
+        let n_tiles = n.div_ceil(LORA_FORWARD_N_TILE as usize);
+        Plan {
+            block_m,
+            rank_pad,
+            m_tiles,
+            k_chunks,
+            k_chunk_len,
+            n_tiles,
+        }
+    }
+
+    fn items(&self) -> usize {
+        self.m_tiles * (self.k_chunks + self.n_tiles)
+    }
+}
+
+/// Device pointer of an adapter's A and B with its rank and scale.
+struct DeviceAdapter {
+    a: u64,
+    b: u64,
+    rank: usize,
+    scale: f32,
+}
+
+impl Gpu {
+    /// `y = base + Σᵢ sᵢ · (x · Aᵢᵀ) · Bᵢᵀ` on the GPU, one fused launch per 256 summed ranks.
+    ///
+    /// x [m, k], Aᵢ [rᵢ, k], Bᵢ [n, rᵢ], base and y [m, n], row-major, all of element type `T`
+    /// (f32, f16, bf16; products accumulate in f32). Buffers may be longer than needed. Every argument is
+    /// checked before anything is launched. The call is asynchronous on [`Gpu::stream`].
+    pub fn lora_forward<T, X, B, S, Y>(
+        &self,
+        x: &X,
+        base: &B,
+        adapters: &[LoraAdapter<'_, S>],
+        shape: LoraShape,
+        y: &mut Y,
+    ) -> Result<()>
+    where
+        T: Element,
+        X: DevicePtr<T>,
+        B: DevicePtr<T>,
+        S: DevicePtr<T>,
+        Y: DevicePtrMut<T>,
+    {
+        validate_lora_forward(
+            shape,
+            x.len(),
+            Some(base.len()),
+            y.len(),
+            &device_lens(adapters),
+        )?;
+        let stream = self.stream().clone();
+        let (base_ptr, _base_guard) = base.device_ptr(&stream);
+        self.lora_forward_raw::<T, X, S, Y>(x, Some(base_ptr), adapters, shape, y)
+    }
+
+    /// In place: `y += Σᵢ sᵢ · (x · Aᵢᵀ) · Bᵢᵀ` (y holds the base output on entry).
+    pub fn lora_forward_inplace<T, X, S, Y>(
+        &self,
+        x: &X,
+        adapters: &[LoraAdapter<'_, S>],
+        shape: LoraShape,
+        y: &mut Y,
+    ) -> Result<()>
+    where
+        T: Element,
+        X: DevicePtr<T>,
+        S: DevicePtr<T>,
+        Y: DevicePtrMut<T>,
+    {
+        validate_lora_forward(shape, x.len(), None, y.len(), &device_lens(adapters))?;
+        self.lora_forward_raw::<T, X, S, Y>(x, None, adapters, shape, y)
+    }
+
+    fn lora_forward_raw<T, X, S, Y>(
+        &self,
+        x: &X,
+        base_ptr: Option<u64>,
+        adapters: &[LoraAdapter<'_, S>],
+        shape: LoraShape,
+        y: &mut Y,
+    ) -> Result<()>
+    where
+        T: Element,
+        X: DevicePtr<T>,
+        S: DevicePtr<T>,
+        Y: DevicePtrMut<T>,
+    {
+        self.check_dtype(T::DTYPE, "the fused LoRA forward")?;
+        let stream = self.stream().clone();
+        let LoraShape { m, n, .. } = shape;
+        let (x_ptr, _x_guard) = x.device_ptr(&stream);
+        let (y_ptr, _y_guard) = y.device_ptr_mut(&stream);
+        let mut guards = Vec::with_capacity(adapters.len() * 2);
+        let mut device_adapters = Vec::with_capacity(adapters.len());
+        for ad in adapters {
+            let (a, ga) = ad.lora_a.device_ptr(&stream);
+            let (b, gb) = ad.lora_b.device_ptr(&stream);
+            guards.push(ga);
+            guards.push(gb);
+            device_adapters.push(DeviceAdapter {
+                a,
+                b,
+                rank: ad.rank,
+                scale: ad.scale,
+            });
+        }
+
+        // Adapters go in launches of at most 256 summed ranks and 8 adapters; the first launch reads
+        // base, the later ones add to y in place.
+        let mut launches: Vec<&[DeviceAdapter]> = Vec::new();
+        let mut start = 0;
+        let mut rank = 0;
+        for (i, ad) in device_adapters.iter().enumerate() {
+            let full = i - start == LORA_MAX_LAUNCH_ADAPTERS as usize
+                || rank + ad.rank > LORA_MAX_LAUNCH_RANK as usize;
+            if full {
+                launches.push(&device_adapters[start..i]);
+                start = i;
+                rank = 0;
+            }
+            rank += ad.rank;
+        }
+        if start < device_adapters.len() {
+            launches.push(&device_adapters[start..]);
+        }
+
+        if launches.is_empty() {
+            // No adapter: y = base.
+            if let Some(base) = base_ptr {
+                if base != y_ptr {
+                    let bytes = m * n * std::mem::size_of::<T>();
+                    // SAFETY: both ranges were validated to hold m * n elements.
+                    unsafe { cu::memcpy_dtod_async(y_ptr, base, bytes, stream.cu_stream()) }?;
+                }
+            }
+            return Ok(());
+        }
+        for (i, group) in launches.iter().enumerate() {
+            let base = if i == 0 {
+                base_ptr.unwrap_or(y_ptr)
+            } else {
+                y_ptr
+            };
+            self.launch_group::<T>(x_ptr, base, y_ptr, group, shape)?;
+        }
+        Ok(())
+    }
+
+    fn launch_group<T: Element>(
+        &self,
+        x: u64,
+        base: u64,
+        y: u64,
+        adapters: &[DeviceAdapter],
+        shape: LoraShape,
+    ) -> Result<()> {
+        let stream = self.stream().clone();
+        let rank_total: usize = adapters.iter().map(|a| a.rank).sum();
+        let dtype = T::DTYPE;
+        let block_m = Plan::new(dtype, shape, rank_total, 1).block_m;
+        let (func, resident) = self.kernel(
+            KernelModule::LoraForward,
+            &format!("lora_forward_{}_bm{block_m}", dtype.name()),
+            LORA_FORWARD_THREADS,
+        )?;
+        let plan = Plan::new(dtype, shape, rank_total, resident);
+
+        let elem = std::mem::size_of::<T>();
+        let m_pad = plan.m_tiles * plan.block_m;
+        let partials_len = plan.k_chunks * m_pad * plan.rank_pad;
+        let hidden_len = (m_pad * plan.rank_pad * elem).div_ceil(4);
+        let counters_len = 2 + 2 * plan.m_tiles;
+
+        let mut guard = self
+            .lora_workspace()
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let fits = guard.as_ref().is_some_and(|w| {
+            w.partials.len() >= partials_len
+                && w.hidden.len() >= hidden_len
+                && w.counters.len() >= counters_len
+        });
+        if !fits {
+            let old = guard.take();
+            let grow = |have: Option<usize>, want: usize| have.map_or(want, |h| h.max(want));
+            *guard = Some(Workspace {
+                partials: stream.alloc_zeros::<f32>(grow(
+                    old.as_ref().map(|w| w.partials.len()),
+                    partials_len,
+                ))?,
+                hidden: stream
+                    .alloc_zeros::<f32>(grow(old.as_ref().map(|w| w.hidden.len()), hidden_len))?,
+                counters: stream.alloc_zeros::<u32>(grow(
+                    old.as_ref().map(|w| w.counters.len()),
+                    counters_len,
+                ))?,
+            });
+        }
+        let ws = guard.as_mut().expect("workspace allocated above");
+        let (partials, _g1) = ws.partials.device_ptr_mut(&stream);
+        let (hidden, _g2) = ws.hidden.device_ptr_mut(&stream);
+        let (counters, _g3) = ws.counters.device_ptr_mut(&stream);
+
+        let vec = 16 / elem;
+        let aligned = |p: u64| p % 16 == 0;
+        let vector_k = shape.k % vec == 0 && aligned(x) && adapters.iter().all(|a| aligned(a.a));
+        let vector_n = shape.n % vec == 0 && aligned(base) && aligned(y);
+
+        let mut slots = [LoraAdapterSlot {
+            lora_a: 0,
+            lora_b: 0,
+            rank: 0,
+            rank_offset: 0,
+            scale: 0.0,
+            reserved: 0,
+        }; LORA_MAX_LAUNCH_ADAPTERS as usize];
+        let mut offset = 0;
+        for (slot, ad) in slots.iter_mut().zip(adapters) {
+            *slot = LoraAdapterSlot {
+                lora_a: ad.a,
+                lora_b: ad.b,
+                rank: ad.rank as i32,
+                rank_offset: offset as i32,
+                scale: ad.scale,
+                reserved: 0,
+            };
+            offset += ad.rank;
+        }
+        let params = LoraForwardParams {
+            x,
+            base,
+            y,
+            partials,
+            hidden,
+            counters,
+            m: shape.m as i32,
+            n: shape.n as i32,
+            k: shape.k as i32,
+            rank_total: rank_total as i32,
+            rank_pad: plan.rank_pad as i32,
+            num_adapters: adapters.len() as i32,
+            m_tiles: plan.m_tiles as i32,
+            k_chunks: plan.k_chunks as i32,
+            k_chunk_len: plan.k_chunk_len as i32,
+            n_tiles: plan.n_tiles as i32,
+            vector_k: vector_k as i32,
+            vector_n: vector_n as i32,
+            adapters: slots,
+        };
+        let grid = plan.items().min(resident).max(1);
+        let cfg = LaunchConfig {
+            grid_dim: (grid as u32, 1, 1),
+            block_dim: (LORA_FORWARD_THREADS, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let mut launch = stream.launch_builder(&func);
+        launch.arg(&params);
+        // SAFETY: every pointer was validated to cover the extents in `params`; the workspace holds
+        // `partials_len`, `hidden_len` and `counters_len` elements and stays alive (stream-ordered free).
+        unsafe { launch.launch(cfg) }.map_err(Error::from)?;
+        Ok(())
+    }
+}
+
+fn device_lens<T, S: DevicePtr<T>>(adapters: &[LoraAdapter<'_, S>]) -> Vec<AdapterLens> {
+    adapters
+        .iter()
+        .map(|a| AdapterLens {
+            rank: a.rank,
+            a_len: a.lora_a.len(),
+            b_len: a.lora_b.len(),
+            scale: a.scale,
+        })
+        .collect()
+}

@@ -1,0 +1,151 @@
+//! The fused LoRA forward `y = base + Σᵢ sᵢ · (x · Aᵢᵀ) · Bᵢᵀ`: shapes, validation, CPU reference and
+//! GPU launch.
+//!
+//! Layouts are row-major: x [m, k], Aᵢ [rᵢ, k], Bᵢ [n, rᵢ], base and y [m, n]. `base` is what the
+//! caller's base layer produced (peft's `result = base_layer(x)`, bias included). Several adapters are
+//! summed in one call, as peft does for several active adapters; the scale sᵢ is the caller's number
+//! (`alpha / r`, or `alpha / sqrt(r)` for rsLoRA).
+pub(crate) mod gpu;
+pub mod reference;
+
+use crate::error::{invalid, Result};
+
+/// Largest rank one adapter may have.
+pub const MAX_RANK: usize = 256;
+
+/// The dimensions of a LoRA forward: x is [m, k], y is [m, n].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LoraShape {
+    /// Rows of x and y (tokens).
+    pub m: usize,
+    /// Input features (columns of x and of A).
+    pub k: usize,
+    /// Output features (columns of y, rows of B).
+    pub n: usize,
+}
+
+impl LoraShape {
+    /// A shape with x [m, k] and y [m, n].
+    pub fn new(m: usize, k: usize, n: usize) -> Self {
+        LoraShape { m, k, n }
+    }
+}
+
+/// One LoRA adapter: A [rank, k], B [n, rank] and its scale s.
+///
+/// `S` is the storage: `[T]` on the host, a `CudaSlice<T>` or `CudaView<T>` on the GPU.
+#[derive(Debug)]
+pub struct LoraAdapter<'a, S: ?Sized> {
+    /// A, row-major [rank, k] (peft's `lora_A.weight`).
+    pub lora_a: &'a S,
+    /// B, row-major [n, rank] (peft's `lora_B.weight`).
+    pub lora_b: &'a S,
+    /// The adapter's rank r, 1 to [`MAX_RANK`].
+    pub rank: usize,
+    /// The scale s: `alpha / r`, or `alpha / sqrt(r)` with rsLoRA.
+    pub scale: f32,
+}
+
+impl<S: ?Sized> Clone for LoraAdapter<'_, S> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<S: ?Sized> Copy for LoraAdapter<'_, S> {}
+
+impl<'a, S: ?Sized> LoraAdapter<'a, S> {
+    /// An adapter from A [rank, k], B [n, rank] and its scale.
+    pub fn new(lora_a: &'a S, lora_b: &'a S, rank: usize, scale: f32) -> Self {
+        LoraAdapter {
+            lora_a,
+            lora_b,
+            rank,
+            scale,
+        }
+    }
+}
+
+/// The lengths of one adapter's buffers, for validation.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct AdapterLens {
+    pub rank: usize,
+    pub a_len: usize,
+    pub b_len: usize,
+    pub scale: f32,
+}
+
+/// Checks a LoRA forward's arguments: the one validation shared by the CPU and GPU paths.
+///
+/// Buffers may be longer than needed (views into larger allocations); shorter is an error.
+pub(crate) fn validate_lora_forward(
+    shape: LoraShape,
+    x_len: usize,
+    base_len: Option<usize>,
+    y_len: usize,
+    adapters: &[AdapterLens],
+) -> Result<()> {
+    let LoraShape { m, k, n } = shape;
+    for (name, v) in [("shape.m", m), ("shape.k", k), ("shape.n", n)] {
+        if v == 0 {
+            return Err(invalid(name, "at least 1 (no empty matrices)", 0));
+        }
+        if v > i32::MAX as usize {
+            return Err(invalid(name, format!("at most {}", i32::MAX), v));
+        }
+    }
+    let need = |name: &str, len: usize, want: Option<usize>, what: &str| -> Result<()> {
+        match want {
+            Some(w) if len >= w => Ok(()),
+            Some(w) => Err(invalid(
+                name,
+                format!("at least {w} elements ({what})"),
+                format!("{len} elements"),
+            )),
+            None => Err(invalid(
+                name,
+                format!("a size that fits in memory ({what})"),
+                "an overflow",
+            )),
+        }
+    };
+    need("x", x_len, m.checked_mul(k), &format!("[m={m}, k={k}]"))?;
+    if let Some(base_len) = base_len {
+        need(
+            "base",
+            base_len,
+            m.checked_mul(n),
+            &format!("[m={m}, n={n}]"),
+        )?;
+    }
+    need("y", y_len, m.checked_mul(n), &format!("[m={m}, n={n}]"))?;
+    for (i, ad) in adapters.iter().enumerate() {
+        if ad.rank == 0 || ad.rank > MAX_RANK {
+            return Err(invalid(
+                format!("adapters[{i}].rank"),
+                format!("1 to {MAX_RANK}"),
+                ad.rank,
+            ));
+        }
+        if !ad.scale.is_finite() {
+            return Err(invalid(
+                format!("adapters[{i}].scale"),
+                "a finite number",
+                ad.scale,
+            ));
+        }
+        let r = ad.rank;
+        need(
+            &format!("adapters[{i}].lora_a"),
+            ad.a_len,
+            r.checked_mul(k),
+            &format!("[rank={r}, k={k}]"),
+        )?;
+        need(
+            &format!("adapters[{i}].lora_b"),
+            ad.b_len,
+            n.checked_mul(r),
+            &format!("[n={n}, rank={r}]"),
+        )?;
+    }
+    Ok(())
+}

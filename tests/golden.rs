@@ -1,0 +1,200 @@
+//! Runs every golden case (computed by the real peft and bitsandbytes) through the crate: on the CPU
+//! reference always, and on the GPU when one is present.
+//!
+//! Cases come from `LORA_KERNELS_GOLDEN_DIR` when set (default `tests/data/golden`). One line per case
+//! and target, then `golden: P passed, F failed, S skipped`. Kinds the crate does not support yet are
+//! skipped and say so. With `LORA_KERNELS_REQUIRE_GPU=1` a missing GPU fails the run.
+mod common;
+
+use half::{bf16, f16};
+use lora_kernels::golden::{discover, golden_dir, rel_error, GoldenCase};
+use lora_kernels::lora::reference;
+use lora_kernels::{DType, Element, Gpu, LoraAdapter, LoraShape, Result};
+
+/// Outcome of one case on one target: the worst relative error and the tolerance it met or missed.
+struct Check {
+    worst: f64,
+    failures: Vec<String>,
+}
+
+impl Check {
+    fn new() -> Self {
+        Check {
+            worst: 0.0,
+            failures: Vec::new(),
+        }
+    }
+    fn compare(&mut self, what: &str, out: &[f64], reference: &[f64], tol: f64) {
+        let err = rel_error(out, reference);
+        self.worst = self.worst.max(err);
+        if err.is_nan() || err > tol {
+            self.failures
+                .push(format!("{what}: rel err {err:.3e} > {tol:.0e}"));
+        }
+    }
+}
+
+fn f64s<T: Element>(v: &[T]) -> Vec<f64> {
+    v.iter().map(|x| x.to_f64()).collect()
+}
+
+/// The pieces of a `lora` case.
+struct LoraCase<T> {
+    shape: LoraShape,
+    rank: usize,
+    scale: f32,
+    x: Vec<T>,
+    weight: Vec<T>,
+    bias: Option<Vec<T>>,
+    lora_a: Vec<T>,
+    lora_b: Vec<T>,
+}
+
+fn lora_case<T: Element>(case: &GoldenCase) -> Result<LoraCase<T>> {
+    let xs = case.shape("x")?;
+    let ws = case.shape("weight")?;
+    let rank = case.shape("lora_A")?[0];
+    Ok(LoraCase {
+        shape: LoraShape::new(xs[0], xs[1], ws[0]),
+        rank,
+        scale: case.scaling()? as f32,
+        x: case.values("x")?,
+        weight: case.values("weight")?,
+        bias: if case.has("bias") {
+            Some(case.values("bias")?)
+        } else {
+            None
+        },
+        lora_a: case.values("lora_A")?,
+        lora_b: case.values("lora_B")?,
+    })
+}
+
+fn lora_cpu<T: Element>(case: &GoldenCase) -> Result<Check> {
+    let c = lora_case::<T>(case)?;
+    let tol = T::DTYPE.tolerance();
+    let mut check = Check::new();
+    let adapter = LoraAdapter::new(&c.lora_a[..], &c.lora_b[..], c.rank, c.scale);
+    let base = reference::linear(&c.x, &c.weight, c.bias.as_deref(), c.shape)?;
+    check.compare(
+        "base_output",
+        &f64s(&base),
+        &case.values_f64("base_output")?,
+        tol,
+    );
+    let base_golden: Vec<T> = case.values("base_output")?;
+    let out = reference::lora_forward(&c.x, &base_golden, &[adapter], c.shape)?;
+    check.compare("output", &f64s(&out), &case.values_f64("output")?, tol);
+    let delta = reference::lora_delta_weight(adapter, c.shape.k, c.shape.n)?;
+    check.compare(
+        "delta_weight",
+        &f64s(&delta),
+        &case.values_f64("delta_weight")?,
+        tol,
+    );
+    let merged = reference::lora_merged_weight(&c.weight, adapter, c.shape.k, c.shape.n)?;
+    check.compare(
+        "merged_weight",
+        &f64s(&merged),
+        &case.values_f64("merged_weight")?,
+        tol,
+    );
+    Ok(check)
+}
+
+fn lora_gpu<T: Element>(gpu: &Gpu, case: &GoldenCase) -> Result<Check> {
+    let c = lora_case::<T>(case)?;
+    let tol = T::DTYPE.tolerance();
+    let mut check = Check::new();
+    let s = gpu.stream();
+    let base_golden: Vec<T> = case.values("base_output")?;
+    let (x, a, b) = (
+        s.clone_htod(&c.x)?,
+        s.clone_htod(&c.lora_a)?,
+        s.clone_htod(&c.lora_b)?,
+    );
+    let base = s.clone_htod(&base_golden)?;
+    let mut y = s.alloc_zeros::<T>(c.shape.m * c.shape.n)?;
+    let adapter = LoraAdapter::new(&a, &b, c.rank, c.scale);
+    gpu.lora_forward(&x, &base, &[adapter], c.shape, &mut y)?;
+    let expected = case.values_f64("output")?;
+    check.compare("output", &f64s(&s.clone_dtoh(&y)?), &expected, tol);
+    let mut y_inplace = s.clone_htod(&base_golden)?;
+    gpu.lora_forward_inplace(&x, &[adapter], c.shape, &mut y_inplace)?;
+    check.compare(
+        "output (in place)",
+        &f64s(&s.clone_dtoh(&y_inplace)?),
+        &expected,
+        tol,
+    );
+    Ok(check)
+}
+
+macro_rules! by_dtype {
+    ($dtype:expr, $f:ident ( $($arg:expr),* )) => {
+        match $dtype {
+            DType::F32 => $f::<f32>($($arg),*),
+            DType::F16 => $f::<f16>($($arg),*),
+            DType::BF16 => $f::<bf16>($($arg),*),
+        }
+    };
+}
+
+/// Runs `case` on the CPU, or on `gpu`: `None` when its kind is not supported yet.
+fn run(case: &GoldenCase, gpu: Option<&Gpu>) -> Option<Result<Check>> {
+    match case.kind.as_str() {
+        "lora" => Some(case.dtype().and_then(|d| match gpu {
+            None => by_dtype!(d, lora_cpu(case)),
+            Some(g) => by_dtype!(d, lora_gpu(g, case)),
+        })),
+        _ => None,
+    }
+}
+
+fn main() {
+    let dir = golden_dir();
+    let paths =
+        discover(&dir).unwrap_or_else(|e| panic!("no golden cases in {}: {e}", dir.display()));
+    assert!(!paths.is_empty(), "no golden cases in {}", dir.display());
+    let gpu = common::gpu();
+    let (mut passed, mut failed, mut skipped) = (0, 0, 0);
+    for path in &paths {
+        let case = match GoldenCase::load(path) {
+            Ok(c) => c,
+            Err(e) => {
+                println!("case {} (?) on cpu: FAILED to load: {e}", path.display());
+                failed += 1;
+                continue;
+            }
+        };
+        let targets: Vec<(&str, Option<&Gpu>)> = match &gpu {
+            Some(g) => vec![("cpu", None), ("gpu", Some(g))],
+            None => vec![("cpu", None)],
+        };
+        for (target, g) in targets {
+            let head = format!("case {} ({}) on {target}", case.name, case.kind);
+            match run(&case, g) {
+                None => {
+                    println!("{head}: skipped: {} not supported yet", case.kind);
+                    skipped += 1;
+                }
+                Some(Ok(check)) if check.failures.is_empty() => {
+                    println!("{head}: ok, rel err {:.3e}", check.worst);
+                    passed += 1;
+                }
+                Some(Ok(check)) => {
+                    println!("{head}: FAILED {}", check.failures.join("; "));
+                    failed += 1;
+                }
+                Some(Err(e)) => {
+                    println!("{head}: FAILED {e}");
+                    failed += 1;
+                }
+            }
+        }
+    }
+    println!("golden: {passed} passed, {failed} failed, {skipped} skipped");
+    if failed > 0 {
+        std::process::exit(1);
+    }
+}
