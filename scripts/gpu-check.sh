@@ -40,21 +40,21 @@ step() { # name, timeout, command...
     say "-- $name: $verdict"
 }
 
-step "golden" 120 "$here/bin/golden"
-step "lora_gpu" 240 "$here/bin/lora_gpu" --test-threads=1
-step "errors" 60 "$here/bin/errors"
-step "quickstart" 60 "$here/bin/quickstart" "$here/golden"
+step "golden" 60 "$here/bin/golden"
+step "lora_gpu" 120 "$here/bin/lora_gpu" --test-threads=1
+step "errors" 30 "$here/bin/errors"
+step "quickstart" 30 "$here/bin/quickstart" "$here/golden"
 cs=/usr/local/cuda/bin/compute-sanitizer
 command -v compute-sanitizer >/dev/null && cs=compute-sanitizer
 export LORA_KERNELS_SMALL=1
-step "memcheck golden" 180 "$cs" --tool memcheck --error-exitcode 9 "$here/bin/golden"
-step "memcheck lora_gpu" 300 "$cs" --tool memcheck --error-exitcode 9 "$here/bin/lora_gpu" --test-threads=1
-step "racecheck lora_gpu" 300 "$cs" --tool racecheck --error-exitcode 9 "$here/bin/lora_gpu" --test-threads=1 random_shapes_bf16
+step "memcheck golden" 90 "$cs" --tool memcheck --error-exitcode 9 "$here/bin/golden"
+step "memcheck lora_gpu" 150 "$cs" --tool memcheck --error-exitcode 9 "$here/bin/lora_gpu" --test-threads=1
+step "racecheck lora_gpu" 120 "$cs" --tool racecheck --error-exitcode 9 "$here/bin/lora_gpu" --test-threads=1 repeated_launches
 unset LORA_KERNELS_SMALL
-LORA_KERNELS_BENCH_OUT="$out/bench.json" step "bench lora_forward" 300 "$here/bin/bench_lora_forward" --bench
+LORA_KERNELS_BENCH_OUT="$out/bench.json" step "bench lora_forward" 150 "$here/bin/bench_lora_forward" --bench
 cp "$out/step.log" "$out/bench.log"
 if [ -f "$here/peer_baseline.py" ]; then
-    PYTHONUNBUFFERED=1 step "peers (peft, cuBLAS)" 240 python3 "$here/peer_baseline.py" --quick --out "$out/peer.json"
+    PYTHONUNBUFFERED=1 step "peers (peft, cuBLAS)" 150 python3 "$here/peer_baseline.py" --quick --out "$out/peer.json"
     cp "$out/step.log" "$out/peer.log"
 fi
 rm -f "$out/step.log"
