@@ -50,13 +50,17 @@ template <> struct Config<float> {
     static constexpr int kPad = 1;
 };
 
+// Largest padded rank a tile height takes: 64-row tiles (large m) take up to 128, which keeps their
+// accumulators at 32 registers per thread; the host uses 16-row tiles above that.
+template <int BM> constexpr int kRankCap = BM == 64 ? 128 : kMaxRank;
+
 template <typename T, int BM> struct SharedShrink {
     T x[BM][Config<T>::kKSlice + Config<T>::kPad];
-    T a[kMaxRank][Config<T>::kKSlice + Config<T>::kPad];
+    T a[kRankCap<BM>][Config<T>::kKSlice + Config<T>::kPad];
 };
 template <typename T, int BM> struct SharedExpand {
     union {
-        T hidden[BM][kMaxRank + Config<T>::kPad];
+        T hidden[BM][kRankCap<BM> + Config<T>::kPad];
         float out[BM][kNTile + 4];  // tensor-core accumulators, after the products are done
     };
     T b[kNTile][Config<T>::kRankChunk + Config<T>::kPad];
@@ -80,53 +84,110 @@ struct Counters {
     }
 };
 
-// Stages x[row0 .. row0+BM, k0 .. k0+KS) and A rows [0, RP) over the same columns into shared memory,
-// zero outside [0, m) x [k0, k_end) and beyond the summed rank.
+// One K slice of x rows [row0, row0+BM) and of A rows [0, RP), held in registers as 16-byte vectors
+// between the global load and the store to shared memory, so the next slice's loads are in flight
+// while the current one is multiplied. Zero outside [0, m) x [k0, k_end) and beyond the summed rank.
+template <typename T, int BM> struct ShrinkSlice {
+    static constexpr int KS = Config<T>::kKSlice;
+    static constexpr int V = kVec<T>;
+    static constexpr int kXVecs = (BM * KS / V + kThreads - 1) / kThreads;
+    static constexpr int kAVecs = (kRankCap<BM> * KS / V + kThreads - 1) / kThreads;
+    uint4 x[kXVecs];
+    uint4 a[kAVecs];
+
+    __device__ void fetch(const LoraForwardParams &p, const int8_t *adapter_of, int row0, int k0, int k_end) {
+        const T *xp = reinterpret_cast<const T *>(p.x);
+#pragma unroll
+        for (int i = 0; i < kXVecs; ++i) {
+            const int e = threadIdx.x + i * kThreads;
+            const int r = e / (KS / V), col = k0 + (e % (KS / V)) * V;
+            x[i] = make_uint4(0, 0, 0, 0);
+            if (e < BM * KS / V && row0 + r < p.m && col < k_end)
+                x[i] = __ldg(reinterpret_cast<const uint4 *>(xp + (size_t)(row0 + r) * p.k + col));
+        }
+#pragma unroll
+        for (int i = 0; i < kAVecs; ++i) {
+            const int e = threadIdx.x + i * kThreads;
+            const int j = e / (KS / V), col = k0 + (e % (KS / V)) * V;
+            a[i] = make_uint4(0, 0, 0, 0);
+            if (j < p.rank_total && col < k_end) {
+                const LoraAdapterSlot &ad = p.adapters[adapter_of[j]];
+                const T *ap = reinterpret_cast<const T *>(ad.lora_a) + (size_t)(j - ad.rank_offset) * p.k;
+                a[i] = __ldg(reinterpret_cast<const uint4 *>(ap + col));
+            }
+        }
+    }
+
+    __device__ void stash(SharedShrink<T, BM> &s, int rank_pad) const {
+#pragma unroll
+        for (int i = 0; i < kXVecs; ++i) {
+            const int e = threadIdx.x + i * kThreads;
+            if (e < BM * KS / V) {
+                Vec16<T> v;
+                v.raw = x[i];
+#pragma unroll
+                for (int q = 0; q < V; ++q) s.x[e / (KS / V)][(e % (KS / V)) * V + q] = v.v[q];
+            }
+        }
+#pragma unroll
+        for (int i = 0; i < kAVecs; ++i) {
+            const int e = threadIdx.x + i * kThreads;
+            if (e < rank_pad * KS / V) {
+                Vec16<T> v;
+                v.raw = a[i];
+#pragma unroll
+                for (int q = 0; q < V; ++q) s.a[e / (KS / V)][(e % (KS / V)) * V + q] = v.v[q];
+            }
+        }
+    }
+};
+
+// Element-wise staging of the same slice, for k not a multiple of the vector width or unaligned
+// pointers.
 template <typename T, int BM>
-__device__ void load_shrink_slice(const LoraForwardParams &p, SharedShrink<T, BM> &s,
-                                  const int8_t *adapter_of, int row0, int k0, int k_end) {
+__device__ void load_shrink_slice_scalar(const LoraForwardParams &p, SharedShrink<T, BM> &s,
+                                         const int8_t *adapter_of, int row0, int k0, int k_end) {
     constexpr int KS = Config<T>::kKSlice;
     const T *x = reinterpret_cast<const T *>(p.x);
     const T zero = Element<T>::from_f32(0.0f);
-    if (p.vector_k) {
-        constexpr int V = kVec<T>;
-        for (int e = threadIdx.x; e < BM * KS / V; e += kThreads) {
-            const int r = e / (KS / V), c = (e % (KS / V)) * V;
-            const int row = row0 + r, col = k0 + c;
-            Vec16<T> v;
-            v.raw = make_uint4(0, 0, 0, 0);
-            if (row < p.m && col < k_end) v.raw = __ldg(reinterpret_cast<const uint4 *>(x + (size_t)row * p.k + col));
-#pragma unroll
-            for (int i = 0; i < V; ++i) s.x[r][c + i] = v.v[i];
+    for (int e = threadIdx.x; e < BM * KS; e += kThreads) {
+        const int r = e / KS, c = e % KS;
+        const int row = row0 + r, col = k0 + c;
+        s.x[r][c] = (row < p.m && col < k_end) ? x[(size_t)row * p.k + col] : zero;
+    }
+    for (int e = threadIdx.x; e < p.rank_pad * KS; e += kThreads) {
+        const int j = e / KS, c = e % KS;
+        const int col = k0 + c;
+        T v = zero;
+        if (j < p.rank_total && col < k_end) {
+            const LoraAdapterSlot &ad = p.adapters[adapter_of[j]];
+            v = reinterpret_cast<const T *>(ad.lora_a)[(size_t)(j - ad.rank_offset) * p.k + col];
         }
-        for (int e = threadIdx.x; e < p.rank_pad * KS / V; e += kThreads) {
-            const int j = e / (KS / V), c = (e % (KS / V)) * V;
-            const int col = k0 + c;
-            Vec16<T> v;
-            v.raw = make_uint4(0, 0, 0, 0);
-            if (j < p.rank_total && col < k_end) {
-                const LoraAdapterSlot &ad = p.adapters[adapter_of[j]];
-                const T *a = reinterpret_cast<const T *>(ad.lora_a) + (size_t)(j - ad.rank_offset) * p.k;
-                v.raw = __ldg(reinterpret_cast<const uint4 *>(a + col));
-            }
-#pragma unroll
-            for (int i = 0; i < V; ++i) s.a[j][c + i] = v.v[i];
+        s.a[j][c] = v;
+    }
+}
+
+// Runs `multiply()` on every K slice of [k_begin, k_end) staged in shared memory.
+template <typename T, int BM, typename Multiply>
+__device__ void for_each_shrink_slice(const LoraForwardParams &p, SharedShrink<T, BM> &s, const int8_t *adapter_of,
+                                      int row0, int k_begin, int k_end, Multiply multiply) {
+    constexpr int KS = Config<T>::kKSlice;
+    if (p.vector_k) {
+        ShrinkSlice<T, BM> regs;
+        regs.fetch(p, adapter_of, row0, k_begin, k_end);
+        for (int k0 = k_begin; k0 < k_end; k0 += KS) {
+            __syncthreads();
+            regs.stash(s, p.rank_pad);
+            if (k0 + KS < k_end) regs.fetch(p, adapter_of, row0, k0 + KS, k_end);
+            __syncthreads();
+            multiply();
         }
     } else {
-        for (int e = threadIdx.x; e < BM * KS; e += kThreads) {
-            const int r = e / KS, c = e % KS;
-            const int row = row0 + r, col = k0 + c;
-            s.x[r][c] = (row < p.m && col < k_end) ? x[(size_t)row * p.k + col] : zero;
-        }
-        for (int e = threadIdx.x; e < p.rank_pad * KS; e += kThreads) {
-            const int j = e / KS, c = e % KS;
-            const int col = k0 + c;
-            T v = zero;
-            if (j < p.rank_total && col < k_end) {
-                const LoraAdapterSlot &ad = p.adapters[adapter_of[j]];
-                v = reinterpret_cast<const T *>(ad.lora_a)[(size_t)(j - ad.rank_offset) * p.k + col];
-            }
-            s.a[j][c] = v;
+        for (int k0 = k_begin; k0 < k_end; k0 += KS) {
+            __syncthreads();
+            load_shrink_slice_scalar<T, BM>(p, s, adapter_of, row0, k0, k_end);
+            __syncthreads();
+            multiply();
         }
     }
 }
@@ -147,15 +208,12 @@ __device__ void shrink_item(const LoraForwardParams &p, SharedShrink<T, BM> &s, 
 
     if constexpr (Config<T>::kTensorCores) {
         // Fragments of the [BM, RP] hidden, round-robin over warps.
-        constexpr int kFragsPerWarp = (BM / 16) * (kMaxRank / 16) / kWarps;
+        constexpr int kFragsPerWarp = (BM / 16) * (kRankCap<BM> / 16) / kWarps;
         const int frags = (BM / 16) * (rp / 16);
         wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[kFragsPerWarp];
 #pragma unroll
         for (int i = 0; i < kFragsPerWarp; ++i) wmma::fill_fragment(acc[i], 0.0f);
-        for (int k0 = k_begin; k0 < k_end; k0 += KS) {
-            __syncthreads();
-            load_shrink_slice<T, BM>(p, s, adapter_of, row0, k0, k_end);
-            __syncthreads();
+        for_each_shrink_slice<T, BM>(p, s, adapter_of, row0, k_begin, k_end, [&]() {
 #pragma unroll
             for (int kk = 0; kk < KS; kk += 16) {
 #pragma unroll
@@ -171,7 +229,7 @@ __device__ void shrink_item(const LoraForwardParams &p, SharedShrink<T, BM> &s, 
                     }
                 }
             }
-        }
+        });
 #pragma unroll
         for (int i = 0; i < kFragsPerWarp; ++i) {
             const int f = warp + i * kWarps;
@@ -182,15 +240,12 @@ __device__ void shrink_item(const LoraForwardParams &p, SharedShrink<T, BM> &s, 
         }
     } else {
         // CUDA cores: each thread owns outputs tid, tid + 256, ... of the [BM, RP] hidden.
-        constexpr int kPerThread = BM * kMaxRank / kThreads;
+        constexpr int kPerThread = BM * kRankCap<BM> / kThreads;
         const int outputs = BM * rp;
         float acc[kPerThread];
 #pragma unroll
         for (int i = 0; i < kPerThread; ++i) acc[i] = 0.0f;
-        for (int k0 = k_begin; k0 < k_end; k0 += KS) {
-            __syncthreads();
-            load_shrink_slice<T, BM>(p, s, adapter_of, row0, k0, k_end);
-            __syncthreads();
+        for_each_shrink_slice<T, BM>(p, s, adapter_of, row0, k_begin, k_end, [&]() {
 #pragma unroll
             for (int i = 0; i < kPerThread; ++i) {
                 const int o = threadIdx.x + i * kThreads;
@@ -203,7 +258,7 @@ __device__ void shrink_item(const LoraForwardParams &p, SharedShrink<T, BM> &s, 
                     acc[i] = sum;
                 }
             }
-        }
+        });
 #pragma unroll
         for (int i = 0; i < kPerThread; ++i) {
             const int o = threadIdx.x + i * kThreads;
@@ -224,7 +279,10 @@ __device__ void shrink_item(const LoraForwardParams &p, SharedShrink<T, BM> &s, 
         for (int e = threadIdx.x; e < BM * rp; e += kThreads) {
             const int r = e / rp, j = e % rp;
             float sum = 0.0f;
-            for (int c = 0; c < p.k_chunks; ++c) sum += __ldcg(partials + ((size_t)c * m_pad + row0 + r) * rp + j);
+            if (row0 + r < p.m) {  // rows past m are never stored, so their hidden can stay zero
+#pragma unroll 8
+                for (int c = 0; c < p.k_chunks; ++c) sum += __ldcg(partials + ((size_t)c * m_pad + row0 + r) * rp + j);
+            }
             const float scale = j < p.rank_total ? p.adapters[adapter_of[j]].scale : 0.0f;
             hidden[(size_t)(row0 + r) * rp + j] = Element<T>::from_f32(sum * scale);
         }
@@ -234,45 +292,23 @@ __device__ void shrink_item(const LoraForwardParams &p, SharedShrink<T, BM> &s, 
     }
 }
 
-// Writes y = base + acc for one output element (base may alias y).
-template <typename T>
-__device__ __forceinline__ void store_output(const LoraForwardParams &p, size_t idx, float acc) {
-    const T *base = reinterpret_cast<const T *>(p.base);
-    T *y = reinterpret_cast<T *>(p.y);
-    y[idx] = Element<T>::from_f32(Element<T>::to_f32(base[idx]) + acc);
-}
-
 // Expand item: y tile [BM, 64] = base + hidden [BM, RP] * B[cols, :RP]^T.
+// The base tile and the first B chunk do not depend on the hidden, so they are fetched before waiting
+// for the M-tile's ready flag: at small m that overlaps the shrink, at large m it keeps loads in flight.
 template <typename T, int BM>
 __device__ void expand_item(const LoraForwardParams &p, SharedExpand<T, BM> &s, const int8_t *adapter_of,
                             const Counters &ctr, int item) {
     constexpr int RC = Config<T>::kRankChunk;
-    constexpr int kHidPad = kMaxRank + Config<T>::kPad;
+    constexpr int kHidPad = kRankCap<BM> + Config<T>::kPad;
+    constexpr int V = kVec<T>;
     const int mt = item / p.n_tiles, nt = item % p.n_tiles;
     const int row0 = mt * BM, col0 = nt * kNTile;
     const int rp = p.rank_pad;
     const int warp = threadIdx.x / 32;
-
-    if (threadIdx.x == 0) {
-        while (atomicAdd(&ctr.tile_ready[mt], 0u) == 0u) __nanosleep(32);
-        __threadfence();
-    }
-    __syncthreads();
-
-    // The hidden tile, straight from L2 (it was written by another block during this launch).
-    const T *hidden = reinterpret_cast<const T *>(p.hidden) + (size_t)row0 * rp;
-    {
-        constexpr int V = kVec<T>;
-        for (int e = threadIdx.x; e < BM * rp / V; e += kThreads) {
-            const int r = e / (rp / V), j = (e % (rp / V)) * V;
-            Vec16<T> v;
-            v.raw = __ldcg(reinterpret_cast<const uint4 *>(hidden + (size_t)r * rp + j));
-#pragma unroll
-            for (int i = 0; i < V; ++i) s.hidden[r][j + i] = v.v[i];
-        }
-    }
-
+    const T *base = reinterpret_cast<const T *>(p.base);
+    T *y = reinterpret_cast<T *>(p.y);
     const T zero = Element<T>::from_f32(0.0f);
+
     auto load_b = [&](int rc, int width) {
         for (int e = threadIdx.x; e < kNTile * width; e += kThreads) {
             const int nn = e / width, jj = e % width;
@@ -285,8 +321,37 @@ __device__ void expand_item(const LoraForwardParams &p, SharedExpand<T, BM> &s, 
             s.b[nn][jj] = v;
         }
     };
+    auto wait_and_load_hidden = [&]() {
+        if (threadIdx.x == 0) {
+            while (atomicAdd(&ctr.tile_ready[mt], 0u) == 0u) __nanosleep(32);
+            __threadfence();
+        }
+        __syncthreads();
+        // Straight from L2: another block wrote it during this launch.
+        const T *hidden = reinterpret_cast<const T *>(p.hidden) + (size_t)row0 * rp;
+        for (int e = threadIdx.x; e < BM * rp / V; e += kThreads) {
+            const int r = e / (rp / V), j = (e % (rp / V)) * V;
+            Vec16<T> v;
+            v.raw = __ldcg(reinterpret_cast<const uint4 *>(hidden + (size_t)r * rp + j));
+#pragma unroll
+            for (int i = 0; i < V; ++i) s.hidden[r][j + i] = v.v[i];
+        }
+        __syncthreads();
+    };
 
     if constexpr (Config<T>::kTensorCores) {
+        // Thread e of the epilogue owns the 16-byte vector e, e + 256, ... of the [BM, 64] tile.
+        constexpr int kOutVecs = (BM * kNTile / V + kThreads - 1) / kThreads;
+        uint4 base_regs[kOutVecs];
+        if (p.vector_n) {
+#pragma unroll
+            for (int i = 0; i < kOutVecs; ++i) {
+                const int e = threadIdx.x + i * kThreads;
+                const int row = row0 + e / (kNTile / V), col = col0 + (e % (kNTile / V)) * V;
+                if (e < BM * kNTile / V && row < p.m && col < p.n)
+                    base_regs[i] = *reinterpret_cast<const uint4 *>(base + (size_t)row * p.n + col);
+            }
+        }
         constexpr int kFrags = (BM / 16) * (kNTile / 16);
         constexpr int kFragsPerWarp = (kFrags + kWarps - 1) / kWarps;
         wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[kFragsPerWarp];
@@ -294,9 +359,13 @@ __device__ void expand_item(const LoraForwardParams &p, SharedExpand<T, BM> &s, 
         for (int i = 0; i < kFragsPerWarp; ++i) wmma::fill_fragment(acc[i], 0.0f);
         for (int rc = 0; rc < rp; rc += RC) {
             const int width = min(RC, rp - rc);
-            __syncthreads();
+            if (rc > 0) __syncthreads();  // the previous chunk's products are done with s.b
             load_b(rc, width);
-            __syncthreads();
+            if (rc == 0) {
+                wait_and_load_hidden();  // its barrier also publishes s.b
+            } else {
+                __syncthreads();
+            }
             for (int kk = 0; kk < width; kk += 16) {
 #pragma unroll
                 for (int i = 0; i < kFragsPerWarp; ++i) {
@@ -323,41 +392,51 @@ __device__ void expand_item(const LoraForwardParams &p, SharedExpand<T, BM> &s, 
         }
         __syncthreads();
         if (p.vector_n) {
-            constexpr int V = kVec<T>;
-            const T *base = reinterpret_cast<const T *>(p.base);
-            T *y = reinterpret_cast<T *>(p.y);
-            for (int e = threadIdx.x; e < BM * kNTile / V; e += kThreads) {
+#pragma unroll
+            for (int i = 0; i < kOutVecs; ++i) {
+                const int e = threadIdx.x + i * kThreads;
                 const int r = e / (kNTile / V), c = (e % (kNTile / V)) * V;
                 const int row = row0 + r, col = col0 + c;
-                if (row < p.m && col < p.n) {
-                    const size_t idx = (size_t)row * p.n + col;
+                if (e < BM * kNTile / V && row < p.m && col < p.n) {
                     Vec16<T> v;
-                    v.raw = *reinterpret_cast<const uint4 *>(base + idx);
+                    v.raw = base_regs[i];
 #pragma unroll
-                    for (int i = 0; i < V; ++i)
-                        v.v[i] = Element<T>::from_f32(Element<T>::to_f32(v.v[i]) + s.out[r][c + i]);
-                    *reinterpret_cast<uint4 *>(y + idx) = v.raw;
+                    for (int q = 0; q < V; ++q)
+                        v.v[q] = Element<T>::from_f32(Element<T>::to_f32(v.v[q]) + s.out[r][c + q]);
+                    *reinterpret_cast<uint4 *>(y + (size_t)row * p.n + col) = v.raw;
                 }
             }
         } else {
             for (int e = threadIdx.x; e < BM * kNTile; e += kThreads) {
                 const int r = e / kNTile, c = e % kNTile;
                 const int row = row0 + r, col = col0 + c;
-                if (row < p.m && col < p.n) store_output<T>(p, (size_t)row * p.n + col, s.out[r][c]);
+                if (row < p.m && col < p.n) {
+                    const size_t idx = (size_t)row * p.n + col;
+                    y[idx] = Element<T>::from_f32(Element<T>::to_f32(base[idx]) + s.out[r][c]);
+                }
             }
         }
         __syncthreads();  // s.out is overwritten by the next item's loads
     } else {
         // CUDA cores: each thread owns outputs tid, tid + 256, ... of the [BM, 64] tile.
         constexpr int kPerThread = BM * kNTile / kThreads;
-        float acc[kPerThread];
+        float acc[kPerThread], base_f[kPerThread];
 #pragma unroll
-        for (int i = 0; i < kPerThread; ++i) acc[i] = 0.0f;
+        for (int i = 0; i < kPerThread; ++i) {
+            const int o = threadIdx.x + i * kThreads;
+            const int row = row0 + o / kNTile, col = col0 + o % kNTile;
+            acc[i] = 0.0f;
+            base_f[i] = (row < p.m && col < p.n) ? Element<T>::to_f32(base[(size_t)row * p.n + col]) : 0.0f;
+        }
         for (int rc = 0; rc < rp; rc += RC) {
             const int width = min(RC, rp - rc);
-            __syncthreads();
+            if (rc > 0) __syncthreads();
             load_b(rc, width);
-            __syncthreads();
+            if (rc == 0) {
+                wait_and_load_hidden();
+            } else {
+                __syncthreads();
+            }
 #pragma unroll
             for (int i = 0; i < kPerThread; ++i) {
                 const int o = threadIdx.x + i * kThreads;
@@ -371,9 +450,8 @@ __device__ void expand_item(const LoraForwardParams &p, SharedExpand<T, BM> &s, 
 #pragma unroll
         for (int i = 0; i < kPerThread; ++i) {
             const int o = threadIdx.x + i * kThreads;
-            const int r = o / kNTile, c = o % kNTile;
-            const int row = row0 + r, col = col0 + c;
-            if (row < p.m && col < p.n) store_output<T>(p, (size_t)row * p.n + col, acc[i]);
+            const int row = row0 + o / kNTile, col = col0 + o % kNTile;
+            if (row < p.m && col < p.n) y[(size_t)row * p.n + col] = Element<T>::from_f32(base_f[i] + acc[i]);
         }
         __syncthreads();
     }
@@ -425,13 +503,15 @@ template <typename T, int BM> __device__ void lora_forward(const LoraForwardPara
 
 }  // namespace
 
-#define LORA_FORWARD_ENTRY(NAME, T, BM)                                                    \
-    extern "C" __global__ void __launch_bounds__(kThreads, 1) NAME(const LoraForwardParams p) { \
-        lora_forward<T, BM>(p);                                                            \
+// MIN_BLOCKS: blocks per SM the register budget is cut for (2 for the tensor-core kernels; the f32
+// kernel keeps its 16 accumulators per thread in registers at 1).
+#define LORA_FORWARD_ENTRY(NAME, T, BM, MIN_BLOCKS)                                                    \
+    extern "C" __global__ void __launch_bounds__(kThreads, MIN_BLOCKS) NAME(const LoraForwardParams p) { \
+        lora_forward<T, BM>(p);                                                                        \
     }
 
-LORA_FORWARD_ENTRY(lora_forward_f32_bm16, float, 16)
-LORA_FORWARD_ENTRY(lora_forward_f16_bm16, __half, 16)
-LORA_FORWARD_ENTRY(lora_forward_f16_bm64, __half, 64)
-LORA_FORWARD_ENTRY(lora_forward_bf16_bm16, __nv_bfloat16, 16)
-LORA_FORWARD_ENTRY(lora_forward_bf16_bm64, __nv_bfloat16, 64)
+LORA_FORWARD_ENTRY(lora_forward_f32_bm16, float, 16, 1)
+LORA_FORWARD_ENTRY(lora_forward_f16_bm16, __half, 16, 2)
+LORA_FORWARD_ENTRY(lora_forward_f16_bm64, __half, 64, 2)
+LORA_FORWARD_ENTRY(lora_forward_bf16_bm16, __nv_bfloat16, 16, 2)
+LORA_FORWARD_ENTRY(lora_forward_bf16_bm64, __nv_bfloat16, 64, 2)
