@@ -10,8 +10,10 @@
 //      columns of every A, gives a partial f32 hidden [BM, RP] written to `partials`. The last chunk to
 //      finish for an M-tile sums the chunks, applies the scales and writes the hidden (element type)
 //      to `hidden`, then raises the tile's ready flag. Splitting k keeps every SM busy at m = 1.
-//   2. expand (m_tiles * n_tiles items): waits for its M-tile's flag, reads the hidden [BM, RP] and a
-//      B tile [64, RP], and writes y = base + hidden * B^T for its BM x 64 outputs.
+//   2. expand (m_tiles * n_items items): waits for its M-tile's flag, reads the hidden [BM, RP] once,
+//      then for each of its consecutive 64-column tiles reads a B tile [64, RP] and writes
+//      y = base + hidden * B^T for BM x 64 outputs. The next tile's base is fetched into registers
+//      while the current one is multiplied and written.
 // A block only claims an expand item after every shrink item has been claimed by a running block,
 // and shrink items never wait, so the spin on the ready flag cannot deadlock whatever the residency.
 // The last block to finish zeroes the counters for the next launch on the stream.
@@ -59,10 +61,8 @@ template <typename T, int BM> struct SharedShrink {
     T a[kRankCap<BM>][Config<T>::kKSlice + Config<T>::kPad];
 };
 template <typename T, int BM> struct SharedExpand {
-    union {
-        T hidden[BM][kRankCap<BM> + Config<T>::kPad];
-        float out[BM][kNTile + 4];  // tensor-core accumulators, after the products are done
-    };
+    T hidden[BM][kRankCap<BM> + Config<T>::kPad];
+    float out[BM][kNTile + 4];  // tensor-core accumulators of one tile, on their way to the epilogue
     T b[kNTile][Config<T>::kRankChunk + Config<T>::kPad];
 };
 template <typename T, int BM> union SharedMem {
@@ -292,24 +292,28 @@ __device__ void shrink_item(const LoraForwardParams &p, SharedShrink<T, BM> &s, 
     }
 }
 
-// Expand item: y tile [BM, 64] = base + hidden [BM, RP] * B[cols, :RP]^T.
-// The base tile and the first B chunk do not depend on the hidden, so they are fetched before waiting
-// for the M-tile's ready flag: at small m that overlaps the shrink, at large m it keeps loads in flight.
+// Expand item: for each of its 64-column tiles, y [BM, 64] = base + hidden [BM, RP] * B[cols, :RP]^T.
+// The first tile's base and B chunk do not depend on the hidden, so they are fetched before waiting for
+// the M-tile's ready flag: at small m that overlaps the shrink. Later tiles' base vectors are fetched
+// one tile ahead into registers.
 template <typename T, int BM>
 __device__ void expand_item(const LoraForwardParams &p, SharedExpand<T, BM> &s, const int8_t *adapter_of,
                             const Counters &ctr, int item) {
     constexpr int RC = Config<T>::kRankChunk;
     constexpr int kHidPad = kRankCap<BM> + Config<T>::kPad;
     constexpr int V = kVec<T>;
-    const int mt = item / p.n_tiles, nt = item % p.n_tiles;
-    const int row0 = mt * BM, col0 = nt * kNTile;
+    const int items_per_tile = (p.n_tiles + p.n_tiles_per_item - 1) / p.n_tiles_per_item;
+    const int mt = item / items_per_tile;
+    const int nt_begin = (item % items_per_tile) * p.n_tiles_per_item;
+    const int nt_end = min(p.n_tiles, nt_begin + p.n_tiles_per_item);
+    const int row0 = mt * BM;
     const int rp = p.rank_pad;
     const int warp = threadIdx.x / 32;
     const T *base = reinterpret_cast<const T *>(p.base);
     T *y = reinterpret_cast<T *>(p.y);
     const T zero = Element<T>::from_f32(0.0f);
 
-    auto load_b = [&](int rc, int width) {
+    auto load_b = [&](int col0, int rc, int width) {
         for (int e = threadIdx.x; e < kNTile * width; e += kThreads) {
             const int nn = e / width, jj = e % width;
             const int col = col0 + nn, j = rc + jj;
@@ -338,120 +342,133 @@ __device__ void expand_item(const LoraForwardParams &p, SharedExpand<T, BM> &s, 
         }
         __syncthreads();
     };
+    // B chunk `rc` of tile `nt` into s.b; the very first one was loaded before the wait.
+    auto stage_b = [&](int nt, int rc, int width) {
+        if (nt == nt_begin && rc == 0) return;
+        __syncthreads();  // the previous products are done with s.b
+        load_b(nt * kNTile, rc, width);
+        __syncthreads();
+    };
 
     if constexpr (Config<T>::kTensorCores) {
-        // Thread e of the epilogue owns the 16-byte vector e, e + 256, ... of the [BM, 64] tile.
+        // Thread e of the epilogue owns the 16-byte vectors e, e + 256, ... of the [BM, 64] tile.
         constexpr int kOutVecs = (BM * kNTile / V + kThreads - 1) / kThreads;
-        uint4 base_regs[kOutVecs];
-        if (p.vector_n) {
+        auto fetch_base = [&](uint4 (&regs)[kOutVecs], int nt) {
 #pragma unroll
             for (int i = 0; i < kOutVecs; ++i) {
                 const int e = threadIdx.x + i * kThreads;
-                const int row = row0 + e / (kNTile / V), col = col0 + (e % (kNTile / V)) * V;
+                const int row = row0 + e / (kNTile / V), col = nt * kNTile + (e % (kNTile / V)) * V;
                 if (e < BM * kNTile / V && row < p.m && col < p.n)
-                    base_regs[i] = *reinterpret_cast<const uint4 *>(base + (size_t)row * p.n + col);
+                    regs[i] = *reinterpret_cast<const uint4 *>(base + (size_t)row * p.n + col);
             }
-        }
+        };
+        uint4 base_regs[kOutVecs], next_regs[kOutVecs];
+        if (p.vector_n) fetch_base(base_regs, nt_begin);
+        load_b(nt_begin * kNTile, 0, min(RC, rp));
+        wait_and_load_hidden();  // its barriers also publish the first B chunk
+
         constexpr int kFrags = (BM / 16) * (kNTile / 16);
         constexpr int kFragsPerWarp = (kFrags + kWarps - 1) / kWarps;
-        wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[kFragsPerWarp];
+        for (int nt = nt_begin; nt < nt_end; ++nt) {
+            const int col0 = nt * kNTile;
+            wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[kFragsPerWarp];
 #pragma unroll
-        for (int i = 0; i < kFragsPerWarp; ++i) wmma::fill_fragment(acc[i], 0.0f);
-        for (int rc = 0; rc < rp; rc += RC) {
-            const int width = min(RC, rp - rc);
-            if (rc > 0) __syncthreads();  // the previous chunk's products are done with s.b
-            load_b(rc, width);
-            if (rc == 0) {
-                wait_and_load_hidden();  // its barrier also publishes s.b
-            } else {
-                __syncthreads();
+            for (int i = 0; i < kFragsPerWarp; ++i) wmma::fill_fragment(acc[i], 0.0f);
+            for (int rc = 0; rc < rp; rc += RC) {
+                const int width = min(RC, rp - rc);
+                stage_b(nt, rc, width);
+                for (int kk = 0; kk < width; kk += 16) {
+#pragma unroll
+                    for (int i = 0; i < kFragsPerWarp; ++i) {
+                        const int f = warp + i * kWarps;
+                        if (f < kFrags) {
+                            const int fm = f % (BM / 16), fn = f / (BM / 16);
+                            wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major> hf;
+                            wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::col_major> bf;
+                            wmma::load_matrix_sync(hf, &s.hidden[fm * 16][rc + kk], kHidPad);
+                            wmma::load_matrix_sync(bf, &s.b[fn * 16][kk], RC + Config<T>::kPad);
+                            wmma::mma_sync(acc[i], hf, bf, acc[i]);
+                        }
+                    }
+                }
             }
-            for (int kk = 0; kk < width; kk += 16) {
+            __syncthreads();  // the previous tile's epilogue is done with s.out
 #pragma unroll
-                for (int i = 0; i < kFragsPerWarp; ++i) {
-                    const int f = warp + i * kWarps;
-                    if (f < kFrags) {
-                        const int fm = f % (BM / 16), fn = f / (BM / 16);
-                        wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major> hf;
-                        wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::col_major> bf;
-                        wmma::load_matrix_sync(hf, &s.hidden[fm * 16][rc + kk], kHidPad);
-                        wmma::load_matrix_sync(bf, &s.b[fn * 16][kk], RC + Config<T>::kPad);
-                        wmma::mma_sync(acc[i], hf, bf, acc[i]);
+            for (int i = 0; i < kFragsPerWarp; ++i) {
+                const int f = warp + i * kWarps;
+                if (f < kFrags) {
+                    const int fm = f % (BM / 16), fn = f / (BM / 16);
+                    wmma::store_matrix_sync(&s.out[fm * 16][fn * 16], acc[i], kNTile + 4, wmma::mem_row_major);
+                }
+            }
+            if (p.vector_n && nt + 1 < nt_end) fetch_base(next_regs, nt + 1);
+            __syncthreads();
+            if (p.vector_n) {
+#pragma unroll
+                for (int i = 0; i < kOutVecs; ++i) {
+                    const int e = threadIdx.x + i * kThreads;
+                    const int r = e / (kNTile / V), c = (e % (kNTile / V)) * V;
+                    const int row = row0 + r, col = col0 + c;
+                    if (e < BM * kNTile / V && row < p.m && col < p.n) {
+                        Vec16<T> v;
+                        v.raw = base_regs[i];
+#pragma unroll
+                        for (int q = 0; q < V; ++q)
+                            v.v[q] = Element<T>::from_f32(Element<T>::to_f32(v.v[q]) + s.out[r][c + q]);
+                        *reinterpret_cast<uint4 *>(y + (size_t)row * p.n + col) = v.raw;
+                    }
+                    base_regs[i] = next_regs[i];
+                }
+            } else {
+                for (int e = threadIdx.x; e < BM * kNTile; e += kThreads) {
+                    const int r = e / kNTile, c = e % kNTile;
+                    const int row = row0 + r, col = col0 + c;
+                    if (row < p.m && col < p.n) {
+                        const size_t idx = (size_t)row * p.n + col;
+                        y[idx] = Element<T>::from_f32(Element<T>::to_f32(base[idx]) + s.out[r][c]);
                     }
                 }
             }
         }
-        __syncthreads();  // every warp is done with s.hidden, which s.out overlays
-#pragma unroll
-        for (int i = 0; i < kFragsPerWarp; ++i) {
-            const int f = warp + i * kWarps;
-            if (f < kFrags) {
-                const int fm = f % (BM / 16), fn = f / (BM / 16);
-                wmma::store_matrix_sync(&s.out[fm * 16][fn * 16], acc[i], kNTile + 4, wmma::mem_row_major);
-            }
-        }
-        __syncthreads();
-        if (p.vector_n) {
-#pragma unroll
-            for (int i = 0; i < kOutVecs; ++i) {
-                const int e = threadIdx.x + i * kThreads;
-                const int r = e / (kNTile / V), c = (e % (kNTile / V)) * V;
-                const int row = row0 + r, col = col0 + c;
-                if (e < BM * kNTile / V && row < p.m && col < p.n) {
-                    Vec16<T> v;
-                    v.raw = base_regs[i];
-#pragma unroll
-                    for (int q = 0; q < V; ++q)
-                        v.v[q] = Element<T>::from_f32(Element<T>::to_f32(v.v[q]) + s.out[r][c + q]);
-                    *reinterpret_cast<uint4 *>(y + (size_t)row * p.n + col) = v.raw;
-                }
-            }
-        } else {
-            for (int e = threadIdx.x; e < BM * kNTile; e += kThreads) {
-                const int r = e / kNTile, c = e % kNTile;
-                const int row = row0 + r, col = col0 + c;
-                if (row < p.m && col < p.n) {
-                    const size_t idx = (size_t)row * p.n + col;
-                    y[idx] = Element<T>::from_f32(Element<T>::to_f32(base[idx]) + s.out[r][c]);
-                }
-            }
-        }
-        __syncthreads();  // s.out is overwritten by the next item's loads
+        __syncthreads();  // s.out and s.b are overwritten by the next item
     } else {
-        // CUDA cores: each thread owns outputs tid, tid + 256, ... of the [BM, 64] tile.
+        // CUDA cores: each thread owns outputs tid, tid + 256, ... of each [BM, 64] tile.
         constexpr int kPerThread = BM * kNTile / kThreads;
         float acc[kPerThread], base_f[kPerThread];
+        auto fetch_base = [&](int nt) {
 #pragma unroll
-        for (int i = 0; i < kPerThread; ++i) {
-            const int o = threadIdx.x + i * kThreads;
-            const int row = row0 + o / kNTile, col = col0 + o % kNTile;
-            acc[i] = 0.0f;
-            base_f[i] = (row < p.m && col < p.n) ? Element<T>::to_f32(base[(size_t)row * p.n + col]) : 0.0f;
-        }
-        for (int rc = 0; rc < rp; rc += RC) {
-            const int width = min(RC, rp - rc);
-            if (rc > 0) __syncthreads();
-            load_b(rc, width);
-            if (rc == 0) {
-                wait_and_load_hidden();
-            } else {
-                __syncthreads();
+            for (int i = 0; i < kPerThread; ++i) {
+                const int o = threadIdx.x + i * kThreads;
+                const int row = row0 + o / kNTile, col = nt * kNTile + o % kNTile;
+                base_f[i] = (row < p.m && col < p.n) ? Element<T>::to_f32(base[(size_t)row * p.n + col]) : 0.0f;
+            }
+        };
+        fetch_base(nt_begin);
+        load_b(nt_begin * kNTile, 0, min(RC, rp));
+        wait_and_load_hidden();
+        for (int nt = nt_begin; nt < nt_end; ++nt) {
+            if (nt > nt_begin) fetch_base(nt);
+#pragma unroll
+            for (int i = 0; i < kPerThread; ++i) acc[i] = 0.0f;
+            for (int rc = 0; rc < rp; rc += RC) {
+                const int width = min(RC, rp - rc);
+                stage_b(nt, rc, width);
+#pragma unroll
+                for (int i = 0; i < kPerThread; ++i) {
+                    const int o = threadIdx.x + i * kThreads;
+                    const int r = o / kNTile, c = o % kNTile;
+                    float sum = acc[i];
+                    for (int jj = 0; jj < width; ++jj)
+                        sum = fmaf(Element<T>::to_f32(s.hidden[r][rc + jj]), Element<T>::to_f32(s.b[c][jj]), sum);
+                    acc[i] = sum;
+                }
             }
 #pragma unroll
             for (int i = 0; i < kPerThread; ++i) {
                 const int o = threadIdx.x + i * kThreads;
-                const int r = o / kNTile, c = o % kNTile;
-                float sum = acc[i];
-                for (int jj = 0; jj < width; ++jj)
-                    sum = fmaf(Element<T>::to_f32(s.hidden[r][rc + jj]), Element<T>::to_f32(s.b[c][jj]), sum);
-                acc[i] = sum;
+                const int row = row0 + o / kNTile, col = nt * kNTile + o % kNTile;
+                if (row < p.m && col < p.n) y[(size_t)row * p.n + col] = Element<T>::from_f32(base_f[i] + acc[i]);
             }
-        }
-#pragma unroll
-        for (int i = 0; i < kPerThread; ++i) {
-            const int o = threadIdx.x + i * kThreads;
-            const int row = row0 + o / kNTile, col = col0 + o % kNTile;
-            if (row < p.m && col < p.n) y[(size_t)row * p.n + col] = Element<T>::from_f32(base_f[i] + acc[i]);
         }
         __syncthreads();
     }
@@ -471,7 +488,8 @@ template <typename T, int BM> __device__ void lora_forward(const LoraForwardPara
     }
 
     const unsigned int shrink_items = (unsigned)(p.m_tiles * p.k_chunks);
-    const unsigned int total_items = shrink_items + (unsigned)(p.m_tiles * p.n_tiles);
+    const int expand_per_tile = (p.n_tiles + p.n_tiles_per_item - 1) / p.n_tiles_per_item;
+    const unsigned int total_items = shrink_items + (unsigned)(p.m_tiles * expand_per_tile);
     for (;;) {
         __syncthreads();
         if (threadIdx.x == 0) ticket = atomicAdd(ctr.ticket, 1u);

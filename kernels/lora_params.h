@@ -28,7 +28,8 @@ typedef struct LoraAdapterSlot {
 
 /* y = base + sum_i scale_i * (x * A_i^T) * B_i^T for x [m, k], base and y [m, n] row-major.
  * base may equal y (in place). The work is split into `m_tiles * k_chunks` shrink items followed by
- * `m_tiles * n_tiles` expand items, handed out by a ticket counter (see kernels/lora_forward.cu). */
+ * `m_tiles * ceil(n_tiles / n_tiles_per_item)` expand items, handed out by a ticket counter (see
+ * kernels/lora_forward.cu). */
 typedef struct LoraForwardParams {
     uint64_t x;
     uint64_t base;
@@ -49,11 +50,14 @@ typedef struct LoraForwardParams {
     int32_t m_tiles;
     int32_t k_chunks;
     int32_t k_chunk_len;
+    /* 64-column output tiles, and how many consecutive ones one expand item covers. */
     int32_t n_tiles;
+    int32_t n_tiles_per_item;
     /* 1 when k is a multiple of 16 / sizeof(element) and x and every A are 16-byte aligned. */
     int32_t vector_k;
     /* 1 when n is a multiple of 16 / sizeof(element) and base and y are 16-byte aligned. */
     int32_t vector_n;
+    int32_t reserved;
     LoraAdapterSlot adapters[LORA_MAX_LAUNCH_ADAPTERS];
 } LoraForwardParams;
 

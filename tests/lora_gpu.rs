@@ -57,6 +57,8 @@ fn check<T: Element>(gpu: &Gpu, p: &Problem<T>, label: &str) {
     if too_big_for_small_runs(p) {
         return;
     }
+    let ranks: Vec<usize> = p.adapters.iter().map(|a| a.2).collect();
+    println!("{label}: {:?} ranks {ranks:?} {}", p.shape, T::DTYPE);
     let s = gpu.stream();
     let expected =
         f64s(&reference::lora_forward(&p.x, &p.base, &host_adapters(p), p.shape).unwrap());

@@ -30,17 +30,20 @@ struct Plan {
     k_chunks: usize,
     k_chunk_len: usize,
     n_tiles: usize,
+    n_tiles_per_item: usize,
 }
 
 impl Plan {
     fn new(dtype: DType, shape: LoraShape, rank_total: usize, resident_blocks: usize) -> Self {
         let LoraShape { m, k, n } = shape;
-        let block_m = if dtype != DType::F32 && m >= 1024 {
+        let rank_pad = rank_total.next_power_of_two().max(16);
+        // 64-row tiles cut the L2 re-reads of A and B at large m; the kernel sizes them for padded
+        // ranks up to 128 (`kRankCap` in the kernel), so larger ranks take 16-row tiles.
+        let block_m = if dtype != DType::F32 && m >= 1024 && rank_pad <= 128 {
             64
         } else {
             16
         };
-        let rank_pad = rank_total.next_power_of_two().max(16);
         let m_tiles = m.div_ceil(block_m);
         let k_slice = if dtype == DType::F32 { 32 } else { 64 };
         // Split k until every resident block has a shrink item, but keep the reduction of the
@@ -51,7 +54,11 @@ impl Plan {
         let chunks = want.min(max_chunks).min(reduce_cap).max(1);
         let k_chunk_len = k.div_ceil(chunks).div_ceil(k_slice) * k_slice;
         let k_chunks = k.div_ceil(k_chunk_len);
+        // Expand items cover runs of 64-column tiles: about two items per resident block, so the
+        // per-item wait and hidden load are amortised at large m and every SM is busy at small m.
         let n_tiles = n.div_ceil(LORA_FORWARD_N_TILE as usize);
+        let n_splits = (2 * resident_blocks).div_ceil(m_tiles).clamp(1, n_tiles);
+        let n_tiles_per_item = n_tiles.div_ceil(n_splits);
         Plan {
             block_m,
             rank_pad,
@@ -59,11 +66,12 @@ impl Plan {
             k_chunks,
             k_chunk_len,
             n_tiles,
+            n_tiles_per_item,
         }
     }
 
     fn items(&self) -> usize {
-        self.m_tiles * (self.k_chunks + self.n_tiles)
+        self.m_tiles * (self.k_chunks + self.n_tiles.div_ceil(self.n_tiles_per_item))
     }
 }
 
@@ -298,8 +306,10 @@ impl Gpu {
             k_chunks: plan.k_chunks as i32,
             k_chunk_len: plan.k_chunk_len as i32,
             n_tiles: plan.n_tiles as i32,
+            n_tiles_per_item: plan.n_tiles_per_item as i32,
             vector_k: vector_k as i32,
             vector_n: vector_n as i32,
+            reserved: 0,
             adapters: slots,
         };
         let grid = plan.items().min(resident).max(1);
@@ -327,4 +337,41 @@ fn device_lens<T, S: DevicePtr<T>>(adapters: &[LoraAdapter<'_, S>]) -> Vec<Adapt
             scale: a.scale,
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The plan covers k and n exactly and never asks a tile height for more rank than it holds
+    /// (64-row tiles hold padded ranks up to 128, 16-row tiles up to 256).
+    #[test]
+    fn plans_respect_the_kernel_limits() {
+        for dtype in [DType::F32, DType::F16, DType::BF16] {
+            for &m in &[1, 15, 16, 17, 500, 1023, 1024, 2005, 4096, 70000] {
+                for &k in &[1, 7, 64, 65, 106, 4096, 8191] {
+                    for &n in &[1, 63, 64, 65, 4096, 14336] {
+                        for &rank in &[1, 16, 17, 128, 129, 196, 256] {
+                            for &resident in &[1, 132, 264] {
+                                let p = Plan::new(dtype, LoraShape::new(m, k, n), rank, resident);
+                                let cap = if p.block_m == 64 { 128 } else { 256 };
+                                let k_slice = if dtype == DType::F32 { 32 } else { 64 };
+                                assert!(
+                                    p.rank_pad <= cap && p.rank_pad >= rank && p.rank_pad >= 16
+                                );
+                                assert!(p.rank_pad.is_power_of_two());
+                                assert!(dtype != DType::F32 || p.block_m == 16);
+                                assert_eq!(p.k_chunk_len % k_slice, 0);
+                                assert!(p.k_chunks * p.k_chunk_len >= k);
+                                assert!((p.k_chunks - 1) * p.k_chunk_len < k);
+                                assert!(p.m_tiles * p.block_m >= m);
+                                assert!(p.n_tiles * LORA_FORWARD_N_TILE as usize >= n);
+                                assert!(p.n_tiles_per_item >= 1 && p.n_tiles_per_item <= p.n_tiles);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
 }

@@ -52,13 +52,15 @@ pub struct LoraForwardParams {
     pub k_chunks: i32,
     pub k_chunk_len: i32,
     pub n_tiles: i32,
+    pub n_tiles_per_item: i32,
     pub vector_k: i32,
     pub vector_n: i32,
+    pub reserved: i32,
     pub adapters: [LoraAdapterSlot; 8usize],
 }
 #[allow(clippy::unnecessary_operation, clippy::identity_op)]
 const _: () = {
-    ["Size of LoraForwardParams"][::core::mem::size_of::<LoraForwardParams>() - 352usize];
+    ["Size of LoraForwardParams"][::core::mem::size_of::<LoraForwardParams>() - 360usize];
     ["Alignment of LoraForwardParams"][::core::mem::align_of::<LoraForwardParams>() - 8usize];
     ["Offset of field: LoraForwardParams::x"]
         [::core::mem::offset_of!(LoraForwardParams, x) - 0usize];
@@ -92,10 +94,14 @@ const _: () = {
         [::core::mem::offset_of!(LoraForwardParams, k_chunk_len) - 80usize];
     ["Offset of field: LoraForwardParams::n_tiles"]
         [::core::mem::offset_of!(LoraForwardParams, n_tiles) - 84usize];
+    ["Offset of field: LoraForwardParams::n_tiles_per_item"]
+        [::core::mem::offset_of!(LoraForwardParams, n_tiles_per_item) - 88usize];
     ["Offset of field: LoraForwardParams::vector_k"]
-        [::core::mem::offset_of!(LoraForwardParams, vector_k) - 88usize];
+        [::core::mem::offset_of!(LoraForwardParams, vector_k) - 92usize];
     ["Offset of field: LoraForwardParams::vector_n"]
-        [::core::mem::offset_of!(LoraForwardParams, vector_n) - 92usize];
+        [::core::mem::offset_of!(LoraForwardParams, vector_n) - 96usize];
+    ["Offset of field: LoraForwardParams::reserved"]
+        [::core::mem::offset_of!(LoraForwardParams, reserved) - 100usize];
     ["Offset of field: LoraForwardParams::adapters"]
-        [::core::mem::offset_of!(LoraForwardParams, adapters) - 96usize];
+        [::core::mem::offset_of!(LoraForwardParams, adapters) - 104usize];
 };
