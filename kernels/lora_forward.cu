@@ -52,13 +52,15 @@ template <> struct Config<float> {
     static constexpr int kPad = 1;
 };
 
-// Largest padded rank a tile height takes: 64-row tiles (large m) take up to 128, which keeps their
-// accumulators at 32 registers per thread; the host uses 16-row tiles above that.
-template <int BM> constexpr int kRankCap = BM == 64 ? 128 : kMaxRank;
+// Largest padded rank a tile height takes: 64-row tiles (large m) take up to 64, which leaves room
+// for 128-column K slices (twice the bytes in flight per block); the host uses 16-row tiles above.
+template <int BM> constexpr int kRankCap = BM == 64 ? 64 : kMaxRank;
+// K columns staged per shrink step.
+template <typename T, int BM> constexpr int kKSlice = BM == 64 ? 128 : Config<T>::kKSlice;
 
 template <typename T, int BM> struct SharedShrink {
-    T x[BM][Config<T>::kKSlice + Config<T>::kPad];
-    T a[kRankCap<BM>][Config<T>::kKSlice + Config<T>::kPad];
+    T x[BM][kKSlice<T, BM> + Config<T>::kPad];
+    T a[kRankCap<BM>][kKSlice<T, BM> + Config<T>::kPad];
 };
 template <typename T, int BM> struct SharedExpand {
     T hidden[BM][kRankCap<BM> + Config<T>::kPad];
@@ -88,10 +90,13 @@ struct Counters {
 // between the global load and the store to shared memory, so the next slice's loads are in flight
 // while the current one is multiplied. Zero outside [0, m) x [k0, k_end) and beyond the summed rank.
 template <typename T, int BM> struct ShrinkSlice {
-    static constexpr int KS = Config<T>::kKSlice;
+    static constexpr int KS = kKSlice<T, BM>;
     static constexpr int V = kVec<T>;
     static constexpr int kXVecs = (BM * KS / V + kThreads - 1) / kThreads;
-    static constexpr int kAVecs = (kRankCap<BM> * KS / V + kThreads - 1) / kThreads;
+    // Padded ranks staged in registers; larger ones take the element-wise path (registers are the
+    // limit: two blocks per SM).
+    static constexpr int kStagedRank = kRankCap<BM> < 128 ? kRankCap<BM> : 128;
+    static constexpr int kAVecs = (kStagedRank * KS / V + kThreads - 1) / kThreads;
     uint4 x[kXVecs];
     uint4 a[kAVecs];
 
@@ -147,7 +152,7 @@ template <typename T, int BM> struct ShrinkSlice {
 template <typename T, int BM>
 __device__ void load_shrink_slice_scalar(const LoraForwardParams &p, SharedShrink<T, BM> &s,
                                          const int8_t *adapter_of, int row0, int k0, int k_end) {
-    constexpr int KS = Config<T>::kKSlice;
+    constexpr int KS = kKSlice<T, BM>;
     const T *x = reinterpret_cast<const T *>(p.x);
     const T zero = Element<T>::from_f32(0.0f);
     for (int e = threadIdx.x; e < BM * KS; e += kThreads) {
@@ -171,8 +176,8 @@ __device__ void load_shrink_slice_scalar(const LoraForwardParams &p, SharedShrin
 template <typename T, int BM, typename Multiply>
 __device__ void for_each_shrink_slice(const LoraForwardParams &p, SharedShrink<T, BM> &s, const int8_t *adapter_of,
                                       int row0, int k_begin, int k_end, Multiply multiply) {
-    constexpr int KS = Config<T>::kKSlice;
-    if (p.vector_k) {
+    constexpr int KS = kKSlice<T, BM>;
+    if (p.vector_k && p.rank_pad <= ShrinkSlice<T, BM>::kStagedRank) {
         ShrinkSlice<T, BM> regs;
         regs.fetch(p, adapter_of, row0, k_begin, k_end);
         for (int k0 = k_begin; k0 < k_end; k0 += KS) {
@@ -196,7 +201,7 @@ __device__ void for_each_shrink_slice(const LoraForwardParams &p, SharedShrink<T
 template <typename T, int BM>
 __device__ void shrink_item(const LoraForwardParams &p, SharedShrink<T, BM> &s, const int8_t *adapter_of,
                             const Counters &ctr, int item) {
-    constexpr int KS = Config<T>::kKSlice;
+    constexpr int KS = kKSlice<T, BM>;
     const int mt = item / p.k_chunks, kc = item % p.k_chunks;
     const int row0 = mt * BM;
     const int m_pad = p.m_tiles * BM;
@@ -363,36 +368,29 @@ __device__ void expand_item(const LoraForwardParams &p, SharedExpand<T, BM> &s, 
             }
         };
         uint4 base_regs[kOutVecs], next_regs[kOutVecs];
-        if (p.vector_n) fetch_base(base_regs, nt_begin);
-        load_b(nt_begin * kNTile, 0, min(RC, rp));
-        wait_and_load_hidden();  // its barriers also publish the first B chunk
-
         constexpr int kFrags = (BM / 16) * (kNTile / 16);
         constexpr int kFragsPerWarp = (kFrags + kWarps - 1) / kWarps;
-        for (int nt = nt_begin; nt < nt_end; ++nt) {
-            const int col0 = nt * kNTile;
-            wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[kFragsPerWarp];
+        wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[kFragsPerWarp];
+        auto multiply_chunk = [&](int rc, int width) {
+            for (int kk = 0; kk < width; kk += 16) {
 #pragma unroll
-            for (int i = 0; i < kFragsPerWarp; ++i) wmma::fill_fragment(acc[i], 0.0f);
-            for (int rc = 0; rc < rp; rc += RC) {
-                const int width = min(RC, rp - rc);
-                stage_b(nt, rc, width);
-                for (int kk = 0; kk < width; kk += 16) {
-#pragma unroll
-                    for (int i = 0; i < kFragsPerWarp; ++i) {
-                        const int f = warp + i * kWarps;
-                        if (f < kFrags) {
-                            const int fm = f % (BM / 16), fn = f / (BM / 16);
-                            wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major> hf;
-                            wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::col_major> bf;
-                            wmma::load_matrix_sync(hf, &s.hidden[fm * 16][rc + kk], kHidPad);
-                            wmma::load_matrix_sync(bf, &s.b[fn * 16][kk], RC + Config<T>::kPad);
-                            wmma::mma_sync(acc[i], hf, bf, acc[i]);
-                        }
+                for (int i = 0; i < kFragsPerWarp; ++i) {
+                    const int f = warp + i * kWarps;
+                    if (f < kFrags) {
+                        const int fm = f % (BM / 16), fn = f / (BM / 16);
+                        wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major> hf;
+                        wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::col_major> bf;
+                        wmma::load_matrix_sync(hf, &s.hidden[fm * 16][rc + kk], kHidPad);
+                        wmma::load_matrix_sync(bf, &s.b[fn * 16][kk], RC + Config<T>::kPad);
+                        wmma::mma_sync(acc[i], hf, bf, acc[i]);
                     }
                 }
             }
-            __syncthreads();  // the previous tile's epilogue is done with s.out
+        };
+        // Accumulators -> s.out (after the previous tile's epilogue is done with it) -> y.
+        auto write_tile = [&](int nt, bool prefetch_next) {
+            const int col0 = nt * kNTile;
+            __syncthreads();
 #pragma unroll
             for (int i = 0; i < kFragsPerWarp; ++i) {
                 const int f = warp + i * kWarps;
@@ -401,7 +399,7 @@ __device__ void expand_item(const LoraForwardParams &p, SharedExpand<T, BM> &s, 
                     wmma::store_matrix_sync(&s.out[fm * 16][fn * 16], acc[i], kNTile + 4, wmma::mem_row_major);
                 }
             }
-            if (p.vector_n && nt + 1 < nt_end) fetch_base(next_regs, nt + 1);
+            if (prefetch_next && p.vector_n && nt + 1 < nt_end) fetch_base(next_regs, nt + 1);
             __syncthreads();
             if (p.vector_n) {
 #pragma unroll
@@ -428,6 +426,55 @@ __device__ void expand_item(const LoraForwardParams &p, SharedExpand<T, BM> &s, 
                         y[idx] = Element<T>::from_f32(Element<T>::to_f32(base[idx]) + s.out[r][c]);
                     }
                 }
+            }
+        };
+        if (p.vector_n) fetch_base(base_regs, nt_begin);
+
+        if (rp <= RC) {
+            // One rank chunk: the next tile's B slice [64, RP] travels in registers with its base, so
+            // neither load stands between two tiles' products.
+            constexpr int kBRegs = kNTile * RC / kThreads;
+            T b_regs[kBRegs];
+            auto fetch_b = [&](int nt) {
+#pragma unroll
+                for (int i = 0; i < kBRegs; ++i) {
+                    const int e = threadIdx.x + i * kThreads;
+                    const int nn = e / rp, j = e % rp, col = nt * kNTile + nn;
+                    b_regs[i] = zero;
+                    if (e < kNTile * rp && col < p.n && j < p.rank_total) {
+                        const LoraAdapterSlot &ad = p.adapters[adapter_of[j]];
+                        b_regs[i] = reinterpret_cast<const T *>(ad.lora_b)[(size_t)col * ad.rank + (j - ad.rank_offset)];
+                    }
+                }
+            };
+            fetch_b(nt_begin);
+            wait_and_load_hidden();
+            for (int nt = nt_begin; nt < nt_end; ++nt) {
+                __syncthreads();  // the previous tile's products are done with s.b
+#pragma unroll
+                for (int i = 0; i < kBRegs; ++i) {
+                    const int e = threadIdx.x + i * kThreads;
+                    if (e < kNTile * rp) s.b[e / rp][e % rp] = b_regs[i];
+                }
+                if (nt + 1 < nt_end) fetch_b(nt + 1);
+                __syncthreads();
+#pragma unroll
+                for (int i = 0; i < kFragsPerWarp; ++i) wmma::fill_fragment(acc[i], 0.0f);
+                multiply_chunk(0, rp);
+                write_tile(nt, true);
+            }
+        } else {
+            load_b(nt_begin * kNTile, 0, RC);
+            wait_and_load_hidden();  // its barriers also publish the first B chunk
+            for (int nt = nt_begin; nt < nt_end; ++nt) {
+#pragma unroll
+                for (int i = 0; i < kFragsPerWarp; ++i) wmma::fill_fragment(acc[i], 0.0f);
+                for (int rc = 0; rc < rp; rc += RC) {
+                    const int width = min(RC, rp - rc);
+                    stage_b(nt, rc, width);
+                    multiply_chunk(rc, width);
+                }
+                write_tile(nt, true);
             }
         }
         __syncthreads();  // s.out and s.b are overwritten by the next item
@@ -521,15 +568,21 @@ template <typename T, int BM> __device__ void lora_forward(const LoraForwardPara
 
 }  // namespace
 
-// MIN_BLOCKS: blocks per SM the register budget is cut for (2 for the tensor-core kernels; the f32
-// kernel keeps its 16 accumulators per thread in registers at 1).
+// MIN_BLOCKS: blocks per SM the register budget is cut for: 2 for the tensor-core kernels on Hopper
+// (128 registers, no spills); sm_8x code needs a few more registers for the same wmma code, so it gets
+// 1 there, and so does the f32 kernel, which keeps 16 accumulators per thread.
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+#define LORA_TC_MIN_BLOCKS 2
+#else
+#define LORA_TC_MIN_BLOCKS 1
+#endif
 #define LORA_FORWARD_ENTRY(NAME, T, BM, MIN_BLOCKS)                                                    \
     extern "C" __global__ void __launch_bounds__(kThreads, MIN_BLOCKS) NAME(const LoraForwardParams p) { \
         lora_forward<T, BM>(p);                                                                        \
     }
 
 LORA_FORWARD_ENTRY(lora_forward_f32_bm16, float, 16, 1)
-LORA_FORWARD_ENTRY(lora_forward_f16_bm16, __half, 16, 2)
-LORA_FORWARD_ENTRY(lora_forward_f16_bm64, __half, 64, 2)
-LORA_FORWARD_ENTRY(lora_forward_bf16_bm16, __nv_bfloat16, 16, 2)
-LORA_FORWARD_ENTRY(lora_forward_bf16_bm64, __nv_bfloat16, 64, 2)
+LORA_FORWARD_ENTRY(lora_forward_f16_bm16, __half, 16, LORA_TC_MIN_BLOCKS)
+LORA_FORWARD_ENTRY(lora_forward_f16_bm64, __half, 64, LORA_TC_MIN_BLOCKS)
+LORA_FORWARD_ENTRY(lora_forward_bf16_bm16, __nv_bfloat16, 16, LORA_TC_MIN_BLOCKS)
+LORA_FORWARD_ENTRY(lora_forward_bf16_bm64, __nv_bfloat16, 64, LORA_TC_MIN_BLOCKS)

@@ -115,6 +115,13 @@ fn random_shapes<T: Element>(gpu: &Gpu, seed: u64) {
         (64, 512, 256, &[8, 16, 32]),
         (1100, 256, 200, &[16]),
         (2050, 136, 70, &[64]),
+        // 64-row tiles: several output tiles per item, the element-wise shrink, odd n.
+        (300, 2048, 512, &[16]),
+        (600, 100, 77, &[40]),
+        (257, 136, 1000, &[8, 8]),
+        // 16-row tiles with B in several rank chunks, and ranks past the register-staged 128.
+        (500, 256, 256, &[100]),
+        (300, 64, 136, &[129, 30]),
     ];
     for &(m, k, n, ranks) in fixed {
         check(gpu, &problem::<T>(&mut rng, m, k, n, ranks), "fixed");

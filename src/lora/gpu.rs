@@ -37,15 +37,16 @@ impl Plan {
     fn new(dtype: DType, shape: LoraShape, rank_total: usize, resident_blocks: usize) -> Self {
         let LoraShape { m, k, n } = shape;
         let rank_pad = rank_total.next_power_of_two().max(16);
-        // 64-row tiles cut the L2 re-reads of A and B at large m; the kernel sizes them for padded
-        // ranks up to 128 (`kRankCap` in the kernel), so larger ranks take 16-row tiles.
-        let block_m = if dtype != DType::F32 && m >= 1024 && rank_pad <= 128 {
+        // 64-row tiles (128-column K slices) cut the L2 re-reads of A and B and keep more bytes in
+        // flight at large m; the kernel sizes them for padded ranks up to 64 (`kRankCap`), so larger
+        // ranks take 16-row tiles.
+        let block_m = if dtype != DType::F32 && m >= 256 && rank_pad <= 64 {
             64
         } else {
             16
         };
         let m_tiles = m.div_ceil(block_m);
-        let k_slice = if dtype == DType::F32 { 32 } else { 64 };
+        let k_slice = k_slice(dtype, block_m);
         // Split k until every resident block has a shrink item, but keep the reduction of the
         // partials (k_chunks * block_m * rank_pad floats, read by one block) small.
         let max_chunks = k.div_ceil(k_slice);
@@ -72,6 +73,15 @@ impl Plan {
 
     fn items(&self) -> usize {
         self.m_tiles * (self.k_chunks + self.n_tiles.div_ceil(self.n_tiles_per_item))
+    }
+}
+
+/// K columns the kernel stages per shrink step (`kKSlice` in the kernel).
+fn k_slice(dtype: DType, block_m: usize) -> usize {
+    match (dtype, block_m) {
+        (_, 64) => 128,
+        (DType::F32, _) => 32,
+        _ => 64,
     }
 }
 
@@ -354,8 +364,8 @@ mod tests {
                         for &rank in &[1, 16, 17, 128, 129, 196, 256] {
                             for &resident in &[1, 132, 264] {
                                 let p = Plan::new(dtype, LoraShape::new(m, k, n), rank, resident);
-                                let cap = if p.block_m == 64 { 128 } else { 256 };
-                                let k_slice = if dtype == DType::F32 { 32 } else { 64 };
+                                let cap = if p.block_m == 64 { 64 } else { 256 };
+                                let k_slice = k_slice(dtype, p.block_m);
                                 assert!(
                                     p.rank_pad <= cap && p.rank_pad >= rank && p.rank_pad >= 16
                                 );
