@@ -10,10 +10,10 @@
 //      columns of every A, gives a partial f32 hidden [BM, RP] written to `partials`. The last chunk to
 //      finish for an M-tile sums the chunks, applies the scales and writes the hidden (element type)
 //      to `hidden`, then raises the tile's ready flag. Splitting k keeps every SM busy at m = 1.
-//   2. expand (m_tiles * n_items items): waits for its M-tile's flag, reads the hidden [BM, RP] once,
-//      then for each of its consecutive 64-column tiles reads a B tile [64, RP] and writes
-//      y = base + hidden * B^T for BM x 64 outputs. The next tile's base is fetched into registers
-//      while the current one is multiplied and written.
+//   2. expand (m_tiles * n_items items): waits for its M-tile's flag, reads the hidden [BM, RP] into
+//      shared memory once, then walks its consecutive 64-column tiles: each warp multiplies its
+//      16-row block of the hidden with B fragments read from L2 (mma.sync m16n8k16) and adds base
+//      straight from the accumulator registers, with no barrier inside the tile loop.
 // A block only claims an expand item after every shrink item has been claimed by a running block,
 // and shrink items never wait, so the spin on the ready flag cannot deadlock whatever the residency.
 // The last block to finish zeroes the counters for the next launch on the stream.
@@ -21,8 +21,8 @@
 // Bytes moved from HBM: x once (shrink), base once and y once (expand); A and B once per M-tile
 // (L2-resident: at most 2 * 256 * k * 2 bytes); the f32 partials and hidden are m * RP * (4 * k_chunks
 // + 2) bytes, which is k_chunks * 2 * RP / (k + n) of the x + base + y traffic (k_chunks is 1 for
-// large m; for small m everything fits in L2 anyway). f16/bf16 multiply on tensor cores (wmma
-// 16x16x16, f32 accumulate); f32 uses CUDA-core FMAs to keep f32 accuracy.
+// large m; for small m everything fits in L2 anyway). f16/bf16 multiply on tensor cores (wmma in the
+// shrink, mma.sync in the expand, f32 accumulate); f32 uses CUDA-core FMAs to keep f32 accuracy.
 #include <mma.h>
 
 #include "common.cuh"
@@ -64,8 +64,7 @@ template <typename T, int BM> struct SharedShrink {
 };
 template <typename T, int BM> struct SharedExpand {
     T hidden[BM][kRankCap<BM> + Config<T>::kPad];
-    float out[BM][kNTile + 4];  // tensor-core accumulators of one tile, on their way to the epilogue
-    T b[kNTile][Config<T>::kRankChunk + Config<T>::kPad];
+    T b[kNTile][Config<T>::kRankChunk + Config<T>::kPad];  // CUDA-core path only
 };
 template <typename T, int BM> union SharedMem {
     SharedShrink<T, BM> shrink;
@@ -85,6 +84,26 @@ struct Counters {
         tile_ready = c + 2 + p.m_tiles;
     }
 };
+
+// d += a * b on tensor cores, m16n8k16, f32 accumulate. Fragment layouts (PTX ISA), with g = lane / 4
+// and t = lane % 4: a0 = A[g][2t..2t+1], a1 = A[g+8][2t..], a2 = A[g][2t+8..], a3 = A[g+8][2t+8..];
+// b0 = B[2t..2t+1][g], b1 = B[2t+8..2t+9][g]; d0,d1 = D[g][2t..2t+1], d2,d3 = D[g+8][2t..2t+1].
+template <typename T> __device__ __forceinline__ void mma_16816(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1);
+template <> __device__ __forceinline__ void mma_16816<__nv_bfloat16>(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+template <> __device__ __forceinline__ void mma_16816<__half>(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// Two elements packed in one register, the first in the low half (the mma operand order).
+template <typename T> __device__ __forceinline__ uint32_t pack2(T lo, T hi) {
+    return (uint32_t)*reinterpret_cast<const uint16_t *>(&lo) | ((uint32_t)*reinterpret_cast<const uint16_t *>(&hi) << 16);
+}
 
 // One K slice of x rows [row0, row0+BM) and of A rows [0, RP), held in registers as 16-byte vectors
 // between the global load and the store to shared memory, so the next slice's loads are in flight
@@ -219,7 +238,7 @@ __device__ void shrink_item(const LoraForwardParams &p, SharedShrink<T, BM> &s, 
 #pragma unroll
         for (int i = 0; i < kFragsPerWarp; ++i) wmma::fill_fragment(acc[i], 0.0f);
         for_each_shrink_slice<T, BM>(p, s, adapter_of, row0, k_begin, k_end, [&]() {
-#pragma unroll
+#pragma unroll 2
             for (int kk = 0; kk < KS; kk += 16) {
 #pragma unroll
                 for (int i = 0; i < kFragsPerWarp; ++i) {
@@ -356,128 +375,102 @@ __device__ void expand_item(const LoraForwardParams &p, SharedExpand<T, BM> &s, 
     };
 
     if constexpr (Config<T>::kTensorCores) {
-        // Thread e of the epilogue owns the 16-byte vectors e, e + 256, ... of the [BM, 64] tile.
-        constexpr int kOutVecs = (BM * kNTile / V + kThreads - 1) / kThreads;
-        auto fetch_base = [&](uint4 (&regs)[kOutVecs], int nt) {
-#pragma unroll
-            for (int i = 0; i < kOutVecs; ++i) {
-                const int e = threadIdx.x + i * kThreads;
-                const int row = row0 + e / (kNTile / V), col = nt * kNTile + (e % (kNTile / V)) * V;
-                if (e < BM * kNTile / V && row < p.m && col < p.n)
-                    regs[i] = *reinterpret_cast<const uint4 *>(base + (size_t)row * p.n + col);
-            }
-        };
-        uint4 base_regs[kOutVecs], next_regs[kOutVecs];
-        constexpr int kFrags = (BM / 16) * (kNTile / 16);
-        constexpr int kFragsPerWarp = (kFrags + kWarps - 1) / kWarps;
-        wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[kFragsPerWarp];
-        auto multiply_chunk = [&](int rc, int width) {
-            for (int kk = 0; kk < width; kk += 16) {
-#pragma unroll
-                for (int i = 0; i < kFragsPerWarp; ++i) {
-                    const int f = warp + i * kWarps;
-                    if (f < kFrags) {
-                        const int fm = f % (BM / 16), fn = f / (BM / 16);
-                        wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major> hf;
-                        wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::col_major> bf;
-                        wmma::load_matrix_sync(hf, &s.hidden[fm * 16][rc + kk], kHidPad);
-                        wmma::load_matrix_sync(bf, &s.b[fn * 16][kk], RC + Config<T>::kPad);
-                        wmma::mma_sync(acc[i], hf, bf, acc[i]);
-                    }
-                }
-            }
-        };
-        // Accumulators -> s.out (after the previous tile's epilogue is done with it) -> y.
-        auto write_tile = [&](int nt, bool prefetch_next) {
-            const int col0 = nt * kNTile;
-            __syncthreads();
-#pragma unroll
-            for (int i = 0; i < kFragsPerWarp; ++i) {
-                const int f = warp + i * kWarps;
-                if (f < kFrags) {
-                    const int fm = f % (BM / 16), fn = f / (BM / 16);
-                    wmma::store_matrix_sync(&s.out[fm * 16][fn * 16], acc[i], kNTile + 4, wmma::mem_row_major);
-                }
-            }
-            if (prefetch_next && p.vector_n && nt + 1 < nt_end) fetch_base(next_regs, nt + 1);
-            __syncthreads();
-            if (p.vector_n) {
-#pragma unroll
-                for (int i = 0; i < kOutVecs; ++i) {
-                    const int e = threadIdx.x + i * kThreads;
-                    const int r = e / (kNTile / V), c = (e % (kNTile / V)) * V;
-                    const int row = row0 + r, col = col0 + c;
-                    if (e < BM * kNTile / V && row < p.m && col < p.n) {
-                        Vec16<T> v;
-                        v.raw = base_regs[i];
-#pragma unroll
-                        for (int q = 0; q < V; ++q)
-                            v.v[q] = Element<T>::from_f32(Element<T>::to_f32(v.v[q]) + s.out[r][c + q]);
-                        *reinterpret_cast<uint4 *>(y + (size_t)row * p.n + col) = v.raw;
-                    }
-                    base_regs[i] = next_regs[i];
-                }
-            } else {
-                for (int e = threadIdx.x; e < BM * kNTile; e += kThreads) {
-                    const int r = e / kNTile, c = e % kNTile;
-                    const int row = row0 + r, col = col0 + c;
-                    if (row < p.m && col < p.n) {
-                        const size_t idx = (size_t)row * p.n + col;
-                        y[idx] = Element<T>::from_f32(Element<T>::to_f32(base[idx]) + s.out[r][c]);
-                    }
-                }
-            }
-        };
-        if (p.vector_n) fetch_base(base_regs, nt_begin);
+        // Each warp owns a 16-row x (8 * kN8) block of every tile and multiplies it with raw mma.sync,
+        // so the epilogue adds base straight from the accumulator registers: no barrier inside the
+        // tile loop, and warps drift past one another's loads. B fragments come from L2; the next
+        // tile's base comes from HBM one tile ahead.
+        constexpr int kMBlocks = BM / 16;
+        constexpr int kWarpsPerM = kWarps / kMBlocks;
+        constexpr int kN8 = kNTile / 8 / kWarpsPerM;  // 8-column blocks per warp: 4 (BM 64) or 1 (BM 16)
+        const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+        const int wm = warp / kWarpsPerM, wn = warp % kWarpsPerM;
+        const int hrow = wm * 16 + g;  // this thread's rows in the tile: hrow and hrow + 8
+        const bool pairs = p.vector_n;  // n even and base, y aligned: columns 2t, 2t+1 as one 32-bit access
 
-        if (rp <= RC) {
-            // One rank chunk: the next tile's B slice [64, RP] travels in registers with its base, so
-            // neither load stands between two tiles' products.
-            constexpr int kBRegs = kNTile * RC / kThreads;
-            T b_regs[kBRegs];
-            auto fetch_b = [&](int nt) {
+        // base[rows hrow, hrow+8][cols 2t, 2t+1 of each 8-column block], packed, for tile nt.
+        auto fetch_base = [&](uint32_t (&regs)[kN8][2], int nt) {
 #pragma unroll
-                for (int i = 0; i < kBRegs; ++i) {
-                    const int e = threadIdx.x + i * kThreads;
-                    const int nn = e / rp, j = e % rp, col = nt * kNTile + nn;
-                    b_regs[i] = zero;
-                    if (e < kNTile * rp && col < p.n && j < p.rank_total) {
-                        const LoraAdapterSlot &ad = p.adapters[adapter_of[j]];
-                        b_regs[i] = reinterpret_cast<const T *>(ad.lora_b)[(size_t)col * ad.rank + (j - ad.rank_offset)];
+            for (int j = 0; j < kN8; ++j) {
+                const int col = nt * kNTile + (wn * kN8 + j) * 8 + 2 * t;
+#pragma unroll
+                for (int h = 0; h < 2; ++h) {
+                    const int row = row0 + hrow + 8 * h;
+                    regs[j][h] = 0;
+                    if (pairs && row < p.m && col < p.n)
+                        regs[j][h] = *reinterpret_cast<const uint32_t *>(base + (size_t)row * p.n + col);
+                }
+            }
+        };
+
+        // Each tile's base is requested before its B fragments and products, which hide its latency
+        // together with the other warps (no barrier holds them back). Fetching one tile further ahead
+        // costs more than the 128 registers two blocks per SM leave.
+        uint32_t base_regs[kN8][2];
+        fetch_base(base_regs, nt_begin);
+        wait_and_load_hidden();
+        for (int nt = nt_begin; nt < nt_end; ++nt) {
+            if (nt > nt_begin) fetch_base(base_regs, nt);
+            float acc[kN8][4];
+#pragma unroll
+            for (int j = 0; j < kN8; ++j) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.0f;
+            for (int kk = 0; kk < rp; kk += 16) {
+                uint32_t a[4];
+                a[0] = *reinterpret_cast<const uint32_t *>(&s.hidden[hrow][kk + 2 * t]);
+                a[1] = *reinterpret_cast<const uint32_t *>(&s.hidden[hrow + 8][kk + 2 * t]);
+                a[2] = *reinterpret_cast<const uint32_t *>(&s.hidden[hrow][kk + 2 * t + 8]);
+                a[3] = *reinterpret_cast<const uint32_t *>(&s.hidden[hrow + 8][kk + 2 * t + 8]);
+                // The four rank indices this thread feeds to the B fragments (2t, 2t+1, 2t+8, 2t+9 past
+                // kk): where each one's column of B starts and its row stride, looked up once for all j.
+                const T *b_at[4];
+                int b_stride[4];
+#pragma unroll
+                for (int q = 0; q < 4; ++q) {
+                    const int k = kk + 2 * t + (q & 1) + 8 * (q >> 1);
+                    b_at[q] = nullptr;
+                    b_stride[q] = 0;
+                    if (k < p.rank_total) {
+                        const LoraAdapterSlot &ad = p.adapters[adapter_of[k]];
+                        b_at[q] = reinterpret_cast<const T *>(ad.lora_b) + (k - ad.rank_offset);
+                        b_stride[q] = ad.rank;
                     }
                 }
-            };
-            fetch_b(nt_begin);
-            wait_and_load_hidden();
-            for (int nt = nt_begin; nt < nt_end; ++nt) {
-                __syncthreads();  // the previous tile's products are done with s.b
 #pragma unroll
-                for (int i = 0; i < kBRegs; ++i) {
-                    const int e = threadIdx.x + i * kThreads;
-                    if (e < kNTile * rp) s.b[e / rp][e % rp] = b_regs[i];
+                for (int j = 0; j < kN8; ++j) {
+                    const int col = nt * kNTile + (wn * kN8 + j) * 8 + g;
+                    T e[4];
+#pragma unroll
+                    for (int q = 0; q < 4; ++q)
+                        e[q] = (col < p.n && b_at[q]) ? b_at[q][(size_t)col * b_stride[q]] : zero;
+                    const uint32_t b0 = pack2(e[0], e[1]), b1 = pack2(e[2], e[3]);
+                    mma_16816<T>(acc[j], a, b0, b1);
                 }
-                if (nt + 1 < nt_end) fetch_b(nt + 1);
-                __syncthreads();
-#pragma unroll
-                for (int i = 0; i < kFragsPerWarp; ++i) wmma::fill_fragment(acc[i], 0.0f);
-                multiply_chunk(0, rp);
-                write_tile(nt, true);
             }
-        } else {
-            load_b(nt_begin * kNTile, 0, RC);
-            wait_and_load_hidden();  // its barriers also publish the first B chunk
-            for (int nt = nt_begin; nt < nt_end; ++nt) {
 #pragma unroll
-                for (int i = 0; i < kFragsPerWarp; ++i) wmma::fill_fragment(acc[i], 0.0f);
-                for (int rc = 0; rc < rp; rc += RC) {
-                    const int width = min(RC, rp - rc);
-                    stage_b(nt, rc, width);
-                    multiply_chunk(rc, width);
+            for (int j = 0; j < kN8; ++j) {
+                const int col = nt * kNTile + (wn * kN8 + j) * 8 + 2 * t;
+#pragma unroll
+                for (int h = 0; h < 2; ++h) {
+                    const int row = row0 + hrow + 8 * h;
+                    if (row >= p.m) continue;
+                    const size_t idx = (size_t)row * p.n + col;
+                    if (pairs) {
+                        if (col < p.n) {
+                            Vec16<T> v;  // only the first two lanes are used
+                            v.raw.x = base_regs[j][h];
+                            v.v[0] = Element<T>::from_f32(Element<T>::to_f32(v.v[0]) + acc[j][2 * h]);
+                            v.v[1] = Element<T>::from_f32(Element<T>::to_f32(v.v[1]) + acc[j][2 * h + 1]);
+                            *reinterpret_cast<uint32_t *>(y + idx) = v.raw.x;
+                        }
+                    } else {
+#pragma unroll
+                        for (int q = 0; q < 2; ++q)
+                            if (col + q < p.n)
+                                y[idx + q] = Element<T>::from_f32(Element<T>::to_f32(base[idx + q]) + acc[j][2 * h + q]);
+                    }
                 }
-                write_tile(nt, true);
             }
         }
-        __syncthreads();  // s.out and s.b are overwritten by the next item
+        __syncthreads();  // s.hidden is overwritten by the next item
     } else {
         // CUDA cores: each thread owns outputs tid, tid + 256, ... of each [BM, 64] tile.
         constexpr int kPerThread = BM * kNTile / kThreads;
