@@ -12,7 +12,7 @@
 //      to `hidden`, then raises the tile's ready flag. Splitting k keeps every SM busy at m = 1.
 //   2. expand (m_tiles * n_items items): waits for its M-tile's flag, reads the hidden [BM, RP] into
 //      shared memory once, then walks its consecutive 64-column tiles: each warp multiplies its
-//      16-row block of the hidden with B fragments read from L2 (mma.sync m16n8k16) and adds base
+//      8 columns over all BM rows with B fragments read from L2 (mma.sync m16n8k16) and adds base
 //      straight from the accumulator registers, with no barrier inside the tile loop.
 // A block only claims an expand item after every shrink item has been claimed by a running block,
 // and shrink items never wait, so the spin on the ready flag cannot deadlock whatever the residency.
@@ -375,100 +375,98 @@ __device__ void expand_item(const LoraForwardParams &p, SharedExpand<T, BM> &s, 
     };
 
     if constexpr (Config<T>::kTensorCores) {
-        // Each warp owns a 16-row x (8 * kN8) block of every tile and multiplies it with raw mma.sync,
-        // so the epilogue adds base straight from the accumulator registers: no barrier inside the
-        // tile loop, and warps drift past one another's loads. B fragments come from L2; the next
-        // tile's base comes from HBM one tile ahead.
+        // Warp w owns columns [8w, 8w + 8) of every tile, over all BM rows, and multiplies them with
+        // raw mma.sync: one B fragment (read from L2) serves all BM / 16 row blocks, and the epilogue
+        // adds base straight from the accumulator registers. No barrier inside the tile loop, so warps
+        // drift past one another's loads.
+        static_assert(kNTile / 8 == kWarps, "one 8-column block per warp");
         constexpr int kMBlocks = BM / 16;
-        constexpr int kWarpsPerM = kWarps / kMBlocks;
-        constexpr int kN8 = kNTile / 8 / kWarpsPerM;  // 8-column blocks per warp: 4 (BM 64) or 1 (BM 16)
         const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
-        const int wm = warp / kWarpsPerM, wn = warp % kWarpsPerM;
-        const int hrow = wm * 16 + g;  // this thread's rows in the tile: hrow and hrow + 8
-        const bool pairs = p.vector_n;  // n even and base, y aligned: columns 2t, 2t+1 as one 32-bit access
+        const bool pairs = p.vector_n;  // base, y aligned and n even: columns 2t, 2t+1 as one 32-bit access
 
-        // base[rows hrow, hrow+8][cols 2t, 2t+1 of each 8-column block], packed, for tile nt.
-        auto fetch_base = [&](uint32_t (&regs)[kN8][2], int nt) {
+        // base[rows 16 mb + g (+8)][cols 2t, 2t+1 of this warp's block], packed, for tile nt.
+        auto fetch_base = [&](uint32_t (&regs)[kMBlocks][2], int nt) {
+            const int col = nt * kNTile + warp * 8 + 2 * t;
 #pragma unroll
-            for (int j = 0; j < kN8; ++j) {
-                const int col = nt * kNTile + (wn * kN8 + j) * 8 + 2 * t;
+            for (int mb = 0; mb < kMBlocks; ++mb)
 #pragma unroll
                 for (int h = 0; h < 2; ++h) {
-                    const int row = row0 + hrow + 8 * h;
-                    regs[j][h] = 0;
+                    const int row = row0 + mb * 16 + g + 8 * h;
+                    regs[mb][h] = 0;
                     if (pairs && row < p.m && col < p.n)
-                        regs[j][h] = *reinterpret_cast<const uint32_t *>(base + (size_t)row * p.n + col);
+                        regs[mb][h] = *reinterpret_cast<const uint32_t *>(base + (size_t)row * p.n + col);
                 }
-            }
         };
 
         // Each tile's base is requested before its B fragments and products, which hide its latency
-        // together with the other warps (no barrier holds them back). Fetching one tile further ahead
-        // costs more than the 128 registers two blocks per SM leave.
-        uint32_t base_regs[kN8][2];
+        // together with the other warps. Fetching one tile further ahead costs more than the 128
+        // registers two blocks per SM leave.
+        uint32_t base_regs[kMBlocks][2];
         fetch_base(base_regs, nt_begin);
         wait_and_load_hidden();
+        const T *b_single = reinterpret_cast<const T *>(p.adapters[0].lora_b);
         for (int nt = nt_begin; nt < nt_end; ++nt) {
             if (nt > nt_begin) fetch_base(base_regs, nt);
-            float acc[kN8][4];
+            float acc[kMBlocks][4];
 #pragma unroll
-            for (int j = 0; j < kN8; ++j) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.0f;
+            for (int mb = 0; mb < kMBlocks; ++mb) acc[mb][0] = acc[mb][1] = acc[mb][2] = acc[mb][3] = 0.0f;
+            const int b_col = nt * kNTile + warp * 8 + g;  // the output column this lane's B fragment feeds
             for (int kk = 0; kk < rp; kk += 16) {
-                uint32_t a[4];
-                a[0] = *reinterpret_cast<const uint32_t *>(&s.hidden[hrow][kk + 2 * t]);
-                a[1] = *reinterpret_cast<const uint32_t *>(&s.hidden[hrow + 8][kk + 2 * t]);
-                a[2] = *reinterpret_cast<const uint32_t *>(&s.hidden[hrow][kk + 2 * t + 8]);
-                a[3] = *reinterpret_cast<const uint32_t *>(&s.hidden[hrow + 8][kk + 2 * t + 8]);
-                // The four rank indices this thread feeds to the B fragments (2t, 2t+1, 2t+8, 2t+9 past
-                // kk): where each one's column of B starts and its row stride, looked up once for all j.
-                const T *b_at[4];
-                int b_stride[4];
-#pragma unroll
-                for (int q = 0; q < 4; ++q) {
-                    const int k = kk + 2 * t + (q & 1) + 8 * (q >> 1);
-                    b_at[q] = nullptr;
-                    b_stride[q] = 0;
-                    if (k < p.rank_total) {
-                        const LoraAdapterSlot &ad = p.adapters[adapter_of[k]];
-                        b_at[q] = reinterpret_cast<const T *>(ad.lora_b) + (k - ad.rank_offset);
-                        b_stride[q] = ad.rank;
-                    }
-                }
-#pragma unroll
-                for (int j = 0; j < kN8; ++j) {
-                    const int col = nt * kNTile + (wn * kN8 + j) * 8 + g;
+                const int k0 = kk + 2 * t;
+                uint32_t b0 = 0, b1 = 0;
+                if (p.vector_b) {
+                    // One adapter of even rank: B[b_col][k0], B[b_col][k0 + 1] are one aligned 32-bit word.
+                    const T *row = b_single + (size_t)b_col * p.rank_total;
+                    if (b_col < p.n && k0 < p.rank_total) b0 = __ldg(reinterpret_cast<const uint32_t *>(row + k0));
+                    if (b_col < p.n && k0 + 8 < p.rank_total) b1 = __ldg(reinterpret_cast<const uint32_t *>(row + k0 + 8));
+                } else {
                     T e[4];
 #pragma unroll
-                    for (int q = 0; q < 4; ++q)
-                        e[q] = (col < p.n && b_at[q]) ? b_at[q][(size_t)col * b_stride[q]] : zero;
-                    const uint32_t b0 = pack2(e[0], e[1]), b1 = pack2(e[2], e[3]);
-                    mma_16816<T>(acc[j], a, b0, b1);
+                    for (int q = 0; q < 4; ++q) {
+                        const int k = k0 + (q & 1) + 8 * (q >> 1);
+                        e[q] = zero;
+                        if (b_col < p.n && k < p.rank_total) {
+                            const LoraAdapterSlot &ad = p.adapters[adapter_of[k]];
+                            e[q] = reinterpret_cast<const T *>(ad.lora_b)[(size_t)b_col * ad.rank + (k - ad.rank_offset)];
+                        }
+                    }
+                    b0 = pack2(e[0], e[1]);
+                    b1 = pack2(e[2], e[3]);
+                }
+#pragma unroll
+                for (int mb = 0; mb < kMBlocks; ++mb) {
+                    uint32_t a[4];
+                    const int r = mb * 16 + g;
+                    a[0] = *reinterpret_cast<const uint32_t *>(&s.hidden[r][k0]);
+                    a[1] = *reinterpret_cast<const uint32_t *>(&s.hidden[r + 8][k0]);
+                    a[2] = *reinterpret_cast<const uint32_t *>(&s.hidden[r][k0 + 8]);
+                    a[3] = *reinterpret_cast<const uint32_t *>(&s.hidden[r + 8][k0 + 8]);
+                    mma_16816<T>(acc[mb], a, b0, b1);
                 }
             }
+            const int col = nt * kNTile + warp * 8 + 2 * t;
 #pragma unroll
-            for (int j = 0; j < kN8; ++j) {
-                const int col = nt * kNTile + (wn * kN8 + j) * 8 + 2 * t;
+            for (int mb = 0; mb < kMBlocks; ++mb)
 #pragma unroll
                 for (int h = 0; h < 2; ++h) {
-                    const int row = row0 + hrow + 8 * h;
+                    const int row = row0 + mb * 16 + g + 8 * h;
                     if (row >= p.m) continue;
                     const size_t idx = (size_t)row * p.n + col;
                     if (pairs) {
                         if (col < p.n) {
                             Vec16<T> v;  // only the first two lanes are used
-                            v.raw.x = base_regs[j][h];
-                            v.v[0] = Element<T>::from_f32(Element<T>::to_f32(v.v[0]) + acc[j][2 * h]);
-                            v.v[1] = Element<T>::from_f32(Element<T>::to_f32(v.v[1]) + acc[j][2 * h + 1]);
+                            v.raw.x = base_regs[mb][h];
+                            v.v[0] = Element<T>::from_f32(Element<T>::to_f32(v.v[0]) + acc[mb][2 * h]);
+                            v.v[1] = Element<T>::from_f32(Element<T>::to_f32(v.v[1]) + acc[mb][2 * h + 1]);
                             *reinterpret_cast<uint32_t *>(y + idx) = v.raw.x;
                         }
                     } else {
 #pragma unroll
                         for (int q = 0; q < 2; ++q)
                             if (col + q < p.n)
-                                y[idx + q] = Element<T>::from_f32(Element<T>::to_f32(base[idx + q]) + acc[j][2 * h + q]);
+                                y[idx + q] = Element<T>::from_f32(Element<T>::to_f32(base[idx + q]) + acc[mb][2 * h + q]);
                     }
                 }
-            }
         }
         __syncthreads();  // s.hidden is overwritten by the next item
     } else {

@@ -57,7 +57,8 @@ typedef struct LoraForwardParams {
     int32_t vector_k;
     /* 1 when n is a multiple of 16 / sizeof(element) and base and y are 16-byte aligned. */
     int32_t vector_n;
-    int32_t reserved;
+    /* 1 when there is one adapter, its rank is even and B is 4-byte aligned: B pairs load as words. */
+    int32_t vector_b;
     LoraAdapterSlot adapters[LORA_MAX_LAUNCH_ADAPTERS];
 } LoraForwardParams;
 

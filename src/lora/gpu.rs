@@ -278,6 +278,7 @@ impl Gpu {
         let aligned = |p: u64| p % 16 == 0;
         let vector_k = shape.k % vec == 0 && aligned(x) && adapters.iter().all(|a| aligned(a.a));
         let vector_n = shape.n % vec == 0 && aligned(base) && aligned(y);
+        let vector_b = adapters.len() == 1 && adapters[0].rank % 2 == 0 && adapters[0].b % 4 == 0;
 
         let mut slots = [LoraAdapterSlot {
             lora_a: 0,
@@ -319,7 +320,7 @@ impl Gpu {
             n_tiles_per_item: plan.n_tiles_per_item as i32,
             vector_k: vector_k as i32,
             vector_n: vector_n as i32,
-            reserved: 0,
+            vector_b: vector_b as i32,
             adapters: slots,
         };
         let grid = plan.items().min(resident).max(1);

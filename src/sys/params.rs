@@ -55,7 +55,7 @@ pub struct LoraForwardParams {
     pub n_tiles_per_item: i32,
     pub vector_k: i32,
     pub vector_n: i32,
-    pub reserved: i32,
+    pub vector_b: i32,
     pub adapters: [LoraAdapterSlot; 8usize],
 }
 #[allow(clippy::unnecessary_operation, clippy::identity_op)]
@@ -100,8 +100,8 @@ const _: () = {
         [::core::mem::offset_of!(LoraForwardParams, vector_k) - 92usize];
     ["Offset of field: LoraForwardParams::vector_n"]
         [::core::mem::offset_of!(LoraForwardParams, vector_n) - 96usize];
-    ["Offset of field: LoraForwardParams::reserved"]
-        [::core::mem::offset_of!(LoraForwardParams, reserved) - 100usize];
+    ["Offset of field: LoraForwardParams::vector_b"]
+        [::core::mem::offset_of!(LoraForwardParams, vector_b) - 100usize];
     ["Offset of field: LoraForwardParams::adapters"]
         [::core::mem::offset_of!(LoraForwardParams, adapters) - 104usize];
 };
