@@ -13,25 +13,21 @@ export LORA_KERNELS_REQUIRE_KERNELS=1 LORA_KERNELS_DENY_SPILLS=1
 # The GPU machines are Hopper (H100/H200): SASS for sm_90a plus the portable set.
 cargo build --release --tests --benches --examples
 rm -rf "$dir" && mkdir -p "$dir/bin"
-cargo test --release --no-run --message-format=json 2>/dev/null \
-    | python3 -c '
+# The executables cargo built for targets of KIND (test, bench), as "name path" lines.
+executables() {
+    python3 -c '
 import json, sys
 for line in sys.stdin:
     try: m = json.loads(line)
     except ValueError: continue
-    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["kind"] == ["test"]:
-        print(m["target"]["name"], m["executable"])' \
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["kind"] == [sys.argv[1]]:
+        print(m["target"]["name"], m["executable"])' "$1"
+}
+cargo test --release --no-run --message-format=json 2>/dev/null | executables test \
     | while read -r name exe; do
         case "$name" in golden|lora_gpu|errors) cp "$exe" "$dir/bin/$name";; esac
     done
-cargo bench --no-run --message-format=json 2>/dev/null \
-    | python3 -c '
-import json, sys
-for line in sys.stdin:
-    try: m = json.loads(line)
-    except ValueError: continue
-    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["kind"] == ["bench"]:
-        print(m["target"]["name"], m["executable"])' \
+cargo bench --no-run --message-format=json 2>/dev/null | executables bench \
     | while read -r name exe; do cp "$exe" "$dir/bin/bench_$name"; done
 cp target/release/examples/quickstart "$dir/bin/quickstart"
 strip --strip-debug "$dir"/bin/*

@@ -27,7 +27,97 @@ fn assert_invalid<T: std::fmt::Debug>(r: lora_kernels::Result<T>, arg: &str, exp
     }
 }
 
-/// A valid problem: m=3, k=8, n=5, one rank-2 adapter.
+const SHAPE: LoraShape = LoraShape { m: 3, k: 8, n: 5 };
+
+/// One bad input against the CPU reference: a valid problem (m=3, k=8, n=5, rank-2 adapters of 16 and
+/// 10 elements) with one thing changed, and the argument and text its error must carry.
+struct Bad {
+    shape: LoraShape,
+    x_len: usize,
+    base_len: usize,
+    /// (A length, B length, rank, scale) per adapter.
+    adapters: Vec<(usize, usize, usize, f32)>,
+    arg: &'static str,
+    text: &'static str,
+}
+
+fn bad(change: impl FnOnce(&mut Bad), arg: &'static str, text: &'static str) -> Bad {
+    let mut b = Bad {
+        shape: SHAPE,
+        x_len: 24,
+        base_len: 15,
+        adapters: vec![(16, 10, 2, 1.0)],
+        arg,
+        text,
+    };
+    change(&mut b);
+    b
+}
+
+fn values(len: usize) -> Vec<f32> {
+    (0..len).map(|i| (i as f32 * 0.37).sin() + 0.1).collect()
+}
+
+#[test]
+fn cpu_reference_rejects_bad_input() {
+    let cases = [
+        bad(|b| b.shape.m = 0, "shape.m", "at least 1"),
+        bad(|b| b.shape.k = 0, "shape.k", "at least 1"),
+        bad(|b| b.shape.n = 0, "shape.n", "at least 1"),
+        bad(|b| b.adapters[0].2 = 0, "adapters[0].rank", "1 to 256"),
+        bad(
+            |b| b.adapters[0] = (257 * 8, 5 * 257, 257, 1.0),
+            "adapters[0].rank",
+            "1 to 256",
+        ),
+        bad(
+            |b| b.adapters[0].3 = f32::NAN,
+            "adapters[0].scale",
+            "finite",
+        ),
+        bad(
+            |b| b.adapters[0].3 = f32::INFINITY,
+            "adapters[0].scale",
+            "finite",
+        ),
+        bad(|b| b.x_len = 23, "x", "at least 24"),
+        bad(|b| b.base_len = 14, "base", "at least 15"),
+        bad(
+            |b| b.adapters[0].0 = 15,
+            "adapters[0].lora_a",
+            "rank=2, k=8",
+        ),
+        bad(|b| b.adapters[0].1 = 9, "adapters[0].lora_b", "n=5, rank=2"),
+        // A rank that disagrees with A's length (A holds 2 rows of k=8, rank says 3).
+        bad(|b| b.adapters[0].2 = 3, "adapters[0].lora_a", "24"),
+        // The second adapter is the bad one, and is named so.
+        bad(
+            |b| b.adapters.push((16, 4, 2, 1.0)),
+            "adapters[1].lora_b",
+            "10",
+        ),
+    ];
+    for case in cases {
+        let (x, base) = (values(case.x_len), values(case.base_len));
+        let buffers: Vec<_> = case
+            .adapters
+            .iter()
+            .map(|&(a, b, _, _)| (values(a), values(b)))
+            .collect();
+        let adapters: Vec<_> = buffers
+            .iter()
+            .zip(&case.adapters)
+            .map(|((a, b), &(_, _, r, s))| LoraAdapter::new(&a[..], &b[..], r, s))
+            .collect();
+        assert_invalid(
+            reference::lora_forward(&x, &base, &adapters, case.shape),
+            case.arg,
+            case.text,
+        );
+    }
+}
+
+/// The valid problem the GPU test breaks one argument of.
 struct Valid {
     x: Vec<f32>,
     base: Vec<f32>,
@@ -36,214 +126,11 @@ struct Valid {
 }
 
 fn valid() -> Valid {
-    let v = |len: usize| {
-        (0..len)
-            .map(|i| (i as f32 * 0.37).sin())
-            .collect::<Vec<_>>()
-    };
     Valid {
-        x: v(24),
-        base: v(15),
-        a: v(16),
-        b: v(10),
-    }
-}
-
-const SHAPE: LoraShape = LoraShape { m: 3, k: 8, n: 5 };
-
-/// A call on bad input, the argument its error must name, and text its message must contain.
-type BadCase = (
-    Box<dyn Fn() -> lora_kernels::Result<Vec<f32>>>,
-    &'static str,
-    &'static str,
-);
-
-/// Each bad input, applied to the CPU reference.
-fn cpu_cases() -> Vec<BadCase> {
-    vec![
-        (
-            Box::new(|| {
-                let v = valid();
-                reference::lora_forward(
-                    &v.x,
-                    &v.base,
-                    &[LoraAdapter::new(&v.a[..], &v.b[..], 2, 1.0)],
-                    LoraShape::new(0, 8, 5),
-                )
-            }),
-            "shape.m",
-            "at least 1",
-        ),
-        (
-            Box::new(|| {
-                let v = valid();
-                reference::lora_forward(
-                    &v.x,
-                    &v.base,
-                    &[LoraAdapter::new(&v.a[..], &v.b[..], 2, 1.0)],
-                    LoraShape::new(3, 0, 5),
-                )
-            }),
-            "shape.k",
-            "at least 1",
-        ),
-        (
-            Box::new(|| {
-                let v = valid();
-                reference::lora_forward(
-                    &v.x,
-                    &v.base,
-                    &[LoraAdapter::new(&v.a[..], &v.b[..], 2, 1.0)],
-                    LoraShape::new(3, 8, 0),
-                )
-            }),
-            "shape.n",
-            "at least 1",
-        ),
-        (
-            Box::new(|| {
-                let v = valid();
-                reference::lora_forward(
-                    &v.x,
-                    &v.base,
-                    &[LoraAdapter::new(&v.a[..], &v.b[..], 0, 1.0)],
-                    SHAPE,
-                )
-            }),
-            "adapters[0].rank",
-            "1 to 256",
-        ),
-        (
-            Box::new(|| {
-                let v = valid();
-                let a = vec![0.5f32; 257 * 8];
-                let b = vec![0.5f32; 5 * 257];
-                reference::lora_forward(
-                    &v.x,
-                    &v.base,
-                    &[LoraAdapter::new(&a[..], &b[..], 257, 1.0)],
-                    SHAPE,
-                )
-            }),
-            "adapters[0].rank",
-            "1 to 256",
-        ),
-        (
-            Box::new(|| {
-                let v = valid();
-                reference::lora_forward(
-                    &v.x,
-                    &v.base,
-                    &[LoraAdapter::new(&v.a[..], &v.b[..], 2, f32::NAN)],
-                    SHAPE,
-                )
-            }),
-            "adapters[0].scale",
-            "finite",
-        ),
-        (
-            Box::new(|| {
-                let v = valid();
-                reference::lora_forward(
-                    &v.x,
-                    &v.base,
-                    &[LoraAdapter::new(&v.a[..], &v.b[..], 2, f32::INFINITY)],
-                    SHAPE,
-                )
-            }),
-            "adapters[0].scale",
-            "finite",
-        ),
-        (
-            Box::new(|| {
-                let v = valid();
-                reference::lora_forward(
-                    &v.x[..23],
-                    &v.base,
-                    &[LoraAdapter::new(&v.a[..], &v.b[..], 2, 1.0)],
-                    SHAPE,
-                )
-            }),
-            "x",
-            "at least 24",
-        ),
-        (
-            Box::new(|| {
-                let v = valid();
-                reference::lora_forward(
-                    &v.x,
-                    &v.base[..14],
-                    &[LoraAdapter::new(&v.a[..], &v.b[..], 2, 1.0)],
-                    SHAPE,
-                )
-            }),
-            "base",
-            "at least 15",
-        ),
-        (
-            Box::new(|| {
-                let v = valid();
-                reference::lora_forward(
-                    &v.x,
-                    &v.base,
-                    &[LoraAdapter::new(&v.a[..15], &v.b[..], 2, 1.0)],
-                    SHAPE,
-                )
-            }),
-            "adapters[0].lora_a",
-            "rank=2, k=8",
-        ),
-        (
-            Box::new(|| {
-                let v = valid();
-                reference::lora_forward(
-                    &v.x,
-                    &v.base,
-                    &[LoraAdapter::new(&v.a[..], &v.b[..9], 2, 1.0)],
-                    SHAPE,
-                )
-            }),
-            "adapters[0].lora_b",
-            "n=5, rank=2",
-        ),
-        // A rank that disagrees with A's length (A holds 2 rows of k=8, rank says 3).
-        (
-            Box::new(|| {
-                let v = valid();
-                reference::lora_forward(
-                    &v.x,
-                    &v.base,
-                    &[LoraAdapter::new(&v.a[..], &v.b[..], 3, 1.0)],
-                    SHAPE,
-                )
-            }),
-            "adapters[0].lora_a",
-            "24",
-        ),
-        // The second adapter is the bad one, and is named so.
-        (
-            Box::new(|| {
-                let v = valid();
-                reference::lora_forward(
-                    &v.x,
-                    &v.base,
-                    &[
-                        LoraAdapter::new(&v.a[..], &v.b[..], 2, 1.0),
-                        LoraAdapter::new(&v.a[..], &v.b[..4], 2, 1.0),
-                    ],
-                    SHAPE,
-                )
-            }),
-            "adapters[1].lora_b",
-            "10",
-        ),
-    ]
-}
-
-#[test]
-fn cpu_reference_rejects_bad_input() {
-    for (run, arg, text) in cpu_cases() {
-        assert_invalid(run(), arg, text);
+        x: values(24),
+        base: values(15),
+        a: values(16),
+        b: values(10),
     }
 }
 

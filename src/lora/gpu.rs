@@ -339,15 +339,7 @@ impl Gpu {
 }
 
 fn device_lens<T, S: DevicePtr<T>>(adapters: &[LoraAdapter<'_, S>]) -> Vec<AdapterLens> {
-    adapters
-        .iter()
-        .map(|a| AdapterLens {
-            rank: a.rank,
-            a_len: a.lora_a.len(),
-            b_len: a.lora_b.len(),
-            scale: a.scale,
-        })
-        .collect()
+    AdapterLens::of(adapters, |s| s.len())
 }
 
 #[cfg(test)]

@@ -74,6 +74,24 @@ pub(crate) struct AdapterLens {
     pub scale: f32,
 }
 
+impl AdapterLens {
+    /// The lengths of `adapters`' buffers, measured by `len` (host slices and device buffers alike).
+    pub(crate) fn of<S: ?Sized>(
+        adapters: &[LoraAdapter<'_, S>],
+        len: impl Fn(&S) -> usize,
+    ) -> Vec<Self> {
+        adapters
+            .iter()
+            .map(|a| AdapterLens {
+                rank: a.rank,
+                a_len: len(a.lora_a),
+                b_len: len(a.lora_b),
+                scale: a.scale,
+            })
+            .collect()
+    }
+}
+
 /// Checks a LoRA forward's arguments: the one validation shared by the CPU and GPU paths.
 ///
 /// Buffers may be longer than needed (views into larger allocations); shorter is an error.

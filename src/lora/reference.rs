@@ -6,15 +6,7 @@ use crate::error::{invalid, Result};
 use crate::Element;
 
 fn lens<T>(adapters: &[LoraAdapter<'_, [T]>]) -> Vec<AdapterLens> {
-    adapters
-        .iter()
-        .map(|a| AdapterLens {
-            rank: a.rank,
-            a_len: a.lora_a.len(),
-            b_len: a.lora_b.len(),
-            scale: a.scale,
-        })
-        .collect()
+    AdapterLens::of(adapters, <[T]>::len)
 }
 
 /// `y = base + Σᵢ sᵢ · (x · Aᵢᵀ) · Bᵢᵀ`, returned as a new [m, n] buffer.
