@@ -85,6 +85,19 @@ struct Counters {
     }
 };
 
+// The output of one element from the base layer's output and the LoRA term: base + lora, or with the
+// DoRA epilogue bias + f * (base - bias + lora), f = m / ||W + s B A|| per output column.
+template <typename T, bool kDora>
+__device__ __forceinline__ float output_value(const LoraForwardParams &p, int col, float base, float lora) {
+    if constexpr (kDora) {
+        const float bias = p.bias ? Element<T>::to_f32(reinterpret_cast<const T *>(p.bias)[col]) : 0.0f;
+        const float f = reinterpret_cast<const float *>(p.dora_factor)[col];
+        return bias + f * (base - bias + lora);
+    } else {
+        return base + lora;
+    }
+}
+
 // d += a * b on tensor cores, m16n8k16, f32 accumulate. Fragment layouts (PTX ISA), with g = lane / 4
 // and t = lane % 4: a0 = A[g][2t..2t+1], a1 = A[g+8][2t..], a2 = A[g][2t+8..], a3 = A[g+8][2t+8..];
 // b0 = B[2t..2t+1][g], b1 = B[2t+8..2t+9][g]; d0,d1 = D[g][2t..2t+1], d2,d3 = D[g+8][2t..2t+1].
@@ -320,7 +333,7 @@ __device__ void shrink_item(const LoraForwardParams &p, SharedShrink<T, BM> &s, 
 // The first tile's base and B chunk do not depend on the hidden, so they are fetched before waiting for
 // the M-tile's ready flag: at small m that overlaps the shrink. Later tiles' base vectors are fetched
 // one tile ahead into registers.
-template <typename T, int BM>
+template <typename T, int BM, bool kDora>
 __device__ void expand_item(const LoraForwardParams &p, SharedExpand<T, BM> &s, const int8_t *adapter_of,
                             const Counters &ctr, int item) {
     constexpr int RC = Config<T>::kRankChunk;
@@ -456,15 +469,17 @@ __device__ void expand_item(const LoraForwardParams &p, SharedExpand<T, BM> &s, 
                         if (col < p.n) {
                             Vec16<T> v;  // only the first two lanes are used
                             v.raw.x = base_regs[mb][h];
-                            v.v[0] = Element<T>::from_f32(Element<T>::to_f32(v.v[0]) + acc[mb][2 * h]);
-                            v.v[1] = Element<T>::from_f32(Element<T>::to_f32(v.v[1]) + acc[mb][2 * h + 1]);
+                            v.v[0] = Element<T>::from_f32(output_value<T, kDora>(p, col, Element<T>::to_f32(v.v[0]), acc[mb][2 * h]));
+                            v.v[1] = Element<T>::from_f32(
+                                output_value<T, kDora>(p, col + 1, Element<T>::to_f32(v.v[1]), acc[mb][2 * h + 1]));
                             *reinterpret_cast<uint32_t *>(y + idx) = v.raw.x;
                         }
                     } else {
 #pragma unroll
                         for (int q = 0; q < 2; ++q)
                             if (col + q < p.n)
-                                y[idx + q] = Element<T>::from_f32(Element<T>::to_f32(base[idx + q]) + acc[mb][2 * h + q]);
+                                y[idx + q] = Element<T>::from_f32(
+                                    output_value<T, kDora>(p, col + q, Element<T>::to_f32(base[idx + q]), acc[mb][2 * h + q]));
                     }
                 }
         }
@@ -505,14 +520,15 @@ __device__ void expand_item(const LoraForwardParams &p, SharedExpand<T, BM> &s, 
             for (int i = 0; i < kPerThread; ++i) {
                 const int o = threadIdx.x + i * kThreads;
                 const int row = row0 + o / kNTile, col = nt * kNTile + o % kNTile;
-                if (row < p.m && col < p.n) y[(size_t)row * p.n + col] = Element<T>::from_f32(base_f[i] + acc[i]);
+                if (row < p.m && col < p.n)
+                    y[(size_t)row * p.n + col] = Element<T>::from_f32(output_value<T, kDora>(p, col, base_f[i], acc[i]));
             }
         }
         __syncthreads();
     }
 }
 
-template <typename T, int BM> __device__ void lora_forward(const LoraForwardParams &p) {
+template <typename T, int BM, bool kDora> __device__ void lora_forward(const LoraForwardParams &p) {
     __shared__ __align__(128) SharedMem<T, BM> smem;
     __shared__ int8_t adapter_of[kMaxRank];
     __shared__ unsigned int ticket;
@@ -536,7 +552,7 @@ template <typename T, int BM> __device__ void lora_forward(const LoraForwardPara
         if (t < shrink_items) {
             shrink_item<T, BM>(p, smem.shrink, adapter_of, ctr, (int)t);
         } else if (t < total_items) {
-            expand_item<T, BM>(p, smem.expand, adapter_of, ctr, (int)(t - shrink_items));
+            expand_item<T, BM, kDora>(p, smem.expand, adapter_of, ctr, (int)(t - shrink_items));
         } else {
             break;
         }
@@ -567,13 +583,19 @@ template <typename T, int BM> __device__ void lora_forward(const LoraForwardPara
 #else
 #define LORA_TC_MIN_BLOCKS 1
 #endif
-#define LORA_FORWARD_ENTRY(NAME, T, BM, MIN_BLOCKS)                                                    \
+#define LORA_FORWARD_ENTRY(NAME, T, BM, MIN_BLOCKS, DORA)                                              \
     extern "C" __global__ void __launch_bounds__(kThreads, MIN_BLOCKS) NAME(const LoraForwardParams p) { \
-        lora_forward<T, BM>(p);                                                                        \
+        lora_forward<T, BM, DORA>(p);                                                                  \
     }
 
-LORA_FORWARD_ENTRY(lora_forward_f32_bm16, float, 16, 1)
-LORA_FORWARD_ENTRY(lora_forward_f16_bm16, __half, 16, LORA_TC_MIN_BLOCKS)
-LORA_FORWARD_ENTRY(lora_forward_f16_bm64, __half, 64, LORA_TC_MIN_BLOCKS)
-LORA_FORWARD_ENTRY(lora_forward_bf16_bm16, __nv_bfloat16, 16, LORA_TC_MIN_BLOCKS)
-LORA_FORWARD_ENTRY(lora_forward_bf16_bm64, __nv_bfloat16, 64, LORA_TC_MIN_BLOCKS)
+LORA_FORWARD_ENTRY(lora_forward_f32_bm16, float, 16, 1, false)
+LORA_FORWARD_ENTRY(lora_forward_f16_bm16, __half, 16, LORA_TC_MIN_BLOCKS, false)
+LORA_FORWARD_ENTRY(lora_forward_f16_bm64, __half, 64, LORA_TC_MIN_BLOCKS, false)
+LORA_FORWARD_ENTRY(lora_forward_bf16_bm16, __nv_bfloat16, 16, LORA_TC_MIN_BLOCKS, false)
+LORA_FORWARD_ENTRY(lora_forward_bf16_bm64, __nv_bfloat16, 64, LORA_TC_MIN_BLOCKS, false)
+// The DoRA forward: the same kernel with the per-column DoRA epilogue (see output_value).
+LORA_FORWARD_ENTRY(lora_forward_dora_f32_bm16, float, 16, 1, true)
+LORA_FORWARD_ENTRY(lora_forward_dora_f16_bm16, __half, 16, LORA_TC_MIN_BLOCKS, true)
+LORA_FORWARD_ENTRY(lora_forward_dora_f16_bm64, __half, 64, LORA_TC_MIN_BLOCKS, true)
+LORA_FORWARD_ENTRY(lora_forward_dora_bf16_bm16, __nv_bfloat16, 16, LORA_TC_MIN_BLOCKS, true)
+LORA_FORWARD_ENTRY(lora_forward_dora_bf16_bm64, __nv_bfloat16, 64, LORA_TC_MIN_BLOCKS, true)

@@ -60,6 +60,47 @@ typedef struct LoraForwardParams {
     /* 1 when there is one adapter, its rank is even and B is 4-byte aligned: B pairs load as words. */
     int32_t vector_b;
     LoraAdapterSlot adapters[LORA_MAX_LAUNCH_ADAPTERS];
+    /* DoRA epilogue (the lora_forward_dora_* kernels only): f32 [n] factor f = m / ||W + sBA|| and the
+     * element-type [n] bias of the base layer (0: none). y = bias + f * (base - bias + LoRA term). */
+    uint64_t dora_factor;
+    uint64_t bias;
 } LoraForwardParams;
+
+/* Rows of the DoRA weight norm, merge and unmerge (kernels/dora.cu).
+ * W [n, k], A [rank, k], B [n, rank] row-major; one pass over W, B*A formed on the fly. */
+#define DORA_ROWS_PER_BLOCK 16
+#define DORA_THREADS 256
+/* Row norms below this are treated as zero: f = m / max(norm, DORA_NORM_EPS). */
+#define DORA_NORM_EPS 1e-12f
+
+/* What a row pass computes. */
+typedef enum DoraRowOp {
+    /* out[i] = ||W[i,:] + scale * (B A)[i,:]||_2, f32 [n]. */
+    DORA_ROW_NORM = 0,
+    /* out[i] = magnitude[i] / max(norm_i, DORA_NORM_EPS), f32 [n]: the factor f of the forward. */
+    DORA_ROW_FACTOR = 1,
+    /* W[i,:] = factor[i] * (W[i,:] + scale * (B A)[i,:]) in place (factor 0: plain LoRA merge). */
+    DORA_ROW_MERGE = 2,
+    /* W[i,:] = W[i,:] / factor[i] - scale * (B A)[i,:] in place (factor 0: plain LoRA unmerge). */
+    DORA_ROW_UNMERGE = 3
+} DoraRowOp;
+
+typedef struct DoraRowParams {
+    uint64_t weight;
+    uint64_t lora_a;
+    uint64_t lora_b;
+    /* element-type [n] magnitude m (DORA_ROW_FACTOR). */
+    uint64_t magnitude;
+    /* f32 [n]: the output of NORM and FACTOR, the factor read by MERGE and UNMERGE (0: none). */
+    uint64_t row_values;
+    /* uint32 [1]: with check_only, the number of non-finite results (nothing is written). */
+    uint64_t non_finite;
+    int32_t n;
+    int32_t k;
+    int32_t rank;
+    float scale;
+    int32_t op;
+    int32_t check_only;
+} DoraRowParams;
 
 #endif

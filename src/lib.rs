@@ -1,8 +1,11 @@
 //! Fused CUDA kernels for LoRA-family adapters, with CPU references.
 //!
 //! - [`Gpu::lora_forward`]: the fused LoRA forward `y = base + Σᵢ sᵢ · (x · Aᵢᵀ) · Bᵢᵀ` in one launch.
-//! - [`lora::reference`]: simple f64 CPU references of every op, the specification the kernels are
-//!   tested against and the fallback without a GPU.
+//! - [`Gpu::dora_factor`], [`Gpu::dora_forward`], [`Gpu::merge_adapter`]: DoRA's weight norm (one
+//!   pass over W, B·A never in memory), its forward with the magnitude in the fused epilogue, and
+//!   merge / unmerge of LoRA and DoRA adapters ([`dora`]).
+//! - [`lora::reference`], [`dora::reference`]: simple f64 CPU references of every op, the
+//!   specification the kernels are tested against and the fallback without a GPU.
 //! - [`golden`]: reading the golden cases computed by the real peft and bitsandbytes.
 //!
 //! Kernels are compiled by `build.rs` from `kernels/*.cu` into an embedded fatbin; a build without
@@ -31,6 +34,7 @@
 #![warn(missing_docs)]
 
 pub mod device;
+pub mod dora;
 pub mod dtype;
 pub mod error;
 pub mod golden;
@@ -42,6 +46,7 @@ mod kernel_images {
 }
 
 pub use device::Gpu;
+pub use dora::DoraFactor;
 pub use dtype::{DType, Element};
 pub use error::{Error, Result};
 pub use lora::{LoraAdapter, LoraShape, MAX_RANK};

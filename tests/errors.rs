@@ -256,3 +256,47 @@ fn gpu_rejects_bad_input_before_launching() {
         assert!((g - e).abs() <= 1e-5 * (1.0 + e.abs()), "{g} vs {e}");
     }
 }
+
+#[test]
+fn dora_references_reject_bad_input() {
+    use lora_kernels::dora::reference as dora;
+    let (w, a, b) = (values(40), values(16), values(10));
+    let adapter = LoraAdapter::new(&a[..], &b[..], 2, 1.0);
+    assert_invalid(
+        dora::dora_weight_norm(&w[..39], adapter, 8, 5),
+        "weight",
+        "at least 40",
+    );
+    assert_invalid(dora::dora_weight_norm(&w, adapter, 0, 5), "k", "at least 1");
+    assert_invalid(
+        dora::dora_weight_norm(&w, LoraAdapter::new(&a[..], &b[..], 2, f32::NAN), 8, 5),
+        "adapter.scale",
+        "finite",
+    );
+    assert_invalid(
+        dora::dora_factor(&values(4), &[1.0f32; 5]),
+        "magnitude",
+        "at least 5",
+    );
+    let (x, base) = (values(24), values(15));
+    assert_invalid(
+        dora::dora_forward(&x, &base, None, adapter, &[1.0f32; 4], SHAPE),
+        "factor",
+        "at least 5",
+    );
+    assert_invalid(
+        dora::dora_forward(&x, &base, Some(&values(4)), adapter, &[1.0f32; 5], SHAPE),
+        "bias",
+        "at least 5",
+    );
+    assert_invalid(
+        dora::dora_merged_weight(&w, adapter, Some(&[1.0f32; 4]), 8, 5),
+        "factor",
+        "at least 5",
+    );
+    assert_invalid(
+        dora::dora_merged_weight(&w, adapter, Some(&[f32::INFINITY; 5]), 8, 5),
+        "weight",
+        "finite",
+    );
+}

@@ -14,12 +14,15 @@ use std::sync::{Arc, Mutex, OnceLock, Weak};
 pub(crate) enum KernelModule {
     /// `kernels/lora_forward.cu`.
     LoraForward,
+    /// `kernels/dora.cu`.
+    Dora,
 }
 
 impl KernelModule {
     fn image(self) -> Option<&'static [u8]> {
         match self {
             KernelModule::LoraForward => kernel_images::LORA_FORWARD,
+            KernelModule::Dora => kernel_images::DORA,
         }
     }
 }

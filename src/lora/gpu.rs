@@ -85,6 +85,13 @@ fn k_slice(dtype: DType, block_m: usize) -> usize {
     }
 }
 
+/// Device pointers of the DoRA epilogue: the f32 factor [n] and the bias [n] (0: none).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct DoraEpilogue {
+    pub factor: u64,
+    pub bias: u64,
+}
+
 /// Device pointer of an adapter's A and B with its rank and scale.
 struct DeviceAdapter {
     a: u64,
@@ -123,7 +130,7 @@ impl Gpu {
         )?;
         let stream = self.stream().clone();
         let (base_ptr, _base_guard) = base.device_ptr(&stream);
-        self.lora_forward_raw::<T, X, S, Y>(x, Some(base_ptr), adapters, shape, y)
+        self.lora_forward_raw::<T, X, S, Y>(x, Some(base_ptr), adapters, shape, y, None)
     }
 
     /// In place: `y += Σᵢ sᵢ · (x · Aᵢᵀ) · Bᵢᵀ` (y holds the base output on entry).
@@ -141,16 +148,19 @@ impl Gpu {
         Y: DevicePtrMut<T>,
     {
         validate_lora_forward(shape, x.len(), None, y.len(), &device_lens(adapters))?;
-        self.lora_forward_raw::<T, X, S, Y>(x, None, adapters, shape, y)
+        self.lora_forward_raw::<T, X, S, Y>(x, None, adapters, shape, y, None)
     }
 
-    fn lora_forward_raw<T, X, S, Y>(
+    /// The launches behind the forward, arguments already validated. With `dora`, the single launch
+    /// (one adapter) uses the DoRA epilogue `y = bias + f ⊙ (base − bias + LoRA term)`.
+    pub(crate) fn lora_forward_raw<T, X, S, Y>(
         &self,
         x: &X,
         base_ptr: Option<u64>,
         adapters: &[LoraAdapter<'_, S>],
         shape: LoraShape,
         y: &mut Y,
+        dora: Option<DoraEpilogue>,
     ) -> Result<()>
     where
         T: Element,
@@ -214,7 +224,7 @@ impl Gpu {
             } else {
                 y_ptr
             };
-            self.launch_group::<T>(x_ptr, base, y_ptr, group, shape)?;
+            self.launch_group::<T>(x_ptr, base, y_ptr, group, shape, dora)?;
         }
         Ok(())
     }
@@ -226,14 +236,16 @@ impl Gpu {
         y: u64,
         adapters: &[DeviceAdapter],
         shape: LoraShape,
+        dora: Option<DoraEpilogue>,
     ) -> Result<()> {
         let stream = self.stream().clone();
         let rank_total: usize = adapters.iter().map(|a| a.rank).sum();
         let dtype = T::DTYPE;
         let block_m = Plan::new(dtype, shape, rank_total, 1).block_m;
+        let variant = if dora.is_some() { "dora_" } else { "" };
         let (func, resident) = self.kernel(
             KernelModule::LoraForward,
-            &format!("lora_forward_{}_bm{block_m}", dtype.name()),
+            &format!("lora_forward_{variant}{}_bm{block_m}", dtype.name()),
             LORA_FORWARD_THREADS,
         )?;
         let plan = Plan::new(dtype, shape, rank_total, resident);
@@ -321,6 +333,8 @@ impl Gpu {
             vector_k: vector_k as i32,
             vector_n: vector_n as i32,
             vector_b: vector_b as i32,
+            dora_factor: dora.map_or(0, |d| d.factor),
+            bias: dora.map_or(0, |d| d.bias),
             adapters: slots,
         };
         let grid = plan.items().min(resident).max(1);

@@ -92,6 +92,68 @@ impl AdapterLens {
     }
 }
 
+/// Checks one adapter (rank, scale, lengths of A [rank, k] and B [n, rank]); `name` prefixes the
+/// argument names in errors (`adapters[1]`, `adapter`).
+pub(crate) fn validate_adapter(name: &str, ad: &AdapterLens, k: usize, n: usize) -> Result<()> {
+    if ad.rank == 0 || ad.rank > MAX_RANK {
+        return Err(invalid(
+            format!("{name}.rank"),
+            format!("1 to {MAX_RANK}"),
+            ad.rank,
+        ));
+    }
+    if !ad.scale.is_finite() {
+        return Err(invalid(
+            format!("{name}.scale"),
+            "a finite number",
+            ad.scale,
+        ));
+    }
+    let r = ad.rank;
+    at_least(
+        &format!("{name}.lora_a"),
+        ad.a_len,
+        r.checked_mul(k),
+        &format!("[rank={r}, k={k}]"),
+    )?;
+    at_least(
+        &format!("{name}.lora_b"),
+        ad.b_len,
+        n.checked_mul(r),
+        &format!("[n={n}, rank={r}]"),
+    )
+}
+
+/// A buffer of `len` elements must hold `want` (None: the size overflowed); `what` names the shape.
+pub(crate) fn at_least(name: &str, len: usize, want: Option<usize>, what: &str) -> Result<()> {
+    match want {
+        Some(w) if len >= w => Ok(()),
+        Some(w) => Err(invalid(
+            name,
+            format!("at least {w} elements ({what})"),
+            format!("{len} elements"),
+        )),
+        None => Err(invalid(
+            name,
+            format!("a size that fits in memory ({what})"),
+            "an overflow",
+        )),
+    }
+}
+
+/// Checks that every dimension is at least 1 and fits the kernels' 32-bit indices.
+pub(crate) fn validate_dims(dims: &[(&str, usize)]) -> Result<()> {
+    for &(name, v) in dims {
+        if v == 0 {
+            return Err(invalid(name, "at least 1 (no empty matrices)", 0));
+        }
+        if v > i32::MAX as usize {
+            return Err(invalid(name, format!("at most {}", i32::MAX), v));
+        }
+    }
+    Ok(())
+}
+
 /// Checks a LoRA forward's arguments: the one validation shared by the CPU and GPU paths.
 ///
 /// Buffers may be longer than needed (views into larger allocations); shorter is an error.
@@ -103,67 +165,19 @@ pub(crate) fn validate_lora_forward(
     adapters: &[AdapterLens],
 ) -> Result<()> {
     let LoraShape { m, k, n } = shape;
-    for (name, v) in [("shape.m", m), ("shape.k", k), ("shape.n", n)] {
-        if v == 0 {
-            return Err(invalid(name, "at least 1 (no empty matrices)", 0));
-        }
-        if v > i32::MAX as usize {
-            return Err(invalid(name, format!("at most {}", i32::MAX), v));
-        }
-    }
-    let need = |name: &str, len: usize, want: Option<usize>, what: &str| -> Result<()> {
-        match want {
-            Some(w) if len >= w => Ok(()),
-            Some(w) => Err(invalid(
-                name,
-                format!("at least {w} elements ({what})"),
-                format!("{len} elements"),
-            )),
-            None => Err(invalid(
-                name,
-                format!("a size that fits in memory ({what})"),
-                "an overflow",
-            )),
-        }
-    };
-    need("x", x_len, m.checked_mul(k), &format!("[m={m}, k={k}]"))?;
+    validate_dims(&[("shape.m", m), ("shape.k", k), ("shape.n", n)])?;
+    at_least("x", x_len, m.checked_mul(k), &format!("[m={m}, k={k}]"))?;
     if let Some(base_len) = base_len {
-        need(
+        at_least(
             "base",
             base_len,
             m.checked_mul(n),
             &format!("[m={m}, n={n}]"),
         )?;
     }
-    need("y", y_len, m.checked_mul(n), &format!("[m={m}, n={n}]"))?;
+    at_least("y", y_len, m.checked_mul(n), &format!("[m={m}, n={n}]"))?;
     for (i, ad) in adapters.iter().enumerate() {
-        if ad.rank == 0 || ad.rank > MAX_RANK {
-            return Err(invalid(
-                format!("adapters[{i}].rank"),
-                format!("1 to {MAX_RANK}"),
-                ad.rank,
-            ));
-        }
-        if !ad.scale.is_finite() {
-            return Err(invalid(
-                format!("adapters[{i}].scale"),
-                "a finite number",
-                ad.scale,
-            ));
-        }
-        let r = ad.rank;
-        need(
-            &format!("adapters[{i}].lora_a"),
-            ad.a_len,
-            r.checked_mul(k),
-            &format!("[rank={r}, k={k}]"),
-        )?;
-        need(
-            &format!("adapters[{i}].lora_b"),
-            ad.b_len,
-            n.checked_mul(r),
-            &format!("[n={n}, rank={r}]"),
-        )?;
+        validate_adapter(&format!("adapters[{i}]"), ad, k, n)?;
     }
     Ok(())
 }

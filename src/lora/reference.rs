@@ -85,27 +85,7 @@ pub fn lora_merged_weight<T: Element>(
     k: usize,
     n: usize,
 ) -> Result<Vec<T>> {
-    if weight.len() < n * k {
-        return Err(invalid(
-            "weight",
-            format!("at least {} elements ([n={n}, k={k}])", n * k),
-            weight.len(),
-        ));
-    }
-    let delta = lora_delta_weight(adapter, k, n)?;
-    let merged: Vec<T> = weight[..n * k]
-        .iter()
-        .zip(&delta)
-        .map(|(w, d)| T::from_f64(w.to_f64() + d.to_f64()))
-        .collect();
-    if let Some(pos) = merged.iter().position(|v| !v.to_f64().is_finite()) {
-        return Err(invalid(
-            "weight",
-            "a merge with finite results (safe merge)",
-            format!("a non-finite value at [{}, {}]", pos / k, pos % k),
-        ));
-    }
-    Ok(merged)
+    crate::dora::reference::dora_merged_weight(weight, adapter, None, k, n)
 }
 
 /// A dense linear layer `x · Wᵀ + bias` for x [m, k], W [n, k]: the base layer the adapters sit on.

@@ -6,6 +6,9 @@ pub const LORA_MAX_LAUNCH_RANK: u32 = 256;
 pub const LORA_MAX_LAUNCH_ADAPTERS: u32 = 8;
 pub const LORA_FORWARD_THREADS: u32 = 256;
 pub const LORA_FORWARD_N_TILE: u32 = 64;
+pub const DORA_ROWS_PER_BLOCK: u32 = 16;
+pub const DORA_THREADS: u32 = 256;
+pub const DORA_NORM_EPS: f64 = 0.000000000001;
 #[repr(C)]
 #[derive(Debug, Default, Copy, Clone)]
 pub struct LoraAdapterSlot {
@@ -57,10 +60,12 @@ pub struct LoraForwardParams {
     pub vector_n: i32,
     pub vector_b: i32,
     pub adapters: [LoraAdapterSlot; 8usize],
+    pub dora_factor: u64,
+    pub bias: u64,
 }
 #[allow(clippy::unnecessary_operation, clippy::identity_op)]
 const _: () = {
-    ["Size of LoraForwardParams"][::core::mem::size_of::<LoraForwardParams>() - 360usize];
+    ["Size of LoraForwardParams"][::core::mem::size_of::<LoraForwardParams>() - 376usize];
     ["Alignment of LoraForwardParams"][::core::mem::align_of::<LoraForwardParams>() - 8usize];
     ["Offset of field: LoraForwardParams::x"]
         [::core::mem::offset_of!(LoraForwardParams, x) - 0usize];
@@ -104,4 +109,55 @@ const _: () = {
         [::core::mem::offset_of!(LoraForwardParams, vector_b) - 100usize];
     ["Offset of field: LoraForwardParams::adapters"]
         [::core::mem::offset_of!(LoraForwardParams, adapters) - 104usize];
+    ["Offset of field: LoraForwardParams::dora_factor"]
+        [::core::mem::offset_of!(LoraForwardParams, dora_factor) - 360usize];
+    ["Offset of field: LoraForwardParams::bias"]
+        [::core::mem::offset_of!(LoraForwardParams, bias) - 368usize];
+};
+pub const DoraRowOp_DORA_ROW_NORM: DoraRowOp = 0;
+pub const DoraRowOp_DORA_ROW_FACTOR: DoraRowOp = 1;
+pub const DoraRowOp_DORA_ROW_MERGE: DoraRowOp = 2;
+pub const DoraRowOp_DORA_ROW_UNMERGE: DoraRowOp = 3;
+pub type DoraRowOp = ::core::ffi::c_uint;
+#[repr(C)]
+#[derive(Debug, Default, Copy, Clone)]
+pub struct DoraRowParams {
+    pub weight: u64,
+    pub lora_a: u64,
+    pub lora_b: u64,
+    pub magnitude: u64,
+    pub row_values: u64,
+    pub non_finite: u64,
+    pub n: i32,
+    pub k: i32,
+    pub rank: i32,
+    pub scale: f32,
+    pub op: i32,
+    pub check_only: i32,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of DoraRowParams"][::core::mem::size_of::<DoraRowParams>() - 72usize];
+    ["Alignment of DoraRowParams"][::core::mem::align_of::<DoraRowParams>() - 8usize];
+    ["Offset of field: DoraRowParams::weight"]
+        [::core::mem::offset_of!(DoraRowParams, weight) - 0usize];
+    ["Offset of field: DoraRowParams::lora_a"]
+        [::core::mem::offset_of!(DoraRowParams, lora_a) - 8usize];
+    ["Offset of field: DoraRowParams::lora_b"]
+        [::core::mem::offset_of!(DoraRowParams, lora_b) - 16usize];
+    ["Offset of field: DoraRowParams::magnitude"]
+        [::core::mem::offset_of!(DoraRowParams, magnitude) - 24usize];
+    ["Offset of field: DoraRowParams::row_values"]
+        [::core::mem::offset_of!(DoraRowParams, row_values) - 32usize];
+    ["Offset of field: DoraRowParams::non_finite"]
+        [::core::mem::offset_of!(DoraRowParams, non_finite) - 40usize];
+    ["Offset of field: DoraRowParams::n"][::core::mem::offset_of!(DoraRowParams, n) - 48usize];
+    ["Offset of field: DoraRowParams::k"][::core::mem::offset_of!(DoraRowParams, k) - 52usize];
+    ["Offset of field: DoraRowParams::rank"]
+        [::core::mem::offset_of!(DoraRowParams, rank) - 56usize];
+    ["Offset of field: DoraRowParams::scale"]
+        [::core::mem::offset_of!(DoraRowParams, scale) - 60usize];
+    ["Offset of field: DoraRowParams::op"][::core::mem::offset_of!(DoraRowParams, op) - 64usize];
+    ["Offset of field: DoraRowParams::check_only"]
+        [::core::mem::offset_of!(DoraRowParams, check_only) - 68usize];
 };

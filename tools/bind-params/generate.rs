@@ -6,8 +6,8 @@
 pub fn generate_params(header: &std::path::Path) -> Result<String, bindgen::BindgenError> {
     let bindings = bindgen::Builder::default()
         .header(header.to_string_lossy())
-        .allowlist_type("Lora.*")
-        .allowlist_var("LORA_.*")
+        .allowlist_type("(Lora|Dora).*")
+        .allowlist_var("(LORA|DORA)_.*")
         .derive_default(true)
         .derive_debug(true)
         .use_core()
