@@ -12,9 +12,12 @@
 //! device-to-device copy bandwidth measured in the same run. The table goes to stdout and, with
 //! `LORA_KERNELS_BENCH_OUT=path`, to a JSON file. Without a GPU the CPU reference is benchmarked
 //! instead, and the output says so.
+mod common;
+
+use common::{copy_bandwidth_gbs, random_bf16, time_ms};
 use criterion::{criterion_group, criterion_main, Criterion};
 use cudarc::cublas::{sys::cublasOperation_t, CudaBlas, Gemm, GemmConfig};
-use cudarc::driver::{sys::CUevent_flags, CudaSlice, CudaStream};
+use cudarc::driver::{CudaSlice, CudaStream};
 use half::bf16;
 use lora_kernels::lora::reference;
 use lora_kernels::{Gpu, LoraAdapter, LoraShape};
@@ -24,40 +27,6 @@ use std::time::Duration;
 const SHAPES: &[(usize, usize)] = &[(4096, 4096), (4096, 14336)];
 const RANKS: &[usize] = &[8, 16, 64];
 const MS: &[usize] = &[1, 16, 512, 4096];
-
-fn random_bf16(len: usize, seed: u64, amp: f32) -> Vec<bf16> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            s ^= s >> 12;
-            s ^= s << 25;
-            s ^= s >> 27;
-            let u = (s.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 40) as f32 / (1u64 << 24) as f32;
-            bf16::from_f32((u * 2.0 - 1.0) * amp)
-        })
-        .collect()
-}
-
-/// Milliseconds per call of `f`: median over repetitions of `calls` back-to-back calls.
-fn time_ms(stream: &Arc<CudaStream>, calls: usize, reps: usize, mut f: impl FnMut()) -> f64 {
-    for _ in 0..3 {
-        f();
-    }
-    let flags = Some(CUevent_flags::CU_EVENT_DEFAULT);
-    let mut times: Vec<f64> = (0..reps)
-        .map(|_| {
-            let start = stream.record_event(flags).unwrap();
-            for _ in 0..calls {
-                f();
-            }
-            let end = stream.record_event(flags).unwrap();
-            end.synchronize().unwrap();
-            start.elapsed_ms(&end).unwrap() as f64 / calls as f64
-        })
-        .collect();
-    times.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    times[times.len() / 2]
-}
 
 /// Device buffers of one problem.
 struct Problem {
@@ -138,14 +107,6 @@ impl Problem {
         let LoraShape { m, k, n } = self.shape;
         (2 * (m * k + 2 * m * n + self.rank * (k + n))) as f64
     }
-}
-
-fn copy_bandwidth_gbs(stream: &Arc<CudaStream>) -> f64 {
-    let len = 1usize << 29; // 1 GiB of bf16
-    let src = stream.alloc_zeros::<bf16>(len).unwrap();
-    let mut dst = stream.alloc_zeros::<bf16>(len).unwrap();
-    let ms = time_ms(stream, 5, 7, || stream.memcpy_dtod(&src, &mut dst).unwrap());
-    2.0 * (len * 2) as f64 / (ms * 1e-3) / 1e9
 }
 
 fn gpu_benches(c: &mut Criterion, gpu: &Gpu) {

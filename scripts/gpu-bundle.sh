@@ -10,7 +10,11 @@ cd "$(dirname "$0")/.."
 dir="${1:-gpu-bundle}"
 eval "$(scripts/install-cuda-toolchain.sh)"
 export LORA_KERNELS_REQUIRE_KERNELS=1 LORA_KERNELS_DENY_SPILLS=1
-# The GPU machines are Hopper (H100/H200): SASS for sm_90a plus the portable set.
+# The GPU machines are Hopper (H100/H200): SASS for sm_90a only keeps the bundle small (the default
+# build's other targets are compiled, spill-checked and embedded by every normal build). A target
+# folder of its own keeps the two builds from recompiling each other.
+export CUDA_COMPUTE_CAP="${CUDA_COMPUTE_CAP:-90a}"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-target/gpu-bundle}"
 cargo build --release --tests --benches --examples
 rm -rf "$dir" && mkdir -p "$dir/bin"
 # The executables cargo built for targets of KIND (test, bench), as "name path" lines.
@@ -29,12 +33,12 @@ cargo test --release --no-run --message-format=json 2>/dev/null | executables te
     done
 cargo bench --no-run --message-format=json 2>/dev/null | executables bench \
     | while read -r name exe; do cp "$exe" "$dir/bin/bench_$name"; done
-cp target/release/examples/quickstart "$dir/bin/quickstart"
-strip --strip-debug "$dir"/bin/*
+cp "$CARGO_TARGET_DIR/release/examples/quickstart" "$dir/bin/quickstart"
+strip "$dir"/bin/*
 cp -r tests/data/golden "$dir/golden"
 cp scripts/gpu-check.sh "$dir/gpu-check.sh"
 if [ -f ../shared/gpu/peer_baseline.py ]; then cp ../shared/gpu/peer_baseline.py "$dir/"; fi
-cp "$(find target/release/build -name 'ptxas-lora_forward.log' -newer Cargo.toml | head -n 1)" "$dir/" 2>/dev/null || true
+cat "$CARGO_TARGET_DIR"/release/build/lora-kernels-*/out/ptxas-*.log >"$dir/ptxas.log" 2>/dev/null || true
 ls -la "$dir/bin"
 du -sh "$dir"
 echo "bundle ready: send $dir with the device tool's carry and run: bash $dir/gpu-check.sh"

@@ -55,16 +55,19 @@ step "racecheck lora_gpu" 120 "$cs" --tool racecheck --error-exitcode 9 "$here/b
 unset LORA_KERNELS_SMALL
 LORA_KERNELS_BENCH_OUT="$out/bench.json" step "bench lora_forward" 150 "$here/bin/bench_lora_forward" --bench
 cp "$out/step.log" "$out/bench.log"
+LORA_KERNELS_BENCH_OUT="$out/bench_dora.json" step "bench dora" 150 "$here/bin/bench_dora" --bench
+sed -n '/^DoRA weight norm, bf16/,$p' "$out/step.log" >"$out/bench_dora_table.txt"
 if [ -f "$here/peer_baseline.py" ]; then
     PYTHONUNBUFFERED=1 step "peers (peft, cuBLAS)" 150 python3 "$here/peer_baseline.py" --quick --out "$out/peer.json"
     cp "$out/step.log" "$out/peer.log"
 fi
-rm -f "$out/step.log"
+rm -f "$out/step.log" "$out/bench_dora_table.txt"
 
 {
     echo
     echo "== benchmark table"
     sed -n '/^fused LoRA forward vs unfused/,$p' "$out/bench.log" 2>/dev/null
+    cat "$out/bench_dora_table.txt" 2>/dev/null
     echo
     echo "== summary ($(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null), $(date -u +%F))"
     printf '%s\n' "${summary[@]}"

@@ -43,6 +43,26 @@ pub fn kernels_built() -> bool {
     kernel_images::KERNELS_BUILT
 }
 
+/// Fails unless a device of compute capability `(major, minor)` can run `what` on `dtype`: the
+/// kernels are built for sm_80 and newer (bf16 needs sm_80 in any case).
+fn check_capability(
+    dtype: crate::DType,
+    what: &str,
+    device: &str,
+    (major, minor): (i32, i32),
+) -> Result<()> {
+    if major < 8 {
+        return Err(Error::Unsupported {
+            what: format!("{what} on {dtype}"),
+            device: device.to_string(),
+            major,
+            minor,
+            needed: "compute capability 8.0 or newer (the kernels are built for sm_80+)".into(),
+        });
+    }
+    Ok(())
+}
+
 /// Modules loaded into a context, shared by every handle on that context while any of them lives.
 type ModuleRegistry = Mutex<Vec<(Weak<CudaContext>, KernelModule, Weak<CudaModule>)>>;
 fn registry() -> &'static ModuleRegistry {
@@ -148,17 +168,7 @@ impl Gpu {
 
     /// Fails unless the device can run kernels on `dtype` (all kernels are built for sm_80 and newer).
     pub(crate) fn check_dtype(&self, dtype: crate::DType, what: &str) -> Result<()> {
-        let (major, minor) = self.inner.compute_capability;
-        if major < 8 {
-            return Err(Error::Unsupported {
-                what: format!("{what} on {dtype}"),
-                device: self.inner.name.clone(),
-                major,
-                minor,
-                needed: "compute capability 8.0 or newer (the kernels are built for sm_80+)".into(),
-            });
-        }
-        Ok(())
+        check_capability(dtype, what, &self.inner.name, self.inner.compute_capability)
     }
 
     /// Kernel `name` of `module` and how many of its blocks of `block_threads` fit on the device at
@@ -213,5 +223,29 @@ impl Gpu {
         let loaded = ctx.load_module(Ptx::from_binary(image.to_vec()))?;
         reg.push((Arc::downgrade(ctx), module, Arc::downgrade(&loaded)));
         Ok(loaded)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::DType;
+
+    #[test]
+    fn devices_below_sm80_are_refused_with_a_clear_error() {
+        let err = check_capability(DType::BF16, "the fused LoRA forward", "Tesla T4", (7, 5))
+            .unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.contains("bf16")
+                && msg.contains("Tesla T4")
+                && msg.contains("7.5")
+                && msg.contains("8.0"),
+            "{msg}"
+        );
+        assert!(check_capability(DType::F16, "x", "V100", (7, 0)).is_err());
+        for cc in [(8, 0), (8, 6), (8, 9), (9, 0)] {
+            assert!(check_capability(DType::BF16, "x", "gpu", cc).is_ok());
+        }
     }
 }

@@ -1,0 +1,49 @@
+//! Helpers shared by the benchmarks: random data, CUDA-event timing, the copy-bandwidth ceiling.
+#![allow(dead_code)]
+use cudarc::driver::{sys::CUevent_flags, CudaStream};
+use half::bf16;
+use std::sync::Arc;
+
+/// `len` bf16 values uniform in [-amp, amp), from a seeded xorshift (never zeros).
+pub fn random_bf16(len: usize, seed: u64, amp: f32) -> Vec<bf16> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            s ^= s >> 12;
+            s ^= s << 25;
+            s ^= s >> 27;
+            let u = (s.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 40) as f32 / (1u64 << 24) as f32;
+            bf16::from_f32((u * 2.0 - 1.0) * amp)
+        })
+        .collect()
+}
+
+/// Milliseconds per call of `f`: median over repetitions of `calls` back-to-back calls.
+pub fn time_ms(stream: &Arc<CudaStream>, calls: usize, reps: usize, mut f: impl FnMut()) -> f64 {
+    for _ in 0..3 {
+        f();
+    }
+    let flags = Some(CUevent_flags::CU_EVENT_DEFAULT);
+    let mut times: Vec<f64> = (0..reps)
+        .map(|_| {
+            let start = stream.record_event(flags).unwrap();
+            for _ in 0..calls {
+                f();
+            }
+            let end = stream.record_event(flags).unwrap();
+            end.synchronize().unwrap();
+            start.elapsed_ms(&end).unwrap() as f64 / calls as f64
+        })
+        .collect();
+    times.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    times[times.len() / 2]
+}
+
+/// Device-to-device copy bandwidth in GB/s, counting bytes read and written (1 GiB copied).
+pub fn copy_bandwidth_gbs(stream: &Arc<CudaStream>) -> f64 {
+    let len = 1usize << 29; // 1 GiB of bf16
+    let src = stream.alloc_zeros::<bf16>(len).unwrap();
+    let mut dst = stream.alloc_zeros::<bf16>(len).unwrap();
+    let ms = time_ms(stream, 5, 7, || stream.memcpy_dtod(&src, &mut dst).unwrap());
+    2.0 * (len * 2) as f64 / (ms * 1e-3) / 1e9
+}
