@@ -36,7 +36,7 @@ impl DoraFactor {
         self.n == 0
     }
 
-    /// The factors, f32 [n].
+    /// The factors, f32 `[n]`.
     pub fn values(&self) -> &CudaSlice<f32> {
         &self.values
     }
@@ -48,7 +48,7 @@ fn lens<T, S: DevicePtr<T>>(adapter: &LoraAdapter<'_, S>) -> AdapterLens {
 
 impl Gpu {
     /// The DoRA weight norm `norm[i] = ‖W[i,:] + s·(B·A)[i,:]‖₂` for W [n, k], A [r, k], B [n, r]:
-    /// one pass over W, B·A formed on the fly, f32 accumulation, written to `norm` (f32 [n]).
+    /// one pass over W, B·A formed on the fly, f32 accumulation, written to `norm` (f32 `[n]`).
     pub fn dora_weight_norm<T, W, S, N>(
         &self,
         weight: &W,
@@ -77,7 +77,7 @@ impl Gpu {
         self.launch_rows::<T, S>(w, adapter, k, n, DoraRowOp_DORA_ROW_NORM, 0, out, 0)
     }
 
-    /// The DoRA factor `f = m / max(‖W + s·B·A‖, DORA_NORM_EPS)` (magnitude m [n]), computed in one
+    /// The DoRA factor `f = m / max(‖W + s·B·A‖, DORA_NORM_EPS)` (magnitude m, `[n]`), computed in one
     /// pass over W. Keep it for the forwards of this layer: it only changes when W, A, B or m do.
     pub fn dora_factor<T, W, S, M>(
         &self,
@@ -114,7 +114,7 @@ impl Gpu {
 
     /// The DoRA forward from the base layer's output, one fused launch:
     /// `y = bias + f ⊙ (base − bias + s·(x·Aᵀ)·Bᵀ)` with x [m, k], base and y [m, n], the layer's
-    /// bias [n] (if any) and its cached factor f. With f = m / ‖W + s·B·A‖ and base = x·Wᵀ + bias this
+    /// bias `[n]` (if any) and its cached factor f. With f = m / ‖W + s·B·A‖ and base = x·Wᵀ + bias this
     /// is peft's eval forward `bias + f ⊙ (x·(W + s·B·A)ᵀ)`.
     #[allow(clippy::too_many_arguments)]
     pub fn dora_forward<T, X, B, S, Y>(

@@ -2,7 +2,7 @@
 //! row without forming B·A in memory, the forward with the magnitude factor fused into the LoRA
 //! epilogue, and merge / unmerge in one pass over W.
 //!
-//! With m the magnitude vector [n] and `f = m / max(‖W + s·B·A‖, DORA_NORM_EPS)` per output row, the
+//! With m the magnitude vector `[n]` and `f = m / max(‖W + s·B·A‖, DORA_NORM_EPS)` per output row, the
 //! eval forward is `y = bias + f ⊙ (x·Wᵀ + s·(x·Aᵀ)·Bᵀ)`. Given `base = x·Wᵀ + bias` (as peft passes
 //! `base_result`) the crate computes `y = bias + f ⊙ (base − bias + s·(x·Aᵀ)·Bᵀ)` in the fused LoRA
 //! kernel. f only changes when W, A, B or m change, so it is computed once ([`crate::Gpu::dora_factor`])

@@ -63,7 +63,7 @@ pub fn dora_factor<T: Element>(magnitude: &[T], norm: &[f32]) -> Result<Vec<f32>
 }
 
 /// The DoRA forward from the base layer's output: `y = bias + f ⊙ (base − bias + s·(x·Aᵀ)·Bᵀ)`,
-/// x [m, k], base and y [m, n], f and bias [n].
+/// x `[m, k]`, base and y `[m, n]`, f and bias `[n]`.
 pub fn dora_forward<T: Element>(
     x: &[T],
     base: &[T],
