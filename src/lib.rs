@@ -6,6 +6,7 @@
 //!   merge / unmerge of LoRA and DoRA adapters ([`dora`]).
 //! - [`lora::reference`], [`dora::reference`]: simple f64 CPU references of every op, the
 //!   specification the kernels are tested against and the fallback without a GPU.
+//! - [`peft`]: loading adapters as peft's `save_pretrained` writes them.
 //! - [`golden`]: reading the golden cases computed by the real peft and bitsandbytes.
 //!
 //! Kernels are compiled by `build.rs` from `kernels/*.cu` into an embedded fatbin; a build without
@@ -39,6 +40,7 @@ pub mod dtype;
 pub mod error;
 pub mod golden;
 pub mod lora;
+pub mod peft;
 pub mod sys;
 
 mod kernel_images {
