@@ -7,6 +7,8 @@
 //! - [`lora::reference`], [`dora::reference`]: simple f64 CPU references of every op, the
 //!   specification the kernels are tested against and the fallback without a GPU.
 //! - [`peft`]: loading adapters as peft's `save_pretrained` writes them.
+//! - [`quant4`]: bitsandbytes' NF4/FP4 format (quantise, dequantise, `Linear4bit` state dicts) on the
+//!   CPU; the dequant-on-the-fly GPU kernels are not written yet.
 //! - [`golden`]: reading the golden cases computed by the real peft and bitsandbytes.
 //!
 //! Kernels are compiled by `build.rs` from `kernels/*.cu` into an embedded fatbin; a build without
@@ -41,6 +43,7 @@ pub mod error;
 pub mod golden;
 pub mod lora;
 pub mod peft;
+pub mod quant4;
 pub mod sys;
 
 mod kernel_images {

@@ -11,6 +11,7 @@ use lora_kernels::dora::reference as dora_reference;
 use lora_kernels::golden::{discover, golden_dir, rel_error, GoldenCase};
 use lora_kernels::lora::reference;
 use lora_kernels::peft::{ModuleAdapter, PeftAdapter};
+use lora_kernels::quant4::{self, Absmax, Quant4Weight, QuantType};
 use lora_kernels::{DType, Element, Gpu, LoraAdapter, LoraShape, Result};
 
 /// Outcome of one case on one target: the worst relative error and the tolerance it met or missed.
@@ -24,6 +25,11 @@ impl Check {
         Check {
             worst: 0.0,
             failures: Vec::new(),
+        }
+    }
+    fn require(&mut self, what: &str, ok: bool) {
+        if !ok {
+            self.failures.push(format!("{what}: differs"));
         }
     }
     fn compare(&mut self, what: &str, out: &[f64], reference: &[f64], tol: f64) {
@@ -399,6 +405,132 @@ fn adapter_dir(case: &GoldenCase, gpu: Option<&Gpu>) -> Result<Check> {
     Ok(check)
 }
 
+/// A `quant4` case: our quantiser's bytes against bitsandbytes', and dequantisation of its bytes.
+fn quant4_cpu<T: Element>(case: &GoldenCase) -> Result<Check> {
+    let quant_type = QuantType::from_name(case.meta("quant_type")?).expect("nf4 or fp4");
+    let blocksize: usize = case
+        .meta("blocksize")?
+        .parse()
+        .expect("an integer blocksize");
+    let double_quant = case.meta("double_quant")? == "true";
+    let shape = case.shape("weight")?;
+    let shape = [shape[0], shape[1]];
+    let mut check = Check::new();
+    let code: Vec<f32> = case.values("code")?;
+    check.require("code table", code == quant_type.code().to_vec());
+    let mine = quant4::reference::quantize(
+        &case.values::<T>("weight")?,
+        shape,
+        blocksize,
+        quant_type,
+        double_quant,
+    )?;
+    let golden_packed: Vec<u8> = case
+        .values_f64("packed")?
+        .iter()
+        .map(|&v| v as u8)
+        .collect();
+    check.require(
+        "packed bytes",
+        quant4::reference::same_codes(quant_type, &mine.packed, &golden_packed),
+    );
+    let golden_absmax = if double_quant {
+        Absmax::Nested {
+            codes: case
+                .values_f64("absmax_q")?
+                .iter()
+                .map(|&v| v as u8)
+                .collect(),
+            nested_absmax: case.values("nested_absmax")?,
+            nested_code: case.values("nested_code")?,
+            nested_blocksize: case.meta("nested_blocksize")?.parse().expect("an integer"),
+            offset: case.meta("offset")?.parse::<f64>().expect("a number") as f32,
+        }
+    } else {
+        Absmax::Plain(case.values("absmax")?)
+    };
+    let as64 = |v: Vec<f32>| v.into_iter().map(|x| x as f64).collect::<Vec<_>>();
+    // The double-quantised codes may differ by one near zero (README): compare the rebuilt absmax.
+    let tol = if double_quant { 1e-2 } else { 0.0 };
+    check.compare(
+        "absmax",
+        &as64(mine.absmax.values()),
+        &as64(golden_absmax.values()),
+        tol,
+    );
+    let theirs = Quant4Weight {
+        packed: golden_packed,
+        absmax: golden_absmax,
+        ..mine
+    };
+    let deq = quant4::reference::dequantize::<T>(&theirs)?;
+    check.compare(
+        "dequantized",
+        &f64s(&deq),
+        &case.values_f64("dequantized")?,
+        0.0,
+    );
+    Ok(check)
+}
+
+/// A `qlora` / `qdora` case on an NF4 base: the `Linear4bit` state dict as bitsandbytes saved it,
+/// dequantised, the base output, and the adapter on top.
+fn quant4_layer_cpu<T: Element>(case: &GoldenCase) -> Result<Check> {
+    let bytes = std::fs::read(&case.path).map_err(|e| lora_kernels::Error::File {
+        path: case.path.display().to_string(),
+        message: e.to_string(),
+    })?;
+    let weight = Quant4Weight::from_state_dict(&bytes, "base.", &case.path.display().to_string())?;
+    let tol = T::DTYPE.tolerance();
+    let mut check = Check::new();
+    let deq: Vec<T> = quant4::reference::dequantize(&weight)?;
+    check.compare(
+        "dequantized_weight",
+        &f64s(&deq),
+        &case.values_f64("dequantized_weight")?,
+        0.0,
+    );
+    let xs = case.shape("x")?;
+    let [n, k] = weight.shape;
+    let shape = LoraShape::new(xs[0], k, n);
+    let x: Vec<T> = case.values("x")?;
+    let bias: Option<Vec<T>> = if case.has("base.bias") {
+        Some(case.values("base.bias")?)
+    } else {
+        None
+    };
+    let base = reference::linear(&x, &deq, bias.as_deref(), shape)?;
+    check.compare(
+        "base_output",
+        &f64s(&base),
+        &case.values_f64("base_output")?,
+        tol,
+    );
+    let (a, b): (Vec<T>, Vec<T>) = (case.values("lora_A")?, case.values("lora_B")?);
+    let adapter = LoraAdapter::new(
+        &a[..],
+        &b[..],
+        case.shape("lora_A")?[0],
+        case.scaling()? as f32,
+    );
+    let out = if case.kind == "qdora" {
+        let norm = dora_reference::dora_weight_norm(&deq, adapter, k, n)?;
+        let norm64: Vec<f64> = norm.iter().map(|&v| v as f64).collect();
+        check.compare(
+            "weight_norm",
+            &norm64,
+            &case.values_f64("weight_norm")?,
+            tol,
+        );
+        let factor = dora_reference::dora_factor(&case.values::<T>("magnitude")?, &norm)?;
+        dora_reference::dora_forward(&x, &base, bias.as_deref(), adapter, &factor, shape)?
+    } else {
+        reference::lora_forward(&x, &base, &[adapter], shape)?
+    };
+    check.compare("output", &f64s(&out), &case.values_f64("output")?, tol);
+    Ok(check)
+}
+
 macro_rules! by_dtype {
     ($dtype:expr, $f:ident ( $($arg:expr),* )) => {
         match $dtype {
@@ -425,6 +557,13 @@ fn run(case: &GoldenCase, gpu: Option<&Gpu>) -> Option<Result<Check>> {
                 .and_then(|d| by_dtype!(d, mixed_batch_cpu(case))),
         ),
         "adapter_dir" => Some(adapter_dir(case, gpu)),
+        "quant4" if gpu.is_none() => {
+            Some(case.dtype().and_then(|d| by_dtype!(d, quant4_cpu(case))))
+        }
+        "qlora" | "qdora" if gpu.is_none() && case.meta("quant").ok() == Some("nf4") => Some(
+            case.dtype()
+                .and_then(|d| by_dtype!(d, quant4_layer_cpu(case))),
+        ),
         _ => None,
     }
 }
@@ -452,8 +591,13 @@ fn main() {
         for (target, g) in targets {
             let head = format!("case {} ({}) on {target}", case.name, case.kind);
             match run(&case, g) {
-                None if g.is_some() && case.kind == "mixed_batch" => {
-                    println!("{head}: skipped: mixed_batch has no GPU kernel yet");
+                None if g.is_some()
+                    && matches!(
+                        case.kind.as_str(),
+                        "mixed_batch" | "quant4" | "qlora" | "qdora"
+                    ) =>
+                {
+                    println!("{head}: skipped: {} has no GPU kernel yet", case.kind);
                     skipped += 1;
                 }
                 None => {
