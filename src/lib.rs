@@ -9,6 +9,8 @@
 //! - [`peft`]: loading adapters as peft's `save_pretrained` writes them.
 //! - [`quant4`]: bitsandbytes' NF4/FP4 format (quantise, dequantise, `Linear4bit` state dicts) on the
 //!   CPU; the dequant-on-the-fly GPU kernels are not written yet.
+//! - [`int8`]: bitsandbytes' LLM.int8 weights (row-wise quantise, dequantise, `Linear8bitLt` state
+//!   dicts, weight-only and LLM.int8 products) on the CPU; no GPU kernels yet.
 //! - [`golden`]: reading the golden cases computed by the real peft and bitsandbytes.
 //!
 //! Kernels are compiled by `build.rs` from `kernels/*.cu` into an embedded fatbin; a build without
@@ -41,6 +43,7 @@ pub mod dora;
 pub mod dtype;
 pub mod error;
 pub mod golden;
+pub mod int8;
 pub mod lora;
 pub mod peft;
 pub mod quant4;

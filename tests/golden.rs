@@ -9,6 +9,7 @@ mod common;
 use half::{bf16, f16};
 use lora_kernels::dora::reference as dora_reference;
 use lora_kernels::golden::{discover, golden_dir, rel_error, GoldenCase};
+use lora_kernels::int8::{self, Int8Weight};
 use lora_kernels::lora::reference;
 use lora_kernels::peft::{ModuleAdapter, PeftAdapter};
 use lora_kernels::quant4::{self, Absmax, Quant4Weight, QuantType};
@@ -531,6 +532,101 @@ fn quant4_layer_cpu<T: Element>(case: &GoldenCase) -> Result<Check> {
     Ok(check)
 }
 
+/// An `int8` case: CB/SCB against bitsandbytes', and the weight-only product (what its CPU backend
+/// computes for both thresholds).
+fn int8_cpu<T: Element>(case: &GoldenCase) -> Result<Check> {
+    let ws = case.shape("weight")?;
+    let shape = [ws[0], ws[1]];
+    let mut check = Check::new();
+    let q = int8::reference::quantize_rowwise(&case.values::<T>("weight")?, shape)?;
+    let cb: Vec<i8> = case.values_f64("CB")?.iter().map(|&v| v as i8).collect();
+    check.require("CB", q.cb == cb);
+    check.require("SCB", q.scb == case.values::<f32>("SCB")?);
+    let xs = case.shape("x")?;
+    let lshape = LoraShape::new(xs[0], shape[1], shape[0]);
+    let out = int8::reference::linear_weight_only(&case.values::<T>("x")?, &q, None, lshape)?;
+    for key in ["output_threshold_0", "output_threshold_6"] {
+        check.compare(
+            key,
+            &f64s(&out),
+            &case.values_f64(key)?,
+            T::DTYPE.tolerance(),
+        );
+    }
+    Ok(check)
+}
+
+/// A `qlora` / `qdora` case on an int8 base: the `Linear8bitLt` state dict, dequantised, the base
+/// output and the adapter on top.
+fn int8_layer_cpu<T: Element>(case: &GoldenCase) -> Result<Check> {
+    let bytes = std::fs::read(&case.path).map_err(|e| lora_kernels::Error::File {
+        path: case.path.display().to_string(),
+        message: e.to_string(),
+    })?;
+    let weight = Int8Weight::from_state_dict(&bytes, "base.", &case.path.display().to_string())?;
+    let tol = T::DTYPE.tolerance();
+    let mut check = Check::new();
+    let deq = int8::reference::dequantize(&weight)?;
+    let deq64: Vec<f64> = deq.iter().map(|&v| v as f64).collect();
+    check.compare(
+        "dequantized_weight",
+        &deq64,
+        &case.values_f64("dequantized_weight")?,
+        0.0,
+    );
+    let [n, k] = weight.shape;
+    let xs = case.shape("x")?;
+    let shape = LoraShape::new(xs[0], k, n);
+    let x: Vec<T> = case.values("x")?;
+    let bias: Option<Vec<T>> = if case.has("base.bias") {
+        Some(case.values("base.bias")?)
+    } else {
+        None
+    };
+    let base = int8::reference::linear_weight_only(&x, &weight, bias.as_deref(), shape)?;
+    check.compare(
+        "base_output",
+        &f64s(&base),
+        &case.values_f64("base_output")?,
+        tol,
+    );
+    // The adapter on top of bitsandbytes' own base output, as for the dense cases.
+    let base: Vec<T> = case.values("base_output")?;
+    let (a, b): (Vec<T>, Vec<T>) = (case.values("lora_A")?, case.values("lora_B")?);
+    let adapter = LoraAdapter::new(
+        &a[..],
+        &b[..],
+        case.shape("lora_A")?[0],
+        case.scaling()? as f32,
+    );
+    let out = if case.kind == "qdora" {
+        // peft takes the norm of the dequantised weight in the input dtype.
+        let w_t: Vec<T> = deq.iter().map(|&v| T::from_f64(v as f64)).collect();
+        let norm = dora_reference::dora_weight_norm(&w_t, adapter, k, n)?;
+        let norm64: Vec<f64> = norm.iter().map(|&v| v as f64).collect();
+        check.compare(
+            "weight_norm",
+            &norm64,
+            &case.values_f64("weight_norm")?,
+            tol,
+        );
+        let factor = dora_reference::dora_factor(&case.values::<T>("magnitude")?, &norm)?;
+        dora_reference::dora_forward(&x, &base, bias.as_deref(), adapter, &factor, shape)?
+    } else {
+        reference::lora_forward(&x, &base, &[adapter], shape)?
+    };
+    // bitsandbytes' 8-bit layer inside peft's forward lands up to two f16 ulps away from the
+    // standalone `base_output` it saved (the adapter term itself matches: least-squares ratio 1.0000,
+    // residual at f16 rounding level), so the layer output gets 2.5x the dtype tolerance.
+    check.compare(
+        "output",
+        &f64s(&out),
+        &case.values_f64("output")?,
+        2.5 * tol,
+    );
+    Ok(check)
+}
+
 macro_rules! by_dtype {
     ($dtype:expr, $f:ident ( $($arg:expr),* )) => {
         match $dtype {
@@ -564,6 +660,11 @@ fn run(case: &GoldenCase, gpu: Option<&Gpu>) -> Option<Result<Check>> {
             case.dtype()
                 .and_then(|d| by_dtype!(d, quant4_layer_cpu(case))),
         ),
+        "qlora" | "qdora" if gpu.is_none() && case.meta("quant").ok() == Some("int8") => Some(
+            case.dtype()
+                .and_then(|d| by_dtype!(d, int8_layer_cpu(case))),
+        ),
+        "int8" if gpu.is_none() => Some(case.dtype().and_then(|d| by_dtype!(d, int8_cpu(case)))),
         _ => None,
     }
 }
@@ -594,7 +695,7 @@ fn main() {
                 None if g.is_some()
                     && matches!(
                         case.kind.as_str(),
-                        "mixed_batch" | "quant4" | "qlora" | "qdora"
+                        "mixed_batch" | "quant4" | "qlora" | "qdora" | "int8"
                     ) =>
                 {
                     println!("{head}: skipped: {} has no GPU kernel yet", case.kind);

@@ -1,0 +1,214 @@
+//! CPU references for LLM.int8 weights: row-wise quantisation, dequantisation, the weight-only matmul
+//! (what bitsandbytes' CPU backend computes), and the LLM.int8 algorithm of its CUDA backend.
+use super::{Int8Weight, INV_127};
+use crate::error::{invalid, Result};
+use crate::lora::{validate_lora_forward, LoraShape};
+use crate::Element;
+use half::f16;
+
+/// Round half to even, as `torch.round` and `__float2int_rn` do.
+fn round_even(v: f32) -> f32 {
+    let r = v.round();
+    if (v - v.trunc()).abs() == 0.5 && r % 2.0 != 0.0 {
+        r - v.signum()
+    } else {
+        r
+    }
+}
+
+/// Row-wise quantisation as `Int8Params` does it: the weight is first rounded to f16, `SCB[r]` is its
+/// row absmax, and `CB = round_even(Wh · (127 / SCB[r]))`. An all-zero row gets SCB 0 and codes 0.
+pub fn quantize_rowwise<T: Element>(weight: &[T], shape: [usize; 2]) -> Result<Int8Weight> {
+    let [n, k] = shape;
+    if n == 0 || k == 0 {
+        return Err(invalid("shape", "no zero dimension", format!("{shape:?}")));
+    }
+    if weight.len() < n * k {
+        return Err(invalid(
+            "weight",
+            format!("at least {} elements ([n={n}, k={k}])", n * k),
+            weight.len(),
+        ));
+    }
+    let mut cb = Vec::with_capacity(n * k);
+    let mut scb = Vec::with_capacity(n);
+    for row in weight[..n * k].chunks(k) {
+        let wh: Vec<f32> = row
+            .iter()
+            .map(|v| f16::from_f64(v.to_f64()).to_f32())
+            .collect();
+        let amax = wh.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        scb.push(amax);
+        let scale = 127.0f32 / amax;
+        cb.extend(wh.iter().map(|&v| {
+            if amax == 0.0 {
+                0
+            } else {
+                round_even(v * scale).clamp(-127.0, 127.0) as i8
+            }
+        }));
+    }
+    Ok(Int8Weight { shape, cb, scb })
+}
+
+/// `W = CB · SCB[:, None] · (1/127)` in f32, `CB · SCB` first (bitsandbytes' `int8_vectorwise_dequant`).
+pub fn dequantize(weight: &Int8Weight) -> Result<Vec<f32>> {
+    weight.validate()?;
+    let k = weight.shape[1];
+    Ok(weight
+        .cb
+        .iter()
+        .enumerate()
+        .map(|(i, &c)| c as f32 * weight.scb[i / k] * INV_127)
+        .collect())
+}
+
+fn check_linear<T>(
+    x: &[T],
+    weight: &Int8Weight,
+    bias: Option<&[T]>,
+    shape: LoraShape,
+) -> Result<()> {
+    weight.validate()?;
+    let LoraShape { m, k, n } = shape;
+    if weight.shape != [n, k] {
+        return Err(invalid(
+            "weight",
+            format!("shape [n={n}, k={k}]"),
+            format!("{:?}", weight.shape),
+        ));
+    }
+    validate_lora_forward(shape, x.len(), None, m * n, &[])?;
+    if let Some(b) = bias {
+        if b.len() < n {
+            return Err(invalid("bias", format!("at least {n} elements"), b.len()));
+        }
+    }
+    Ok(())
+}
+
+/// Weight-only: `y = x · dequant(W)ᵀ + bias`, f64 accumulation, rounded once.
+pub fn linear_weight_only<T: Element>(
+    x: &[T],
+    weight: &Int8Weight,
+    bias: Option<&[T]>,
+    shape: LoraShape,
+) -> Result<Vec<T>> {
+    check_linear(x, weight, bias, shape)?;
+    let LoraShape { m, k, n } = shape;
+    let w = dequantize(weight)?;
+    let mut out = Vec::with_capacity(m * n);
+    for i in 0..m {
+        for j in 0..n {
+            let dot: f64 = (0..k)
+                .map(|c| x[i * k + c].to_f64() * w[j * k + c] as f64)
+                .sum();
+            out.push(T::from_f64(dot + bias.map_or(0.0, |b| b[j].to_f64())));
+        }
+    }
+    Ok(out)
+}
+
+/// LLM.int8 as bitsandbytes runs it on CUDA: x rounded to f16 and quantised row-wise to int8 (elements
+/// with |x| ≥ `threshold` excluded from the row scale and zeroed; with several rows their whole columns
+/// are zeroed), int8 × int8 → int32, dequantised with both scales (`· 6.200012e-05`) through an f16
+/// result; with `threshold` > 0 the outlier columns are then added in the input dtype against the
+/// dequantised weight columns: `Y += x[:, cols] · (CB[:, cols] · SCB / 127)ᵀ`.
+pub fn linear_llm_int8<T: Element>(
+    x: &[T],
+    weight: &Int8Weight,
+    bias: Option<&[T]>,
+    threshold: f32,
+    shape: LoraShape,
+) -> Result<Vec<T>> {
+    check_linear(x, weight, bias, shape)?;
+    if threshold.is_nan() || threshold.is_infinite() || threshold < 0.0 {
+        return Err(invalid("threshold", "a finite number ≥ 0", threshold));
+    }
+    let LoraShape { m, k, n } = shape;
+    let xh: Vec<f32> = x[..m * k]
+        .iter()
+        .map(|v| f16::from_f64(v.to_f64()).to_f32())
+        .collect();
+    let outlier = |v: f32| threshold > 0.0 && v.abs() >= threshold;
+    let cols: Vec<usize> = (0..k)
+        .filter(|&c| (0..m).any(|i| outlier(xh[i * k + c])))
+        .collect();
+    let mut ca = vec![0i32; m * k];
+    let mut sca = vec![0f32; m];
+    for i in 0..m {
+        let row = &xh[i * k..(i + 1) * k];
+        let amax = row
+            .iter()
+            .filter(|v| !outlier(**v))
+            .fold(0.0f32, |a, v| a.max(v.abs()));
+        sca[i] = amax;
+        for c in 0..k {
+            let v = row[c];
+            let zeroed = outlier(v) || (m > 1 && cols.contains(&c)) || amax == 0.0;
+            ca[i * k + c] = if zeroed {
+                0
+            } else {
+                round_even(v * (127.0 / amax)).clamp(-127.0, 127.0) as i32
+            };
+        }
+    }
+    let mut out = Vec::with_capacity(m * n);
+    for i in 0..m {
+        for j in 0..n {
+            let c: i64 = (0..k)
+                .map(|t| ca[i * k + t] as i64 * weight.cb[j * k + t] as i64)
+                .sum();
+            let mut y =
+                f16::from_f32(c as f32 * sca[i] * weight.scb[j] * 6.200_012e-5).to_f32() as f64;
+            y += bias.map_or(0.0, |b| b[j].to_f64());
+            for &col in &cols {
+                let w = T::from_f64((weight.cb[j * k + col] as f32 * weight.scb[j] / 127.0) as f64)
+                    .to_f64();
+                y += x[i * k + col].to_f64() * w;
+            }
+            out.push(T::from_f64(y));
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rounding_is_half_to_even() {
+        assert_eq!(round_even(2.5), 2.0);
+        assert_eq!(round_even(3.5), 4.0);
+        assert_eq!(round_even(-2.5), -2.0);
+        assert_eq!(round_even(-0.4), -0.0);
+        assert_eq!(round_even(1.6), 2.0);
+    }
+
+    /// Without outliers LLM.int8 is the weight-only product up to x's 8-bit quantisation.
+    #[test]
+    fn llm_int8_tracks_the_weight_only_product() {
+        let (m, k, n) = (3, 64, 5);
+        let w: Vec<f32> = (0..n * k)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0)
+            .collect();
+        let x: Vec<f32> = (0..m * k)
+            .map(|i| ((i * 13 % 29) as f32 - 14.0) / 7.0)
+            .collect();
+        let q = quantize_rowwise(&w, [n, k]).unwrap();
+        let shape = LoraShape::new(m, k, n);
+        let exact = linear_weight_only(&x, &q, None, shape).unwrap();
+        let int8 = linear_llm_int8(&x, &q, None, 0.0, shape).unwrap();
+        let outliers = linear_llm_int8(&x, &q, None, 1.5, shape).unwrap();
+        let err = |a: &[f32]| {
+            crate::golden::rel_error(
+                &a.iter().map(|&v| v as f64).collect::<Vec<_>>(),
+                &exact.iter().map(|&v| v as f64).collect::<Vec<_>>(),
+            )
+        };
+        assert!(err(&int8) < 2e-2, "{}", err(&int8));
+        assert!(err(&outliers) < 2e-2, "{}", err(&outliers));
+        assert!(err(&int8) > 0.0, "the int8 path must quantise x");
+    }
+}
