@@ -249,6 +249,18 @@ impl Gpu {
             LORA_FORWARD_THREADS,
         )?;
         let plan = Plan::new(dtype, shape, rank_total, resident);
+        // The kernel hands out work items by a 32-bit ticket.
+        if plan.items() > (u32::MAX / 2) as usize {
+            return Err(crate::error::invalid(
+                "shape",
+                format!(
+                    "at most {} work items of {} rows x 64 columns",
+                    u32::MAX / 2,
+                    plan.block_m
+                ),
+                format!("{} for {shape:?}", plan.items()),
+            ));
+        }
 
         let elem = std::mem::size_of::<T>();
         let m_pad = plan.m_tiles * plan.block_m;
