@@ -103,4 +103,37 @@ typedef struct DoraRowParams {
     int32_t check_only;
 } DoraRowParams;
 
+/* bitsandbytes 4-bit weights (kernels/quant4.cu): W [n, k] as packed codes, first element of a byte in
+ * its high nibble, absmax per `blocksize` consecutive elements of the flattened weight, either plain f32
+ * or double-quantised (u8 codes into nested_code, f32 nested_absmax per nested_blocksize blocks, plus
+ * offset). */
+typedef struct Quant4Weights {
+    uint64_t packed;
+    /* f32 [blocks] (plain) or u8 [blocks] (nested). */
+    uint64_t absmax;
+    /* f32 [blocks / nested_blocksize], f32 [256]; 0 when plain. */
+    uint64_t nested_absmax;
+    uint64_t nested_code;
+    float code[16];
+    float offset;
+    int32_t nested;
+    int32_t nested_blocksize;
+    int32_t blocksize;
+    int32_t n;
+    int32_t k;
+} Quant4Weights;
+
+/* The kernels quant4_dequantize_* (out = dequant(W) [n, k]) and quant4_linear_* (y = x * dequant(W)^T
+ * + bias, x [m, k], y [m, n]; bias 0: none). */
+#define QUANT4_THREADS 256
+typedef struct Quant4Params {
+    Quant4Weights w;
+    uint64_t x;
+    uint64_t bias;
+    uint64_t out;
+    int32_t m;
+    /* 1 when k is a multiple of 32 and packed and x are 16-byte aligned: 16-byte loads of 32 codes. */
+    int32_t vector_k;
+} Quant4Params;
+
 #endif

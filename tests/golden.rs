@@ -627,6 +627,127 @@ fn int8_layer_cpu<T: Element>(case: &GoldenCase) -> Result<Check> {
     Ok(check)
 }
 
+/// The golden 4-bit weight of a `quant4` case (bitsandbytes' own bytes and scales).
+fn golden_quant4<T: Element>(case: &GoldenCase) -> Result<Quant4Weight> {
+    let quant_type = QuantType::from_name(case.meta("quant_type")?).expect("nf4 or fp4");
+    let shape = case.shape("weight")?;
+    let absmax = if case.meta("double_quant")? == "true" {
+        Absmax::Nested {
+            codes: case
+                .values_f64("absmax_q")?
+                .iter()
+                .map(|&v| v as u8)
+                .collect(),
+            nested_absmax: case.values("nested_absmax")?,
+            nested_code: case.values("nested_code")?,
+            nested_blocksize: case.meta("nested_blocksize")?.parse().expect("an integer"),
+            offset: case.meta("offset")?.parse::<f64>().expect("a number") as f32,
+        }
+    } else {
+        Absmax::Plain(case.values("absmax")?)
+    };
+    Ok(Quant4Weight {
+        quant_type,
+        blocksize: case
+            .meta("blocksize")?
+            .parse()
+            .expect("an integer blocksize"),
+        shape: [shape[0], shape[1]],
+        dtype: T::DTYPE,
+        packed: case
+            .values_f64("packed")?
+            .iter()
+            .map(|&v| v as u8)
+            .collect(),
+        absmax,
+        code: *quant_type.code(),
+    })
+}
+
+/// A `quant4` case on the GPU: bitsandbytes' bytes dequantised by the kernel, bit for bit.
+fn quant4_gpu<T: Element>(gpu: &Gpu, case: &GoldenCase) -> Result<Check> {
+    let w = golden_quant4::<T>(case)?;
+    let dev = gpu.upload_quant4(&w)?;
+    let s = gpu.stream();
+    let mut out = s.alloc_zeros::<T>(w.shape[0] * w.shape[1])?;
+    gpu.quant4_dequantize(&dev, &mut out)?;
+    let mut check = Check::new();
+    check.compare(
+        "dequantized",
+        &f64s(&s.clone_dtoh(&out)?),
+        &case.values_f64("dequantized")?,
+        0.0,
+    );
+    Ok(check)
+}
+
+/// A `qlora` / `qdora` case on an NF4 base on the GPU: the base output by the dequant-on-the-fly
+/// product, then the adapter through the fused LoRA or DoRA forward.
+fn quant4_layer_gpu<T: Element>(gpu: &Gpu, case: &GoldenCase) -> Result<Check> {
+    let bytes = std::fs::read(&case.path).map_err(|e| lora_kernels::Error::File {
+        path: case.path.display().to_string(),
+        message: e.to_string(),
+    })?;
+    let weight = Quant4Weight::from_state_dict(&bytes, "base.", &case.path.display().to_string())?;
+    let dev = gpu.upload_quant4(&weight)?;
+    let tol = T::DTYPE.tolerance();
+    let mut check = Check::new();
+    let s = gpu.stream();
+    let [n, k] = weight.shape;
+    let m = case.shape("x")?[0];
+    let shape = LoraShape::new(m, k, n);
+    let x = s.clone_htod(&case.values::<T>("x")?)?;
+    let bias = if case.has("base.bias") {
+        Some(s.clone_htod(&case.values::<T>("base.bias")?)?)
+    } else {
+        None
+    };
+    let bias_view = bias.as_ref().map(|b| b.slice(..));
+    let mut base = s.alloc_zeros::<T>(m * n)?;
+    gpu.quant4_linear(&x, &dev, bias_view.as_ref(), m, &mut base)?;
+    check.compare(
+        "base_output",
+        &f64s(&s.clone_dtoh(&base)?),
+        &case.values_f64("base_output")?,
+        tol,
+    );
+    let (a, b) = (
+        s.clone_htod(&case.values::<T>("lora_A")?)?,
+        s.clone_htod(&case.values::<T>("lora_B")?)?,
+    );
+    let adapter = LoraAdapter::new(&a, &b, case.shape("lora_A")?[0], case.scaling()? as f32);
+    let mut y = s.alloc_zeros::<T>(m * n)?;
+    if case.kind == "qdora" {
+        let mut w = s.alloc_zeros::<T>(n * k)?;
+        gpu.quant4_dequantize(&dev, &mut w)?;
+        let factor = gpu.dora_factor(
+            &w,
+            adapter,
+            &s.clone_htod(&case.values::<T>("magnitude")?)?,
+            k,
+            n,
+        )?;
+        gpu.dora_forward(
+            &x,
+            &base,
+            bias_view.as_ref(),
+            adapter,
+            &factor,
+            shape,
+            &mut y,
+        )?;
+    } else {
+        gpu.lora_forward(&x, &base, &[adapter], shape, &mut y)?;
+    }
+    check.compare(
+        "output",
+        &f64s(&s.clone_dtoh(&y)?),
+        &case.values_f64("output")?,
+        tol,
+    );
+    Ok(check)
+}
+
 macro_rules! by_dtype {
     ($dtype:expr, $f:ident ( $($arg:expr),* )) => {
         match $dtype {
@@ -653,13 +774,16 @@ fn run(case: &GoldenCase, gpu: Option<&Gpu>) -> Option<Result<Check>> {
                 .and_then(|d| by_dtype!(d, mixed_batch_cpu(case))),
         ),
         "adapter_dir" => Some(adapter_dir(case, gpu)),
-        "quant4" if gpu.is_none() => {
-            Some(case.dtype().and_then(|d| by_dtype!(d, quant4_cpu(case))))
+        "quant4" => Some(case.dtype().and_then(|d| match gpu {
+            None => by_dtype!(d, quant4_cpu(case)),
+            Some(g) => by_dtype!(d, quant4_gpu(g, case)),
+        })),
+        "qlora" | "qdora" if case.meta("quant").ok() == Some("nf4") => {
+            Some(case.dtype().and_then(|d| match gpu {
+                None => by_dtype!(d, quant4_layer_cpu(case)),
+                Some(g) => by_dtype!(d, quant4_layer_gpu(g, case)),
+            }))
         }
-        "qlora" | "qdora" if gpu.is_none() && case.meta("quant").ok() == Some("nf4") => Some(
-            case.dtype()
-                .and_then(|d| by_dtype!(d, quant4_layer_cpu(case))),
-        ),
         "qlora" | "qdora" if gpu.is_none() && case.meta("quant").ok() == Some("int8") => Some(
             case.dtype()
                 .and_then(|d| by_dtype!(d, int8_layer_cpu(case))),
@@ -695,7 +819,7 @@ fn main() {
                 None if g.is_some()
                     && matches!(
                         case.kind.as_str(),
-                        "mixed_batch" | "quant4" | "qlora" | "qdora" | "int8"
+                        "mixed_batch" | "qlora" | "qdora" | "int8"
                     ) =>
                 {
                     println!("{head}: skipped: {} has no GPU kernel yet", case.kind);

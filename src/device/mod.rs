@@ -16,6 +16,8 @@ pub(crate) enum KernelModule {
     LoraForward,
     /// `kernels/dora.cu`.
     Dora,
+    /// `kernels/quant4.cu`.
+    Quant4,
 }
 
 impl KernelModule {
@@ -23,6 +25,7 @@ impl KernelModule {
         match self {
             KernelModule::LoraForward => kernel_images::LORA_FORWARD,
             KernelModule::Dora => kernel_images::DORA,
+            KernelModule::Quant4 => kernel_images::QUANT4,
         }
     }
 }

@@ -3,8 +3,12 @@
 //! partial), two codes per byte with the first element in the high nibble, and optional double
 //! quantisation of the absmax (8-bit codes in blocks of 256 against the signed dynamic map, plus an
 //! offset). [`reference`] quantises and dequantises on the CPU; [`Quant4Weight::from_state_dict`]
-//! reads a `Linear4bit` state dict as bitsandbytes saves it.
+//! reads a `Linear4bit` state dict as bitsandbytes saves it; [`crate::Gpu::quant4_dequantize`] and
+//! [`crate::Gpu::quant4_linear`] run `kernels/quant4.cu` (compiled only so far: not yet run on a GPU).
+pub(crate) mod gpu;
 pub mod reference;
+
+pub use gpu::Quant4Device;
 
 use crate::error::{file_error, invalid, Result};
 use crate::DType;

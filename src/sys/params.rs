@@ -9,6 +9,7 @@ pub const LORA_FORWARD_N_TILE: u32 = 64;
 pub const DORA_ROWS_PER_BLOCK: u32 = 16;
 pub const DORA_THREADS: u32 = 256;
 pub const DORA_NORM_EPS: f64 = 0.000000000001;
+pub const QUANT4_THREADS: u32 = 256;
 #[repr(C)]
 #[derive(Debug, Default, Copy, Clone)]
 pub struct LoraAdapterSlot {
@@ -160,4 +161,66 @@ const _: () = {
     ["Offset of field: DoraRowParams::op"][::core::mem::offset_of!(DoraRowParams, op) - 64usize];
     ["Offset of field: DoraRowParams::check_only"]
         [::core::mem::offset_of!(DoraRowParams, check_only) - 68usize];
+};
+#[repr(C)]
+#[derive(Debug, Default, Copy, Clone)]
+pub struct Quant4Weights {
+    pub packed: u64,
+    pub absmax: u64,
+    pub nested_absmax: u64,
+    pub nested_code: u64,
+    pub code: [f32; 16usize],
+    pub offset: f32,
+    pub nested: i32,
+    pub nested_blocksize: i32,
+    pub blocksize: i32,
+    pub n: i32,
+    pub k: i32,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of Quant4Weights"][::core::mem::size_of::<Quant4Weights>() - 120usize];
+    ["Alignment of Quant4Weights"][::core::mem::align_of::<Quant4Weights>() - 8usize];
+    ["Offset of field: Quant4Weights::packed"]
+        [::core::mem::offset_of!(Quant4Weights, packed) - 0usize];
+    ["Offset of field: Quant4Weights::absmax"]
+        [::core::mem::offset_of!(Quant4Weights, absmax) - 8usize];
+    ["Offset of field: Quant4Weights::nested_absmax"]
+        [::core::mem::offset_of!(Quant4Weights, nested_absmax) - 16usize];
+    ["Offset of field: Quant4Weights::nested_code"]
+        [::core::mem::offset_of!(Quant4Weights, nested_code) - 24usize];
+    ["Offset of field: Quant4Weights::code"]
+        [::core::mem::offset_of!(Quant4Weights, code) - 32usize];
+    ["Offset of field: Quant4Weights::offset"]
+        [::core::mem::offset_of!(Quant4Weights, offset) - 96usize];
+    ["Offset of field: Quant4Weights::nested"]
+        [::core::mem::offset_of!(Quant4Weights, nested) - 100usize];
+    ["Offset of field: Quant4Weights::nested_blocksize"]
+        [::core::mem::offset_of!(Quant4Weights, nested_blocksize) - 104usize];
+    ["Offset of field: Quant4Weights::blocksize"]
+        [::core::mem::offset_of!(Quant4Weights, blocksize) - 108usize];
+    ["Offset of field: Quant4Weights::n"][::core::mem::offset_of!(Quant4Weights, n) - 112usize];
+    ["Offset of field: Quant4Weights::k"][::core::mem::offset_of!(Quant4Weights, k) - 116usize];
+};
+#[repr(C)]
+#[derive(Debug, Default, Copy, Clone)]
+pub struct Quant4Params {
+    pub w: Quant4Weights,
+    pub x: u64,
+    pub bias: u64,
+    pub out: u64,
+    pub m: i32,
+    pub vector_k: i32,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of Quant4Params"][::core::mem::size_of::<Quant4Params>() - 152usize];
+    ["Alignment of Quant4Params"][::core::mem::align_of::<Quant4Params>() - 8usize];
+    ["Offset of field: Quant4Params::w"][::core::mem::offset_of!(Quant4Params, w) - 0usize];
+    ["Offset of field: Quant4Params::x"][::core::mem::offset_of!(Quant4Params, x) - 120usize];
+    ["Offset of field: Quant4Params::bias"][::core::mem::offset_of!(Quant4Params, bias) - 128usize];
+    ["Offset of field: Quant4Params::out"][::core::mem::offset_of!(Quant4Params, out) - 136usize];
+    ["Offset of field: Quant4Params::m"][::core::mem::offset_of!(Quant4Params, m) - 144usize];
+    ["Offset of field: Quant4Params::vector_k"]
+        [::core::mem::offset_of!(Quant4Params, vector_k) - 148usize];
 };

@@ -1,0 +1,188 @@
+//! GPU launches of the 4-bit kernels (`kernels/quant4.cu`): dequantise, and the dequant-on-the-fly
+//! product `y = x · dequant(W)ᵀ + bias`.
+use super::{Absmax, Quant4Weight};
+use crate::device::{Gpu, KernelModule};
+use crate::error::{invalid, Result};
+use crate::lora::{validate_lora_forward, LoraShape};
+use crate::sys::{Quant4Params, Quant4Weights, QUANT4_THREADS};
+use crate::Element;
+use cudarc::driver::{
+    CudaSlice, CudaView, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig, PushKernelArg,
+};
+
+// SAFETY: plain C struct of integers and floats, laid out by bindgen from kernels/lora_params.h.
+unsafe impl DeviceRepr for Quant4Params {}
+
+/// A 4-bit weight on the GPU, as bitsandbytes lays it out (see [`Quant4Weight`]).
+#[derive(Debug)]
+pub struct Quant4Device {
+    packed: CudaSlice<u8>,
+    absmax: CudaSlice<u8>,
+    nested_absmax: Option<CudaSlice<f32>>,
+    nested_code: Option<CudaSlice<f32>>,
+    code: [f32; 16],
+    offset: f32,
+    nested_blocksize: usize,
+    blocksize: usize,
+    shape: [usize; 2],
+}
+
+impl Quant4Device {
+    /// [n, k] = (out_features, in_features).
+    pub fn shape(&self) -> [usize; 2] {
+        self.shape
+    }
+}
+
+fn f32_bytes(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+impl Gpu {
+    /// Copies a validated 4-bit weight to the GPU.
+    pub fn upload_quant4(&self, weight: &Quant4Weight) -> Result<Quant4Device> {
+        weight.validate()?;
+        let s = self.stream();
+        let (absmax, nested_absmax, nested_code, offset, nested_blocksize) = match &weight.absmax {
+            Absmax::Plain(v) => (s.clone_htod(&f32_bytes(v))?, None, None, 0.0, 0),
+            Absmax::Nested {
+                codes,
+                nested_absmax,
+                nested_code,
+                nested_blocksize,
+                offset,
+            } => (
+                s.clone_htod(codes)?,
+                Some(s.clone_htod(nested_absmax)?),
+                Some(s.clone_htod(nested_code)?),
+                *offset,
+                *nested_blocksize,
+            ),
+        };
+        Ok(Quant4Device {
+            packed: s.clone_htod(&weight.packed)?,
+            absmax,
+            nested_absmax,
+            nested_code,
+            code: weight.code,
+            offset,
+            nested_blocksize,
+            blocksize: weight.blocksize,
+            shape: weight.shape,
+        })
+    }
+
+    /// `out = dequant(W)` [n, k] in `T`: one f32 multiply per element, rounded once (bitsandbytes'
+    /// `dequantize_4bit`).
+    pub fn quant4_dequantize<T: Element, O: DevicePtrMut<T>>(
+        &self,
+        weight: &Quant4Device,
+        out: &mut O,
+    ) -> Result<()> {
+        let numel = weight.shape[0] * weight.shape[1];
+        if out.len() < numel {
+            return Err(invalid(
+                "out",
+                format!("at least {numel} elements ({:?})", weight.shape),
+                out.len(),
+            ));
+        }
+        let stream = self.stream().clone();
+        let (out_ptr, _g) = out.device_ptr_mut(&stream);
+        let grid = numel.div_ceil(2).div_ceil(QUANT4_THREADS as usize);
+        self.launch_quant4::<T>("dequantize", weight, 0, 0, out_ptr, 0, false, grid)
+    }
+
+    /// `y = x · dequant(W)ᵀ + bias` for x [m, k], y [m, n], never materialising the dequantised weight
+    /// (the GEMV path: fast for decode-sized m; larger m re-reads W once per 8 rows).
+    pub fn quant4_linear<T, X, Y>(
+        &self,
+        x: &X,
+        weight: &Quant4Device,
+        bias: Option<&CudaView<'_, T>>,
+        m: usize,
+        y: &mut Y,
+    ) -> Result<()>
+    where
+        T: Element,
+        X: DevicePtr<T>,
+        Y: DevicePtrMut<T>,
+    {
+        let [n, k] = weight.shape;
+        validate_lora_forward(LoraShape::new(m, k, n), x.len(), None, y.len(), &[])?;
+        if let Some(b) = bias {
+            if b.len() < n {
+                return Err(invalid(
+                    "bias",
+                    format!("at least {n} elements ([n={n}])"),
+                    b.len(),
+                ));
+            }
+        }
+        let stream = self.stream().clone();
+        let (x_ptr, _gx) = x.device_ptr(&stream);
+        let (y_ptr, _gy) = y.device_ptr_mut(&stream);
+        let bias_guard = bias.map(|b| b.device_ptr(&stream));
+        let bias_ptr = bias_guard.as_ref().map_or(0, |(p, _)| *p);
+        let (packed_ptr, _gp) = weight.packed.device_ptr(&stream);
+        let vector_k = k % 32 == 0 && packed_ptr % 16 == 0 && x_ptr % 16 == 0;
+        let grid = n.div_ceil(QUANT4_THREADS as usize / 32);
+        self.launch_quant4::<T>("linear", weight, x_ptr, bias_ptr, y_ptr, m, vector_k, grid)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn launch_quant4<T: Element>(
+        &self,
+        kernel: &str,
+        weight: &Quant4Device,
+        x: u64,
+        bias: u64,
+        out: u64,
+        m: usize,
+        vector_k: bool,
+        grid: usize,
+    ) -> Result<()> {
+        self.check_dtype(T::DTYPE, "the 4-bit kernels")?;
+        let stream = self.stream().clone();
+        let (func, _) = self.kernel(
+            KernelModule::Quant4,
+            &format!("quant4_{kernel}_{}", T::DTYPE.name()),
+            QUANT4_THREADS,
+        )?;
+        let (packed, _g1) = weight.packed.device_ptr(&stream);
+        let (absmax, _g2) = weight.absmax.device_ptr(&stream);
+        let nested_absmax = weight.nested_absmax.as_ref().map(|v| v.device_ptr(&stream));
+        let nested_code = weight.nested_code.as_ref().map(|v| v.device_ptr(&stream));
+        let params = Quant4Params {
+            w: Quant4Weights {
+                packed,
+                absmax,
+                nested_absmax: nested_absmax.as_ref().map_or(0, |(p, _)| *p),
+                nested_code: nested_code.as_ref().map_or(0, |(p, _)| *p),
+                code: weight.code,
+                offset: weight.offset,
+                nested: weight.nested_absmax.is_some() as i32,
+                nested_blocksize: weight.nested_blocksize as i32,
+                blocksize: weight.blocksize as i32,
+                n: weight.shape[0] as i32,
+                k: weight.shape[1] as i32,
+            },
+            x,
+            bias,
+            out,
+            m: m as i32,
+            vector_k: vector_k as i32,
+        };
+        let cfg = LaunchConfig {
+            grid_dim: (grid.max(1) as u32, 1, 1),
+            block_dim: (QUANT4_THREADS, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let mut launch = stream.launch_builder(&func);
+        launch.arg(&params);
+        // SAFETY: the weight was validated on upload (packed, absmax and nested lengths match its shape);
+        // x, y, bias and out were checked against it above.
+        unsafe { launch.launch(cfg) }?;
+        Ok(())
+    }
+}
