@@ -136,4 +136,20 @@ typedef struct Quant4Params {
     int32_t vector_k;
 } Quant4Params;
 
+/* LLM.int8 weight-only product (kernels/int8.cu): y = x * (CB * SCB / 127)^T + bias, CB int8 [n, k],
+ * SCB f32 [n], x [m, k], y [m, n] (bias 0: none). */
+#define INT8_THREADS 256
+typedef struct Int8LinearParams {
+    uint64_t cb;
+    uint64_t scb;
+    uint64_t x;
+    uint64_t bias;
+    uint64_t y;
+    int32_t m;
+    int32_t n;
+    int32_t k;
+    /* 1 when k is a multiple of 16 and CB and x are 16-byte aligned: 16-byte loads of 16 codes. */
+    int32_t vector_k;
+} Int8LinearParams;
+
 #endif

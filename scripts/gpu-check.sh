@@ -44,6 +44,7 @@ step "golden" 60 "$here/bin/golden"
 step "lora_gpu" 120 "$here/bin/lora_gpu" --test-threads=1
 step "dora_gpu" 120 "$here/bin/dora_gpu" --test-threads=1
 step "quant4_gpu" 120 "$here/bin/quant4_gpu" --test-threads=1
+step "int8_gpu" 120 "$here/bin/int8_gpu" --test-threads=1
 step "errors" 30 "$here/bin/errors"
 step "quickstart" 30 "$here/bin/quickstart" "$here/golden"
 cs=/usr/local/cuda/bin/compute-sanitizer
@@ -53,6 +54,7 @@ step "memcheck golden" 90 "$cs" --tool memcheck --error-exitcode 9 "$here/bin/go
 step "memcheck lora_gpu" 150 "$cs" --tool memcheck --error-exitcode 9 "$here/bin/lora_gpu" --test-threads=1
 step "memcheck dora_gpu" 150 "$cs" --tool memcheck --error-exitcode 9 "$here/bin/dora_gpu" --test-threads=1
 step "memcheck quant4_gpu" 150 "$cs" --tool memcheck --error-exitcode 9 "$here/bin/quant4_gpu" --test-threads=1
+step "memcheck int8_gpu" 150 "$cs" --tool memcheck --error-exitcode 9 "$here/bin/int8_gpu" --test-threads=1
 step "racecheck lora_gpu" 120 "$cs" --tool racecheck --error-exitcode 9 "$here/bin/lora_gpu" --test-threads=1 repeated_launches
 unset LORA_KERNELS_SMALL
 LORA_KERNELS_BENCH_OUT="$out/bench.json" step "bench lora_forward" 150 "$here/bin/bench_lora_forward" --bench

@@ -18,6 +18,8 @@ pub(crate) enum KernelModule {
     Dora,
     /// `kernels/quant4.cu`.
     Quant4,
+    /// `kernels/int8.cu`.
+    Int8,
 }
 
 impl KernelModule {
@@ -26,6 +28,7 @@ impl KernelModule {
             KernelModule::LoraForward => kernel_images::LORA_FORWARD,
             KernelModule::Dora => kernel_images::DORA,
             KernelModule::Quant4 => kernel_images::QUANT4,
+            KernelModule::Int8 => kernel_images::INT8,
         }
     }
 }

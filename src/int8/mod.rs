@@ -2,8 +2,12 @@
 //! `CB` [n, k] with one f32 scale per row `SCB` [n] (the row's absmax): `W ≈ CB · SCB / 127`.
 //! [`reference`] quantises, dequantises and multiplies on the CPU (weight-only, and the LLM.int8
 //! algorithm bitsandbytes runs on CUDA, with its outlier threshold); [`Int8Weight::from_state_dict`]
-//! reads a `Linear8bitLt` state dict as bitsandbytes saves it.
+//! reads a `Linear8bitLt` state dict as bitsandbytes saves it; [`crate::Gpu::int8_linear`] runs the
+//! weight-only product of `kernels/int8.cu` (compiled only so far: not yet run on a GPU).
+pub(crate) mod gpu;
 pub mod reference;
+
+pub use gpu::Int8Device;
 
 use crate::error::{file_error, invalid, Result};
 

@@ -1,0 +1,103 @@
+//! GPU launch of the LLM.int8 weight-only product (`kernels/int8.cu`).
+use super::Int8Weight;
+use crate::device::{Gpu, KernelModule};
+use crate::error::{invalid, Result};
+use crate::lora::{validate_lora_forward, LoraShape};
+use crate::sys::{Int8LinearParams, INT8_THREADS};
+use crate::Element;
+use cudarc::driver::{
+    CudaSlice, CudaView, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig, PushKernelArg,
+};
+
+// SAFETY: plain C struct of integers, laid out by bindgen from kernels/lora_params.h.
+unsafe impl DeviceRepr for Int8LinearParams {}
+
+/// A row-wise int8 weight on the GPU: CB [n, k] and SCB [n].
+#[derive(Debug)]
+pub struct Int8Device {
+    cb: CudaSlice<u8>,
+    scb: CudaSlice<f32>,
+    shape: [usize; 2],
+}
+
+impl Int8Device {
+    /// [n, k] = (out_features, in_features).
+    pub fn shape(&self) -> [usize; 2] {
+        self.shape
+    }
+}
+
+impl Gpu {
+    /// Copies a validated int8 weight to the GPU.
+    pub fn upload_int8(&self, weight: &Int8Weight) -> Result<Int8Device> {
+        weight.validate()?;
+        let s = self.stream();
+        let bytes: Vec<u8> = weight.cb.iter().map(|&c| c as u8).collect();
+        Ok(Int8Device {
+            cb: s.clone_htod(&bytes)?,
+            scb: s.clone_htod(&weight.scb)?,
+            shape: weight.shape,
+        })
+    }
+
+    /// Weight-only `y = x · (CB · SCB / 127)ᵀ + bias` for x [m, k], y [m, n], never materialising the
+    /// dequantised weight (the GEMV path: fast for decode-sized m; larger m re-reads CB once per 8 rows).
+    pub fn int8_linear<T, X, Y>(
+        &self,
+        x: &X,
+        weight: &Int8Device,
+        bias: Option<&CudaView<'_, T>>,
+        m: usize,
+        y: &mut Y,
+    ) -> Result<()>
+    where
+        T: Element,
+        X: DevicePtr<T>,
+        Y: DevicePtrMut<T>,
+    {
+        let [n, k] = weight.shape;
+        validate_lora_forward(LoraShape::new(m, k, n), x.len(), None, y.len(), &[])?;
+        if let Some(b) = bias {
+            if b.len() < n {
+                return Err(invalid(
+                    "bias",
+                    format!("at least {n} elements ([n={n}])"),
+                    b.len(),
+                ));
+            }
+        }
+        self.check_dtype(T::DTYPE, "the int8 kernels")?;
+        let stream = self.stream().clone();
+        let (func, _) = self.kernel(
+            KernelModule::Int8,
+            &format!("int8_linear_{}", T::DTYPE.name()),
+            INT8_THREADS,
+        )?;
+        let (x_ptr, _gx) = x.device_ptr(&stream);
+        let (y_ptr, _gy) = y.device_ptr_mut(&stream);
+        let bias_guard = bias.map(|b| b.device_ptr(&stream));
+        let (cb, _gc) = weight.cb.device_ptr(&stream);
+        let (scb, _gs) = weight.scb.device_ptr(&stream);
+        let params = Int8LinearParams {
+            cb,
+            scb,
+            x: x_ptr,
+            bias: bias_guard.as_ref().map_or(0, |(p, _)| *p),
+            y: y_ptr,
+            m: m as i32,
+            n: n as i32,
+            k: k as i32,
+            vector_k: (k % 16 == 0 && cb % 16 == 0 && x_ptr % 16 == 0) as i32,
+        };
+        let cfg = LaunchConfig {
+            grid_dim: (n.div_ceil(INT8_THREADS as usize / 32) as u32, 1, 1),
+            block_dim: (INT8_THREADS, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let mut launch = stream.launch_builder(&func);
+        launch.arg(&params);
+        // SAFETY: CB and SCB hold [n, k] and [n] (validated on upload); x, y and bias were checked above.
+        unsafe { launch.launch(cfg) }?;
+        Ok(())
+    }
+}
