@@ -152,4 +152,23 @@ typedef struct Int8LinearParams {
     int32_t vector_k;
 } Int8LinearParams;
 
+/* Mixed batch (kernels/mixed_batch.cu): row i of x uses adapter indices[i] of the slot table, or none
+ * (-1, or any index outside [0, num_adapters): the row's output is its base). y = base + s (x A^T) B^T. */
+#define MIXED_THREADS 256
+/* Output columns per block. */
+#define MIXED_N_TILE 256
+typedef struct LoraMixedParams {
+    uint64_t x;
+    uint64_t base;
+    uint64_t y;
+    /* LoraAdapterSlot [num_adapters] in device memory (rank_offset unused). */
+    uint64_t slots;
+    /* int32 [m] in device memory. */
+    uint64_t indices;
+    int32_t m;
+    int32_t n;
+    int32_t k;
+    int32_t num_adapters;
+} LoraMixedParams;
+
 #endif

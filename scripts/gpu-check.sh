@@ -45,6 +45,7 @@ step "lora_gpu" 120 "$here/bin/lora_gpu" --test-threads=1
 step "dora_gpu" 120 "$here/bin/dora_gpu" --test-threads=1
 step "quant4_gpu" 120 "$here/bin/quant4_gpu" --test-threads=1
 step "int8_gpu" 120 "$here/bin/int8_gpu" --test-threads=1
+step "mixed_gpu" 120 "$here/bin/mixed_gpu" --test-threads=1
 step "errors" 30 "$here/bin/errors"
 step "quickstart" 30 "$here/bin/quickstart" "$here/golden"
 cs=/usr/local/cuda/bin/compute-sanitizer
@@ -55,6 +56,7 @@ step "memcheck lora_gpu" 150 "$cs" --tool memcheck --error-exitcode 9 "$here/bin
 step "memcheck dora_gpu" 150 "$cs" --tool memcheck --error-exitcode 9 "$here/bin/dora_gpu" --test-threads=1
 step "memcheck quant4_gpu" 150 "$cs" --tool memcheck --error-exitcode 9 "$here/bin/quant4_gpu" --test-threads=1
 step "memcheck int8_gpu" 150 "$cs" --tool memcheck --error-exitcode 9 "$here/bin/int8_gpu" --test-threads=1
+step "memcheck mixed_gpu" 150 "$cs" --tool memcheck --error-exitcode 9 "$here/bin/mixed_gpu" --test-threads=1
 step "racecheck lora_gpu" 120 "$cs" --tool racecheck --error-exitcode 9 "$here/bin/lora_gpu" --test-threads=1 repeated_launches
 unset LORA_KERNELS_SMALL
 LORA_KERNELS_BENCH_OUT="$out/bench.json" step "bench lora_forward" 150 "$here/bin/bench_lora_forward" --bench

@@ -748,6 +748,86 @@ fn quant4_layer_gpu<T: Element>(gpu: &Gpu, case: &GoldenCase) -> Result<Check> {
     Ok(check)
 }
 
+/// A `mixed_batch` case on the GPU: the adapter table once, then one launch for the batch.
+fn mixed_batch_gpu<T: Element>(gpu: &Gpu, case: &GoldenCase) -> Result<Check> {
+    let xs = case.shape("x")?;
+    let shape = LoraShape::new(xs[0], xs[1], case.shape("weight")?[0]);
+    let scalings: Vec<f64> =
+        serde_json::from_str(case.meta("scalings")?).map_err(|e| lora_kernels::Error::File {
+            path: case.path.display().to_string(),
+            message: format!("scalings: {e}"),
+        })?;
+    let s = gpu.stream();
+    let x: Vec<T> = case.values("x")?;
+    let bias: Option<Vec<T>> = if case.has("bias") {
+        Some(case.values("bias")?)
+    } else {
+        None
+    };
+    let base = reference::linear(&x, &case.values::<T>("weight")?, bias.as_deref(), shape)?;
+    let mut buffers = Vec::new();
+    for i in 0..scalings.len() {
+        let a = s.clone_htod(&case.values::<T>(&format!("lora_A.{i}"))?)?;
+        let b = s.clone_htod(&case.values::<T>(&format!("lora_B.{i}"))?)?;
+        buffers.push((a, b, case.shape(&format!("lora_A.{i}"))?[0]));
+    }
+    let adapters: Vec<_> = buffers
+        .iter()
+        .zip(&scalings)
+        .map(|((a, b, r), &sc)| LoraAdapter::new(a, b, *r, sc as f32))
+        .collect();
+    let table = gpu.mixed_adapters(&adapters, shape.k, shape.n)?;
+    let indices: Vec<i32> = case
+        .values_f64("adapter_index")?
+        .iter()
+        .map(|&v| v as i32)
+        .collect();
+    let mut y = s.alloc_zeros::<T>(shape.m * shape.n)?;
+    gpu.lora_forward_mixed(
+        &s.clone_htod(&x)?,
+        &s.clone_htod(&base)?,
+        &table,
+        &s.clone_htod(&indices)?,
+        shape,
+        &mut y,
+    )?;
+    let mut check = Check::new();
+    check.compare(
+        "output",
+        &f64s(&s.clone_dtoh(&y)?),
+        &case.values_f64("output")?,
+        T::DTYPE.tolerance(),
+    );
+    Ok(check)
+}
+
+/// An `int8` case on the GPU: bitsandbytes' CB/SCB through the weight-only kernel.
+fn int8_gpu<T: Element>(gpu: &Gpu, case: &GoldenCase) -> Result<Check> {
+    let ws = case.shape("weight")?;
+    let weight = Int8Weight {
+        shape: [ws[0], ws[1]],
+        cb: case.values_f64("CB")?.iter().map(|&v| v as i8).collect(),
+        scb: case.values("SCB")?,
+    };
+    let dev = gpu.upload_int8(&weight)?;
+    let s = gpu.stream();
+    let m = case.shape("x")?[0];
+    let mut y = s.alloc_zeros::<T>(m * ws[0])?;
+    gpu.int8_linear(
+        &s.clone_htod(&case.values::<T>("x")?)?,
+        &dev,
+        None,
+        m,
+        &mut y,
+    )?;
+    let got = f64s(&s.clone_dtoh(&y)?);
+    let mut check = Check::new();
+    for key in ["output_threshold_0", "output_threshold_6"] {
+        check.compare(key, &got, &case.values_f64(key)?, T::DTYPE.tolerance());
+    }
+    Ok(check)
+}
+
 macro_rules! by_dtype {
     ($dtype:expr, $f:ident ( $($arg:expr),* )) => {
         match $dtype {
@@ -769,10 +849,10 @@ fn run(case: &GoldenCase, gpu: Option<&Gpu>) -> Option<Result<Check>> {
             None => by_dtype!(d, dora_cpu(case)),
             Some(g) => by_dtype!(d, dora_gpu(g, case)),
         })),
-        "mixed_batch" if gpu.is_none() => Some(
-            case.dtype()
-                .and_then(|d| by_dtype!(d, mixed_batch_cpu(case))),
-        ),
+        "mixed_batch" => Some(case.dtype().and_then(|d| match gpu {
+            None => by_dtype!(d, mixed_batch_cpu(case)),
+            Some(g) => by_dtype!(d, mixed_batch_gpu(g, case)),
+        })),
         "adapter_dir" => Some(adapter_dir(case, gpu)),
         "quant4" => Some(case.dtype().and_then(|d| match gpu {
             None => by_dtype!(d, quant4_cpu(case)),
@@ -788,7 +868,10 @@ fn run(case: &GoldenCase, gpu: Option<&Gpu>) -> Option<Result<Check>> {
             case.dtype()
                 .and_then(|d| by_dtype!(d, int8_layer_cpu(case))),
         ),
-        "int8" if gpu.is_none() => Some(case.dtype().and_then(|d| by_dtype!(d, int8_cpu(case)))),
+        "int8" => Some(case.dtype().and_then(|d| match gpu {
+            None => by_dtype!(d, int8_cpu(case)),
+            Some(g) => by_dtype!(d, int8_gpu(g, case)),
+        })),
         _ => None,
     }
 }
@@ -816,12 +899,7 @@ fn main() {
         for (target, g) in targets {
             let head = format!("case {} ({}) on {target}", case.name, case.kind);
             match run(&case, g) {
-                None if g.is_some()
-                    && matches!(
-                        case.kind.as_str(),
-                        "mixed_batch" | "qlora" | "qdora" | "int8"
-                    ) =>
-                {
+                None if g.is_some() && matches!(case.kind.as_str(), "qlora" | "qdora") => {
                     println!("{head}: skipped: {} has no GPU kernel yet", case.kind);
                     skipped += 1;
                 }

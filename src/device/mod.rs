@@ -20,6 +20,8 @@ pub(crate) enum KernelModule {
     Quant4,
     /// `kernels/int8.cu`.
     Int8,
+    /// `kernels/mixed_batch.cu`.
+    MixedBatch,
 }
 
 impl KernelModule {
@@ -29,6 +31,7 @@ impl KernelModule {
             KernelModule::Dora => kernel_images::DORA,
             KernelModule::Quant4 => kernel_images::QUANT4,
             KernelModule::Int8 => kernel_images::INT8,
+            KernelModule::MixedBatch => kernel_images::MIXED_BATCH,
         }
     }
 }

@@ -6,7 +6,10 @@
 //! summed in one call, as peft does for several active adapters; the scale sᵢ is the caller's number
 //! (`alpha / r`, or `alpha / sqrt(r)` for rsLoRA).
 pub(crate) mod gpu;
+mod mixed;
 pub mod reference;
+
+pub use mixed::MixedAdapters;
 
 use crate::error::{invalid, Result};
 

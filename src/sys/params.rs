@@ -13,6 +13,8 @@ pub const DORA_THREADS: u32 = 256;
 pub const DORA_NORM_EPS: f64 = 0.000000000001;
 pub const QUANT4_THREADS: u32 = 256;
 pub const INT8_THREADS: u32 = 256;
+pub const MIXED_THREADS: u32 = 256;
+pub const MIXED_N_TILE: u32 = 256;
 #[repr(C)]
 #[derive(Debug, Default, Copy, Clone)]
 pub struct LoraAdapterSlot {
@@ -262,4 +264,35 @@ const _: () = {
         [::core::mem::offset_of!(Int8LinearParams, k) - 48usize];
     ["Offset of field: Int8LinearParams::vector_k"]
         [::core::mem::offset_of!(Int8LinearParams, vector_k) - 52usize];
+};
+#[repr(C)]
+#[derive(Debug, Default, Copy, Clone)]
+pub struct LoraMixedParams {
+    pub x: u64,
+    pub base: u64,
+    pub y: u64,
+    pub slots: u64,
+    pub indices: u64,
+    pub m: i32,
+    pub n: i32,
+    pub k: i32,
+    pub num_adapters: i32,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of LoraMixedParams"][::core::mem::size_of::<LoraMixedParams>() - 56usize];
+    ["Alignment of LoraMixedParams"][::core::mem::align_of::<LoraMixedParams>() - 8usize];
+    ["Offset of field: LoraMixedParams::x"][::core::mem::offset_of!(LoraMixedParams, x) - 0usize];
+    ["Offset of field: LoraMixedParams::base"]
+        [::core::mem::offset_of!(LoraMixedParams, base) - 8usize];
+    ["Offset of field: LoraMixedParams::y"][::core::mem::offset_of!(LoraMixedParams, y) - 16usize];
+    ["Offset of field: LoraMixedParams::slots"]
+        [::core::mem::offset_of!(LoraMixedParams, slots) - 24usize];
+    ["Offset of field: LoraMixedParams::indices"]
+        [::core::mem::offset_of!(LoraMixedParams, indices) - 32usize];
+    ["Offset of field: LoraMixedParams::m"][::core::mem::offset_of!(LoraMixedParams, m) - 40usize];
+    ["Offset of field: LoraMixedParams::n"][::core::mem::offset_of!(LoraMixedParams, n) - 44usize];
+    ["Offset of field: LoraMixedParams::k"][::core::mem::offset_of!(LoraMixedParams, k) - 48usize];
+    ["Offset of field: LoraMixedParams::num_adapters"]
+        [::core::mem::offset_of!(LoraMixedParams, num_adapters) - 52usize];
 };

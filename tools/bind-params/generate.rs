@@ -7,7 +7,7 @@ pub fn generate_params(header: &std::path::Path) -> Result<String, bindgen::Bind
     let bindings = bindgen::Builder::default()
         .header(header.to_string_lossy())
         .allowlist_type("(Lora|Dora|Quant4|Int8).*")
-        .allowlist_var("(LORA|DORA|QUANT4|INT8)_.*")
+        .allowlist_var("(LORA|DORA|QUANT4|INT8|MIXED)_.*")
         .derive_default(true)
         .derive_debug(true)
         .use_core()

@@ -1,0 +1,175 @@
+//! The mixed-batch LoRA forward on the GPU (`kernels/mixed_batch.cu`): peft's `adapter_names`, one
+//! adapter (or none) per row, one launch, no host synchronisation and no allocation in the call.
+use super::{validate_adapter, validate_lora_forward, AdapterLens, LoraAdapter, LoraShape};
+use crate::device::{Gpu, KernelModule};
+use crate::error::{invalid, Result};
+use crate::sys::{LoraAdapterSlot, LoraMixedParams, MIXED_N_TILE, MIXED_THREADS};
+use crate::Element;
+use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig, PushKernelArg};
+use std::marker::PhantomData;
+
+// SAFETY: plain C struct of integers, laid out by bindgen from kernels/lora_params.h.
+unsafe impl DeviceRepr for LoraMixedParams {}
+
+/// The adapters a mixed batch picks from, as a table on the GPU (built once, reused by every call:
+/// the forward itself allocates nothing). Borrows the adapters' buffers for `'a`.
+#[derive(Debug)]
+pub struct MixedAdapters<'a, T> {
+    slots: CudaSlice<u8>,
+    count: usize,
+    k: usize,
+    n: usize,
+    _buffers: PhantomData<&'a [T]>,
+}
+
+impl<T> MixedAdapters<'_, T> {
+    /// Number of adapters (valid indices are 0 to count − 1).
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    /// Whether the table is empty.
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+}
+
+impl Gpu {
+    /// Builds the adapter table of mixed batches over x [m, k] and y [m, n]: every adapter is checked
+    /// (rank 1 to 256, finite scale, A [r, k], B [n, r]) and its pointers are uploaded once.
+    pub fn mixed_adapters<'a, T: Element, S: DevicePtr<T>>(
+        &self,
+        adapters: &[LoraAdapter<'a, S>],
+        k: usize,
+        n: usize,
+    ) -> Result<MixedAdapters<'a, T>> {
+        let lens = AdapterLens::of(adapters, |s| s.len());
+        for (i, ad) in lens.iter().enumerate() {
+            validate_adapter(&format!("adapters[{i}]"), ad, k, n)?;
+        }
+        if adapters.len() > i32::MAX as usize {
+            return Err(invalid(
+                "adapters",
+                format!("at most {} adapters", i32::MAX),
+                adapters.len(),
+            ));
+        }
+        let stream = self.stream().clone();
+        let mut bytes = Vec::with_capacity(adapters.len() * std::mem::size_of::<LoraAdapterSlot>());
+        for ad in adapters {
+            let (a, _ga) = ad.lora_a.device_ptr(&stream);
+            let (b, _gb) = ad.lora_b.device_ptr(&stream);
+            let slot = LoraAdapterSlot {
+                lora_a: a,
+                lora_b: b,
+                rank: ad.rank as i32,
+                rank_offset: 0,
+                scale: ad.scale,
+                reserved: 0,
+            };
+            // The slot's bytes as the kernel reads them (repr(C), no padding: 8 + 8 + 4 * 4).
+            bytes.extend_from_slice(&slot.lora_a.to_le_bytes());
+            bytes.extend_from_slice(&slot.lora_b.to_le_bytes());
+            bytes.extend_from_slice(&slot.rank.to_le_bytes());
+            bytes.extend_from_slice(&slot.rank_offset.to_le_bytes());
+            bytes.extend_from_slice(&slot.scale.to_le_bytes());
+            bytes.extend_from_slice(&slot.reserved.to_le_bytes());
+        }
+        let slots = if bytes.is_empty() {
+            stream.alloc_zeros::<u8>(1)?
+        } else {
+            stream.clone_htod(&bytes)?
+        };
+        Ok(MixedAdapters {
+            slots,
+            count: adapters.len(),
+            k,
+            n,
+            _buffers: PhantomData,
+        })
+    }
+
+    /// The mixed-batch forward: `y[i] = base[i] + sₐ·(x[i]·Aₐᵀ)·Bₐᵀ` with `a = indices[i]` (int32 on
+    /// the GPU). Index −1 (peft's `"__base__"`) means no adapter. Indices are the caller's contract:
+    /// they are read on the device (no synchronisation), and an index outside `0..adapters.len()` is
+    /// treated as −1, never read out of bounds. One launch; nothing is allocated, so the call can be
+    /// captured in a CUDA graph.
+    pub fn lora_forward_mixed<T, X, B, I, Y>(
+        &self,
+        x: &X,
+        base: &B,
+        adapters: &MixedAdapters<'_, T>,
+        indices: &I,
+        shape: LoraShape,
+        y: &mut Y,
+    ) -> Result<()>
+    where
+        T: Element,
+        X: DevicePtr<T>,
+        B: DevicePtr<T>,
+        I: DevicePtr<i32>,
+        Y: DevicePtrMut<T>,
+    {
+        validate_lora_forward(shape, x.len(), Some(base.len()), y.len(), &[])?;
+        if (shape.k, shape.n) != (adapters.k, adapters.n) {
+            return Err(invalid(
+                "adapters",
+                format!("a table built for k={}, n={}", shape.k, shape.n),
+                format!("k={}, n={}", adapters.k, adapters.n),
+            ));
+        }
+        if indices.len() < shape.m {
+            return Err(invalid(
+                "indices",
+                format!("at least {} entries (one per row)", shape.m),
+                indices.len(),
+            ));
+        }
+        let n_tiles = shape.n.div_ceil(MIXED_N_TILE as usize);
+        let blocks = shape
+            .m
+            .checked_mul(n_tiles)
+            .filter(|&b| b <= i32::MAX as usize)
+            .ok_or_else(|| {
+                invalid(
+                    "shape",
+                    format!("at most {} rows x {}-column tiles", i32::MAX, MIXED_N_TILE),
+                    format!("{shape:?}"),
+                )
+            })?;
+        self.check_dtype(T::DTYPE, "the mixed-batch forward")?;
+        let stream = self.stream().clone();
+        let (func, _) = self.kernel(
+            KernelModule::MixedBatch,
+            &format!("mixed_lora_{}", T::DTYPE.name()),
+            MIXED_THREADS,
+        )?;
+        let (x_ptr, _gx) = x.device_ptr(&stream);
+        let (base_ptr, _gb) = base.device_ptr(&stream);
+        let (idx_ptr, _gi) = indices.device_ptr(&stream);
+        let (slots, _gs) = adapters.slots.device_ptr(&stream);
+        let (y_ptr, _gy) = y.device_ptr_mut(&stream);
+        let params = LoraMixedParams {
+            x: x_ptr,
+            base: base_ptr,
+            y: y_ptr,
+            slots,
+            indices: idx_ptr,
+            m: shape.m as i32,
+            n: shape.n as i32,
+            k: shape.k as i32,
+            num_adapters: adapters.count as i32,
+        };
+        let cfg = LaunchConfig {
+            grid_dim: (blocks as u32, 1, 1),
+            block_dim: (MIXED_THREADS, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let mut launch = stream.launch_builder(&func);
+        launch.arg(&params);
+        // SAFETY: x, base, y and indices were checked for [m, k], [m, n] and m; every adapter in the
+        // table was checked for [r, k] and [n, r] and outlives it; out-of-range indices read nothing.
+        unsafe { launch.launch(cfg) }?;
+        Ok(())
+    }
+}
