@@ -7,10 +7,11 @@
 //! - [`lora::reference`], [`dora::reference`]: simple f64 CPU references of every op, the
 //!   specification the kernels are tested against and the fallback without a GPU.
 //! - [`peft`]: loading adapters as peft's `save_pretrained` writes them.
-//! - [`quant4`]: bitsandbytes' NF4/FP4 format (quantise, dequantise, `Linear4bit` state dicts) on the
-//!   CPU; the dequant-on-the-fly GPU kernels are not written yet.
+//! - [`quant4`]: bitsandbytes' NF4/FP4 format (quantise, dequantise, `Linear4bit` state dicts), and
+//!   [`Gpu::quant4_linear`], the dequant-on-the-fly product.
 //! - [`int8`]: bitsandbytes' LLM.int8 weights (row-wise quantise, dequantise, `Linear8bitLt` state
-//!   dicts, weight-only and LLM.int8 products) on the CPU; no GPU kernels yet.
+//!   dicts, weight-only and LLM.int8 products), and [`Gpu::int8_linear`], the weight-only product.
+//! - [`Gpu::lora_forward_mixed`]: one adapter (or none) per row of a batch, one launch.
 //! - [`golden`]: reading the golden cases computed by the real peft and bitsandbytes.
 //!
 //! Kernels are compiled by `build.rs` from `kernels/*.cu` into an embedded fatbin; a build without

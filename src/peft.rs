@@ -1,6 +1,6 @@
 //! Loading peft adapters as `save_pretrained` writes them: `adapter_config.json` and
 //! `adapter_model.safetensors` (`base_model.model.<module>.lora_A.weight` [r, in],
-//! `.lora_B.weight` [out, r], `.lora_magnitude_vector` [out] for DoRA), into one adapter per module with
+//! `.lora_B.weight` [out, r], `.lora_magnitude_vector` `[out]` for DoRA), into one adapter per module with
 //! peft's scale: `lora_alpha / r`, or `lora_alpha / sqrt(r)` with `use_rslora`, where `rank_pattern`
 //! and `alpha_pattern` override r and alpha per module.
 //!
@@ -12,7 +12,7 @@ use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-/// One adapted module: A [rank, in_features], B [out_features, rank], the DoRA magnitude [out], its
+/// One adapted module: A [rank, in_features], B [out_features, rank], the DoRA magnitude `[out]`, its
 /// scale. Values are held as f32 (exact for f32, f16 and bf16 files).
 #[derive(Clone, Debug)]
 pub struct ModuleAdapter {
@@ -30,7 +30,7 @@ pub struct ModuleAdapter {
     pub lora_a: Vec<f32>,
     /// B, row-major [out_features, rank].
     pub lora_b: Vec<f32>,
-    /// The DoRA magnitude m [out_features], when the adapter uses DoRA.
+    /// The DoRA magnitude m `[out_features]`, when the adapter uses DoRA.
     pub magnitude: Option<Vec<f32>>,
 }
 

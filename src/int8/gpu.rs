@@ -12,7 +12,7 @@ use cudarc::driver::{
 // SAFETY: plain C struct of integers, laid out by bindgen from kernels/lora_params.h.
 unsafe impl DeviceRepr for Int8LinearParams {}
 
-/// A row-wise int8 weight on the GPU: CB [n, k] and SCB [n].
+/// A row-wise int8 weight on the GPU: CB `[n, k]` and SCB `[n]`.
 #[derive(Debug)]
 pub struct Int8Device {
     cb: CudaSlice<u8>,

@@ -1,6 +1,6 @@
 //! bitsandbytes' LLM.int8 weights (`Linear8bitLt`, `../shared/docs/math.md` §5): row-wise int8 codes
-//! `CB` [n, k] with one f32 scale per row `SCB` [n] (the row's absmax): `W ≈ CB · SCB / 127`.
-//! [`reference`] quantises, dequantises and multiplies on the CPU (weight-only, and the LLM.int8
+//! `CB` [n, k] with one f32 scale per row `SCB` `[n]` (the row's absmax): `W ≈ CB · SCB / 127`.
+//! [`reference`](mod@reference) quantises, dequantises and multiplies on the CPU (weight-only, and the LLM.int8
 //! algorithm bitsandbytes runs on CUDA, with its outlier threshold); [`Int8Weight::from_state_dict`]
 //! reads a `Linear8bitLt` state dict as bitsandbytes saves it; [`crate::Gpu::int8_linear`] runs the
 //! weight-only product of `kernels/int8.cu` (compiled only so far: not yet run on a GPU).
@@ -21,7 +21,7 @@ pub struct Int8Weight {
     pub shape: [usize; 2],
     /// Codes, row-major [n, k], in −127..=127.
     pub cb: Vec<i8>,
-    /// Per-row absmax [n] (bitsandbytes' `SCB`).
+    /// Per-row absmax `[n]` (bitsandbytes' `SCB`).
     pub scb: Vec<f32>,
 }
 
@@ -49,7 +49,7 @@ impl Int8Weight {
         Ok(())
     }
 
-    /// Reads a `Linear8bitLt` state dict: `<prefix>weight` (I8 [n, k]), `<prefix>SCB` (F32 [n]) and
+    /// Reads a `Linear8bitLt` state dict: `<prefix>weight` (I8 [n, k]), `<prefix>SCB` (F32 `[n]`) and
     /// `<prefix>weight_format` (U8, 0 = row-major). Missing keys, wrong dtypes or lengths, and other
     /// weight formats are errors naming the key.
     pub fn from_state_dict(bytes: &[u8], prefix: &str, origin: &str) -> Result<Self> {

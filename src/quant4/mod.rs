@@ -2,7 +2,7 @@
 //! blockwise absmax over the flattened row-major weight (blocks may straddle rows, the last may be
 //! partial), two codes per byte with the first element in the high nibble, and optional double
 //! quantisation of the absmax (8-bit codes in blocks of 256 against the signed dynamic map, plus an
-//! offset). [`reference`] quantises and dequantises on the CPU; [`Quant4Weight::from_state_dict`]
+//! offset). [`reference`](mod@reference) quantises and dequantises on the CPU; [`Quant4Weight::from_state_dict`]
 //! reads a `Linear4bit` state dict as bitsandbytes saves it; [`crate::Gpu::quant4_dequantize`] and
 //! [`crate::Gpu::quant4_linear`] run `kernels/quant4.cu` (compiled only so far: not yet run on a GPU).
 pub(crate) mod gpu;
