@@ -63,6 +63,8 @@ LORA_KERNELS_BENCH_OUT="$out/bench.json" step "bench lora_forward" 150 "$here/bi
 cp "$out/step.log" "$out/bench.log"
 LORA_KERNELS_BENCH_OUT="$out/bench_dora.json" step "bench dora" 150 "$here/bin/bench_dora" --bench
 sed -n '/^DoRA weight norm, bf16/,$p' "$out/step.log" >"$out/bench_dora_table.txt"
+LORA_KERNELS_BENCH_OUT="$out/bench_quantized.json" step "bench quantized" 150 "$here/bin/bench_quantized" --bench
+sed -n '/^quantised products vs cuBLAS/,$p' "$out/step.log" >>"$out/bench_dora_table.txt"
 if [ -f "$here/peer_baseline.py" ]; then
     PYTHONUNBUFFERED=1 step "peers (peft, cuBLAS)" 150 python3 "$here/peer_baseline.py" --quick --out "$out/peer.json"
     cp "$out/step.log" "$out/peer.log"

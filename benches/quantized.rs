@@ -1,0 +1,227 @@
+//! Quantised-weight products at decode sizes (bf16 activations; K=4096/N=14336 and K=8192/N=28672;
+//! M = 1, 4, 16), timed with CUDA events in one run:
+//!
+//! - `Gpu::quant4_linear` on NF4 (blocksize 64, plain and double-quantised absmax),
+//! - `Gpu::int8_linear` (weight-only),
+//! - cuBLAS bf16 on the dense weight (the baseline), and NF4 dequantise-then-cuBLAS.
+//!
+//! Reported: time, achieved GB/s over the bytes the kernel must move (packed weight + absmax + x + y)
+//! as a share of the copy bandwidth measured in the same run, and the speedup over cuBLAS bf16. The
+//! weights are random bytes in the right layout (the timing does not depend on their values). The table
+//! goes to stdout and, with `LORA_KERNELS_BENCH_OUT=path`, to a JSON file. Without a GPU this says so
+//! and benchmarks the CPU dequantisation reference instead.
+mod common;
+
+use common::{copy_bandwidth_gbs, random_bf16, time_ms};
+use criterion::{criterion_group, criterion_main, Criterion};
+use cudarc::cublas::{sys::cublasOperation_t, CudaBlas, Gemm, GemmConfig};
+use half::bf16;
+use lora_kernels::int8::Int8Weight;
+use lora_kernels::quant4::{reference, Absmax, Quant4Weight, QuantType, NF4_CODE};
+use lora_kernels::{DType, Gpu};
+use std::time::Duration;
+
+const SHAPES: &[(usize, usize)] = &[(4096, 14336), (8192, 28672)];
+const MS: &[usize] = &[1, 4, 16];
+
+fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            s ^= s >> 12;
+            s ^= s << 25;
+            s ^= s >> 27;
+            (s.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 56) as u8
+        })
+        .collect()
+}
+
+fn nf4(n: usize, k: usize, nested: bool) -> Quant4Weight {
+    let blocks = (n * k).div_ceil(64);
+    let absmax = if nested {
+        Absmax::Nested {
+            codes: random_bytes(blocks, 3),
+            nested_absmax: vec![0.01; blocks.div_ceil(256)],
+            nested_code: reference::dynamic_map(),
+            nested_blocksize: 256,
+            offset: 0.02,
+        }
+    } else {
+        Absmax::Plain(
+            random_bytes(blocks, 4)
+                .iter()
+                .map(|&b| 0.01 + b as f32 * 1e-4)
+                .collect(),
+        )
+    };
+    Quant4Weight {
+        quant_type: QuantType::Nf4,
+        blocksize: 64,
+        shape: [n, k],
+        dtype: DType::BF16,
+        packed: random_bytes((n * k).div_ceil(2), 5),
+        absmax,
+        code: NF4_CODE,
+    }
+}
+
+fn gpu_benches(c: &mut Criterion, gpu: &Gpu) {
+    let s = gpu.stream().clone();
+    unsafe { s.context().disable_event_tracking() };
+    let blas = CudaBlas::new(s.clone()).unwrap();
+    let copy_gbs = copy_bandwidth_gbs(&s);
+    println!(
+        "device: {} ({} SMs), copy bandwidth {copy_gbs:.0} GB/s (read + write)",
+        gpu.name(),
+        gpu.sm_count()
+    );
+    let mut rows = Vec::new();
+    for &(k, n) in SHAPES {
+        let dense = s.clone_htod(&random_bf16(n * k, 1, 0.02)).unwrap();
+        let plain = gpu.upload_quant4(&nf4(n, k, false)).unwrap();
+        let nested = gpu.upload_quant4(&nf4(n, k, true)).unwrap();
+        let int8 = Int8Weight {
+            shape: [n, k],
+            cb: random_bytes(n * k, 6)
+                .iter()
+                .map(|&b| (b as i8).max(-127))
+                .collect(),
+            scb: vec![0.05; n],
+        };
+        let int8 = gpu.upload_int8(&int8).unwrap();
+        let mut scratch = s.alloc_zeros::<bf16>(n * k).unwrap();
+        for &m in MS {
+            let x = s.clone_htod(&random_bf16(m * k, 2, 1.0)).unwrap();
+            let mut y = s.alloc_zeros::<bf16>(m * n).unwrap();
+            // Row-major y[m, n] = x[m, k] · W[n, k]ᵀ is column-major yᵀ = W · xᵀ.
+            let cfg = GemmConfig {
+                transa: cublasOperation_t::CUBLAS_OP_T,
+                transb: cublasOperation_t::CUBLAS_OP_N,
+                m: n as i32,
+                n: m as i32,
+                k: k as i32,
+                alpha: bf16::ONE,
+                lda: k as i32,
+                ldb: k as i32,
+                beta: bf16::ZERO,
+                ldc: n as i32,
+            };
+            let cublas_ms = time_ms(&s, 20, 15, || unsafe {
+                blas.gemm(cfg, &dense, &x, &mut y).unwrap()
+            });
+            let nf4_ms = time_ms(&s, 20, 15, || {
+                gpu.quant4_linear(&x, &plain, None, m, &mut y).unwrap()
+            });
+            let nf4_dq_ms = time_ms(&s, 20, 15, || {
+                gpu.quant4_linear(&x, &nested, None, m, &mut y).unwrap()
+            });
+            let int8_ms = time_ms(&s, 20, 15, || {
+                gpu.int8_linear(&x, &int8, None, m, &mut y).unwrap()
+            });
+            let deq_ms = time_ms(&s, 10, 15, || {
+                gpu.quant4_dequantize(&plain, &mut scratch).unwrap();
+                unsafe { blas.gemm(cfg, &scratch, &x, &mut y).unwrap() };
+            });
+            let act = (2 * (m * k + m * n)) as f64;
+            let nf4_bytes = (n * k) as f64 / 2.0 + 4.0 * (n * k / 64) as f64 + act;
+            let nf4_dq_bytes = (n * k) as f64 / 2.0 + (n * k / 64) as f64 + act;
+            let int8_bytes = (n * k) as f64 + 4.0 * n as f64 + act;
+            rows.push((
+                m,
+                k,
+                n,
+                cublas_ms,
+                nf4_ms,
+                nf4_dq_ms,
+                int8_ms,
+                deq_ms,
+                nf4_bytes,
+                nf4_dq_bytes,
+                int8_bytes,
+            ));
+            c.bench_function(&format!("quant4_linear_nf4/m{m}_k{k}_n{n}"), |bch| {
+                bch.iter_custom(|iters| {
+                    let ms = time_ms(&s, iters as usize, 1, || {
+                        gpu.quant4_linear(&x, &plain, None, m, &mut y).unwrap()
+                    });
+                    Duration::from_secs_f64(ms * 1e-3 * iters as f64)
+                })
+            });
+        }
+    }
+    println!(
+        "\nquantised products vs cuBLAS bf16 (dense), bf16 activations, on {}",
+        gpu.name()
+    );
+    println!(
+        "{:>3} {:>5} {:>6} {:>9} {:>8} {:>6} {:>9} {:>6} {:>8} {:>6} {:>10}",
+        "M", "K", "N", "cuBLAS us", "nf4 us", "x", "nf4dq us", "x", "int8 us", "x", "deq+gemm"
+    );
+    let mut json = Vec::new();
+    for (m, k, n, cb, q, qd, i8, dq, qb, qdb, ib) in &rows {
+        println!(
+            "{m:>3} {k:>5} {n:>6} {:>9.2} {:>8.2} {:>5.2}x {:>9.2} {:>5.2}x {:>8.2} {:>5.2}x {:>10.2}",
+            cb * 1e3,
+            q * 1e3,
+            cb / q,
+            qd * 1e3,
+            cb / qd,
+            i8 * 1e3,
+            cb / i8,
+            dq * 1e3
+        );
+        println!(
+            "{:>26} GB/s: nf4 {:.0} ({:.0}% of copy), nf4dq {:.0} ({:.0}%), int8 {:.0} ({:.0}%)",
+            "",
+            qb / (q * 1e-3) / 1e9,
+            100.0 * qb / (q * 1e-3) / 1e9 / copy_gbs,
+            qdb / (qd * 1e-3) / 1e9,
+            100.0 * qdb / (qd * 1e-3) / 1e9 / copy_gbs,
+            ib / (i8 * 1e-3) / 1e9,
+            100.0 * ib / (i8 * 1e-3) / 1e9 / copy_gbs
+        );
+        json.push(format!(
+            "{{\"m\":{m},\"k\":{k},\"n\":{n},\"cublas_ms\":{cb},\"nf4_ms\":{q},\"nf4_dq_ms\":{qd},\"int8_ms\":{i8},\"dequant_gemm_ms\":{dq}}}"
+        ));
+    }
+    if let Ok(path) = std::env::var("LORA_KERNELS_BENCH_OUT") {
+        std::fs::write(
+            path,
+            format!(
+                "{{\"device\":{:?},\"copy_gbs\":{copy_gbs},\"rows\":[{}]}}",
+                gpu.name(),
+                json.join(",")
+            ),
+        )
+        .unwrap();
+    }
+}
+
+fn cpu_benches(c: &mut Criterion) {
+    println!("no CUDA device: benchmarking the CPU dequantisation reference, not the kernels");
+    let w = nf4(256, 512, false);
+    c.bench_function("quant4_dequantize_cpu_reference/n256_k512", |bch| {
+        bch.iter(|| reference::dequantize::<bf16>(&w).unwrap())
+    });
+}
+
+fn benches(c: &mut Criterion) {
+    match Gpu::new(0) {
+        Ok(gpu) if lora_kernels::device::kernels_built() => gpu_benches(c, &gpu),
+        Ok(_) => {
+            println!("kernels not built (no nvcc at build time)");
+            cpu_benches(c)
+        }
+        Err(e) => {
+            println!("{e}");
+            cpu_benches(c)
+        }
+    }
+}
+
+criterion_group! {
+    name = quantized;
+    config = Criterion::default().sample_size(10).warm_up_time(Duration::from_millis(200)).measurement_time(Duration::from_millis(500));
+    targets = benches
+}
+criterion_main!(quantized);
