@@ -205,17 +205,7 @@ fn cpu_benches(c: &mut Criterion) {
 }
 
 fn benches(c: &mut Criterion) {
-    match Gpu::new(0) {
-        Ok(gpu) if lora_kernels::device::kernels_built() => gpu_benches(c, &gpu),
-        Ok(_) => {
-            println!("kernels not built (no nvcc at build time)");
-            cpu_benches(c)
-        }
-        Err(e) => {
-            println!("{e}");
-            cpu_benches(c)
-        }
-    }
+    common::gpu_or_cpu(c, gpu_benches, cpu_benches);
 }
 
 criterion_group! {

@@ -31,3 +31,22 @@ template <typename T> union Vec16 {
     uint4 raw;
     T v[kVec<T>];
 };
+
+// The end of a warp-per-output-row product (the GEMV paths): sums each of the first `rows` per-lane
+// partial sums over the warp, then lane 0 writes y[row0 + r, j] = T(acc[r] * scale + bias[j]) for
+// y with `ld` columns (bias may be null).
+template <typename T, int kRows>
+__device__ __forceinline__ void warp_sum_store_rows(float (&acc)[kRows], int rows, float scale, const T *bias, T *y,
+                                                    int row0, int j, int ld) {
+#pragma unroll
+    for (int r = 0; r < kRows; ++r) {
+#pragma unroll
+        for (int off = 16; off > 0; off /= 2) acc[r] += __shfl_down_sync(0xffffffffu, acc[r], off);
+    }
+    if (threadIdx.x % 32 == 0) {
+        const float b = bias ? Element<T>::to_f32(bias[j]) : 0.0f;
+#pragma unroll
+        for (int r = 0; r < kRows; ++r)
+            if (r < rows) y[(size_t)(row0 + r) * ld + j] = Element<T>::from_f32(acc[r] * scale + b);
+    }
+}

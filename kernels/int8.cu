@@ -52,17 +52,7 @@ template <typename T> __device__ void int8_linear(const Int8LinearParams &p) {
                     if (r < rows) acc[r] = fmaf(Element<T>::to_f32(x[(size_t)(r0 + r) * p.k + c]), wv, acc[r]);
             }
         }
-#pragma unroll
-        for (int r = 0; r < kMTile; ++r) {
-#pragma unroll
-            for (int off = 16; off > 0; off /= 2) acc[r] += __shfl_down_sync(0xffffffffu, acc[r], off);
-        }
-        if (lane == 0) {
-            const float b = p.bias ? Element<T>::to_f32(reinterpret_cast<const T *>(p.bias)[j]) : 0.0f;
-#pragma unroll
-            for (int r = 0; r < kMTile; ++r)
-                if (r < rows) y[(size_t)(r0 + r) * p.n + j] = Element<T>::from_f32(acc[r] * row_scale + b);
-        }
+        warp_sum_store_rows<T, kMTile>(acc, rows, row_scale, reinterpret_cast<const T *>(p.bias), y, r0, j, p.n);
     }
 }
 

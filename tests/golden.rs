@@ -408,62 +408,31 @@ fn adapter_dir(case: &GoldenCase, gpu: Option<&Gpu>) -> Result<Check> {
 
 /// A `quant4` case: our quantiser's bytes against bitsandbytes', and dequantisation of its bytes.
 fn quant4_cpu<T: Element>(case: &GoldenCase) -> Result<Check> {
-    let quant_type = QuantType::from_name(case.meta("quant_type")?).expect("nf4 or fp4");
-    let blocksize: usize = case
-        .meta("blocksize")?
-        .parse()
-        .expect("an integer blocksize");
-    let double_quant = case.meta("double_quant")? == "true";
-    let shape = case.shape("weight")?;
-    let shape = [shape[0], shape[1]];
+    let theirs = golden_quant4::<T>(case)?;
+    let double_quant = matches!(theirs.absmax, Absmax::Nested { .. });
     let mut check = Check::new();
     let code: Vec<f32> = case.values("code")?;
-    check.require("code table", code == quant_type.code().to_vec());
+    check.require("code table", code == theirs.quant_type.code().to_vec());
     let mine = quant4::reference::quantize(
         &case.values::<T>("weight")?,
-        shape,
-        blocksize,
-        quant_type,
+        theirs.shape,
+        theirs.blocksize,
+        theirs.quant_type,
         double_quant,
     )?;
-    let golden_packed: Vec<u8> = case
-        .values_f64("packed")?
-        .iter()
-        .map(|&v| v as u8)
-        .collect();
     check.require(
         "packed bytes",
-        quant4::reference::same_codes(quant_type, &mine.packed, &golden_packed),
+        quant4::reference::same_codes(theirs.quant_type, &mine.packed, &theirs.packed),
     );
-    let golden_absmax = if double_quant {
-        Absmax::Nested {
-            codes: case
-                .values_f64("absmax_q")?
-                .iter()
-                .map(|&v| v as u8)
-                .collect(),
-            nested_absmax: case.values("nested_absmax")?,
-            nested_code: case.values("nested_code")?,
-            nested_blocksize: case.meta("nested_blocksize")?.parse().expect("an integer"),
-            offset: case.meta("offset")?.parse::<f64>().expect("a number") as f32,
-        }
-    } else {
-        Absmax::Plain(case.values("absmax")?)
-    };
     let as64 = |v: Vec<f32>| v.into_iter().map(|x| x as f64).collect::<Vec<_>>();
     // The double-quantised codes may differ by one near zero (README): compare the rebuilt absmax.
     let tol = if double_quant { 1e-2 } else { 0.0 };
     check.compare(
         "absmax",
         &as64(mine.absmax.values()),
-        &as64(golden_absmax.values()),
+        &as64(theirs.absmax.values()),
         tol,
     );
-    let theirs = Quant4Weight {
-        packed: golden_packed,
-        absmax: golden_absmax,
-        ..mine
-    };
     let deq = quant4::reference::dequantize::<T>(&theirs)?;
     check.compare(
         "dequantized",

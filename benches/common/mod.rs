@@ -47,3 +47,23 @@ pub fn copy_bandwidth_gbs(stream: &Arc<CudaStream>) -> f64 {
     let ms = time_ms(stream, 5, 7, || stream.memcpy_dtod(&src, &mut dst).unwrap());
     2.0 * (len * 2) as f64 / (ms * 1e-3) / 1e9
 }
+
+/// Runs `gpu` on device 0 when it has a driver, a device and the kernels; otherwise says why and
+/// runs `cpu` (the CPU reference), so `cargo bench` works everywhere.
+pub fn gpu_or_cpu(
+    c: &mut criterion::Criterion,
+    gpu: impl FnOnce(&mut criterion::Criterion, &lora_kernels::Gpu),
+    cpu: impl FnOnce(&mut criterion::Criterion),
+) {
+    match lora_kernels::Gpu::new(0) {
+        Ok(g) if lora_kernels::device::kernels_built() => gpu(c, &g),
+        Ok(_) => {
+            println!("kernels not built (no nvcc at build time)");
+            cpu(c)
+        }
+        Err(e) => {
+            println!("{e}");
+            cpu(c)
+        }
+    }
+}
