@@ -20,9 +20,11 @@
 //
 // Bytes moved from HBM: x once (shrink), base once and y once (expand); A and B once per M-tile
 // (L2-resident: at most 2 * 256 * k * 2 bytes); the f32 partials and hidden are m * RP * (4 * k_chunks
-// + 2) bytes, which is k_chunks * 2 * RP / (k + n) of the x + base + y traffic (k_chunks is 1 for
-// large m; for small m everything fits in L2 anyway). f16/bf16 multiply on tensor cores (wmma in the
-// shrink, mma.sync in the expand, f32 accumulate); f32 uses CUDA-core FMAs to keep f32 accuracy.
+// + 2) bytes, about k_chunks * 2 * RP / (k + n) of the x + base + y traffic (the host picks k_chunks
+// near resident blocks / m_tiles, so it is small when m is large; for small m everything fits in L2
+// anyway). f16/bf16 multiply on tensor cores (wmma in the shrink, mma.sync in the expand, f32
+// accumulate); f32 uses CUDA-core FMAs to keep f32 accuracy. The lora_forward_dora_* variants end
+// with the DoRA epilogue y = bias + f * (base - bias + LoRA term) (see output_value).
 #include <mma.h>
 
 #include "common.cuh"
