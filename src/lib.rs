@@ -12,6 +12,8 @@
 //! - [`int8`]: bitsandbytes' LLM.int8 weights (row-wise quantise, dequantise, `Linear8bitLt` state
 //!   dicts, weight-only and LLM.int8 products), and [`Gpu::int8_linear`], the weight-only product.
 //! - [`Gpu::lora_forward_mixed`]: one adapter (or none) per row of a batch, one launch.
+//! - [`layer`]: the CPU reference of a peft layer's forward states (disabled, mixed batch, merged,
+//!   active adapters) over a dense base.
 //! - [`golden`]: reading the golden cases computed by the real peft and bitsandbytes.
 //!
 //! Kernels are compiled by `build.rs` from `kernels/*.cu` into an embedded fatbin; a build without
@@ -45,6 +47,7 @@ pub mod dtype;
 pub mod error;
 pub mod golden;
 pub mod int8;
+pub mod layer;
 pub mod lora;
 pub mod peft;
 pub mod quant4;

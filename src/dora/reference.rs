@@ -122,6 +122,19 @@ pub fn dora_merged_weight<T: Element>(
     k: usize,
     n: usize,
 ) -> Result<Vec<T>> {
+    let out = dora_merged_weight_unchecked(weight, adapter, factor, k, n)?;
+    check_finite(&out, k)?;
+    Ok(out)
+}
+
+/// [`dora_merged_weight`] without the finite check (peft's merge with `safe_merge=False`).
+pub fn dora_merged_weight_unchecked<T: Element>(
+    weight: &[T],
+    adapter: LoraAdapter<'_, [T]>,
+    factor: Option<&[f32]>,
+    k: usize,
+    n: usize,
+) -> Result<Vec<T>> {
     validate_rows(
         k,
         n,
@@ -139,7 +152,6 @@ pub fn dora_merged_weight<T: Element>(
                 .map(|v| T::from_f64(f * v)),
         );
     }
-    check_finite(&out, k)?;
     Ok(out)
 }
 
