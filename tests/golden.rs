@@ -6,6 +6,7 @@
 //! skipped and say so. With `LORA_KERNELS_REQUIRE_GPU=1` a missing GPU fails the run.
 mod common;
 
+use cudarc::driver::{CudaSlice, CudaView};
 use half::{bf16, f16};
 use lora_kernels::dora::reference as dora_reference;
 use lora_kernels::golden::{discover, golden_dir, rel_error, GoldenCase};
@@ -650,73 +651,6 @@ fn quant4_gpu<T: Element>(gpu: &Gpu, case: &GoldenCase) -> Result<Check> {
     Ok(check)
 }
 
-/// A `qlora` / `qdora` case on an NF4 base on the GPU: the base output by the dequant-on-the-fly
-/// product, then the adapter through the fused LoRA or DoRA forward.
-fn quant4_layer_gpu<T: Element>(gpu: &Gpu, case: &GoldenCase) -> Result<Check> {
-    let bytes = std::fs::read(&case.path).map_err(|e| lora_kernels::Error::File {
-        path: case.path.display().to_string(),
-        message: e.to_string(),
-    })?;
-    let weight = Quant4Weight::from_state_dict(&bytes, "base.", &case.path.display().to_string())?;
-    let dev = gpu.upload_quant4(&weight)?;
-    let tol = T::DTYPE.tolerance();
-    let mut check = Check::new();
-    let s = gpu.stream();
-    let [n, k] = weight.shape;
-    let m = case.shape("x")?[0];
-    let shape = LoraShape::new(m, k, n);
-    let x = s.clone_htod(&case.values::<T>("x")?)?;
-    let bias = if case.has("base.bias") {
-        Some(s.clone_htod(&case.values::<T>("base.bias")?)?)
-    } else {
-        None
-    };
-    let bias_view = bias.as_ref().map(|b| b.slice(..));
-    let mut base = s.alloc_zeros::<T>(m * n)?;
-    gpu.quant4_linear(&x, &dev, bias_view.as_ref(), m, &mut base)?;
-    check.compare(
-        "base_output",
-        &f64s(&s.clone_dtoh(&base)?),
-        &case.values_f64("base_output")?,
-        tol,
-    );
-    let (a, b) = (
-        s.clone_htod(&case.values::<T>("lora_A")?)?,
-        s.clone_htod(&case.values::<T>("lora_B")?)?,
-    );
-    let adapter = LoraAdapter::new(&a, &b, case.shape("lora_A")?[0], case.scaling()? as f32);
-    let mut y = s.alloc_zeros::<T>(m * n)?;
-    if case.kind == "qdora" {
-        let mut w = s.alloc_zeros::<T>(n * k)?;
-        gpu.quant4_dequantize(&dev, &mut w)?;
-        let factor = gpu.dora_factor(
-            &w,
-            adapter,
-            &s.clone_htod(&case.values::<T>("magnitude")?)?,
-            k,
-            n,
-        )?;
-        gpu.dora_forward(
-            &x,
-            &base,
-            bias_view.as_ref(),
-            adapter,
-            &factor,
-            shape,
-            &mut y,
-        )?;
-    } else {
-        gpu.lora_forward(&x, &base, &[adapter], shape, &mut y)?;
-    }
-    check.compare(
-        "output",
-        &f64s(&s.clone_dtoh(&y)?),
-        &case.values_f64("output")?,
-        tol,
-    );
-    Ok(check)
-}
-
 /// A `mixed_batch` case on the GPU: the adapter table once, then one launch for the batch.
 fn mixed_batch_gpu<T: Element>(gpu: &Gpu, case: &GoldenCase) -> Result<Check> {
     let xs = case.shape("x")?;
@@ -797,19 +731,26 @@ fn int8_gpu<T: Element>(gpu: &Gpu, case: &GoldenCase) -> Result<Check> {
     Ok(check)
 }
 
-/// A `qlora` / `qdora` case on an int8 base on the GPU: the base output by the int8 weight-only kernel,
-/// then the adapter through the fused LoRA or DoRA forward.
-fn int8_layer_gpu<T: Element>(gpu: &Gpu, case: &GoldenCase) -> Result<Check> {
-    let bytes = std::fs::read(&case.path).map_err(|e| lora_kernels::Error::File {
-        path: case.path.display().to_string(),
-        message: e.to_string(),
-    })?;
-    let weight = Int8Weight::from_state_dict(&bytes, "base.", &case.path.display().to_string())?;
-    let dev = gpu.upload_int8(&weight)?;
+/// A `qlora` / `qdora` case on a quantised base on the GPU: `base_product` computes the base output
+/// `x·dequant(W)ᵀ + bias` (compared with bitsandbytes'), `dense` gives the dequantised W in `T` for the
+/// DoRA norm, then the adapter goes through the fused LoRA or DoRA forward. `output_tol` scales the
+/// dtype tolerance of the final output.
+fn quantized_layer_gpu<T: Element>(
+    gpu: &Gpu,
+    case: &GoldenCase,
+    [n, k]: [usize; 2],
+    base_product: impl FnOnce(
+        &CudaSlice<T>,
+        Option<&CudaView<'_, T>>,
+        usize,
+        &mut CudaSlice<T>,
+    ) -> Result<()>,
+    dense: impl FnOnce() -> Result<CudaSlice<T>>,
+    output_tol: f64,
+) -> Result<Check> {
     let tol = T::DTYPE.tolerance();
     let mut check = Check::new();
     let s = gpu.stream();
-    let [n, k] = weight.shape;
     let m = case.shape("x")?[0];
     let shape = LoraShape::new(m, k, n);
     let x = s.clone_htod(&case.values::<T>("x")?)?;
@@ -820,7 +761,7 @@ fn int8_layer_gpu<T: Element>(gpu: &Gpu, case: &GoldenCase) -> Result<Check> {
     };
     let bias_view = bias.as_ref().map(|b| b.slice(..));
     let mut base = s.alloc_zeros::<T>(m * n)?;
-    gpu.int8_linear(&x, &dev, bias_view.as_ref(), m, &mut base)?;
+    base_product(&x, bias_view.as_ref(), m, &mut base)?;
     check.compare(
         "base_output",
         &f64s(&s.clone_dtoh(&base)?),
@@ -834,18 +775,8 @@ fn int8_layer_gpu<T: Element>(gpu: &Gpu, case: &GoldenCase) -> Result<Check> {
     let adapter = LoraAdapter::new(&a, &b, case.shape("lora_A")?[0], case.scaling()? as f32);
     let mut y = s.alloc_zeros::<T>(m * n)?;
     if case.kind == "qdora" {
-        // peft takes the norm of the dequantised weight in the input dtype.
-        let w: Vec<T> = int8::reference::dequantize(&weight)?
-            .iter()
-            .map(|&v| T::from_f64(v as f64))
-            .collect();
-        let factor = gpu.dora_factor(
-            &s.clone_htod(&w)?,
-            adapter,
-            &s.clone_htod(&case.values::<T>("magnitude")?)?,
-            k,
-            n,
-        )?;
+        let magnitude = s.clone_htod(&case.values::<T>("magnitude")?)?;
+        let factor = gpu.dora_factor(&dense()?, adapter, &magnitude, k, n)?;
         gpu.dora_forward(
             &x,
             &base,
@@ -858,14 +789,72 @@ fn int8_layer_gpu<T: Element>(gpu: &Gpu, case: &GoldenCase) -> Result<Check> {
     } else {
         gpu.lora_forward(&x, &base, &[adapter], shape, &mut y)?;
     }
-    // As on the CPU: bitsandbytes' base inside peft's forward is up to two f16 ulps from base_output.
     check.compare(
         "output",
         &f64s(&s.clone_dtoh(&y)?),
         &case.values_f64("output")?,
-        2.5 * tol,
+        output_tol * tol,
     );
     Ok(check)
+}
+
+fn read_case_bytes(case: &GoldenCase) -> Result<Vec<u8>> {
+    std::fs::read(&case.path).map_err(|e| lora_kernels::Error::File {
+        path: case.path.display().to_string(),
+        message: e.to_string(),
+    })
+}
+
+/// A `qlora` / `qdora` case on an NF4 base on the GPU (the base through the dequant-on-the-fly product).
+fn quant4_layer_gpu<T: Element>(gpu: &Gpu, case: &GoldenCase) -> Result<Check> {
+    let weight = Quant4Weight::from_state_dict(
+        &read_case_bytes(case)?,
+        "base.",
+        &case.path.display().to_string(),
+    )?;
+    let dev = gpu.upload_quant4(&weight)?;
+    let dense = || {
+        let mut w = gpu
+            .stream()
+            .alloc_zeros::<T>(weight.shape[0] * weight.shape[1])?;
+        gpu.quant4_dequantize(&dev, &mut w)?;
+        Ok(w)
+    };
+    quantized_layer_gpu(
+        gpu,
+        case,
+        weight.shape,
+        |x, bias, m, y| gpu.quant4_linear(x, &dev, bias, m, y),
+        dense,
+        1.0,
+    )
+}
+
+/// A `qlora` / `qdora` case on an int8 base on the GPU (the base through the weight-only product).
+fn int8_layer_gpu<T: Element>(gpu: &Gpu, case: &GoldenCase) -> Result<Check> {
+    let weight = Int8Weight::from_state_dict(
+        &read_case_bytes(case)?,
+        "base.",
+        &case.path.display().to_string(),
+    )?;
+    let dev = gpu.upload_int8(&weight)?;
+    // peft takes the DoRA norm of the dequantised weight in the input dtype.
+    let dense = || {
+        let w: Vec<T> = int8::reference::dequantize(&weight)?
+            .iter()
+            .map(|&v| T::from_f64(v as f64))
+            .collect();
+        Ok(gpu.stream().clone_htod(&w)?)
+    };
+    // As on the CPU: bitsandbytes' base inside peft's forward is up to two f16 ulps from base_output.
+    quantized_layer_gpu(
+        gpu,
+        case,
+        weight.shape,
+        |x, bias, m, y| gpu.int8_linear(x, &dev, bias, m, y),
+        dense,
+        2.5,
+    )
 }
 
 macro_rules! by_dtype {
