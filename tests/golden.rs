@@ -447,10 +447,7 @@ fn quant4_cpu<T: Element>(case: &GoldenCase) -> Result<Check> {
 /// A `qlora` / `qdora` case on an NF4 base: the `Linear4bit` state dict as bitsandbytes saved it,
 /// dequantised, the base output, and the adapter on top.
 fn quant4_layer_cpu<T: Element>(case: &GoldenCase) -> Result<Check> {
-    let bytes = std::fs::read(&case.path).map_err(|e| lora_kernels::Error::File {
-        path: case.path.display().to_string(),
-        message: e.to_string(),
-    })?;
+    let bytes = read_case_bytes(case)?;
     let weight = Quant4Weight::from_state_dict(&bytes, "base.", &case.path.display().to_string())?;
     let tol = T::DTYPE.tolerance();
     let mut check = Check::new();
@@ -529,10 +526,7 @@ fn int8_cpu<T: Element>(case: &GoldenCase) -> Result<Check> {
 /// A `qlora` / `qdora` case on an int8 base: the `Linear8bitLt` state dict, dequantised, the base
 /// output and the adapter on top.
 fn int8_layer_cpu<T: Element>(case: &GoldenCase) -> Result<Check> {
-    let bytes = std::fs::read(&case.path).map_err(|e| lora_kernels::Error::File {
-        path: case.path.display().to_string(),
-        message: e.to_string(),
-    })?;
+    let bytes = read_case_bytes(case)?;
     let weight = Int8Weight::from_state_dict(&bytes, "base.", &case.path.display().to_string())?;
     let tol = T::DTYPE.tolerance();
     let mut check = Check::new();
