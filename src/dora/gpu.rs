@@ -4,7 +4,7 @@ use super::validate_rows;
 use crate::device::{Gpu, KernelModule};
 use crate::error::{invalid, Result};
 use crate::lora::gpu::DoraEpilogue;
-use crate::lora::{validate_lora_forward, AdapterLens, LoraAdapter, LoraShape};
+use crate::lora::{validate_bias, validate_lora_forward, AdapterLens, LoraAdapter, LoraShape};
 use crate::sys::{
     DoraRowOp, DoraRowOp_DORA_ROW_FACTOR, DoraRowOp_DORA_ROW_MERGE, DoraRowOp_DORA_ROW_NORM,
     DoraRowOp_DORA_ROW_UNMERGE, DoraRowParams, DORA_ROWS_PER_BLOCK, DORA_THREADS,
@@ -142,15 +142,7 @@ impl Gpu {
                 factor.len(),
             ));
         }
-        if let Some(b) = bias {
-            if b.len() < shape.n {
-                return Err(invalid(
-                    "bias",
-                    format!("at least {} elements ([n={}])", shape.n, shape.n),
-                    b.len(),
-                ));
-            }
-        }
+        validate_bias(bias.map(|b| b.len()), shape.n)?;
         let stream = self.stream().clone();
         let (base_ptr, _gb) = base.device_ptr(&stream);
         let (factor_ptr, _gf) = factor.values.device_ptr(&stream);

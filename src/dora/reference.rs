@@ -2,7 +2,7 @@
 //! kernels of `kernels/dora.cu` and the DoRA epilogue of the fused forward are tested against.
 use super::{validate_rows, DORA_NORM_EPS};
 use crate::error::{invalid, Result};
-use crate::lora::{validate_lora_forward, AdapterLens, LoraAdapter, LoraShape};
+use crate::lora::{validate_bias, validate_lora_forward, AdapterLens, LoraAdapter, LoraShape};
 use crate::Element;
 
 fn lens<T>(adapter: &LoraAdapter<'_, [T]>) -> AdapterLens {
@@ -81,15 +81,7 @@ pub fn dora_forward<T: Element>(
             factor.len(),
         ));
     }
-    if let Some(b) = bias {
-        if b.len() < n {
-            return Err(invalid(
-                "bias",
-                format!("at least {n} elements ([n={n}])"),
-                b.len(),
-            ));
-        }
-    }
+    validate_bias(bias.map(|b| b.len()), n)?;
     let r = adapter.rank;
     let mut out = Vec::with_capacity(m * n);
     for i in 0..m {

@@ -1,8 +1,8 @@
 //! GPU launch of the LLM.int8 weight-only product (`kernels/int8.cu`).
 use super::Int8Weight;
 use crate::device::{Gpu, KernelModule};
-use crate::error::{invalid, Result};
-use crate::lora::{validate_lora_forward, LoraShape};
+use crate::error::Result;
+use crate::lora::{validate_bias, validate_lora_forward, LoraShape};
 use crate::sys::{Int8LinearParams, INT8_THREADS};
 use crate::Element;
 use cudarc::driver::{
@@ -57,15 +57,7 @@ impl Gpu {
     {
         let [n, k] = weight.shape;
         validate_lora_forward(LoraShape::new(m, k, n), x.len(), None, y.len(), &[])?;
-        if let Some(b) = bias {
-            if b.len() < n {
-                return Err(invalid(
-                    "bias",
-                    format!("at least {n} elements ([n={n}])"),
-                    b.len(),
-                ));
-            }
-        }
+        validate_bias(bias.map(|b| b.len()), n)?;
         self.check_dtype(T::DTYPE, "the int8 kernels")?;
         let stream = self.stream().clone();
         let (func, _) = self.kernel(

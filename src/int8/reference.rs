@@ -2,7 +2,7 @@
 //! (what bitsandbytes' CPU backend computes), and the LLM.int8 algorithm of its CUDA backend.
 use super::{Int8Weight, INV_127};
 use crate::error::{invalid, Result};
-use crate::lora::{validate_lora_forward, LoraShape};
+use crate::lora::{validate_bias, validate_lora_forward, LoraShape};
 use crate::Element;
 use half::f16;
 
@@ -79,11 +79,7 @@ fn check_linear<T>(
         ));
     }
     validate_lora_forward(shape, x.len(), None, m * n, &[])?;
-    if let Some(b) = bias {
-        if b.len() < n {
-            return Err(invalid("bias", format!("at least {n} elements"), b.len()));
-        }
-    }
+    validate_bias(bias.map(|b| b.len()), n)?;
     Ok(())
 }
 

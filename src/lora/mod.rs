@@ -144,6 +144,14 @@ pub(crate) fn at_least(name: &str, len: usize, want: Option<usize>, what: &str) 
     }
 }
 
+/// Checks an optional bias of `len` elements against n output features.
+pub(crate) fn validate_bias(len: Option<usize>, n: usize) -> Result<()> {
+    match len {
+        Some(len) => at_least("bias", len, Some(n), &format!("[n={n}]")),
+        None => Ok(()),
+    }
+}
+
 /// Checks that every dimension is at least 1 and fits the kernels' 32-bit indices.
 pub(crate) fn validate_dims(dims: &[(&str, usize)]) -> Result<()> {
     for &(name, v) in dims {

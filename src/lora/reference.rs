@@ -1,7 +1,7 @@
 //! CPU references for LoRA: deliberately simple loops accumulating in f64, rounded once to the
 //! element type. They are the specification the GPU kernels are tested against, and the fallback
 //! when there is no GPU.
-use super::{validate_lora_forward, AdapterLens, LoraAdapter, LoraShape};
+use super::{validate_bias, validate_lora_forward, AdapterLens, LoraAdapter, LoraShape};
 use crate::error::{invalid, Result};
 use crate::Element;
 
@@ -149,11 +149,7 @@ pub fn linear<T: Element>(
             weight.len(),
         ));
     }
-    if let Some(b) = bias {
-        if b.len() < n {
-            return Err(invalid("bias", format!("at least {n} elements"), b.len()));
-        }
-    }
+    validate_bias(bias.map(|b| b.len()), n)?;
     let mut out = Vec::with_capacity(m * n);
     for i in 0..m {
         for row in 0..n {

@@ -3,7 +3,7 @@
 use super::{Absmax, Quant4Weight};
 use crate::device::{Gpu, KernelModule};
 use crate::error::{invalid, Result};
-use crate::lora::{validate_lora_forward, LoraShape};
+use crate::lora::{validate_bias, validate_lora_forward, LoraShape};
 use crate::sys::{Quant4Params, Quant4Weights, QUANT4_THREADS};
 use crate::Element;
 use cudarc::driver::{
@@ -110,15 +110,7 @@ impl Gpu {
     {
         let [n, k] = weight.shape;
         validate_lora_forward(LoraShape::new(m, k, n), x.len(), None, y.len(), &[])?;
-        if let Some(b) = bias {
-            if b.len() < n {
-                return Err(invalid(
-                    "bias",
-                    format!("at least {n} elements ([n={n}])"),
-                    b.len(),
-                ));
-            }
-        }
+        validate_bias(bias.map(|b| b.len()), n)?;
         let stream = self.stream().clone();
         let (x_ptr, _gx) = x.device_ptr(&stream);
         let (y_ptr, _gy) = y.device_ptr_mut(&stream);
