@@ -444,36 +444,42 @@ fn quant4_cpu<T: Element>(case: &GoldenCase) -> Result<Check> {
     Ok(check)
 }
 
-/// A `qlora` / `qdora` case on an NF4 base: the `Linear4bit` state dict as bitsandbytes saved it,
-/// dequantised, the base output, and the adapter on top.
-fn quant4_layer_cpu<T: Element>(case: &GoldenCase) -> Result<Check> {
-    let bytes = read_case_bytes(case)?;
-    let weight = Quant4Weight::from_state_dict(&bytes, "base.", &case.path.display().to_string())?;
+/// A `qlora` / `qdora` case on a quantised base on the CPU: the dequantised weight against peft's
+/// (`dequantized`, exact), the base output of `base_product` against bitsandbytes', then the adapter on
+/// top of bitsandbytes' own base output, as for the dense cases (the DoRA norm of `weight_t`, the
+/// dequantised weight in the input dtype, as peft takes it). `output_tol` scales the dtype tolerance of
+/// the final output.
+fn quantized_layer_cpu<T: Element>(
+    case: &GoldenCase,
+    [n, k]: [usize; 2],
+    dequantized: &[f64],
+    weight_t: &[T],
+    base_product: impl FnOnce(&[T], Option<&[T]>, LoraShape) -> Result<Vec<T>>,
+    output_tol: f64,
+) -> Result<Check> {
     let tol = T::DTYPE.tolerance();
     let mut check = Check::new();
-    let deq: Vec<T> = quant4::reference::dequantize(&weight)?;
     check.compare(
         "dequantized_weight",
-        &f64s(&deq),
+        dequantized,
         &case.values_f64("dequantized_weight")?,
         0.0,
     );
-    let xs = case.shape("x")?;
-    let [n, k] = weight.shape;
-    let shape = LoraShape::new(xs[0], k, n);
+    let shape = LoraShape::new(case.shape("x")?[0], k, n);
     let x: Vec<T> = case.values("x")?;
     let bias: Option<Vec<T>> = if case.has("base.bias") {
         Some(case.values("base.bias")?)
     } else {
         None
     };
-    let base = reference::linear(&x, &deq, bias.as_deref(), shape)?;
+    let base = base_product(&x, bias.as_deref(), shape)?;
     check.compare(
         "base_output",
         &f64s(&base),
         &case.values_f64("base_output")?,
         tol,
     );
+    let base: Vec<T> = case.values("base_output")?;
     let (a, b): (Vec<T>, Vec<T>) = (case.values("lora_A")?, case.values("lora_B")?);
     let adapter = LoraAdapter::new(
         &a[..],
@@ -482,7 +488,7 @@ fn quant4_layer_cpu<T: Element>(case: &GoldenCase) -> Result<Check> {
         case.scaling()? as f32,
     );
     let out = if case.kind == "qdora" {
-        let norm = dora_reference::dora_weight_norm(&deq, adapter, k, n)?;
+        let norm = dora_reference::dora_weight_norm(weight_t, adapter, k, n)?;
         let norm64: Vec<f64> = norm.iter().map(|&v| v as f64).collect();
         check.compare(
             "weight_norm",
@@ -495,8 +501,31 @@ fn quant4_layer_cpu<T: Element>(case: &GoldenCase) -> Result<Check> {
     } else {
         reference::lora_forward(&x, &base, &[adapter], shape)?
     };
-    check.compare("output", &f64s(&out), &case.values_f64("output")?, tol);
+    check.compare(
+        "output",
+        &f64s(&out),
+        &case.values_f64("output")?,
+        output_tol * tol,
+    );
     Ok(check)
+}
+
+/// A `qlora` / `qdora` case on an NF4 base: the `Linear4bit` state dict as bitsandbytes saved it.
+fn quant4_layer_cpu<T: Element>(case: &GoldenCase) -> Result<Check> {
+    let weight = Quant4Weight::from_state_dict(
+        &read_case_bytes(case)?,
+        "base.",
+        &case.path.display().to_string(),
+    )?;
+    let deq: Vec<T> = quant4::reference::dequantize(&weight)?;
+    quantized_layer_cpu(
+        case,
+        weight.shape,
+        &f64s(&deq),
+        &deq,
+        |x, bias, shape| reference::linear(x, &deq, bias, shape),
+        1.0,
+    )
 }
 
 /// An `int8` case: CB/SCB against bitsandbytes', and the weight-only product (what its CPU backend
@@ -523,72 +552,23 @@ fn int8_cpu<T: Element>(case: &GoldenCase) -> Result<Check> {
     Ok(check)
 }
 
-/// A `qlora` / `qdora` case on an int8 base: the `Linear8bitLt` state dict, dequantised, the base
-/// output and the adapter on top.
+/// A `qlora` / `qdora` case on an int8 base: the `Linear8bitLt` state dict as bitsandbytes saved it.
 fn int8_layer_cpu<T: Element>(case: &GoldenCase) -> Result<Check> {
-    let bytes = read_case_bytes(case)?;
-    let weight = Int8Weight::from_state_dict(&bytes, "base.", &case.path.display().to_string())?;
-    let tol = T::DTYPE.tolerance();
-    let mut check = Check::new();
+    let weight = Int8Weight::from_state_dict(
+        &read_case_bytes(case)?,
+        "base.",
+        &case.path.display().to_string(),
+    )?;
     let deq = int8::reference::dequantize(&weight)?;
     let deq64: Vec<f64> = deq.iter().map(|&v| v as f64).collect();
-    check.compare(
-        "dequantized_weight",
-        &deq64,
-        &case.values_f64("dequantized_weight")?,
-        0.0,
-    );
-    let [n, k] = weight.shape;
-    let xs = case.shape("x")?;
-    let shape = LoraShape::new(xs[0], k, n);
-    let x: Vec<T> = case.values("x")?;
-    let bias: Option<Vec<T>> = if case.has("base.bias") {
-        Some(case.values("base.bias")?)
-    } else {
-        None
-    };
-    let base = int8::reference::linear_weight_only(&x, &weight, bias.as_deref(), shape)?;
-    check.compare(
-        "base_output",
-        &f64s(&base),
-        &case.values_f64("base_output")?,
-        tol,
-    );
-    // The adapter on top of bitsandbytes' own base output, as for the dense cases.
-    let base: Vec<T> = case.values("base_output")?;
-    let (a, b): (Vec<T>, Vec<T>) = (case.values("lora_A")?, case.values("lora_B")?);
-    let adapter = LoraAdapter::new(
-        &a[..],
-        &b[..],
-        case.shape("lora_A")?[0],
-        case.scaling()? as f32,
-    );
-    let out = if case.kind == "qdora" {
-        // peft takes the norm of the dequantised weight in the input dtype.
-        let w_t: Vec<T> = deq.iter().map(|&v| T::from_f64(v as f64)).collect();
-        let norm = dora_reference::dora_weight_norm(&w_t, adapter, k, n)?;
-        let norm64: Vec<f64> = norm.iter().map(|&v| v as f64).collect();
-        check.compare(
-            "weight_norm",
-            &norm64,
-            &case.values_f64("weight_norm")?,
-            tol,
-        );
-        let factor = dora_reference::dora_factor(&case.values::<T>("magnitude")?, &norm)?;
-        dora_reference::dora_forward(&x, &base, bias.as_deref(), adapter, &factor, shape)?
-    } else {
-        reference::lora_forward(&x, &base, &[adapter], shape)?
+    let deq_t: Vec<T> = deq.iter().map(|&v| T::from_f64(v as f64)).collect();
+    let base = |x: &[T], bias: Option<&[T]>, shape| {
+        int8::reference::linear_weight_only(x, &weight, bias, shape)
     };
     // bitsandbytes' 8-bit layer inside peft's forward lands up to two f16 ulps away from the
     // standalone `base_output` it saved (the adapter term itself matches: least-squares ratio 1.0000,
     // residual at f16 rounding level), so the layer output gets 2.5x the dtype tolerance.
-    check.compare(
-        "output",
-        &f64s(&out),
-        &case.values_f64("output")?,
-        2.5 * tol,
-    );
-    Ok(check)
+    quantized_layer_cpu(case, weight.shape, &deq64, &deq_t, base, 2.5)
 }
 
 /// The golden 4-bit weight of a `quant4` case (bitsandbytes' own bytes and scales).
