@@ -22,7 +22,7 @@ export LD_LIBRARY_PATH="$libdirs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 export LORA_KERNELS_GOLDEN_DIR="$here/golden" LORA_KERNELS_REQUIRE_GPU=1
 say "== device"
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv 2>&1 | tee -a "$log"
-say "libcuda: $(ldconfig -p | grep -m1 'libcuda.so.1' || echo 'not in ldconfig')"
+say "libcuda: $(ldconfig -p | grep 'libcuda.so.1' | sed -n 1p || echo 'not in ldconfig')"
 say "libcublas: $(for d in ${LD_LIBRARY_PATH//:/ }; do ls "$d"/libcublas.so* 2>/dev/null; done | head -n 1)"
 
 step() { # name, timeout, command...

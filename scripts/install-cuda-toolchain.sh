@@ -13,7 +13,7 @@ dir="${LORA_KERNELS_CUDA_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/lora-kernels/cuda-
 nvcc="$dir/nvidia/cu13/bin/nvcc"
 python="${PYTHON:-python3}"
 
-if [ ! -x "$nvcc" ] || ! "$nvcc" --version 2>/dev/null | grep -q 'release 13.0'; then
+if [ ! -x "$nvcc" ] || ! "$nvcc" --version 2>/dev/null | grep 'release 13.0' >/dev/null; then
     echo "installing the CUDA 13.0 compiler wheels into $dir" >&2
     mkdir -p "$dir"
     "$python" -m pip install --quiet --disable-pip-version-check --no-warn-script-location \
