@@ -171,4 +171,40 @@ typedef struct LoraMixedParams {
     int32_t num_adapters;
 } LoraMixedParams;
 
+/* Tiled matmul y = x * W^T + bias (kernels/linear.cu) for x [m, k], W [n, k], y [m, n] row-major, with W
+ * dense (element type), bitsandbytes 4-bit (Quant4Weights) or LLM.int8 codes CB [n, k] with per-row
+ * scales SCB (y column j scaled by SCB[j] / 127). Each block computes a LINEAR_BLOCK_M x LINEAR_BLOCK_N
+ * tile of y over K slices of LINEAR_BLOCK_K. */
+#define LINEAR_THREADS 256
+#define LINEAR_BLOCK_M 64
+#define LINEAR_BLOCK_N 128
+#define LINEAR_BLOCK_K 32
+typedef enum LinearWeightFormat {
+    /* weight: element type [n, k]. */
+    LINEAR_DENSE = 0,
+    /* quant4: packed 4-bit codes with their absmax. */
+    LINEAR_QUANT4 = 1,
+    /* weight: int8 CB [n, k]; scb: f32 SCB [n]. */
+    LINEAR_INT8 = 2
+} LinearWeightFormat;
+typedef struct LinearParams {
+    uint64_t x;
+    uint64_t weight;
+    uint64_t scb;
+    /* element type [n] (0: none). */
+    uint64_t bias;
+    uint64_t y;
+    Quant4Weights quant4;
+    int32_t m;
+    int32_t n;
+    int32_t k;
+    /* 1 when k is a multiple of 16 / sizeof(element) and x is 16-byte aligned: 16-byte loads of x. */
+    int32_t vector_x;
+    /* 1 when W's rows load as 16-byte vectors: dense, k a multiple of 16 / sizeof(element); int8, k a
+     * multiple of 16; 4-bit, k a multiple of 32; and the weight 16-byte aligned. */
+    int32_t vector_w;
+    /* 1 when n is even and y is 4-byte aligned: output pairs store as one word. */
+    int32_t vector_y;
+} LinearParams;
+
 #endif

@@ -46,6 +46,8 @@ step "dora_gpu" 120 "$here/bin/dora_gpu" --test-threads=1
 step "quant4_gpu" 120 "$here/bin/quant4_gpu" --test-threads=1
 step "int8_gpu" 120 "$here/bin/int8_gpu" --test-threads=1
 step "mixed_gpu" 120 "$here/bin/mixed_gpu" --test-threads=1
+step "linear_gpu" 120 "$here/bin/linear_gpu" --test-threads=1
+step "layer" 60 "$here/bin/layer" --test-threads=1
 step "errors" 30 "$here/bin/errors"
 step "quickstart" 30 "$here/bin/quickstart" "$here/golden"
 cs=/usr/local/cuda/bin/compute-sanitizer
@@ -57,6 +59,7 @@ step "memcheck dora_gpu" 150 "$cs" --tool memcheck --error-exitcode 9 "$here/bin
 step "memcheck quant4_gpu" 150 "$cs" --tool memcheck --error-exitcode 9 "$here/bin/quant4_gpu" --test-threads=1
 step "memcheck int8_gpu" 150 "$cs" --tool memcheck --error-exitcode 9 "$here/bin/int8_gpu" --test-threads=1
 step "memcheck mixed_gpu" 150 "$cs" --tool memcheck --error-exitcode 9 "$here/bin/mixed_gpu" --test-threads=1
+step "memcheck linear_gpu" 150 "$cs" --tool memcheck --error-exitcode 9 "$here/bin/linear_gpu" --test-threads=1
 step "racecheck lora_gpu" 120 "$cs" --tool racecheck --error-exitcode 9 "$here/bin/lora_gpu" --test-threads=1 repeated_launches
 unset LORA_KERNELS_SMALL
 LORA_KERNELS_BENCH_OUT="$out/bench.json" step "bench lora_forward" 150 "$here/bin/bench_lora_forward" --bench
@@ -69,7 +72,7 @@ if [ -f "$here/peer_baseline.py" ]; then
     PYTHONUNBUFFERED=1 step "peers (peft, cuBLAS)" 150 python3 "$here/peer_baseline.py" --quick --out "$out/peer.json"
     cp "$out/step.log" "$out/peer.log"
 fi
-rm -f "$out/step.log" "$out/bench_dora_table.txt"
+rm -f "$out/step.log"
 
 {
     echo
@@ -80,4 +83,5 @@ rm -f "$out/step.log" "$out/bench_dora_table.txt"
     echo "== summary ($(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null), $(date -u +%F))"
     printf '%s\n' "${summary[@]}"
 } | tee -a "$log" >"$out/summary.txt"
+rm -f "$out/bench_dora_table.txt"  # now in summary.txt (at most 8 files come back)
 cat "$out/summary.txt"

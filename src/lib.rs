@@ -11,6 +11,8 @@
 //!   [`Gpu::quant4_linear`], the dequant-on-the-fly product.
 //! - [`int8`]: bitsandbytes' LLM.int8 weights (row-wise quantise, dequantise, `Linear8bitLt` state
 //!   dicts, weight-only and LLM.int8 products), and [`Gpu::int8_linear`], the weight-only product.
+//! - [`Gpu::linear`]: the base layer `y = x·Wᵀ + bias` (dense, 4-bit or int8 W) as a tiled
+//!   tensor-core kernel ([`linear`]).
 //! - [`Gpu::lora_forward_mixed`]: one adapter (or none) per row of a batch, one launch.
 //! - [`layer`]: the CPU reference of a peft layer's forward states (disabled, mixed batch, merged,
 //!   active adapters) over a dense base.
@@ -48,6 +50,7 @@ pub mod error;
 pub mod golden;
 pub mod int8;
 pub mod layer;
+pub mod linear;
 pub mod lora;
 pub mod peft;
 pub mod quant4;

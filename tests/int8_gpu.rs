@@ -1,5 +1,6 @@
 //! The LLM.int8 weight-only kernel against the CPU reference on random shapes (k a multiple of 16 or
-//! not, m from 1 past the 8-row pass, with and without bias), and the int8 golden layers on the GPU.
+//! not, m from 1 past the 8-row GEMV into the tiled kernel, with and without bias), and the int8 golden
+//! layers on the GPU.
 //! Prints `SKIPPED: no CUDA device` without a GPU; fails instead with `LORA_KERNELS_REQUIRE_GPU=1`.
 mod common;
 
@@ -25,7 +26,7 @@ fn sweep<T: Element>(gpu: &Gpu, seed: u64) {
         let dev = gpu.upload_int8(&q).unwrap();
         let bias: Vec<T> = rng.vec(n, 1.0);
         let bias_d = s.clone_htod(&bias).unwrap();
-        for &m in &[1usize, 5, 8, 9, 17] {
+        for &m in &[1usize, 5, 8, 9, 17, 130] {
             let x: Vec<T> = rng.vec(m * k, 1.0);
             let shape = LoraShape::new(m, k, n);
             for with_bias in [false, true] {

@@ -1,6 +1,6 @@
 //! The 4-bit kernels against the CPU reference: dequantisation bit for bit, and the dequant-on-the-fly
 //! product on random shapes (odd sizes, k a multiple of 32 or not, blocksizes 32 to 4096, NF4 and FP4,
-//! plain and double-quantised absmax, m from 1 past the 8-row pass). Prints `SKIPPED: no CUDA device`
+//! plain and double-quantised absmax, m from 1 past the 8-row GEMV into the tiled kernel). Prints `SKIPPED: no CUDA device`
 //! without a GPU; fails instead with `LORA_KERNELS_REQUIRE_GPU=1`.
 mod common;
 
@@ -76,7 +76,7 @@ fn sweep<T: Element>(gpu: &Gpu, seed: u64) {
         (300, 512, 256, QuantType::Nf4, true),
     ];
     for &case in cases {
-        check::<T>(gpu, &mut rng, case, &[1, 3, 8, 9, 20]);
+        check::<T>(gpu, &mut rng, case, &[1, 3, 8, 9, 20, 130]);
     }
 }
 

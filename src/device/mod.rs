@@ -22,6 +22,8 @@ pub(crate) enum KernelModule {
     Int8,
     /// `kernels/mixed_batch.cu`.
     MixedBatch,
+    /// `kernels/linear.cu`.
+    Linear,
 }
 
 impl KernelModule {
@@ -32,6 +34,7 @@ impl KernelModule {
             KernelModule::Quant4 => kernel_images::QUANT4,
             KernelModule::Int8 => kernel_images::INT8,
             KernelModule::MixedBatch => kernel_images::MIXED_BATCH,
+            KernelModule::Linear => kernel_images::LINEAR,
         }
     }
 }

@@ -154,6 +154,48 @@ impl Gpu {
         self.lora_forward_raw::<T, X, S, Y>(x, Some(base_ptr), &[adapter], shape, y, Some(epilogue))
     }
 
+    /// The DoRA forward when the caller has no base output: the crate computes it,
+    /// `y = bias + f ⊙ (x·Wᵀ + s·(x·Aᵀ)·Bᵀ)` for W `[n, k]`, in two launches: the tiled base product
+    /// `y = x·Wᵀ + bias` ([`Gpu::linear`]), then the fused LoRA forward with the DoRA epilogue in place
+    /// on y (y is read once more and written once more; the rank-r work is the same as
+    /// [`Gpu::dora_forward`]).
+    #[allow(clippy::too_many_arguments)]
+    pub fn dora_forward_linear<T, X, W, S, Y>(
+        &self,
+        x: &X,
+        weight: &W,
+        bias: Option<&CudaView<'_, T>>,
+        adapter: LoraAdapter<'_, S>,
+        factor: &DoraFactor,
+        shape: LoraShape,
+        y: &mut Y,
+    ) -> Result<()>
+    where
+        T: Element,
+        X: DevicePtr<T>,
+        W: DevicePtr<T>,
+        S: DevicePtr<T>,
+        Y: DevicePtrMut<T>,
+    {
+        validate_lora_forward(shape, x.len(), None, y.len(), &[lens(&adapter)])?;
+        if factor.len() != shape.n {
+            return Err(invalid(
+                "factor",
+                format!("{} factors (n)", shape.n),
+                factor.len(),
+            ));
+        }
+        self.linear(x, weight, bias, shape, y)?;
+        let stream = self.stream().clone();
+        let (factor_ptr, _gf) = factor.values.device_ptr(&stream);
+        let bias_guard = bias.map(|b| b.device_ptr(&stream));
+        let epilogue = DoraEpilogue {
+            factor: factor_ptr,
+            bias: bias_guard.as_ref().map_or(0, |(p, _)| *p),
+        };
+        self.lora_forward_raw::<T, X, S, Y>(x, None, &[adapter], shape, y, Some(epilogue))
+    }
+
     /// Merges an adapter into W [n, k] in place, one pass: `W ← f ⊙ (W + s·B·A)` with a DoRA factor,
     /// `W ← W + s·B·A` without. With `safe`, a first pass counts non-finite results and, if there are
     /// any, returns an error and leaves W untouched (peft's `safe_merge`); this synchronises the stream.

@@ -2,6 +2,7 @@
 use super::Int8Weight;
 use crate::device::{Gpu, KernelModule};
 use crate::error::Result;
+use crate::linear::{LinearWeight, GEMV_MAX_M};
 use crate::lora::{validate_bias, validate_lora_forward, LoraShape};
 use crate::sys::{Int8LinearParams, INT8_THREADS};
 use crate::Element;
@@ -41,7 +42,9 @@ impl Gpu {
     }
 
     /// Weight-only `y = x · (CB · SCB / 127)ᵀ + bias` for x [m, k], y [m, n], never materialising the
-    /// dequantised weight (the GEMV path: fast for decode-sized m; larger m re-reads CB once per 8 rows).
+    /// dequantised weight. Up to [`GEMV_MAX_M`] rows take the GEMV kernel (CB streamed once per 8 rows);
+    /// more rows take the tiled tensor-core kernel of [`crate::linear`] (codes converted exactly to `T`
+    /// in shared memory, SCB / 127 applied to each output column's f32 sum).
     pub fn int8_linear<T, X, Y>(
         &self,
         x: &X,
@@ -60,16 +63,25 @@ impl Gpu {
         validate_bias(bias.map(|b| b.len()), n)?;
         self.check_dtype(T::DTYPE, "the int8 kernels")?;
         let stream = self.stream().clone();
-        let (func, _) = self.kernel(
-            KernelModule::Int8,
-            &format!("int8_linear_{}", T::DTYPE.name()),
-            INT8_THREADS,
-        )?;
         let (x_ptr, _gx) = x.device_ptr(&stream);
         let (y_ptr, _gy) = y.device_ptr_mut(&stream);
         let bias_guard = bias.map(|b| b.device_ptr(&stream));
         let (cb, _gc) = weight.cb.device_ptr(&stream);
         let (scb, _gs) = weight.scb.device_ptr(&stream);
+        if m > GEMV_MAX_M {
+            return self.launch_linear::<T>(
+                LinearWeight::Int8 { cb, scb },
+                x_ptr,
+                bias_guard.as_ref().map_or(0, |(p, _)| *p),
+                y_ptr,
+                LoraShape::new(m, k, n),
+            );
+        }
+        let (func, _) = self.kernel(
+            KernelModule::Int8,
+            &format!("int8_linear_{}", T::DTYPE.name()),
+            INT8_THREADS,
+        )?;
         let params = Int8LinearParams {
             cb,
             scb,

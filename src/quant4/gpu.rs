@@ -6,9 +6,12 @@ use crate::error::{invalid, Result};
 use crate::lora::{validate_bias, validate_lora_forward, LoraShape};
 use crate::sys::{Quant4Params, Quant4Weights, QUANT4_THREADS};
 use crate::Element;
+use crate::linear::{LinearWeight, GEMV_MAX_M};
 use cudarc::driver::{
-    CudaSlice, CudaView, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig, PushKernelArg,
+    CudaSlice, CudaStream, CudaView, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig,
+    PushKernelArg, SyncOnDrop,
 };
+use std::sync::Arc;
 
 // SAFETY: plain C struct of integers and floats, laid out by bindgen from kernels/lora_params.h.
 unsafe impl DeviceRepr for Quant4Params {}
@@ -31,6 +34,46 @@ impl Quant4Device {
     /// [n, k] = (out_features, in_features).
     pub fn shape(&self) -> [usize; 2] {
         self.shape
+    }
+}
+
+/// A 4-bit weight's device addresses in the kernels' struct, with the guards that keep them in use.
+pub(crate) struct DeviceWeights<'a> {
+    pub(crate) params: Quant4Weights,
+    _guards: Vec<SyncOnDrop<'a>>,
+}
+
+impl Quant4Device {
+    pub(crate) fn device_weights<'a>(&'a self, stream: &'a Arc<CudaStream>) -> DeviceWeights<'a> {
+        let (packed, g1) = self.packed.device_ptr(stream);
+        let (absmax, g2) = self.absmax.device_ptr(stream);
+        let mut guards = vec![g1, g2];
+        let mut optional = |v: &'a Option<CudaSlice<f32>>| match v {
+            Some(v) => {
+                let (p, g) = v.device_ptr(stream);
+                guards.push(g);
+                p
+            }
+            None => 0,
+        };
+        let nested_absmax = optional(&self.nested_absmax);
+        let nested_code = optional(&self.nested_code);
+        DeviceWeights {
+            params: Quant4Weights {
+                packed,
+                absmax,
+                nested_absmax,
+                nested_code,
+                code: self.code,
+                offset: self.offset,
+                nested: self.nested_absmax.is_some() as i32,
+                nested_blocksize: self.nested_blocksize as i32,
+                blocksize: self.blocksize as i32,
+                n: self.shape[0] as i32,
+                k: self.shape[1] as i32,
+            },
+            _guards: guards,
+        }
     }
 }
 
@@ -93,8 +136,10 @@ impl Gpu {
         self.launch_quant4::<T>("dequantize", weight, 0, 0, out_ptr, 0, false, grid)
     }
 
-    /// `y = x · dequant(W)ᵀ + bias` for x [m, k], y [m, n], never materialising the dequantised weight
-    /// (the GEMV path: fast for decode-sized m; larger m re-reads W once per 8 rows).
+    /// `y = x · dequant(W)ᵀ + bias` for x [m, k], y [m, n], never materialising the dequantised weight.
+    /// Up to [`GEMV_MAX_M`] rows take the GEMV kernel (W streamed once per 8 rows); more rows take the
+    /// tiled tensor-core kernel of [`crate::linear`], which dequantises 128 x 32 tiles of W into shared
+    /// memory (each tile rounded to `T`, as bitsandbytes' dequantise-then-matmul does).
     pub fn quant4_linear<T, X, Y>(
         &self,
         x: &X,
@@ -117,6 +162,16 @@ impl Gpu {
         let bias_guard = bias.map(|b| b.device_ptr(&stream));
         let bias_ptr = bias_guard.as_ref().map_or(0, |(p, _)| *p);
         let (packed_ptr, _gp) = weight.packed.device_ptr(&stream);
+        if m > GEMV_MAX_M {
+            let w = weight.device_weights(&stream);
+            return self.launch_linear::<T>(
+                LinearWeight::Quant4(w.params),
+                x_ptr,
+                bias_ptr,
+                y_ptr,
+                LoraShape::new(m, k, n),
+            );
+        }
         let vector_k = k % 32 == 0 && packed_ptr % 16 == 0 && x_ptr % 16 == 0;
         let grid = n.div_ceil(QUANT4_THREADS as usize / 32);
         self.launch_quant4::<T>("linear", weight, x_ptr, bias_ptr, y_ptr, m, vector_k, grid)
@@ -141,24 +196,9 @@ impl Gpu {
             &format!("quant4_{kernel}_{}", T::DTYPE.name()),
             QUANT4_THREADS,
         )?;
-        let (packed, _g1) = weight.packed.device_ptr(&stream);
-        let (absmax, _g2) = weight.absmax.device_ptr(&stream);
-        let nested_absmax = weight.nested_absmax.as_ref().map(|v| v.device_ptr(&stream));
-        let nested_code = weight.nested_code.as_ref().map(|v| v.device_ptr(&stream));
+        let w = weight.device_weights(&stream);
         let params = Quant4Params {
-            w: Quant4Weights {
-                packed,
-                absmax,
-                nested_absmax: nested_absmax.as_ref().map_or(0, |(p, _)| *p),
-                nested_code: nested_code.as_ref().map_or(0, |(p, _)| *p),
-                code: weight.code,
-                offset: weight.offset,
-                nested: weight.nested_absmax.is_some() as i32,
-                nested_blocksize: weight.nested_blocksize as i32,
-                blocksize: weight.blocksize as i32,
-                n: weight.shape[0] as i32,
-                k: weight.shape[1] as i32,
-            },
+            w: w.params,
             x,
             bias,
             out,

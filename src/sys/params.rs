@@ -15,6 +15,10 @@ pub const QUANT4_THREADS: u32 = 256;
 pub const INT8_THREADS: u32 = 256;
 pub const MIXED_THREADS: u32 = 256;
 pub const MIXED_N_TILE: u32 = 256;
+pub const LINEAR_THREADS: u32 = 256;
+pub const LINEAR_BLOCK_M: u32 = 64;
+pub const LINEAR_BLOCK_N: u32 = 128;
+pub const LINEAR_BLOCK_K: u32 = 32;
 #[repr(C)]
 #[derive(Debug, Default, Copy, Clone)]
 pub struct LoraAdapterSlot {
@@ -295,4 +299,46 @@ const _: () = {
     ["Offset of field: LoraMixedParams::k"][::core::mem::offset_of!(LoraMixedParams, k) - 48usize];
     ["Offset of field: LoraMixedParams::num_adapters"]
         [::core::mem::offset_of!(LoraMixedParams, num_adapters) - 52usize];
+};
+pub const LinearWeightFormat_LINEAR_DENSE: LinearWeightFormat = 0;
+pub const LinearWeightFormat_LINEAR_QUANT4: LinearWeightFormat = 1;
+pub const LinearWeightFormat_LINEAR_INT8: LinearWeightFormat = 2;
+pub type LinearWeightFormat = ::core::ffi::c_uint;
+#[repr(C)]
+#[derive(Debug, Default, Copy, Clone)]
+pub struct LinearParams {
+    pub x: u64,
+    pub weight: u64,
+    pub scb: u64,
+    pub bias: u64,
+    pub y: u64,
+    pub quant4: Quant4Weights,
+    pub m: i32,
+    pub n: i32,
+    pub k: i32,
+    pub vector_x: i32,
+    pub vector_w: i32,
+    pub vector_y: i32,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of LinearParams"][::core::mem::size_of::<LinearParams>() - 184usize];
+    ["Alignment of LinearParams"][::core::mem::align_of::<LinearParams>() - 8usize];
+    ["Offset of field: LinearParams::x"][::core::mem::offset_of!(LinearParams, x) - 0usize];
+    ["Offset of field: LinearParams::weight"]
+        [::core::mem::offset_of!(LinearParams, weight) - 8usize];
+    ["Offset of field: LinearParams::scb"][::core::mem::offset_of!(LinearParams, scb) - 16usize];
+    ["Offset of field: LinearParams::bias"][::core::mem::offset_of!(LinearParams, bias) - 24usize];
+    ["Offset of field: LinearParams::y"][::core::mem::offset_of!(LinearParams, y) - 32usize];
+    ["Offset of field: LinearParams::quant4"]
+        [::core::mem::offset_of!(LinearParams, quant4) - 40usize];
+    ["Offset of field: LinearParams::m"][::core::mem::offset_of!(LinearParams, m) - 160usize];
+    ["Offset of field: LinearParams::n"][::core::mem::offset_of!(LinearParams, n) - 164usize];
+    ["Offset of field: LinearParams::k"][::core::mem::offset_of!(LinearParams, k) - 168usize];
+    ["Offset of field: LinearParams::vector_x"]
+        [::core::mem::offset_of!(LinearParams, vector_x) - 172usize];
+    ["Offset of field: LinearParams::vector_w"]
+        [::core::mem::offset_of!(LinearParams, vector_w) - 176usize];
+    ["Offset of field: LinearParams::vector_y"]
+        [::core::mem::offset_of!(LinearParams, vector_y) - 180usize];
 };

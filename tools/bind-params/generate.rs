@@ -6,8 +6,8 @@
 pub fn generate_params(header: &std::path::Path) -> Result<String, bindgen::BindgenError> {
     let bindings = bindgen::Builder::default()
         .header(header.to_string_lossy())
-        .allowlist_type("(Lora|Dora|Quant4|Int8).*")
-        .allowlist_var("(LORA|DORA|QUANT4|INT8|MIXED)_.*")
+        .allowlist_type("(Lora|Dora|Quant4|Int8|Linear).*")
+        .allowlist_var("(LORA|DORA|QUANT4|INT8|MIXED|LINEAR)_.*")
         .derive_default(true)
         .derive_debug(true)
         .use_core()

@@ -1,0 +1,325 @@
+// Tiled matmul y = x * W^T + bias, the base layer of a LoRA/DoRA layer and the prefill (large m) path of
+// the quantised bases: W is dense (element type), bitsandbytes 4-bit (NF4/FP4 codes with plain or
+// double-quantised absmax) or LLM.int8 codes CB with per-row scales SCB. A quantised W is dequantised
+// tile by tile into shared memory and never reaches HBM in 16-bit.
+//
+// How the work is split. One block per 64 x 128 tile of y (grid: n tiles along x, so consecutive blocks
+// share their x rows in L2). The block walks K in 32-column slices: each slice of x [64, 32] and W
+// [128, 32] is loaded into registers (16-byte loads where aligned; 4-bit and int8 codes decoded to the
+// element type on the way into shared memory), then multiplied while the next slice's loads are in
+// flight. f16/bf16: 8 warps as 2 x 4, each a 32 x 32 warp tile of mma.sync m16n8k16 (f32 accumulate,
+// fragments read from shared memory as 32-bit words, conflict-free with 8 elements of row padding).
+// f32: CUDA-core FMAs, each thread a 4 x 8 register tile (f32 accuracy, no TF32). The epilogue scales
+// int8 columns by SCB / 127, adds the bias and rounds once.
+//
+// Bytes moved from HBM: W once (n*k elements, n*k/2 bytes for 4-bit plus absmax, n*k for int8), x once
+// per 128-column tile of y (from L2 after the first), y once. A plain tiled kernel without cp.async
+// pipelining or ldmatrix: it is the crate's own base GEMM (no cuBLAS dependency), not a cuBLAS rival
+// at large m; see BENCHMARKS.md.
+#include "common.cuh"
+#include "lora_params.h"
+
+namespace {
+
+constexpr int kThreads = LINEAR_THREADS;
+constexpr int kBM = LINEAR_BLOCK_M;
+constexpr int kBN = LINEAR_BLOCK_N;
+constexpr int kBK = LINEAR_BLOCK_K;
+
+template <typename T> struct Tile {
+    // 16-bit rows padded by 8 elements (16 bytes): the 32-bit fragment reads of a warp hit 32 banks.
+    // f32 rows padded by 1: the CUDA-core path reads a column across 16 threads.
+    static constexpr int kPad = sizeof(T) == 4 ? 1 : 8;
+    static constexpr bool kTensorCores = sizeof(T) == 2;
+};
+
+template <typename T> struct SharedTiles {
+    T x[kBM][kBK + Tile<T>::kPad];
+    T w[kBN][kBK + Tile<T>::kPad];
+};
+
+__device__ __forceinline__ float quant4_absmax(const Quant4Weights &w, long long block) {
+    if (w.nested) {
+        const uint8_t q = reinterpret_cast<const uint8_t *>(w.absmax)[block];
+        return reinterpret_cast<const float *>(w.nested_code)[q] *
+                   reinterpret_cast<const float *>(w.nested_absmax)[block / w.nested_blocksize] +
+               w.offset;
+    }
+    return reinterpret_cast<const float *>(w.absmax)[block];
+}
+
+// W[row, col] of the tile as an element, for the element-wise path (0 outside W).
+template <typename T, int kFormat>
+__device__ __forceinline__ T weight_element(const LinearParams &p, const float *code, int row, int col) {
+    if (row >= p.n || col >= p.k) return Element<T>::from_f32(0.0f);
+    const long long i = (long long)row * p.k + col;
+    if constexpr (kFormat == LINEAR_DENSE) {
+        return reinterpret_cast<const T *>(p.weight)[i];
+    } else if constexpr (kFormat == LINEAR_INT8) {
+        return Element<T>::from_f32((float)reinterpret_cast<const int8_t *>(p.weight)[i]);
+    } else {
+        const uint8_t byte = reinterpret_cast<const uint8_t *>(p.quant4.packed)[i >> 1];
+        const int q = (i & 1) ? (byte & 0x0f) : (byte >> 4);
+        return Element<T>::from_f32(code[q] * quant4_absmax(p.quant4, i / p.quant4.blocksize));
+    }
+}
+
+// One K slice of x rows [row0, row0 + 64) and W rows [col0, col0 + 128), held in registers between the
+// global loads and the store to shared memory. Vector loads only (vector_x / vector_w); the
+// element-wise path is load_slice_scalar.
+template <typename T, int kFormat> struct Slice {
+    static constexpr int V = kVec<T>;
+    static constexpr int kXVecs = kBM * kBK / V / kThreads;
+    // 16-byte words of W per slice: dense rows of 32 elements, int8 rows of 32 bytes (2 words), 4-bit
+    // rows of 16 bytes (1 word, 128 of the 256 threads).
+    static constexpr int kWWords = kFormat == LINEAR_DENSE ? kBN * kBK / V : kFormat == LINEAR_INT8 ? kBN * 2 : kBN;
+    static constexpr int kWVecs = (kWWords + kThreads - 1) / kThreads;
+    static constexpr int kWordsPerRow = kWWords / kBN;
+    uint4 x[kXVecs];
+    uint4 w[kWVecs];
+    float absmax;  // 4-bit: the block scale of this thread's 32 codes
+
+    __device__ void fetch(const LinearParams &p, int row0, int col0, int k0) {
+        const T *xp = reinterpret_cast<const T *>(p.x);
+#pragma unroll
+        for (int i = 0; i < kXVecs; ++i) {
+            const int e = threadIdx.x + i * kThreads;
+            const int r = e / (kBK / V), c = k0 + (e % (kBK / V)) * V;
+            x[i] = make_uint4(0, 0, 0, 0);
+            if (row0 + r < p.m && c < p.k) x[i] = __ldg(reinterpret_cast<const uint4 *>(xp + (size_t)(row0 + r) * p.k + c));
+        }
+#pragma unroll
+        for (int i = 0; i < kWVecs; ++i) {
+            const int e = threadIdx.x + i * kThreads;
+            const int r = e / kWordsPerRow, word = e % kWordsPerRow;
+            const int row = col0 + r;
+            w[i] = make_uint4(0, 0, 0, 0);
+            if (e >= kWWords || row >= p.n) continue;
+            if constexpr (kFormat == LINEAR_DENSE) {
+                const int c = k0 + word * V;
+                if (c < p.k)
+                    w[i] = __ldg(reinterpret_cast<const uint4 *>(reinterpret_cast<const T *>(p.weight) + (size_t)row * p.k + c));
+            } else if constexpr (kFormat == LINEAR_INT8) {
+                const int c = k0 + word * 16;
+                if (c < p.k)
+                    w[i] = __ldg(reinterpret_cast<const uint4 *>(reinterpret_cast<const int8_t *>(p.weight) + (size_t)row * p.k + c));
+            } else {
+                // k % 32 == 0: the 32 codes start a 32-element group, inside one absmax block (>= 32).
+                if (k0 < p.k) {
+                    const long long e0 = (long long)row * p.k + k0;
+                    w[i] = __ldg(reinterpret_cast<const uint4 *>(reinterpret_cast<const uint8_t *>(p.quant4.packed) + e0 / 2));
+                    absmax = quant4_absmax(p.quant4, e0 / p.quant4.blocksize);
+                }
+            }
+        }
+    }
+
+    __device__ void stash(SharedTiles<T> &s, const float *code) const {
+#pragma unroll
+        for (int i = 0; i < kXVecs; ++i) {
+            const int e = threadIdx.x + i * kThreads;
+            Vec16<T> v;
+            v.raw = x[i];
+#pragma unroll
+            for (int q = 0; q < V; ++q) s.x[e / (kBK / V)][(e % (kBK / V)) * V + q] = v.v[q];
+        }
+#pragma unroll
+        for (int i = 0; i < kWVecs; ++i) {
+            const int e = threadIdx.x + i * kThreads;
+            if (e >= kWWords) continue;
+            const int r = e / kWordsPerRow, word = e % kWordsPerRow;
+            if constexpr (kFormat == LINEAR_DENSE) {
+                Vec16<T> v;
+                v.raw = w[i];
+#pragma unroll
+                for (int q = 0; q < V; ++q) s.w[r][word * V + q] = v.v[q];
+            } else if constexpr (kFormat == LINEAR_INT8) {
+                const uint32_t parts[4] = {w[i].x, w[i].y, w[i].z, w[i].w};
+#pragma unroll
+                for (int b = 0; b < 16; ++b)
+                    s.w[r][word * 16 + b] = Element<T>::from_f32((float)(int8_t)((parts[b / 4] >> (8 * (b % 4))) & 0xff));
+            } else {
+                // Byte b holds elements 2b (high nibble) and 2b + 1 (low nibble).
+                const uint32_t parts[4] = {w[i].x, w[i].y, w[i].z, w[i].w};
+#pragma unroll
+                for (int b = 0; b < 16; ++b) {
+                    const uint32_t byte = (parts[b / 4] >> (8 * (b % 4))) & 0xff;
+                    s.w[r][2 * b] = Element<T>::from_f32(code[byte >> 4] * absmax);
+                    s.w[r][2 * b + 1] = Element<T>::from_f32(code[byte & 0x0f] * absmax);
+                }
+            }
+        }
+    }
+};
+
+// The same slice element by element: k not a multiple of the vector width, or unaligned pointers.
+template <typename T, int kFormat>
+__device__ void load_slice_scalar(const LinearParams &p, SharedTiles<T> &s, const float *code, int row0, int col0, int k0,
+                                  bool x_done) {
+    const T *x = reinterpret_cast<const T *>(p.x);
+    const T zero = Element<T>::from_f32(0.0f);
+    if (!x_done) {
+        for (int e = threadIdx.x; e < kBM * kBK; e += kThreads) {
+            const int r = e / kBK, c = e % kBK;
+            s.x[r][c] = (row0 + r < p.m && k0 + c < p.k) ? x[(size_t)(row0 + r) * p.k + k0 + c] : zero;
+        }
+    }
+    for (int e = threadIdx.x; e < kBN * kBK; e += kThreads) {
+        const int r = e / kBK, c = e % kBK;
+        s.w[r][c] = weight_element<T, kFormat>(p, code, col0 + r, k0 + c);
+    }
+}
+
+// d += a * b, m16n8k16, f32 accumulate (fragment layouts as in kernels/lora_forward.cu).
+template <typename T> __device__ __forceinline__ void mma_16816(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1);
+template <> __device__ __forceinline__ void mma_16816<__nv_bfloat16>(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+template <> __device__ __forceinline__ void mma_16816<__half>(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// y[row, col] = acc * column scale + bias, rounded once.
+template <typename T, int kFormat>
+__device__ __forceinline__ T output_element(const LinearParams &p, int col, float acc) {
+    float v = acc;
+    if constexpr (kFormat == LINEAR_INT8) v *= reinterpret_cast<const float *>(p.scb)[col] * (1.0f / 127.0f);
+    if (p.bias) v += Element<T>::to_f32(reinterpret_cast<const T *>(p.bias)[col]);
+    return Element<T>::from_f32(v);
+}
+
+template <typename T, int kFormat> __device__ void linear(const LinearParams &p) {
+    __shared__ __align__(16) SharedTiles<T> s;
+    __shared__ float code[16];
+    if (threadIdx.x < 16) code[threadIdx.x] = kFormat == LINEAR_QUANT4 ? p.quant4.code[threadIdx.x] : 0.0f;
+    const int col0 = blockIdx.x * kBN, row0 = blockIdx.y * kBM;
+    T *y = reinterpret_cast<T *>(p.y);
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+
+    // Runs multiply() on every K slice staged in shared memory.
+    auto for_each_slice = [&](auto multiply) {
+        if (p.vector_x && p.vector_w) {
+            Slice<T, kFormat> regs;
+            regs.fetch(p, row0, col0, 0);
+            for (int k0 = 0; k0 < p.k; k0 += kBK) {
+                __syncthreads();  // the previous products are done with s (and code[] is written)
+                regs.stash(s, code);
+                if (k0 + kBK < p.k) regs.fetch(p, row0, col0, k0 + kBK);
+                __syncthreads();
+                multiply();
+            }
+        } else {
+            for (int k0 = 0; k0 < p.k; k0 += kBK) {
+                __syncthreads();
+                load_slice_scalar<T, kFormat>(p, s, code, row0, col0, k0, false);
+                __syncthreads();
+                multiply();
+            }
+        }
+    };
+
+    if constexpr (Tile<T>::kTensorCores) {
+        // Warp (wm, wn) owns rows [32 wm, 32 wm + 32) and columns [32 wn, 32 wn + 32) of the tile: 2 x 4
+        // m16n8 blocks. g = lane / 4, t = lane % 4 as in the PTX fragment layouts.
+        const int wm = warp / 4, wn = warp % 4, g = lane / 4, t = lane % 4;
+        float acc[2][4][4];
+#pragma unroll
+        for (int mb = 0; mb < 2; ++mb)
+#pragma unroll
+            for (int nb = 0; nb < 4; ++nb) acc[mb][nb][0] = acc[mb][nb][1] = acc[mb][nb][2] = acc[mb][nb][3] = 0.0f;
+        for_each_slice([&]() {
+#pragma unroll
+            for (int kk = 0; kk < kBK; kk += 16) {
+                uint32_t a[2][4], b[4][2];
+#pragma unroll
+                for (int mb = 0; mb < 2; ++mb) {
+                    const int r = wm * 32 + mb * 16 + g;
+                    a[mb][0] = *reinterpret_cast<const uint32_t *>(&s.x[r][kk + 2 * t]);
+                    a[mb][1] = *reinterpret_cast<const uint32_t *>(&s.x[r + 8][kk + 2 * t]);
+                    a[mb][2] = *reinterpret_cast<const uint32_t *>(&s.x[r][kk + 2 * t + 8]);
+                    a[mb][3] = *reinterpret_cast<const uint32_t *>(&s.x[r + 8][kk + 2 * t + 8]);
+                }
+#pragma unroll
+                for (int nb = 0; nb < 4; ++nb) {
+                    const int c = wn * 32 + nb * 8 + g;
+                    b[nb][0] = *reinterpret_cast<const uint32_t *>(&s.w[c][kk + 2 * t]);
+                    b[nb][1] = *reinterpret_cast<const uint32_t *>(&s.w[c][kk + 2 * t + 8]);
+                }
+#pragma unroll
+                for (int mb = 0; mb < 2; ++mb)
+#pragma unroll
+                    for (int nb = 0; nb < 4; ++nb) mma_16816<T>(acc[mb][nb], a[mb], b[nb][0], b[nb][1]);
+            }
+        });
+        // Accumulator (mb, nb): d0, d1 = row g, columns 2t, 2t + 1; d2, d3 = row g + 8.
+#pragma unroll
+        for (int mb = 0; mb < 2; ++mb)
+#pragma unroll
+            for (int nb = 0; nb < 4; ++nb)
+#pragma unroll
+                for (int h = 0; h < 2; ++h) {
+                    const int row = row0 + wm * 32 + mb * 16 + g + 8 * h;
+                    const int col = col0 + wn * 32 + nb * 8 + 2 * t;
+                    if (row >= p.m || col >= p.n) continue;
+                    T *out = y + (size_t)row * p.n + col;
+                    const T v0 = output_element<T, kFormat>(p, col, acc[mb][nb][2 * h]);
+                    if (p.vector_y) {  // n even: col + 1 < n as well
+                        const T v1 = output_element<T, kFormat>(p, col + 1, acc[mb][nb][2 * h + 1]);
+                        *reinterpret_cast<uint32_t *>(out) =
+                            (uint32_t)*reinterpret_cast<const uint16_t *>(&v0) | ((uint32_t)*reinterpret_cast<const uint16_t *>(&v1) << 16);
+                    } else {
+                        out[0] = v0;
+                        if (col + 1 < p.n) out[1] = output_element<T, kFormat>(p, col + 1, acc[mb][nb][2 * h + 1]);
+                    }
+                }
+    } else {
+        // CUDA cores: thread (ty, tx) = (tid / 16, tid % 16) owns rows 4 ty .. 4 ty + 3 and columns
+        // tx + 16 j, j < 8, of the tile.
+        const int ty = threadIdx.x / 16, tx = threadIdx.x % 16;
+        float acc[4][8];
+#pragma unroll
+        for (int i = 0; i < 4; ++i)
+#pragma unroll
+            for (int j = 0; j < 8; ++j) acc[i][j] = 0.0f;
+        for_each_slice([&]() {
+#pragma unroll 4
+            for (int kk = 0; kk < kBK; ++kk) {
+                float xr[4], wr[8];
+#pragma unroll
+                for (int i = 0; i < 4; ++i) xr[i] = Element<T>::to_f32(s.x[ty * 4 + i][kk]);
+#pragma unroll
+                for (int j = 0; j < 8; ++j) wr[j] = Element<T>::to_f32(s.w[tx + 16 * j][kk]);
+#pragma unroll
+                for (int i = 0; i < 4; ++i)
+#pragma unroll
+                    for (int j = 0; j < 8; ++j) acc[i][j] = fmaf(xr[i], wr[j], acc[i][j]);
+            }
+        });
+#pragma unroll
+        for (int i = 0; i < 4; ++i)
+#pragma unroll
+            for (int j = 0; j < 8; ++j) {
+                const int row = row0 + ty * 4 + i, col = col0 + tx + 16 * j;
+                if (row < p.m && col < p.n) y[(size_t)row * p.n + col] = output_element<T, kFormat>(p, col, acc[i][j]);
+            }
+    }
+}
+
+}  // namespace
+
+#define LINEAR_ENTRY(NAME, T, FORMAT) \
+    extern "C" __global__ void __launch_bounds__(kThreads, 2) NAME(const LinearParams p) { linear<T, FORMAT>(p); }
+
+LINEAR_ENTRY(linear_f32, float, LINEAR_DENSE)
+LINEAR_ENTRY(linear_f16, __half, LINEAR_DENSE)
+LINEAR_ENTRY(linear_bf16, __nv_bfloat16, LINEAR_DENSE)
+LINEAR_ENTRY(linear_quant4_f32, float, LINEAR_QUANT4)
+LINEAR_ENTRY(linear_quant4_f16, __half, LINEAR_QUANT4)
+LINEAR_ENTRY(linear_quant4_bf16, __nv_bfloat16, LINEAR_QUANT4)
+LINEAR_ENTRY(linear_int8_f32, float, LINEAR_INT8)
+LINEAR_ENTRY(linear_int8_f16, __half, LINEAR_INT8)
+LINEAR_ENTRY(linear_int8_bf16, __nv_bfloat16, LINEAR_INT8)

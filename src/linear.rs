@@ -1,0 +1,153 @@
+//! The base layer's matmul `y = x·Wᵀ + bias` on the GPU (`kernels/linear.cu`): a tiled kernel on
+//! tensor cores (f16/bf16; f32 on CUDA cores) with W dense, bitsandbytes 4-bit or LLM.int8 codes, the
+//! quantised ones dequantised tile by tile in shared memory. It is what a [`crate::layer`] runs for its
+//! base, what [`Gpu::dora_forward_linear`] runs when the caller has no base output, and the large-m
+//! path of [`Gpu::quant4_linear`] and [`Gpu::int8_linear`] (decode-sized m takes their GEMV kernels).
+//!
+//! The CPU reference of the dense product is [`crate::lora::reference::linear`].
+use crate::device::{Gpu, KernelModule};
+use crate::error::{invalid, Result};
+use crate::lora::{validate_bias, validate_lora_forward, LoraShape};
+use crate::sys::{LinearParams, Quant4Weights, LINEAR_BLOCK_M, LINEAR_BLOCK_N, LINEAR_THREADS};
+use crate::Element;
+use cudarc::driver::{CudaView, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig, PushKernelArg};
+
+// SAFETY: plain C struct of integers and floats, laid out by bindgen from kernels/lora_params.h.
+unsafe impl DeviceRepr for LinearParams {}
+
+/// Rows of x above which the quantised products leave their GEMV kernels (which re-read W once per 8
+/// rows) for the tiled kernel (which reads W once per 64 rows).
+pub const GEMV_MAX_M: usize = 8;
+
+/// The weight operand of one tiled launch, as device addresses (already validated by its owner).
+pub(crate) enum LinearWeight {
+    /// Element-type W `[n, k]`.
+    Dense(u64),
+    /// bitsandbytes 4-bit codes and their absmax.
+    Quant4(Quant4Weights),
+    /// LLM.int8 codes CB `[n, k]` and row scales SCB `[n]` (f32).
+    Int8 { cb: u64, scb: u64 },
+}
+
+impl LinearWeight {
+    /// The kernel's name for this format (`linear_{variant}{dtype}`, the LINEAR_* formats of
+    /// kernels/lora_params.h).
+    fn kernel_variant(&self) -> &'static str {
+        match self {
+            LinearWeight::Dense(_) => "",
+            LinearWeight::Quant4(_) => "quant4_",
+            LinearWeight::Int8 { .. } => "int8_",
+        }
+    }
+
+    /// Whether W's rows load as 16-byte vectors (see `vector_w` in kernels/lora_params.h).
+    fn vectorizable(&self, k: usize, elem: usize) -> bool {
+        match self {
+            LinearWeight::Dense(w) => k % (16 / elem) == 0 && w % 16 == 0,
+            LinearWeight::Quant4(q) => k % 32 == 0 && q.packed % 16 == 0 && q.blocksize >= 32,
+            LinearWeight::Int8 { cb, .. } => k % 16 == 0 && cb % 16 == 0,
+        }
+    }
+}
+
+impl Gpu {
+    /// `y = x · Wᵀ + bias` for x `[m, k]`, W `[n, k]`, bias `[n]`, y `[m, n]`, row-major, element type
+    /// `T` (f32, f16, bf16; f32 accumulation, one rounding). Buffers may be longer than needed; every
+    /// argument is checked before the launch, which is asynchronous on [`Gpu::stream`].
+    pub fn linear<T, X, W, Y>(
+        &self,
+        x: &X,
+        weight: &W,
+        bias: Option<&CudaView<'_, T>>,
+        shape: LoraShape,
+        y: &mut Y,
+    ) -> Result<()>
+    where
+        T: Element,
+        X: DevicePtr<T>,
+        W: DevicePtr<T>,
+        Y: DevicePtrMut<T>,
+    {
+        validate_lora_forward(shape, x.len(), None, y.len(), &[])?;
+        let LoraShape { k, n, .. } = shape;
+        if weight.len() < n * k {
+            return Err(invalid(
+                "weight",
+                format!("at least {} elements ([n={n}, k={k}])", n * k),
+                weight.len(),
+            ));
+        }
+        validate_bias(bias.map(|b| b.len()), n)?;
+        let stream = self.stream().clone();
+        let (x_ptr, _gx) = x.device_ptr(&stream);
+        let (w_ptr, _gw) = weight.device_ptr(&stream);
+        let (y_ptr, _gy) = y.device_ptr_mut(&stream);
+        let bias_guard = bias.map(|b| b.device_ptr(&stream));
+        let bias_ptr = bias_guard.as_ref().map_or(0, |(p, _)| *p);
+        self.launch_linear::<T>(LinearWeight::Dense(w_ptr), x_ptr, bias_ptr, y_ptr, shape)
+    }
+
+    /// One launch of the tiled kernel; the caller validated every extent and holds the buffers.
+    pub(crate) fn launch_linear<T: Element>(
+        &self,
+        weight: LinearWeight,
+        x: u64,
+        bias: u64,
+        y: u64,
+        shape: LoraShape,
+    ) -> Result<()> {
+        self.check_dtype(T::DTYPE, "the tiled linear kernel")?;
+        let LoraShape { m, k, n } = shape;
+        let elem = std::mem::size_of::<T>();
+        let variant = weight.kernel_variant();
+        let vector_w = weight.vectorizable(k, elem);
+        let (func, _) = self.kernel(
+            KernelModule::Linear,
+            &format!("linear_{variant}{}", T::DTYPE.name()),
+            LINEAR_THREADS,
+        )?;
+        let grid_y = m.div_ceil(LINEAR_BLOCK_M as usize);
+        if grid_y > 65535 {
+            return Err(invalid(
+                "shape.m",
+                format!("at most {} rows", 65535 * LINEAR_BLOCK_M),
+                m,
+            ));
+        }
+        let (dense, scb, quant4) = match weight {
+            LinearWeight::Dense(w) => (w, 0, Quant4Weights::default()),
+            LinearWeight::Quant4(q) => (0, 0, q),
+            LinearWeight::Int8 { cb, scb } => (cb, scb, Quant4Weights::default()),
+        };
+        let params = LinearParams {
+            x,
+            weight: dense,
+            scb,
+            bias,
+            y,
+            quant4,
+            m: m as i32,
+            n: n as i32,
+            k: k as i32,
+            vector_x: (k % (16 / elem) == 0 && x % 16 == 0) as i32,
+            vector_w: vector_w as i32,
+            vector_y: (n % 2 == 0 && y % 4 == 0) as i32,
+        };
+        let cfg = LaunchConfig {
+            grid_dim: (
+                n.div_ceil(LINEAR_BLOCK_N as usize) as u32,
+                grid_y as u32,
+                1,
+            ),
+            block_dim: (LINEAR_THREADS, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let stream = self.stream().clone();
+        let mut launch = stream.launch_builder(&func);
+        launch.arg(&params);
+        // SAFETY: the callers validated x [m, k], y [m, n], bias [n] and the weight's extents; the
+        // kernel reads and writes only inside them (every tile access is bounds-checked).
+        unsafe { launch.launch(cfg) }?;
+        Ok(())
+    }
+}

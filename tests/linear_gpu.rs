@@ -1,0 +1,172 @@
+//! The tiled base product `y = x·Wᵀ + bias` (kernels/linear.cu) and the DoRA forward that uses it
+//! ([`Gpu::dora_forward_linear`]) against the CPU references, on random shapes: m, k, n on and off the
+//! 64 x 128 x 32 tiles and the 16-byte vectors, with and without bias, and views that start one element
+//! into their allocation (the element-wise load paths). Prints `SKIPPED: no CUDA device` without a GPU;
+//! fails instead with `LORA_KERNELS_REQUIRE_GPU=1`.
+mod common;
+
+use common::{f64s, Rng};
+use half::{bf16, f16};
+use lora_kernels::dora::reference as dora;
+use lora_kernels::golden::rel_error;
+use lora_kernels::lora::reference;
+use lora_kernels::{Element, Gpu, LoraAdapter, LoraShape};
+
+fn small() -> bool {
+    std::env::var("LORA_KERNELS_SMALL").is_ok_and(|v| v == "1")
+}
+
+fn shapes(rng: &mut Rng) -> Vec<LoraShape> {
+    let mut shapes = vec![
+        LoraShape::new(1, 8, 1),
+        LoraShape::new(64, 32, 128),
+        LoraShape::new(65, 33, 129),
+        LoraShape::new(3, 4096, 200),
+        LoraShape::new(130, 256, 300),
+    ];
+    if !small() {
+        shapes.push(LoraShape::new(513, 1000, 700));
+        for _ in 0..6 {
+            shapes.push(LoraShape::new(
+                rng.range(1, 300),
+                rng.range(1, 600),
+                rng.range(1, 400),
+            ));
+        }
+    }
+    shapes
+}
+
+fn dense<T: Element>(gpu: &Gpu, seed: u64) {
+    let s = gpu.stream();
+    let mut rng = Rng::new(seed);
+    for shape in shapes(&mut rng) {
+        let LoraShape { m, k, n } = shape;
+        let x: Vec<T> = rng.vec(m * k, 1.0);
+        let w: Vec<T> = rng.vec(n * k, 0.1);
+        let bias: Vec<T> = rng.vec(n, 1.0);
+        for (with_bias, offset) in [(false, 0usize), (true, 0), (true, 1)] {
+            println!("{shape:?} bias {with_bias} offset {offset} {}", T::DTYPE);
+            let b = with_bias.then_some(&bias[..]);
+            let want = reference::linear(&x, &w, b, shape).unwrap();
+            // `offset` extra leading elements: the kernel sees views one element into the allocation.
+            let pad = |v: &[T]| {
+                let mut p = vec![T::from_f64(0.5); offset];
+                p.extend_from_slice(v);
+                p
+            };
+            let (xd, wd, bd) = (
+                s.clone_htod(&pad(&x)).unwrap(),
+                s.clone_htod(&pad(&w)).unwrap(),
+                s.clone_htod(&pad(&bias)).unwrap(),
+            );
+            let mut yd = s.alloc_zeros::<T>(m * n + offset).unwrap();
+            let bias_view = bd.slice(offset..);
+            {
+                let mut y_view = yd.slice_mut(offset..);
+                gpu.linear(
+                    &xd.slice(offset..),
+                    &wd.slice(offset..),
+                    with_bias.then_some(&bias_view),
+                    shape,
+                    &mut y_view,
+                )
+                .unwrap();
+            }
+            let got = s.clone_dtoh(&yd).unwrap();
+            let err = rel_error(&f64s(&got[offset..]), &f64s(&want));
+            assert!(
+                err <= T::DTYPE.tolerance(),
+                "{shape:?} bias {with_bias} offset {offset}: rel err {err:.3e}"
+            );
+            assert!(
+                got[..offset].iter().all(|v| v.to_f64() == 0.0),
+                "wrote before y"
+            );
+        }
+    }
+}
+
+fn dora_linear<T: Element>(gpu: &Gpu, seed: u64) {
+    let s = gpu.stream();
+    let mut rng = Rng::new(seed);
+    for shape in shapes(&mut rng) {
+        let LoraShape { m, k, n } = shape;
+        let rank = rng.range(1, 32);
+        println!("{shape:?} rank {rank} {}", T::DTYPE);
+        let x: Vec<T> = rng.vec(m * k, 1.0);
+        let w: Vec<T> = rng.vec(n * k, 0.1);
+        let a: Vec<T> = rng.vec(rank * k, 0.1);
+        let b: Vec<T> = rng.vec(n * rank, 0.1);
+        let mag: Vec<T> = rng.vec(n, 1.0);
+        let bias: Vec<T> = rng.vec(n, 1.0);
+        let scale = 2.0;
+        let adapter = LoraAdapter::new(&a[..], &b[..], rank, scale);
+        let base = reference::linear(&x, &w, Some(&bias), shape).unwrap();
+        let norm = dora::dora_weight_norm(&w, adapter, k, n).unwrap();
+        let factor = dora::dora_factor(&mag, &norm).unwrap();
+        let want = dora::dora_forward(&x, &base, Some(&bias), adapter, &factor, shape).unwrap();
+
+        let (xd, wd, ad, bd) = (
+            s.clone_htod(&x).unwrap(),
+            s.clone_htod(&w).unwrap(),
+            s.clone_htod(&a).unwrap(),
+            s.clone_htod(&b).unwrap(),
+        );
+        let (md, biasd) = (s.clone_htod(&mag).unwrap(), s.clone_htod(&bias).unwrap());
+        let dev_adapter = LoraAdapter::new(&ad, &bd, rank, scale);
+        let f = gpu.dora_factor(&wd, dev_adapter, &md, k, n).unwrap();
+        let mut y = s.alloc_zeros::<T>(m * n).unwrap();
+        gpu.dora_forward_linear(
+            &xd,
+            &wd,
+            Some(&biasd.slice(..)),
+            dev_adapter,
+            &f,
+            shape,
+            &mut y,
+        )
+        .unwrap();
+        let err = rel_error(&f64s(&s.clone_dtoh(&y).unwrap()), &f64s(&want));
+        // The base is rounded to T before the DoRA epilogue, as peft's base_result is.
+        assert!(
+            err <= 2.0 * T::DTYPE.tolerance(),
+            "{shape:?} rank {rank}: rel err {err:.3e}"
+        );
+    }
+}
+
+#[test]
+fn linear_f32() {
+    if let Some(gpu) = common::gpu() {
+        dense::<f32>(&gpu, 31);
+    }
+}
+
+#[test]
+fn linear_f16() {
+    if let Some(gpu) = common::gpu() {
+        dense::<f16>(&gpu, 32);
+    }
+}
+
+#[test]
+fn linear_bf16() {
+    if let Some(gpu) = common::gpu() {
+        dense::<bf16>(&gpu, 33);
+    }
+}
+
+#[test]
+fn dora_forward_linear_f32() {
+    if let Some(gpu) = common::gpu() {
+        dora_linear::<f32>(&gpu, 34);
+    }
+}
+
+#[test]
+fn dora_forward_linear_bf16() {
+    if let Some(gpu) = common::gpu() {
+        dora_linear::<bf16>(&gpu, 35);
+    }
+}
