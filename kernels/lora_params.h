@@ -66,43 +66,6 @@ typedef struct LoraForwardParams {
     uint64_t bias;
 } LoraForwardParams;
 
-/* Rows of the DoRA weight norm, merge and unmerge (kernels/dora.cu).
- * W [n, k], A [rank, k], B [n, rank] row-major; one pass over W, B*A formed on the fly. */
-#define DORA_ROWS_PER_BLOCK 16
-#define DORA_THREADS 256
-/* Row norms below this are treated as zero: f = m / max(norm, DORA_NORM_EPS). */
-#define DORA_NORM_EPS 1e-12f
-
-/* What a row pass computes. */
-typedef enum DoraRowOp {
-    /* out[i] = ||W[i,:] + scale * (B A)[i,:]||_2, f32 [n]. */
-    DORA_ROW_NORM = 0,
-    /* out[i] = magnitude[i] / max(norm_i, DORA_NORM_EPS), f32 [n]: the factor f of the forward. */
-    DORA_ROW_FACTOR = 1,
-    /* W[i,:] = factor[i] * (W[i,:] + scale * (B A)[i,:]) in place (factor 0: plain LoRA merge). */
-    DORA_ROW_MERGE = 2,
-    /* W[i,:] = W[i,:] / factor[i] - scale * (B A)[i,:] in place (factor 0: plain LoRA unmerge). */
-    DORA_ROW_UNMERGE = 3
-} DoraRowOp;
-
-typedef struct DoraRowParams {
-    uint64_t weight;
-    uint64_t lora_a;
-    uint64_t lora_b;
-    /* element-type [n] magnitude m (DORA_ROW_FACTOR). */
-    uint64_t magnitude;
-    /* f32 [n]: the output of NORM and FACTOR, the factor read by MERGE and UNMERGE (0: none). */
-    uint64_t row_values;
-    /* uint32 [1]: with check_only, the number of non-finite results (nothing is written). */
-    uint64_t non_finite;
-    int32_t n;
-    int32_t k;
-    int32_t rank;
-    float scale;
-    int32_t op;
-    int32_t check_only;
-} DoraRowParams;
-
 /* bitsandbytes 4-bit weights (kernels/quant4.cu): W [n, k] as packed codes, first element of a byte in
  * its high nibble, absmax per `blocksize` consecutive elements of the flattened weight, either plain f32
  * or double-quantised (u8 codes into nested_code, f32 nested_absmax per nested_blocksize blocks, plus
@@ -206,5 +169,54 @@ typedef struct LinearParams {
     /* 1 when n is even and y is 4-byte aligned: output pairs store as one word. */
     int32_t vector_y;
 } LinearParams;
+
+/* Rows of the DoRA weight norm, merge and unmerge (kernels/dora.cu).
+ * W [n, k] (dense, 4-bit or int8), A [rank, k], B [n, rank] row-major; one pass over W, B*A formed on
+ * the fly. Rank 0 (no adapter) with requantize is the row-wise int8 quantiser. */
+#define DORA_ROWS_PER_BLOCK 16
+#define DORA_THREADS 256
+/* Row norms below this are treated as zero: f = m / max(norm, DORA_NORM_EPS). */
+#define DORA_NORM_EPS 1e-12f
+
+/* What a row pass computes. */
+typedef enum DoraRowOp {
+    /* out[i] = ||W[i,:] + scale * (B A)[i,:]||_2, f32 [n]. */
+    DORA_ROW_NORM = 0,
+    /* out[i] = magnitude[i] / max(norm_i, DORA_NORM_EPS), f32 [n]: the factor f of the forward. */
+    DORA_ROW_FACTOR = 1,
+    /* W[i,:] = factor[i] * (W[i,:] + scale * (B A)[i,:]) in place (factor 0: plain LoRA merge). */
+    DORA_ROW_MERGE = 2,
+    /* W[i,:] = W[i,:] / factor[i] - scale * (B A)[i,:] in place (factor 0: plain LoRA unmerge). */
+    DORA_ROW_UNMERGE = 3
+} DoraRowOp;
+
+typedef struct DoraRowParams {
+    uint64_t weight;
+    uint64_t lora_a;
+    uint64_t lora_b;
+    /* element-type [n] magnitude m (DORA_ROW_FACTOR). */
+    uint64_t magnitude;
+    /* f32 [n]: the output of NORM and FACTOR, the factor read by MERGE and UNMERGE (0: none). */
+    uint64_t row_values;
+    /* uint32 [1]: with check_only, the number of non-finite results (nothing is written). */
+    uint64_t non_finite;
+    int32_t n;
+    int32_t k;
+    int32_t rank;
+    float scale;
+    int32_t op;
+    int32_t check_only;
+    /* How W is read (a LinearWeightFormat): the element type, 4-bit codes (`quant4`) or int8 codes with
+     * row scales `scb`; each element is dequantised to the element type, as peft's DoRA sees it. */
+    int32_t weight_format;
+    /* With MERGE or UNMERGE: 1 requantises each updated row to int8 as bitsandbytes' Int8Params does
+     * (values rounded to the element type, then f16; SCB = row absmax; CB = round-half-even(v * 127 /
+     * SCB)) into out_cb / out_scb, which may be W's own codes and scales; 0 writes W (dense only). */
+    int32_t requantize;
+    uint64_t scb;
+    uint64_t out_cb;
+    uint64_t out_scb;
+    Quant4Weights quant4;
+} DoraRowParams;
 
 #endif

@@ -8,7 +8,11 @@
 use crate::device::{Gpu, KernelModule};
 use crate::error::{invalid, Result};
 use crate::lora::{validate_bias, validate_lora_forward, LoraShape};
-use crate::sys::{LinearParams, Quant4Weights, LINEAR_BLOCK_M, LINEAR_BLOCK_N, LINEAR_THREADS};
+use crate::sys::{
+    LinearParams, LinearWeightFormat, LinearWeightFormat_LINEAR_DENSE,
+    LinearWeightFormat_LINEAR_INT8, LinearWeightFormat_LINEAR_QUANT4, Quant4Weights,
+    LINEAR_BLOCK_M, LINEAR_BLOCK_N, LINEAR_THREADS,
+};
 use crate::Element;
 use cudarc::driver::{CudaView, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig, PushKernelArg};
 
@@ -19,7 +23,9 @@ unsafe impl DeviceRepr for LinearParams {}
 /// rows) for the tiled kernel (which reads W once per 64 rows).
 pub const GEMV_MAX_M: usize = 8;
 
-/// The weight operand of one tiled launch, as device addresses (already validated by its owner).
+/// The weight operand of a launch (the tiled product, the DoRA row passes), as device addresses
+/// (already validated by its owner).
+#[derive(Clone, Copy)]
 pub(crate) enum LinearWeight {
     /// Element-type W `[n, k]`.
     Dense(u64),
@@ -37,6 +43,18 @@ impl LinearWeight {
             LinearWeight::Dense(_) => "",
             LinearWeight::Quant4(_) => "quant4_",
             LinearWeight::Int8 { .. } => "int8_",
+        }
+    }
+
+    /// (LINEAR_* format, dense or int8 weight address, int8 scales, 4-bit weights) as the kernels'
+    /// parameter structs take them.
+    pub(crate) fn fields(&self) -> (LinearWeightFormat, u64, u64, Quant4Weights) {
+        match *self {
+            LinearWeight::Dense(w) => (LinearWeightFormat_LINEAR_DENSE, w, 0, Quant4Weights::default()),
+            LinearWeight::Quant4(q) => (LinearWeightFormat_LINEAR_QUANT4, 0, 0, q),
+            LinearWeight::Int8 { cb, scb } => {
+                (LinearWeightFormat_LINEAR_INT8, cb, scb, Quant4Weights::default())
+            }
         }
     }
 
@@ -114,11 +132,7 @@ impl Gpu {
                 m,
             ));
         }
-        let (dense, scb, quant4) = match weight {
-            LinearWeight::Dense(w) => (w, 0, Quant4Weights::default()),
-            LinearWeight::Quant4(q) => (0, 0, q),
-            LinearWeight::Int8 { cb, scb } => (cb, scb, Quant4Weights::default()),
-        };
+        let (_, dense, scb, quant4) = weight.fields();
         let params = LinearParams {
             x,
             weight: dense,

@@ -8,7 +8,8 @@ use common::{f64s, Rng};
 use half::{bf16, f16};
 use lora_kernels::golden::rel_error;
 use lora_kernels::int8::reference;
-use lora_kernels::{Element, Gpu, LoraShape};
+use lora_kernels::dora::reference as dora;
+use lora_kernels::{Element, Gpu, LoraAdapter, LoraShape};
 
 fn sweep<T: Element>(gpu: &Gpu, seed: u64) {
     let s = gpu.stream();
@@ -71,5 +72,114 @@ fn int8_f16() {
 fn int8_bf16() {
     if let Some(gpu) = common::gpu() {
         sweep::<bf16>(&gpu, 33);
+    }
+}
+
+/// The GPU row-wise quantiser equals the CPU reference code for code (one all-zero row included).
+fn quantize<T: Element>(gpu: &Gpu, seed: u64) {
+    let s = gpu.stream();
+    let mut rng = Rng::new(seed);
+    for &(n, k) in &[(1usize, 1usize), (17, 100), (96, 4096), (300, 257)] {
+        let mut w: Vec<T> = rng.vec(n * k, 0.1);
+        if n > 1 {
+            w[k..2 * k].fill(T::from_f64(0.0)); // row 1: SCB 0, codes 0
+        }
+        let want = reference::quantize_rowwise(&w, [n, k]).unwrap();
+        let dev = gpu.quantize_int8(&s.clone_htod(&w).unwrap(), k, n).unwrap();
+        let got = gpu.download_int8(&dev).unwrap();
+        assert_eq!(got.scb, want.scb, "SCB n {n} k {k}");
+        assert_eq!(got.cb, want.cb, "CB n {n} k {k}");
+    }
+}
+
+/// Merging into an int8 base on the GPU (dequantise, add, requantise) against the CPU reference: codes
+/// within one step (the GPU forms B·A in f32, the reference in f64, so a value on a rounding boundary may
+/// land on the other side), scales to f32 rounding; unmerging comes back to the original within the
+/// int8 rounding. Also the DoRA norm read straight from CB and SCB.
+fn merge<T: Element>(gpu: &Gpu, seed: u64) {
+    let s = gpu.stream();
+    let mut rng = Rng::new(seed);
+    for &(n, k, rank) in &[(33usize, 100usize, 4usize), (64, 512, 16), (7, 33, 1)] {
+        let w: Vec<T> = rng.vec(n * k, 0.1);
+        let q = reference::quantize_rowwise(&w, [n, k]).unwrap();
+        let a: Vec<T> = rng.vec(rank * k, 0.1);
+        let b: Vec<T> = rng.vec(n * rank, 0.1);
+        let mag: Vec<T> = rng.vec(n, 1.0);
+        let adapter = LoraAdapter::new(&a[..], &b[..], rank, 0.5);
+        let (ad, bd, md) = (
+            s.clone_htod(&a).unwrap(),
+            s.clone_htod(&b).unwrap(),
+            s.clone_htod(&mag).unwrap(),
+        );
+        let dev_adapter = LoraAdapter::new(&ad, &bd, rank, 0.5);
+        let w_t: Vec<T> = reference::dequantize_to(&q).unwrap();
+
+        // The DoRA norm and factor straight from the codes.
+        let dev = gpu.upload_int8(&q).unwrap();
+        let want_norm = dora::dora_weight_norm(&w_t, adapter, k, n).unwrap();
+        let mut norm = s.alloc_zeros::<f32>(n).unwrap();
+        gpu.dora_weight_norm_int8(&dev, dev_adapter, &mut norm)
+            .unwrap();
+        let got_norm: Vec<f64> = s.clone_dtoh(&norm).unwrap().iter().map(|&v| v as f64).collect();
+        let want64: Vec<f64> = want_norm.iter().map(|&v| v as f64).collect();
+        assert!(rel_error(&got_norm, &want64) < 1e-5, "int8 DoRA norm n {n} k {k}");
+        let factor = gpu.dora_factor_int8(&dev, dev_adapter, &md).unwrap();
+        let want_factor = dora::dora_factor(&mag, &want_norm).unwrap();
+
+        for dora_merge in [false, true] {
+            println!("merge n {n} k {k} rank {rank} dora {dora_merge} {}", T::DTYPE);
+            let f = dora_merge.then_some(&factor);
+            let want = reference::merge_adapter(&q, adapter, dora_merge.then_some(&want_factor[..])).unwrap();
+            let mut dev = gpu.upload_int8(&q).unwrap();
+            gpu.merge_adapter_int8(&mut dev, dev_adapter, f, true).unwrap();
+            let got = gpu.download_int8(&dev).unwrap();
+            assert!(
+                got.cb.iter().zip(&want.cb).all(|(g, w)| (*g as i32 - *w as i32).abs() <= 1),
+                "merged codes differ by more than one step"
+            );
+            let scb_err = rel_error(
+                &got.scb.iter().map(|&v| v as f64).collect::<Vec<_>>(),
+                &want.scb.iter().map(|&v| v as f64).collect::<Vec<_>>(),
+            );
+            assert!(scb_err < 1e-3, "merged SCB rel err {scb_err:.3e}");
+            assert_ne!(got.cb, q.cb, "the merge changed the codes");
+            gpu.unmerge_adapter_int8(&mut dev, dev_adapter, f, true).unwrap();
+            let back: Vec<f64> = reference::dequantize(&gpu.download_int8(&dev).unwrap())
+                .unwrap()
+                .iter()
+                .map(|&v| v as f64)
+                .collect();
+            let orig: Vec<f64> = reference::dequantize(&q).unwrap().iter().map(|&v| v as f64).collect();
+            let err = rel_error(&back, &orig);
+            assert!(err < 2e-2, "unmerge round trip rel err {err:.3e}");
+        }
+    }
+}
+
+#[test]
+fn int8_quantize_f32() {
+    if let Some(gpu) = common::gpu() {
+        quantize::<f32>(&gpu, 34);
+    }
+}
+
+#[test]
+fn int8_quantize_bf16() {
+    if let Some(gpu) = common::gpu() {
+        quantize::<bf16>(&gpu, 35);
+    }
+}
+
+#[test]
+fn int8_merge_f32() {
+    if let Some(gpu) = common::gpu() {
+        merge::<f32>(&gpu, 36);
+    }
+}
+
+#[test]
+fn int8_merge_f16() {
+    if let Some(gpu) = common::gpu() {
+        merge::<f16>(&gpu, 37);
     }
 }

@@ -1,14 +1,16 @@
-//! The 4-bit kernels against the CPU reference: dequantisation bit for bit, and the dequant-on-the-fly
-//! product on random shapes (odd sizes, k a multiple of 32 or not, blocksizes 32 to 4096, NF4 and FP4,
-//! plain and double-quantised absmax, m from 1 past the 8-row GEMV into the tiled kernel). Prints `SKIPPED: no CUDA device`
-//! without a GPU; fails instead with `LORA_KERNELS_REQUIRE_GPU=1`.
+//! The 4-bit kernels against the CPU reference: dequantisation bit for bit, the DoRA norm read
+//! straight from the codes, and the dequant-on-the-fly product on random shapes (odd sizes, k a
+//! multiple of 32 or not, blocksizes 32 to 4096, NF4 and FP4, plain and double-quantised absmax, m
+//! from 1 past the 8-row GEMV into the tiled kernel). Prints `SKIPPED: no CUDA device` without a GPU;
+//! fails instead with `LORA_KERNELS_REQUIRE_GPU=1`.
 mod common;
 
 use common::{f64s, Rng};
 use half::{bf16, f16};
 use lora_kernels::golden::rel_error;
 use lora_kernels::quant4::{reference, QuantType};
-use lora_kernels::{Element, Gpu};
+use lora_kernels::dora::reference as dora;
+use lora_kernels::{Element, Gpu, LoraAdapter};
 
 /// One weight: (n, k, blocksize, quant type, double quantisation).
 type Case = (usize, usize, usize, QuantType, bool);
@@ -32,6 +34,20 @@ fn check<T: Element>(gpu: &Gpu, rng: &mut Rng, (n, k, blocksize, qt, dq): Case, 
             .all(|(a, b)| a.to_f64().to_bits() == b.to_f64().to_bits()),
         "dequantize differs from the CPU reference"
     );
+    // The DoRA norm straight from the codes, against the norm of the dequantised weight in T.
+    let rank = 1 + (n % 8);
+    let (a, b): (Vec<T>, Vec<T>) = (rng.vec(rank * k, 0.1), rng.vec(n * rank, 0.1));
+    let (ad, bd) = (s.clone_htod(&a).unwrap(), s.clone_htod(&b).unwrap());
+    let want_norm =
+        dora::dora_weight_norm(&want, LoraAdapter::new(&a[..], &b[..], rank, 2.0), k, n).unwrap();
+    let mut norm = s.alloc_zeros::<f32>(n).unwrap();
+    gpu.dora_weight_norm_quant4(&dev, LoraAdapter::new(&ad, &bd, rank, 2.0), &mut norm)
+        .unwrap();
+    let got_norm: Vec<f64> = s.clone_dtoh(&norm).unwrap().iter().map(|&v| v as f64).collect();
+    let want64: Vec<f64> = want_norm.iter().map(|&v| v as f64).collect();
+    let err = rel_error(&got_norm, &want64);
+    assert!(err < 1e-5, "4-bit DoRA norm: rel err {err:.3e}");
+
     let w32: Vec<f32> = reference::dequantize(&q).unwrap();
     let bias: Vec<T> = rng.vec(n, 1.0);
     let bias_d = s.clone_htod(&bias).unwrap();

@@ -1,18 +1,24 @@
 //! GPU launches of the DoRA row passes (`kernels/dora.cu`) and the DoRA forward (the fused LoRA
 //! kernel with the DoRA epilogue, `kernels/lora_forward.cu`).
 use super::validate_rows;
+use crate::lora::{at_least, validate_dims};
 use crate::device::{Gpu, KernelModule};
 use crate::error::{invalid, Result};
 use crate::lora::gpu::DoraEpilogue;
 use crate::lora::{validate_bias, validate_lora_forward, AdapterLens, LoraAdapter, LoraShape};
+use crate::int8::Int8Device;
+use crate::linear::LinearWeight;
+use crate::quant4::Quant4Device;
 use crate::sys::{
     DoraRowOp, DoraRowOp_DORA_ROW_FACTOR, DoraRowOp_DORA_ROW_MERGE, DoraRowOp_DORA_ROW_NORM,
     DoraRowOp_DORA_ROW_UNMERGE, DoraRowParams, DORA_ROWS_PER_BLOCK, DORA_THREADS,
 };
 use crate::Element;
 use cudarc::driver::{
-    CudaSlice, CudaView, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig, PushKernelArg,
+    CudaSlice, CudaStream, CudaView, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig,
+    PushKernelArg, SyncOnDrop,
 };
+use std::sync::Arc;
 
 // SAFETY: plain C struct of integers and floats, laid out by bindgen from kernels/lora_params.h.
 unsafe impl DeviceRepr for DoraRowParams {}
@@ -72,9 +78,8 @@ impl Gpu {
             ));
         }
         let stream = self.stream().clone();
-        let (out, _g) = norm.device_ptr_mut(&stream);
         let (w, _gw) = weight.device_ptr(&stream);
-        self.launch_rows::<T, S>(w, adapter, k, n, DoraRowOp_DORA_ROW_NORM, 0, out, 0)
+        self.norm_rows::<T, S, N>(LinearWeight::Dense(w), adapter, k, n, norm)
     }
 
     /// The DoRA factor `f = m / max(‖W + s·B·A‖, DORA_NORM_EPS)` (magnitude m, `[n]`), computed in one
@@ -102,12 +107,133 @@ impl Gpu {
             None,
         )?;
         let stream = self.stream().clone();
+        let (w, _gw) = weight.device_ptr(&stream);
+        self.factor_rows::<T, S, M>(LinearWeight::Dense(w), adapter, magnitude, k, n)
+    }
+
+    /// [`Gpu::dora_weight_norm`] of a bitsandbytes 4-bit W, read straight from its codes (each element
+    /// dequantised to `T` as peft's `dequantize_module_weight` gives it; no dequantised copy).
+    pub fn dora_weight_norm_quant4<T, S, N>(
+        &self,
+        weight: &Quant4Device,
+        adapter: LoraAdapter<'_, S>,
+        norm: &mut N,
+    ) -> Result<()>
+    where
+        T: Element,
+        S: DevicePtr<T>,
+        N: DevicePtrMut<f32>,
+    {
+        let [n, k] = weight.shape();
+        validate_rows(k, n, n * k, &lens(&adapter), None, None)?;
+        let stream = self.stream().clone();
+        let w = weight.device_weights(&stream);
+        self.norm_rows::<T, S, N>(LinearWeight::Quant4(w.params), adapter, k, n, norm)
+    }
+
+    /// [`Gpu::dora_factor`] of a bitsandbytes 4-bit W, read straight from its codes.
+    pub fn dora_factor_quant4<T, S, M>(
+        &self,
+        weight: &Quant4Device,
+        adapter: LoraAdapter<'_, S>,
+        magnitude: &M,
+    ) -> Result<DoraFactor>
+    where
+        T: Element,
+        S: DevicePtr<T>,
+        M: DevicePtr<T>,
+    {
+        let [n, k] = weight.shape();
+        validate_rows(k, n, n * k, &lens(&adapter), Some(magnitude.len()), None)?;
+        let stream = self.stream().clone();
+        let w = weight.device_weights(&stream);
+        self.factor_rows::<T, S, M>(LinearWeight::Quant4(w.params), adapter, magnitude, k, n)
+    }
+
+    /// [`Gpu::dora_weight_norm`] of an LLM.int8 W, read straight from CB and SCB (each element
+    /// `T(CB · SCB · (1/127))`, peft's dequantised 8-bit weight).
+    pub fn dora_weight_norm_int8<T, S, N>(
+        &self,
+        weight: &Int8Device,
+        adapter: LoraAdapter<'_, S>,
+        norm: &mut N,
+    ) -> Result<()>
+    where
+        T: Element,
+        S: DevicePtr<T>,
+        N: DevicePtrMut<f32>,
+    {
+        let [n, k] = weight.shape();
+        validate_rows(k, n, n * k, &lens(&adapter), None, None)?;
+        let stream = self.stream().clone();
+        let (cb, _gc) = weight.cb.device_ptr(&stream);
+        let (scb, _gs) = weight.scb.device_ptr(&stream);
+        self.norm_rows::<T, S, N>(LinearWeight::Int8 { cb, scb }, adapter, k, n, norm)
+    }
+
+    /// [`Gpu::dora_factor`] of an LLM.int8 W, read straight from CB and SCB.
+    pub fn dora_factor_int8<T, S, M>(
+        &self,
+        weight: &Int8Device,
+        adapter: LoraAdapter<'_, S>,
+        magnitude: &M,
+    ) -> Result<DoraFactor>
+    where
+        T: Element,
+        S: DevicePtr<T>,
+        M: DevicePtr<T>,
+    {
+        let [n, k] = weight.shape();
+        validate_rows(k, n, n * k, &lens(&adapter), Some(magnitude.len()), None)?;
+        let stream = self.stream().clone();
+        let (cb, _gc) = weight.cb.device_ptr(&stream);
+        let (scb, _gs) = weight.scb.device_ptr(&stream);
+        self.factor_rows::<T, S, M>(LinearWeight::Int8 { cb, scb }, adapter, magnitude, k, n)
+    }
+
+    fn norm_rows<T: Element, S: DevicePtr<T>, N: DevicePtrMut<f32>>(
+        &self,
+        weight: LinearWeight,
+        adapter: LoraAdapter<'_, S>,
+        k: usize,
+        n: usize,
+        norm: &mut N,
+    ) -> Result<()> {
+        if norm.len() < n {
+            return Err(invalid(
+                "norm",
+                format!("at least {n} elements ([n={n}])"),
+                norm.len(),
+            ));
+        }
+        let stream = self.stream().clone();
+        let (out, _g) = norm.device_ptr_mut(&stream);
+        let (a, b, _ga) = adapter_ptrs(&adapter, &stream);
+        self.launch_rows::<T>(&RowPass {
+            row_values: out,
+            ..RowPass::new(weight, a, b, &adapter, k, n, DoraRowOp_DORA_ROW_NORM)
+        })
+    }
+
+    fn factor_rows<T: Element, S: DevicePtr<T>, M: DevicePtr<T>>(
+        &self,
+        weight: LinearWeight,
+        adapter: LoraAdapter<'_, S>,
+        magnitude: &M,
+        k: usize,
+        n: usize,
+    ) -> Result<DoraFactor> {
+        let stream = self.stream().clone();
         let mut values = stream.alloc_zeros::<f32>(n)?;
         {
             let (out, _g) = values.device_ptr_mut(&stream);
-            let (w, _gw) = weight.device_ptr(&stream);
             let (m, _gm) = magnitude.device_ptr(&stream);
-            self.launch_rows::<T, S>(w, adapter, k, n, DoraRowOp_DORA_ROW_FACTOR, m, out, 0)?;
+            let (a, b, _ga) = adapter_ptrs(&adapter, &stream);
+            self.launch_rows::<T>(&RowPass {
+                magnitude: m,
+                row_values: out,
+                ..RowPass::new(weight, a, b, &adapter, k, n, DoraRowOp_DORA_ROW_FACTOR)
+            })?;
         }
         Ok(DoraFactor { values, n })
     }
@@ -154,6 +280,61 @@ impl Gpu {
         self.lora_forward_raw::<T, X, S, Y>(x, Some(base_ptr), &[adapter], shape, y, Some(epilogue))
     }
 
+    /// The DoRA forward in place: y holds the base layer's output `x·Wᵀ + bias` on entry and
+    /// `bias + f ⊙ (y − bias + s·(x·Aᵀ)·Bᵀ)` on return (one fused launch, as [`Gpu::dora_forward`]).
+    pub fn dora_forward_inplace<T, X, S, Y>(
+        &self,
+        x: &X,
+        bias: Option<&CudaView<'_, T>>,
+        adapter: LoraAdapter<'_, S>,
+        factor: &DoraFactor,
+        shape: LoraShape,
+        y: &mut Y,
+    ) -> Result<()>
+    where
+        T: Element,
+        X: DevicePtr<T>,
+        S: DevicePtr<T>,
+        Y: DevicePtrMut<T>,
+    {
+        validate_lora_forward(shape, x.len(), None, y.len(), &[lens(&adapter)])?;
+        self.dora_epilogue_inplace(x, bias, adapter, factor, shape, y)
+    }
+
+    /// The in-place DoRA launch after validation of x, y and the adapter.
+    fn dora_epilogue_inplace<T, X, S, Y>(
+        &self,
+        x: &X,
+        bias: Option<&CudaView<'_, T>>,
+        adapter: LoraAdapter<'_, S>,
+        factor: &DoraFactor,
+        shape: LoraShape,
+        y: &mut Y,
+    ) -> Result<()>
+    where
+        T: Element,
+        X: DevicePtr<T>,
+        S: DevicePtr<T>,
+        Y: DevicePtrMut<T>,
+    {
+        if factor.len() != shape.n {
+            return Err(invalid(
+                "factor",
+                format!("{} factors (n)", shape.n),
+                factor.len(),
+            ));
+        }
+        validate_bias(bias.map(|b| b.len()), shape.n)?;
+        let stream = self.stream().clone();
+        let (factor_ptr, _gf) = factor.values.device_ptr(&stream);
+        let bias_guard = bias.map(|b| b.device_ptr(&stream));
+        let epilogue = DoraEpilogue {
+            factor: factor_ptr,
+            bias: bias_guard.as_ref().map_or(0, |(p, _)| *p),
+        };
+        self.lora_forward_raw::<T, X, S, Y>(x, None, &[adapter], shape, y, Some(epilogue))
+    }
+
     /// The DoRA forward when the caller has no base output: the crate computes it,
     /// `y = bias + f ⊙ (x·Wᵀ + s·(x·Aᵀ)·Bᵀ)` for W `[n, k]`, in two launches: the tiled base product
     /// `y = x·Wᵀ + bias` ([`Gpu::linear`]), then the fused LoRA forward with the DoRA epilogue in place
@@ -186,14 +367,7 @@ impl Gpu {
             ));
         }
         self.linear(x, weight, bias, shape, y)?;
-        let stream = self.stream().clone();
-        let (factor_ptr, _gf) = factor.values.device_ptr(&stream);
-        let bias_guard = bias.map(|b| b.device_ptr(&stream));
-        let epilogue = DoraEpilogue {
-            factor: factor_ptr,
-            bias: bias_guard.as_ref().map_or(0, |(p, _)| *p),
-        };
-        self.lora_forward_raw::<T, X, S, Y>(x, None, &[adapter], shape, y, Some(epilogue))
+        self.dora_epilogue_inplace(x, bias, adapter, factor, shape, y)
     }
 
     /// Merges an adapter into W [n, k] in place, one pass: `W ← f ⊙ (W + s·B·A)` with a DoRA factor,
@@ -269,17 +443,124 @@ impl Gpu {
         W: DevicePtrMut<T>,
         S: DevicePtr<T>,
     {
-        validate_rows(
-            k,
-            n,
+        validate_rows(k, n, weight.len(), &lens(&adapter), None, None)?;
+        let stream = self.stream().clone();
+        let (w, _gw) = weight.device_ptr_mut(&stream);
+        let (a, b, _ga) = adapter_ptrs(&adapter, &stream);
+        let pass = RowPass::new(LinearWeight::Dense(w), a, b, &adapter, k, n, op);
+        self.update_pass::<T>(pass, factor, safe)
+    }
+
+    /// Merges an adapter into an LLM.int8 W in place the way peft merges into bitsandbytes' 8-bit
+    /// layer: each row is dequantised (`T(CB · SCB / 127)`), updated (`f ⊙ (W + s·B·A)`, or
+    /// `W + s·B·A` without a factor), rounded to `T`, and requantised row-wise (new SCB = row absmax
+    /// of the f16 values, CB = round-half-even(v · 127 / SCB)), one launch (each row is read twice,
+    /// the second time from L2). `safe` as for [`Gpu::merge_adapter`]. `T` is the layer's dtype.
+    pub fn merge_adapter_int8<T, S>(
+        &self,
+        weight: &mut Int8Device,
+        adapter: LoraAdapter<'_, S>,
+        factor: Option<&DoraFactor>,
+        safe: bool,
+    ) -> Result<()>
+    where
+        T: Element,
+        S: DevicePtr<T>,
+    {
+        self.update_int8::<T, S>(weight, adapter, factor, safe, DoraRowOp_DORA_ROW_MERGE)
+    }
+
+    /// Undoes [`Gpu::merge_adapter_int8`] (`W / f − s·B·A`, requantised). Requantisation is lossy:
+    /// the round trip restores W to within the int8 rounding of the merged and unmerged rows.
+    pub fn unmerge_adapter_int8<T, S>(
+        &self,
+        weight: &mut Int8Device,
+        adapter: LoraAdapter<'_, S>,
+        factor: Option<&DoraFactor>,
+        safe: bool,
+    ) -> Result<()>
+    where
+        T: Element,
+        S: DevicePtr<T>,
+    {
+        self.update_int8::<T, S>(weight, adapter, factor, safe, DoraRowOp_DORA_ROW_UNMERGE)
+    }
+
+    /// Row-wise int8 quantisation of a dense W `[n, k]` on the GPU, as bitsandbytes' `Int8Params`
+    /// does it (and [`crate::int8::reference::quantize_rowwise`]): values rounded to f16, SCB = row
+    /// absmax, CB = round-half-even(W · 127 / SCB); an all-zero row gets SCB 0 and codes 0.
+    pub fn quantize_int8<T, W>(&self, weight: &W, k: usize, n: usize) -> Result<Int8Device>
+    where
+        T: Element,
+        W: DevicePtr<T>,
+    {
+        validate_dims(&[("k", k), ("n", n)])?;
+        at_least(
+            "weight",
             weight.len(),
-            &lens(&adapter),
-            None,
-            factor.map(|f| f.len()),
+            n.checked_mul(k),
+            &format!("[n={n}, k={k}]"),
         )?;
+        let stream = self.stream().clone();
+        let mut out = Int8Device {
+            cb: stream.alloc_zeros::<u8>(n * k)?,
+            scb: stream.alloc_zeros::<f32>(n)?,
+            shape: [n, k],
+        };
+        {
+            let (w, _gw) = weight.device_ptr(&stream);
+            let (cb, _gc) = out.cb.device_ptr_mut(&stream);
+            let (scb, _gs) = out.scb.device_ptr_mut(&stream);
+            let no_adapter = AdapterLens {
+                rank: 0,
+                a_len: 0,
+                b_len: 0,
+                scale: 0.0,
+            };
+            self.launch_rows::<T>(&RowPass {
+                requantize: Some((cb, scb)),
+                ..RowPass::raw(LinearWeight::Dense(w), 0, 0, &no_adapter, k, n, DoraRowOp_DORA_ROW_MERGE)
+            })?;
+        }
+        Ok(out)
+    }
+
+    fn update_int8<T: Element, S: DevicePtr<T>>(
+        &self,
+        weight: &mut Int8Device,
+        adapter: LoraAdapter<'_, S>,
+        factor: Option<&DoraFactor>,
+        safe: bool,
+        op: DoraRowOp,
+    ) -> Result<()> {
+        let [n, k] = weight.shape();
+        validate_rows(k, n, n * k, &lens(&adapter), None, None)?;
+        let stream = self.stream().clone();
+        let (cb, _gc) = weight.cb.device_ptr_mut(&stream);
+        let (scb, _gs) = weight.scb.device_ptr_mut(&stream);
+        let (a, b, _ga) = adapter_ptrs(&adapter, &stream);
+        let pass = RowPass {
+            requantize: Some((cb, scb)),
+            ..RowPass::new(LinearWeight::Int8 { cb, scb }, a, b, &adapter, k, n, op)
+        };
+        self.update_pass::<T>(pass, factor, safe)
+    }
+
+    /// Runs a MERGE or UNMERGE pass with `factor`; with `safe`, first a counting pass (nothing
+    /// written) and an error if any result is non-finite. Synchronises the stream when `safe`.
+    fn update_pass<T: Element>(
+        &self,
+        pass: RowPass,
+        factor: Option<&DoraFactor>,
+        safe: bool,
+    ) -> Result<()> {
         if let Some(f) = factor {
-            if f.len() != n {
-                return Err(invalid("factor", format!("{n} factors (n)"), f.len()));
+            if f.len() != pass.n {
+                return Err(invalid(
+                    "factor",
+                    format!("{} factors (n)", pass.n),
+                    f.len(),
+                ));
             }
         }
         let stream = self.stream().clone();
@@ -290,12 +571,15 @@ impl Gpu {
             }
             None => (0, None),
         };
-        let (w, _gw) = weight.device_ptr_mut(&stream);
+        let pass = RowPass {
+            row_values: factor_ptr,
+            ..pass
+        };
         if safe {
             let mut count = stream.alloc_zeros::<u32>(1)?;
             {
                 let (counter, _gc) = count.device_ptr_mut(&stream);
-                self.launch_rows::<T, S>(w, adapter, k, n, op, 0, factor_ptr, counter)?;
+                self.launch_rows::<T>(&RowPass { counter, ..pass })?;
             }
             let bad = stream.clone_dtoh(&count)?[0];
             if bad > 0 {
@@ -306,24 +590,13 @@ impl Gpu {
                 ));
             }
         }
-        self.launch_rows::<T, S>(w, adapter, k, n, op, 0, factor_ptr, 0)
+        self.launch_rows::<T>(&pass)
     }
 
-    /// One row pass: writes `row_values` (NORM, FACTOR) or W (MERGE, UNMERGE, reading the factor
-    /// from `row_values`, 0 for none); with a `counter`, MERGE and UNMERGE write nothing and count the
-    /// non-finite results there instead.
-    #[allow(clippy::too_many_arguments)]
-    fn launch_rows<T: Element, S: DevicePtr<T>>(
-        &self,
-        weight: u64,
-        adapter: LoraAdapter<'_, S>,
-        k: usize,
-        n: usize,
-        op: DoraRowOp,
-        magnitude: u64,
-        row_values: u64,
-        counter: u64,
-    ) -> Result<()> {
+    /// One row pass (see kernels/dora.cu): writes `row_values` (NORM, FACTOR) or W / the requantised
+    /// codes (MERGE, UNMERGE, reading the factor from `row_values`, 0 for none); with a `counter`,
+    /// MERGE and UNMERGE write nothing and count the non-finite results there instead.
+    fn launch_rows<T: Element>(&self, pass: &RowPass) -> Result<()> {
         self.check_dtype(T::DTYPE, "the DoRA row pass")?;
         let stream = self.stream().clone();
         let (func, _) = self.kernel(
@@ -331,32 +604,105 @@ impl Gpu {
             &format!("dora_rows_{}", T::DTYPE.name()),
             DORA_THREADS,
         )?;
-        let (a, _ga) = adapter.lora_a.device_ptr(&stream);
-        let (b, _gb) = adapter.lora_b.device_ptr(&stream);
+        let (format, weight, scb, quant4) = pass.weight.fields();
+        let (out_cb, out_scb) = pass.requantize.unwrap_or((0, 0));
         let params = DoraRowParams {
             weight,
-            lora_a: a,
-            lora_b: b,
-            magnitude,
-            row_values,
-            non_finite: counter,
-            n: n as i32,
-            k: k as i32,
-            rank: adapter.rank as i32,
-            scale: adapter.scale,
-            op: op as i32,
-            check_only: (counter != 0) as i32,
+            lora_a: pass.a,
+            lora_b: pass.b,
+            magnitude: pass.magnitude,
+            row_values: pass.row_values,
+            non_finite: pass.counter,
+            n: pass.n as i32,
+            k: pass.k as i32,
+            rank: pass.rank as i32,
+            scale: pass.scale,
+            op: pass.op as i32,
+            check_only: (pass.counter != 0) as i32,
+            weight_format: format as i32,
+            requantize: pass.requantize.is_some() as i32,
+            scb,
+            out_cb,
+            out_scb,
+            quant4,
         };
         let cfg = LaunchConfig {
-            grid_dim: (n.div_ceil(DORA_ROWS_PER_BLOCK as usize) as u32, 1, 1),
+            grid_dim: (pass.n.div_ceil(DORA_ROWS_PER_BLOCK as usize) as u32, 1, 1),
             block_dim: (DORA_THREADS, 1, 1),
             shared_mem_bytes: 0,
         };
         let mut launch = stream.launch_builder(&func);
         launch.arg(&params);
-        // SAFETY: W, A, B, the magnitude and the row values were validated for [n, k], [r, k], [n, r]
-        // and [n]; the counter holds one u32.
+        // SAFETY: W (in its format), A, B, the magnitude, the row values and the output codes were
+        // validated for [n, k], [r, k], [n, r] and [n] by the callers; the counter holds one u32.
         unsafe { launch.launch(cfg) }?;
         Ok(())
     }
+}
+
+/// One row pass's operands as device addresses (the callers hold the buffers' guards).
+#[derive(Clone, Copy)]
+struct RowPass {
+    weight: LinearWeight,
+    a: u64,
+    b: u64,
+    rank: usize,
+    scale: f32,
+    k: usize,
+    n: usize,
+    op: DoraRowOp,
+    magnitude: u64,
+    row_values: u64,
+    counter: u64,
+    /// Requantise to int8 into (CB, SCB) instead of writing W.
+    requantize: Option<(u64, u64)>,
+}
+
+impl RowPass {
+    fn new<T, S: DevicePtr<T>>(
+        weight: LinearWeight,
+        a: u64,
+        b: u64,
+        adapter: &LoraAdapter<'_, S>,
+        k: usize,
+        n: usize,
+        op: DoraRowOp,
+    ) -> Self {
+        Self::raw(weight, a, b, &lens(adapter), k, n, op)
+    }
+
+    fn raw(
+        weight: LinearWeight,
+        a: u64,
+        b: u64,
+        adapter: &AdapterLens,
+        k: usize,
+        n: usize,
+        op: DoraRowOp,
+    ) -> Self {
+        RowPass {
+            weight,
+            a,
+            b,
+            rank: adapter.rank,
+            scale: adapter.scale,
+            k,
+            n,
+            op,
+            magnitude: 0,
+            row_values: 0,
+            counter: 0,
+            requantize: None,
+        }
+    }
+}
+
+/// A's and B's device addresses, with the guards that keep them in use.
+fn adapter_ptrs<'a, T, S: DevicePtr<T>>(
+    adapter: &'a LoraAdapter<'_, S>,
+    stream: &'a Arc<CudaStream>,
+) -> (u64, u64, [SyncOnDrop<'a>; 2]) {
+    let (a, ga) = adapter.lora_a.device_ptr(stream);
+    let (b, gb) = adapter.lora_b.device_ptr(stream);
+    (a, b, [ga, gb])
 }

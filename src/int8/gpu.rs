@@ -16,9 +16,9 @@ unsafe impl DeviceRepr for Int8LinearParams {}
 /// A row-wise int8 weight on the GPU: CB `[n, k]` and SCB `[n]`.
 #[derive(Debug)]
 pub struct Int8Device {
-    cb: CudaSlice<u8>,
-    scb: CudaSlice<f32>,
-    shape: [usize; 2],
+    pub(crate) cb: CudaSlice<u8>,
+    pub(crate) scb: CudaSlice<f32>,
+    pub(crate) shape: [usize; 2],
 }
 
 impl Int8Device {
@@ -38,6 +38,17 @@ impl Gpu {
             cb: s.clone_htod(&bytes)?,
             scb: s.clone_htod(&weight.scb)?,
             shape: weight.shape,
+        })
+    }
+
+    /// Copies an int8 weight back to the host (e.g. after a merge on the GPU). Synchronises the stream.
+    pub fn download_int8(&self, weight: &Int8Device) -> Result<Int8Weight> {
+        let s = self.stream();
+        let cb = s.clone_dtoh(&weight.cb)?.into_iter().map(|c| c as i8).collect();
+        Ok(Int8Weight {
+            shape: weight.shape,
+            cb,
+            scb: s.clone_dtoh(&weight.scb)?,
         })
     }
 

@@ -2,7 +2,7 @@
 //! (what bitsandbytes' CPU backend computes), and the LLM.int8 algorithm of its CUDA backend.
 use super::{Int8Weight, INV_127};
 use crate::error::{invalid, Result};
-use crate::lora::{validate_bias, validate_lora_forward, LoraShape};
+use crate::lora::{validate_bias, validate_lora_forward, LoraAdapter, LoraShape};
 use crate::Element;
 use half::f16;
 
@@ -207,4 +207,39 @@ mod tests {
         assert!(err(&outliers) < 2e-2, "{}", err(&outliers));
         assert!(err(&int8) > 0.0, "the int8 path must quantise x");
     }
+}
+
+/// W as peft's 8-bit layer sees it: `T(CB · SCB · (1/127))` (the dequantisation, rounded to the
+/// layer's dtype).
+pub fn dequantize_to<T: Element>(weight: &Int8Weight) -> Result<Vec<T>> {
+    Ok(dequantize(weight)?
+        .into_iter()
+        .map(|v| T::from_f64(v as f64))
+        .collect())
+}
+
+/// peft's merge into bitsandbytes' 8-bit layer: W is dequantised to `T`, the adapter is added
+/// (`f ⊙ (W + s·B·A)` with a DoRA factor, `W + s·B·A` without, rounded to `T`), and the result is
+/// quantised row-wise again ([`quantize_rowwise`]). A non-finite result is an error.
+pub fn merge_adapter<T: Element>(
+    weight: &Int8Weight,
+    adapter: LoraAdapter<'_, [T]>,
+    factor: Option<&[f32]>,
+) -> Result<Int8Weight> {
+    let [n, k] = weight.shape;
+    let w: Vec<T> = dequantize_to(weight)?;
+    let merged = crate::dora::reference::dora_merged_weight(&w, adapter, factor, k, n)?;
+    quantize_rowwise(&merged, weight.shape)
+}
+
+/// Undoes [`merge_adapter`]: `W / f − s·B·A` (or `W − s·B·A`) on the dequantised weight, requantised.
+pub fn unmerge_adapter<T: Element>(
+    weight: &Int8Weight,
+    adapter: LoraAdapter<'_, [T]>,
+    factor: Option<&[f32]>,
+) -> Result<Int8Weight> {
+    let [n, k] = weight.shape;
+    let w: Vec<T> = dequantize_to(weight)?;
+    let unmerged = crate::dora::reference::dora_unmerged_weight(&w, adapter, factor, k, n)?;
+    quantize_rowwise(&unmerged, weight.shape)
 }

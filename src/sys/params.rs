@@ -8,9 +8,6 @@ pub const LORA_MAX_LAUNCH_RANK: u32 = 256;
 pub const LORA_MAX_LAUNCH_ADAPTERS: u32 = 8;
 pub const LORA_FORWARD_THREADS: u32 = 256;
 pub const LORA_FORWARD_N_TILE: u32 = 64;
-pub const DORA_ROWS_PER_BLOCK: u32 = 16;
-pub const DORA_THREADS: u32 = 256;
-pub const DORA_NORM_EPS: f64 = 0.000000000001;
 pub const QUANT4_THREADS: u32 = 256;
 pub const INT8_THREADS: u32 = 256;
 pub const MIXED_THREADS: u32 = 256;
@@ -19,6 +16,9 @@ pub const LINEAR_THREADS: u32 = 256;
 pub const LINEAR_BLOCK_M: u32 = 64;
 pub const LINEAR_BLOCK_N: u32 = 128;
 pub const LINEAR_BLOCK_K: u32 = 32;
+pub const DORA_ROWS_PER_BLOCK: u32 = 16;
+pub const DORA_THREADS: u32 = 256;
+pub const DORA_NORM_EPS: f64 = 0.000000000001;
 #[repr(C)]
 #[derive(Debug, Default, Copy, Clone)]
 pub struct LoraAdapterSlot {
@@ -123,53 +123,6 @@ const _: () = {
         [::core::mem::offset_of!(LoraForwardParams, dora_factor) - 360usize];
     ["Offset of field: LoraForwardParams::bias"]
         [::core::mem::offset_of!(LoraForwardParams, bias) - 368usize];
-};
-pub const DoraRowOp_DORA_ROW_NORM: DoraRowOp = 0;
-pub const DoraRowOp_DORA_ROW_FACTOR: DoraRowOp = 1;
-pub const DoraRowOp_DORA_ROW_MERGE: DoraRowOp = 2;
-pub const DoraRowOp_DORA_ROW_UNMERGE: DoraRowOp = 3;
-pub type DoraRowOp = ::core::ffi::c_uint;
-#[repr(C)]
-#[derive(Debug, Default, Copy, Clone)]
-pub struct DoraRowParams {
-    pub weight: u64,
-    pub lora_a: u64,
-    pub lora_b: u64,
-    pub magnitude: u64,
-    pub row_values: u64,
-    pub non_finite: u64,
-    pub n: i32,
-    pub k: i32,
-    pub rank: i32,
-    pub scale: f32,
-    pub op: i32,
-    pub check_only: i32,
-}
-#[allow(clippy::unnecessary_operation, clippy::identity_op)]
-const _: () = {
-    ["Size of DoraRowParams"][::core::mem::size_of::<DoraRowParams>() - 72usize];
-    ["Alignment of DoraRowParams"][::core::mem::align_of::<DoraRowParams>() - 8usize];
-    ["Offset of field: DoraRowParams::weight"]
-        [::core::mem::offset_of!(DoraRowParams, weight) - 0usize];
-    ["Offset of field: DoraRowParams::lora_a"]
-        [::core::mem::offset_of!(DoraRowParams, lora_a) - 8usize];
-    ["Offset of field: DoraRowParams::lora_b"]
-        [::core::mem::offset_of!(DoraRowParams, lora_b) - 16usize];
-    ["Offset of field: DoraRowParams::magnitude"]
-        [::core::mem::offset_of!(DoraRowParams, magnitude) - 24usize];
-    ["Offset of field: DoraRowParams::row_values"]
-        [::core::mem::offset_of!(DoraRowParams, row_values) - 32usize];
-    ["Offset of field: DoraRowParams::non_finite"]
-        [::core::mem::offset_of!(DoraRowParams, non_finite) - 40usize];
-    ["Offset of field: DoraRowParams::n"][::core::mem::offset_of!(DoraRowParams, n) - 48usize];
-    ["Offset of field: DoraRowParams::k"][::core::mem::offset_of!(DoraRowParams, k) - 52usize];
-    ["Offset of field: DoraRowParams::rank"]
-        [::core::mem::offset_of!(DoraRowParams, rank) - 56usize];
-    ["Offset of field: DoraRowParams::scale"]
-        [::core::mem::offset_of!(DoraRowParams, scale) - 60usize];
-    ["Offset of field: DoraRowParams::op"][::core::mem::offset_of!(DoraRowParams, op) - 64usize];
-    ["Offset of field: DoraRowParams::check_only"]
-        [::core::mem::offset_of!(DoraRowParams, check_only) - 68usize];
 };
 #[repr(C)]
 #[derive(Debug, Default, Copy, Clone)]
@@ -341,4 +294,68 @@ const _: () = {
         [::core::mem::offset_of!(LinearParams, vector_w) - 176usize];
     ["Offset of field: LinearParams::vector_y"]
         [::core::mem::offset_of!(LinearParams, vector_y) - 180usize];
+};
+pub const DoraRowOp_DORA_ROW_NORM: DoraRowOp = 0;
+pub const DoraRowOp_DORA_ROW_FACTOR: DoraRowOp = 1;
+pub const DoraRowOp_DORA_ROW_MERGE: DoraRowOp = 2;
+pub const DoraRowOp_DORA_ROW_UNMERGE: DoraRowOp = 3;
+pub type DoraRowOp = ::core::ffi::c_uint;
+#[repr(C)]
+#[derive(Debug, Default, Copy, Clone)]
+pub struct DoraRowParams {
+    pub weight: u64,
+    pub lora_a: u64,
+    pub lora_b: u64,
+    pub magnitude: u64,
+    pub row_values: u64,
+    pub non_finite: u64,
+    pub n: i32,
+    pub k: i32,
+    pub rank: i32,
+    pub scale: f32,
+    pub op: i32,
+    pub check_only: i32,
+    pub weight_format: i32,
+    pub requantize: i32,
+    pub scb: u64,
+    pub out_cb: u64,
+    pub out_scb: u64,
+    pub quant4: Quant4Weights,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of DoraRowParams"][::core::mem::size_of::<DoraRowParams>() - 224usize];
+    ["Alignment of DoraRowParams"][::core::mem::align_of::<DoraRowParams>() - 8usize];
+    ["Offset of field: DoraRowParams::weight"]
+        [::core::mem::offset_of!(DoraRowParams, weight) - 0usize];
+    ["Offset of field: DoraRowParams::lora_a"]
+        [::core::mem::offset_of!(DoraRowParams, lora_a) - 8usize];
+    ["Offset of field: DoraRowParams::lora_b"]
+        [::core::mem::offset_of!(DoraRowParams, lora_b) - 16usize];
+    ["Offset of field: DoraRowParams::magnitude"]
+        [::core::mem::offset_of!(DoraRowParams, magnitude) - 24usize];
+    ["Offset of field: DoraRowParams::row_values"]
+        [::core::mem::offset_of!(DoraRowParams, row_values) - 32usize];
+    ["Offset of field: DoraRowParams::non_finite"]
+        [::core::mem::offset_of!(DoraRowParams, non_finite) - 40usize];
+    ["Offset of field: DoraRowParams::n"][::core::mem::offset_of!(DoraRowParams, n) - 48usize];
+    ["Offset of field: DoraRowParams::k"][::core::mem::offset_of!(DoraRowParams, k) - 52usize];
+    ["Offset of field: DoraRowParams::rank"]
+        [::core::mem::offset_of!(DoraRowParams, rank) - 56usize];
+    ["Offset of field: DoraRowParams::scale"]
+        [::core::mem::offset_of!(DoraRowParams, scale) - 60usize];
+    ["Offset of field: DoraRowParams::op"][::core::mem::offset_of!(DoraRowParams, op) - 64usize];
+    ["Offset of field: DoraRowParams::check_only"]
+        [::core::mem::offset_of!(DoraRowParams, check_only) - 68usize];
+    ["Offset of field: DoraRowParams::weight_format"]
+        [::core::mem::offset_of!(DoraRowParams, weight_format) - 72usize];
+    ["Offset of field: DoraRowParams::requantize"]
+        [::core::mem::offset_of!(DoraRowParams, requantize) - 76usize];
+    ["Offset of field: DoraRowParams::scb"][::core::mem::offset_of!(DoraRowParams, scb) - 80usize];
+    ["Offset of field: DoraRowParams::out_cb"]
+        [::core::mem::offset_of!(DoraRowParams, out_cb) - 88usize];
+    ["Offset of field: DoraRowParams::out_scb"]
+        [::core::mem::offset_of!(DoraRowParams, out_scb) - 96usize];
+    ["Offset of field: DoraRowParams::quant4"]
+        [::core::mem::offset_of!(DoraRowParams, quant4) - 104usize];
 };

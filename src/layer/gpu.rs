@@ -1,0 +1,337 @@
+//! The GPU layer: peft's forward states (see the [module documentation](super)) over a dense, 4-bit
+//! or int8 base, every step one of the crate's kernels: the base product ([`Gpu::linear`],
+//! [`Gpu::quant4_linear`], [`Gpu::int8_linear`]), the fused LoRA forward in place (consecutive LoRA
+//! adapters summed in one launch), the DoRA forward in place with a factor cached per adapter until W
+//! changes (computed straight from the 4-bit or int8 codes on a quantised base), the mixed batch,
+//! and merge / unmerge (dense in place; int8 by requantising, as peft does with bitsandbytes' 8-bit
+//! layer).
+use super::reference::validate_base;
+use super::{ForwardPlan, LayerAdapter, LayerState};
+use crate::device::Gpu;
+use crate::dora::DoraFactor;
+use crate::error::{invalid, Result};
+use crate::int8::{Int8Device, Int8Weight};
+use crate::lora::{validate_bias, validate_lora_forward, LoraAdapter, LoraShape};
+use crate::quant4::{Quant4Device, Quant4Weight};
+use crate::Element;
+use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut};
+use std::collections::BTreeMap;
+
+/// The base weight of a [`Layer`], on the GPU.
+#[derive(Debug)]
+pub enum BaseWeight<T> {
+    /// Dense W `[n, k]` in the layer's dtype.
+    Dense(CudaSlice<T>),
+    /// bitsandbytes 4-bit W (NF4/FP4, plain or double-quantised absmax).
+    Quant4(Quant4Device),
+    /// LLM.int8 W (CB and SCB); products are weight-only.
+    Int8(Int8Device),
+}
+
+/// One adapter on the GPU, with its DoRA factor over the current W once a forward needed it.
+#[derive(Debug)]
+struct DeviceAdapter<T> {
+    a: CudaSlice<T>,
+    b: CudaSlice<T>,
+    rank: usize,
+    scale: f32,
+    magnitude: Option<CudaSlice<T>>,
+    factor: Option<DoraFactor>,
+}
+
+impl<T> DeviceAdapter<T> {
+    fn view(&self) -> LoraAdapter<'_, CudaSlice<T>> {
+        LoraAdapter::new(&self.a, &self.b, self.rank, self.scale)
+    }
+}
+
+/// A peft LoRA/DoRA layer on the GPU over a dense, 4-bit or int8 base `y = x·Wᵀ + bias`, W `[n, k]`.
+/// It follows the same state machine as [`super::ReferenceLayer`], its CPU reference.
+///
+/// Calls are asynchronous on the [`Gpu`]'s stream except where noted (safe merges synchronise).
+/// A forward may allocate (the mixed batch's adapter table and indices, a DoRA factor the first time
+/// it is needed); for CUDA-graph capture call [`Gpu::lora_forward_mixed`] and friends directly.
+#[derive(Debug)]
+pub struct Layer<T> {
+    gpu: Gpu,
+    base: BaseWeight<T>,
+    bias: Option<CudaSlice<T>>,
+    k: usize,
+    n: usize,
+    adapters: BTreeMap<String, DeviceAdapter<T>>,
+    /// The DoRA factor each merged DoRA adapter was merged with (for its unmerge).
+    merged_factors: BTreeMap<String, DoraFactor>,
+    state: LayerState,
+}
+
+impl<T: Element> Layer<T> {
+    /// A layer over a dense W `[n, k]` (row-major, copied to the GPU) and an optional bias `[n]`.
+    pub fn dense(gpu: &Gpu, weight: &[T], bias: Option<&[T]>, k: usize, n: usize) -> Result<Self> {
+        validate_base(weight.len(), bias, k, n)?;
+        let w = gpu.stream().clone_htod(weight)?;
+        Self::with_base(gpu, BaseWeight::Dense(w), bias, k, n)
+    }
+
+    /// A layer over a bitsandbytes 4-bit W (e.g. from [`Quant4Weight::from_state_dict`]) and an
+    /// optional bias `[n]`.
+    pub fn quant4(gpu: &Gpu, weight: &Quant4Weight, bias: Option<&[T]>) -> Result<Self> {
+        let [n, k] = weight.shape;
+        let w = gpu.upload_quant4(weight)?;
+        Self::with_base(gpu, BaseWeight::Quant4(w), bias, k, n)
+    }
+
+    /// A layer over an LLM.int8 W (e.g. from [`Int8Weight::from_state_dict`]) and an optional bias
+    /// `[n]`.
+    pub fn int8(gpu: &Gpu, weight: &Int8Weight, bias: Option<&[T]>) -> Result<Self> {
+        let [n, k] = weight.shape;
+        let w = gpu.upload_int8(weight)?;
+        Self::with_base(gpu, BaseWeight::Int8(w), bias, k, n)
+    }
+
+    fn with_base(
+        gpu: &Gpu,
+        base: BaseWeight<T>,
+        bias: Option<&[T]>,
+        k: usize,
+        n: usize,
+    ) -> Result<Self> {
+        validate_bias(bias.map(|b| b.len()), n)?;
+        let bias = match bias {
+            Some(b) => Some(gpu.stream().clone_htod(b)?),
+            None => None,
+        };
+        Ok(Layer {
+            gpu: gpu.clone(),
+            base,
+            bias,
+            k,
+            n,
+            adapters: BTreeMap::new(),
+            merged_factors: BTreeMap::new(),
+            state: LayerState::default(),
+        })
+    }
+
+    /// Input features k.
+    pub fn in_features(&self) -> usize {
+        self.k
+    }
+
+    /// Output features n.
+    pub fn out_features(&self) -> usize {
+        self.n
+    }
+
+    /// The base weight as it is now (with merged adapters folded in).
+    pub fn base(&self) -> &BaseWeight<T> {
+        &self.base
+    }
+
+    /// Adds (or replaces) adapter `name`, copying it to the GPU; it is not active until
+    /// [`Self::set_active`] names it.
+    pub fn add_adapter(&mut self, name: &str, adapter: &LayerAdapter<T>) -> Result<()> {
+        adapter.validate(name, self.k, self.n)?;
+        self.state.add(name, adapter.magnitude.is_some())?;
+        let s = self.gpu.stream();
+        let device = DeviceAdapter {
+            a: s.clone_htod(&adapter.lora_a)?,
+            b: s.clone_htod(&adapter.lora_b)?,
+            rank: adapter.rank,
+            scale: adapter.scale,
+            magnitude: match &adapter.magnitude {
+                Some(m) => Some(s.clone_htod(m)?),
+                None => None,
+            },
+            factor: None,
+        };
+        self.adapters.insert(name.to_string(), device);
+        Ok(())
+    }
+
+    /// Sets the active adapters, in the order their outputs are added.
+    pub fn set_active(&mut self, names: &[&str]) -> Result<()> {
+        self.state.set_active(names)
+    }
+
+    /// peft's `disable_adapters`: while disabled the forward is the base alone.
+    pub fn set_disabled(&mut self, disabled: bool) {
+        self.state.set_disabled(disabled);
+    }
+
+    /// The merged adapters, in merge order.
+    pub fn merged(&self) -> Vec<&str> {
+        self.state.merged()
+    }
+
+    /// The DoRA factor of adapter `name` over the current W (None for a LoRA adapter).
+    fn compute_factor(&self, name: &str) -> Result<Option<DoraFactor>> {
+        let adapter = &self.adapters[name];
+        let Some(m) = &adapter.magnitude else {
+            return Ok(None);
+        };
+        let view = adapter.view();
+        let factor = match &self.base {
+            BaseWeight::Dense(w) => self.gpu.dora_factor(w, view, m, self.k, self.n)?,
+            BaseWeight::Quant4(q) => self.gpu.dora_factor_quant4(q, view, m)?,
+            BaseWeight::Int8(q) => self.gpu.dora_factor_int8(q, view, m)?,
+        };
+        Ok(Some(factor))
+    }
+
+    /// W changed: every cached DoRA factor is stale.
+    fn forget_factors(&mut self) {
+        for adapter in self.adapters.values_mut() {
+            adapter.factor = None;
+        }
+    }
+
+    /// `y = x·Wᵀ + bias` with this layer's base.
+    fn base_product<X: DevicePtr<T>, Y: DevicePtrMut<T>>(
+        &self,
+        x: &X,
+        m: usize,
+        y: &mut Y,
+    ) -> Result<()> {
+        let bias = self.bias.as_ref().map(|b| b.slice(..));
+        match &self.base {
+            BaseWeight::Dense(w) => {
+                self.gpu
+                    .linear(x, w, bias.as_ref(), LoraShape::new(m, self.k, self.n), y)
+            }
+            BaseWeight::Quant4(q) => self.gpu.quant4_linear(x, q, bias.as_ref(), m, y),
+            BaseWeight::Int8(q) => self.gpu.int8_linear(x, q, bias.as_ref(), m, y),
+        }
+    }
+
+    /// peft's `merge`: folds `names` (default: the active adapters) into W in order, LoRA as
+    /// `W + s·B·A`, DoRA as `f ⊙ (W + s·B·A)` with f from the current W. A dense W is updated in
+    /// place; an int8 W is dequantised, updated and requantised row by row (as peft does with
+    /// bitsandbytes' 8-bit layer, so unmerging restores it only to int8 precision); a 4-bit W is an
+    /// error. With `safe`, a non-finite result is an error and W keeps the adapters merged before it.
+    pub fn merge(&mut self, names: Option<&[&str]>, safe: bool) -> Result<()> {
+        let names = self.state.plan_merge(names)?;
+        if matches!(self.base, BaseWeight::Quant4(_)) && !names.is_empty() {
+            return Err(invalid(
+                "layer",
+                "a dense or int8 base (merging into a 4-bit base would need requantising to NF4/FP4)",
+                "a 4-bit base",
+            ));
+        }
+        for name in names {
+            let factor = self.compute_factor(&name)?;
+            let view = self.adapters[&name].view();
+            match &mut self.base {
+                BaseWeight::Dense(w) => {
+                    self.gpu
+                        .merge_adapter(w, view, factor.as_ref(), self.k, self.n, safe)?
+                }
+                BaseWeight::Int8(q) => self.gpu.merge_adapter_int8(q, view, factor.as_ref(), safe)?,
+                BaseWeight::Quant4(_) => unreachable!("refused above"),
+            }
+            self.forget_factors();
+            if let Some(f) = factor {
+                self.merged_factors.insert(name.clone(), f);
+            }
+            self.state.merged_one(name);
+        }
+        Ok(())
+    }
+
+    /// peft's `unmerge`: undoes every merged adapter, last merged first, with the factor cached at
+    /// merge time. Unmerging when nothing is merged is an error.
+    pub fn unmerge(&mut self) -> Result<()> {
+        self.state.check_unmerge()?;
+        while let Some(name) = self.state.unmerged_one() {
+            let factor = self.merged_factors.remove(&name);
+            let view = self.adapters[&name].view();
+            match &mut self.base {
+                BaseWeight::Dense(w) => {
+                    self.gpu
+                        .unmerge_adapter(w, view, factor.as_ref(), self.k, self.n, false)?
+                }
+                BaseWeight::Int8(q) => {
+                    self.gpu
+                        .unmerge_adapter_int8(q, view, factor.as_ref(), false)?
+                }
+                BaseWeight::Quant4(_) => unreachable!("a 4-bit base never merges"),
+            }
+            self.forget_factors();
+        }
+        Ok(())
+    }
+
+    /// The forward for x `[m, k]` into y `[m, n]` (device buffers of the layer's dtype), following
+    /// peft's order (see the [module documentation](super)). `adapter_names` gives one entry per row
+    /// (`None`: peft's `"__base__"`).
+    pub fn forward<X: DevicePtr<T>, Y: DevicePtrMut<T>>(
+        &mut self,
+        x: &X,
+        m: usize,
+        adapter_names: Option<&[Option<&str>]>,
+        y: &mut Y,
+    ) -> Result<()> {
+        let shape = LoraShape::new(m, self.k, self.n);
+        validate_lora_forward(shape, x.len(), None, y.len(), &[])?;
+        let plan = self.state.plan_forward(m, adapter_names)?;
+        match plan {
+            ForwardPlan::Disabled { unmerge } => {
+                if !unmerge.is_empty() {
+                    self.unmerge()?;
+                }
+                self.base_product(x, m, y)
+            }
+            ForwardPlan::Merged => self.base_product(x, m, y),
+            ForwardPlan::Mixed { indices } => {
+                let s = self.gpu.stream().clone();
+                let mut base = s.alloc_zeros::<T>(m * self.n)?;
+                self.base_product(x, m, &mut base)?;
+                let views: Vec<_> = self.adapters.values().map(|a| a.view()).collect();
+                let table = self.gpu.mixed_adapters(&views, self.k, self.n)?;
+                let indices = s.clone_htod(&indices)?;
+                self.gpu
+                    .lora_forward_mixed(x, &base, &table, &indices, shape, y)
+            }
+            ForwardPlan::Active(names) => {
+                self.base_product(x, m, y)?;
+                // Consecutive LoRA adapters go into one fused launch; a DoRA adapter takes the
+                // running result as its base.
+                let mut i = 0;
+                while i < names.len() {
+                    if self.adapters[&names[i]].magnitude.is_some() {
+                        if self.adapters[&names[i]].factor.is_none() {
+                            let factor = self.compute_factor(&names[i])?;
+                            self.adapters
+                                .get_mut(&names[i])
+                                .expect("an active adapter exists")
+                                .factor = factor;
+                        }
+                        let adapter = &self.adapters[&names[i]];
+                        let factor = adapter.factor.as_ref().expect("computed above");
+                        let bias = self.bias.as_ref().map(|b| b.slice(..));
+                        self.gpu.dora_forward_inplace(
+                            x,
+                            bias.as_ref(),
+                            adapter.view(),
+                            factor,
+                            shape,
+                            y,
+                        )?;
+                        i += 1;
+                    } else {
+                        let run = names[i..]
+                            .iter()
+                            .take_while(|name| self.adapters[*name].magnitude.is_none())
+                            .count();
+                        let views: Vec<_> = names[i..i + run]
+                            .iter()
+                            .map(|name| self.adapters[name].view())
+                            .collect();
+                        self.gpu.lora_forward_inplace(x, &views, shape, y)?;
+                        i += run;
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+}

@@ -1,0 +1,252 @@
+//! Layers that follow peft's `Linear.forward` states exactly (`../shared/docs/math.md` §1): a base
+//! weight, named adapters (LoRA or DoRA), the active ones, the merged ones, and a disabled flag.
+//! [`ReferenceLayer`] runs them on the CPU references over a dense base; [`Layer`] runs them on the GPU
+//! over a dense, 4-bit or int8 base. Both take their decisions from one state machine, so they cannot
+//! drift apart.
+//!
+//! Forward, in peft's order:
+//! 1. adapters disabled: unmerge first if anything is merged, then the base alone;
+//! 2. per-row adapter names: the mixed batch (an error if any adapter is merged or a named one is
+//!    DoRA, as in peft; names the layer does not know are skipped, as peft skips them);
+//! 3. something merged: the base alone (the merged weight carries the adapters);
+//! 4. otherwise the base plus every active adapter in order; a DoRA adapter takes the running result
+//!    as its base (peft's behaviour with several active adapters).
+//!
+//! Merging folds adapters into W in order (merging one twice is an error); unmerging undoes every
+//! merged adapter, last merged first (an error when nothing is merged).
+use crate::error::{invalid, Result};
+use std::collections::BTreeMap;
+
+mod gpu;
+mod reference;
+
+pub use gpu::{BaseWeight, Layer};
+pub use reference::ReferenceLayer;
+
+/// One named adapter of a layer, on the host: A `[rank, k]`, B `[n, rank]`, its scale, and the DoRA
+/// magnitude `[n]` when it is a DoRA adapter.
+#[derive(Clone, Debug)]
+pub struct LayerAdapter<T> {
+    /// A, row-major `[rank, k]`.
+    pub lora_a: Vec<T>,
+    /// B, row-major `[n, rank]`.
+    pub lora_b: Vec<T>,
+    /// The rank r.
+    pub rank: usize,
+    /// The scale s.
+    pub scale: f32,
+    /// The DoRA magnitude m `[n]`; `None` for plain LoRA.
+    pub magnitude: Option<Vec<T>>,
+}
+
+/// What a forward does, decided from the layer's state alone.
+#[derive(Debug, PartialEq)]
+pub(crate) enum ForwardPlan {
+    /// Disabled: unmerge these adapters (last merged first), then the base alone.
+    Disabled { unmerge: Vec<String> },
+    /// Per-row adapters: index into the layer's adapters in name order, −1 for the base alone.
+    Mixed { indices: Vec<i32> },
+    /// Something is merged: the base alone.
+    Merged,
+    /// The base plus these adapters, in order.
+    Active(Vec<String>),
+}
+
+/// peft's bookkeeping of a layer's adapters: which exist (and which are DoRA), which are active,
+/// which are merged (in merge order), and whether adapters are disabled.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct LayerState {
+    /// Adapter name -> whether it is a DoRA adapter. Name order is the mixed-batch index order.
+    adapters: BTreeMap<String, bool>,
+    active: Vec<String>,
+    merged: Vec<String>,
+    disabled: bool,
+}
+
+impl LayerState {
+    /// Registers adapter `name` (replacing one of that name unless it is merged).
+    pub(crate) fn add(&mut self, name: &str, dora: bool) -> Result<()> {
+        if self.merged.iter().any(|m| m == name) {
+            return Err(invalid(
+                "name",
+                "an adapter that is not merged (unmerge it first)",
+                name,
+            ));
+        }
+        self.adapters.insert(name.to_string(), dora);
+        Ok(())
+    }
+
+    pub(crate) fn set_active(&mut self, names: &[&str]) -> Result<()> {
+        if let Some(unknown) = names.iter().find(|n| !self.adapters.contains_key(**n)) {
+            return Err(invalid(
+                "names",
+                format!(
+                    "adapters of this layer ({:?})",
+                    self.adapters.keys().collect::<Vec<_>>()
+                ),
+                unknown,
+            ));
+        }
+        self.active = names.iter().map(|s| s.to_string()).collect();
+        Ok(())
+    }
+
+    pub(crate) fn set_disabled(&mut self, disabled: bool) {
+        self.disabled = disabled;
+    }
+
+    pub(crate) fn merged(&self) -> Vec<&str> {
+        self.merged.iter().map(|n| n.as_str()).collect()
+    }
+
+    /// The adapters a merge folds in, in order: `names`, or the active adapters. Fails (changing
+    /// nothing) if one is unknown or already merged.
+    pub(crate) fn plan_merge(&self, names: Option<&[&str]>) -> Result<Vec<String>> {
+        let names: Vec<String> = match names {
+            Some(n) => n.iter().map(|s| s.to_string()).collect(),
+            None => self.active.clone(),
+        };
+        for (i, name) in names.iter().enumerate() {
+            if self.merged.contains(name) || names[..i].contains(name) {
+                return Err(invalid(
+                    "names",
+                    "adapters that are not merged yet (merging twice)",
+                    name,
+                ));
+            }
+            if !self.adapters.contains_key(name) {
+                return Err(invalid("names", "adapters of this layer", name));
+            }
+        }
+        Ok(names)
+    }
+
+    /// Records that `name` is now folded into W.
+    pub(crate) fn merged_one(&mut self, name: String) {
+        self.merged.push(name);
+    }
+
+    /// The adapter an unmerge undoes next (the last merged), or an error when nothing is merged.
+    pub(crate) fn check_unmerge(&self) -> Result<()> {
+        if self.merged.is_empty() {
+            return Err(invalid(
+                "layer",
+                "merged adapters to unmerge",
+                "none merged",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Removes and returns the last merged adapter.
+    pub(crate) fn unmerged_one(&mut self) -> Option<String> {
+        self.merged.pop()
+    }
+
+    /// The forward for `m` rows with optional per-row adapter names (`None`: peft's `"__base__"`).
+    pub(crate) fn plan_forward(
+        &self,
+        m: usize,
+        adapter_names: Option<&[Option<&str>]>,
+    ) -> Result<ForwardPlan> {
+        if self.disabled {
+            let unmerge = self.merged.iter().rev().cloned().collect();
+            return Ok(ForwardPlan::Disabled { unmerge });
+        }
+        if let Some(names) = adapter_names {
+            if names.len() != m {
+                return Err(invalid(
+                    "adapter_names",
+                    format!("{m} entries (one per row)"),
+                    names.len(),
+                ));
+            }
+            if !self.merged.is_empty() {
+                return Err(invalid(
+                    "adapter_names",
+                    "no merged adapters (unmerge before a mixed batch)",
+                    format!("{:?} merged", self.merged),
+                ));
+            }
+            let mut indices = Vec::with_capacity(m);
+            for name in names {
+                let index = match name {
+                    None => -1,
+                    Some(name) => match self.adapters.keys().position(|k| k == name) {
+                        None => -1, // peft skips names it does not know
+                        Some(i) => {
+                            if self.adapters[*name] {
+                                return Err(invalid(
+                                    "adapter_names",
+                                    "LoRA adapters (DoRA does not take mixed batches)",
+                                    name,
+                                ));
+                            }
+                            i as i32
+                        }
+                    },
+                };
+                indices.push(index);
+            }
+            return Ok(ForwardPlan::Mixed { indices });
+        }
+        if !self.merged.is_empty() {
+            return Ok(ForwardPlan::Merged);
+        }
+        Ok(ForwardPlan::Active(self.active.clone()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state() -> LayerState {
+        let mut s = LayerState::default();
+        s.add("b", false).unwrap();
+        s.add("a", true).unwrap();
+        s.set_active(&["b", "a"]).unwrap();
+        s
+    }
+
+    #[test]
+    fn forward_plans_follow_peft_order() {
+        let mut s = state();
+        assert_eq!(
+            s.plan_forward(2, None).unwrap(),
+            ForwardPlan::Active(vec!["b".into(), "a".into()])
+        );
+        // Mixed-batch indices follow name order: "a" is 0, "b" is 1; unknown names are skipped.
+        assert_eq!(
+            s.plan_forward(3, Some(&[Some("b"), None, Some("zzz")]))
+                .unwrap(),
+            ForwardPlan::Mixed {
+                indices: vec![1, -1, -1]
+            }
+        );
+        assert!(s.plan_forward(1, Some(&[Some("a")])).is_err(), "DoRA");
+        assert!(s.plan_forward(2, Some(&[None])).is_err(), "one per row");
+        for name in s.plan_merge(None).unwrap() {
+            s.merged_one(name);
+        }
+        assert_eq!(s.merged(), vec!["b", "a"]);
+        assert_eq!(s.plan_forward(1, None).unwrap(), ForwardPlan::Merged);
+        assert!(s.plan_merge(Some(&["a"])).is_err(), "merging twice");
+        assert!(s.add("a", false).is_err(), "replacing a merged adapter");
+        s.set_disabled(true);
+        assert_eq!(
+            s.plan_forward(1, None).unwrap(),
+            ForwardPlan::Disabled {
+                unmerge: vec!["a".into(), "b".into()]
+            }
+        );
+        assert_eq!(s.unmerged_one().as_deref(), Some("a"));
+        assert_eq!(s.unmerged_one().as_deref(), Some("b"));
+        assert!(s.check_unmerge().is_err());
+        assert!(
+            s.plan_merge(Some(&["b", "b"])).is_err(),
+            "the same adapter twice in one merge"
+        );
+    }
+}
