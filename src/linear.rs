@@ -50,11 +50,19 @@ impl LinearWeight {
     /// parameter structs take them.
     pub(crate) fn fields(&self) -> (LinearWeightFormat, u64, u64, Quant4Weights) {
         match *self {
-            LinearWeight::Dense(w) => (LinearWeightFormat_LINEAR_DENSE, w, 0, Quant4Weights::default()),
+            LinearWeight::Dense(w) => (
+                LinearWeightFormat_LINEAR_DENSE,
+                w,
+                0,
+                Quant4Weights::default(),
+            ),
             LinearWeight::Quant4(q) => (LinearWeightFormat_LINEAR_QUANT4, 0, 0, q),
-            LinearWeight::Int8 { cb, scb } => {
-                (LinearWeightFormat_LINEAR_INT8, cb, scb, Quant4Weights::default())
-            }
+            LinearWeight::Int8 { cb, scb } => (
+                LinearWeightFormat_LINEAR_INT8,
+                cb,
+                scb,
+                Quant4Weights::default(),
+            ),
         }
     }
 
@@ -148,11 +156,7 @@ impl Gpu {
             vector_y: (n % 2 == 0 && y % 4 == 0) as i32,
         };
         let cfg = LaunchConfig {
-            grid_dim: (
-                n.div_ceil(LINEAR_BLOCK_N as usize) as u32,
-                grid_y as u32,
-                1,
-            ),
+            grid_dim: (n.div_ceil(LINEAR_BLOCK_N as usize) as u32, grid_y as u32, 1),
             block_dim: (LINEAR_THREADS, 1, 1),
             shared_mem_bytes: 0,
         };

@@ -9,10 +9,11 @@ mod common;
 use cudarc::driver::{CudaSlice, CudaView};
 use half::{bf16, f16};
 use lora_kernels::dora::reference as dora_reference;
-use lora_kernels::golden::{discover, golden_dir, rel_error, GoldenCase};
+use lora_kernels::golden::{
+    discover, golden_dir, rel_error, AdapterModel, GoldenCase, ModelLayers,
+};
 use lora_kernels::int8::{self, Int8Weight};
 use lora_kernels::lora::reference;
-use lora_kernels::peft::{ModuleAdapter, PeftAdapter};
 use lora_kernels::quant4::{self, Absmax, Quant4Weight, QuantType};
 use lora_kernels::{DType, Element, Gpu, LoraAdapter, LoraShape, Result};
 
@@ -285,125 +286,36 @@ fn mixed_batch_cpu<T: Element>(case: &GoldenCase) -> Result<Check> {
     Ok(check)
 }
 
-/// One adapted module's forward, on the CPU reference or the GPU: `input` [m, in] -> [m, out].
-fn module_forward(
-    gpu: Option<&Gpu>,
-    case: &GoldenCase,
-    module: &ModuleAdapter,
-    input: &[f32],
-) -> Result<Vec<f32>> {
-    let weight: Vec<f32> = case.values(&format!("base.{}.weight", module.name))?;
-    let bias_key = format!("base.{}.bias", module.name);
-    let bias: Option<Vec<f32>> = if case.has(&bias_key) {
-        Some(case.values(&bias_key)?)
-    } else {
-        None
-    };
-    let (k, n) = (module.in_features, module.out_features);
-    let shape = LoraShape::new(input.len() / k, k, n);
-    let base = reference::linear(input, &weight, bias.as_deref(), shape)?;
-    match gpu {
-        None => {
-            let adapter = LoraAdapter::new(
-                &module.lora_a[..],
-                &module.lora_b[..],
-                module.rank,
-                module.scale,
-            );
-            match &module.magnitude {
-                None => reference::lora_forward(input, &base, &[adapter], shape),
-                Some(m) => {
-                    let norm = dora_reference::dora_weight_norm(&weight, adapter, k, n)?;
-                    let factor = dora_reference::dora_factor(m, &norm)?;
-                    dora_reference::dora_forward(
-                        input,
-                        &base,
-                        bias.as_deref(),
-                        adapter,
-                        &factor,
-                        shape,
-                    )
-                }
-            }
-        }
-        Some(gpu) => {
-            let s = gpu.stream();
-            let (x, base_d) = (s.clone_htod(input)?, s.clone_htod(&base)?);
-            let (a, b) = (s.clone_htod(&module.lora_a)?, s.clone_htod(&module.lora_b)?);
-            let adapter = LoraAdapter::new(&a, &b, module.rank, module.scale);
-            let mut y = s.alloc_zeros::<f32>(shape.m * n)?;
-            match &module.magnitude {
-                None => gpu.lora_forward(&x, &base_d, &[adapter], shape, &mut y)?,
-                Some(m) => {
-                    let (w, m) = (s.clone_htod(&weight)?, s.clone_htod(m)?);
-                    let factor = gpu.dora_factor(&w, adapter, &m, k, n)?;
-                    let bias_d = match &bias {
-                        Some(b) => Some(s.clone_htod(b)?),
-                        None => None,
-                    };
-                    let bias_view = bias_d.as_ref().map(|b| b.slice(..));
-                    gpu.dora_forward(
-                        &x,
-                        &base_d,
-                        bias_view.as_ref(),
-                        adapter,
-                        &factor,
-                        shape,
-                        &mut y,
-                    )?;
-                }
-            }
-            Ok(s.clone_dtoh(&y)?)
-        }
-    }
-}
-
-/// An `adapter_dir` case: the peft adapter saved next to it, each module against peft's own output,
-/// then the model `layer(x) = down_proj(relu(up_proj(q_proj(x) + v_proj(x))))` over every layer.
+/// An `adapter_dir` case: the peft adapter saved next to it, every module as a crate layer (the GPU
+/// [`lora_kernels::layer::Layer`] or the CPU reference layer) against peft's own module outputs, then
+/// the model over every layer, unmerged and merged.
 fn adapter_dir(case: &GoldenCase, gpu: Option<&Gpu>) -> Result<Check> {
     let dir = case
         .path
         .parent()
         .expect("an adapter_dir case sits in its adapter's folder");
-    let adapter = PeftAdapter::load(dir)?;
+    let model = AdapterModel::load(dir)?;
+    let mut layers = ModelLayers::new(&model, gpu)?;
     let tol = DType::F32.tolerance();
     let mut check = Check::new();
-    for module in adapter.modules.values() {
-        let input: Vec<f32> = case.values(&format!("{}.input", module.name))?;
-        let out = module_forward(gpu, case, module, &input)?;
+    for name in model.module_names() {
+        let input: Vec<f32> = case.values(&format!("{name}.input"))?;
+        let out = layers.module_forward(&name, &input)?;
         check.compare(
-            &module.name,
+            &name,
             &f64s(&out),
-            &case.values_f64(&format!("{}.output", module.name))?,
+            &case.values_f64(&format!("{name}.output"))?,
             tol,
         );
     }
-    let layers = adapter
-        .modules
-        .keys()
-        .filter(|name| name.ends_with(".q_proj"))
-        .count();
-    let mut h: Vec<f32> = case.values("x")?;
-    let run = |name: String, input: &[f32]| -> Result<Vec<f32>> {
-        let module = adapter
-            .module(&name)
-            .ok_or_else(|| lora_kernels::Error::File {
-                path: dir.display().to_string(),
-                message: format!("no adapter for module `{name}`"),
-            })?;
-        module_forward(gpu, case, module, input)
-    };
-    for layer in 0..layers {
-        let q = run(format!("layers.{layer}.q_proj"), &h)?;
-        let v = run(format!("layers.{layer}.v_proj"), &h)?;
-        let qv: Vec<f32> = q.iter().zip(&v).map(|(a, b)| a + b).collect();
-        let up: Vec<f32> = run(format!("layers.{layer}.up_proj"), &qv)?
-            .into_iter()
-            .map(|u| u.max(0.0))
-            .collect();
-        h = run(format!("layers.{layer}.down_proj"), &up)?;
-    }
-    check.compare("model output", &f64s(&h), &case.values_f64("output")?, tol);
+    let x: Vec<f32> = case.values("x")?;
+    let want = case.values_f64("output")?;
+    let out = model.forward(&x, |name, input| layers.module_forward(name, input))?;
+    check.compare("model output", &f64s(&out), &want, tol);
+    layers.merge(true)?;
+    let merged = model.forward(&x, |name, input| layers.module_forward(name, input))?;
+    check.compare("model output, merged", &f64s(&merged), &want, tol);
+    layers.unmerge()?;
     Ok(check)
 }
 

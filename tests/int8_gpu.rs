@@ -6,9 +6,9 @@ mod common;
 
 use common::{f64s, Rng};
 use half::{bf16, f16};
+use lora_kernels::dora::reference as dora;
 use lora_kernels::golden::rel_error;
 use lora_kernels::int8::reference;
-use lora_kernels::dora::reference as dora;
 use lora_kernels::{Element, Gpu, LoraAdapter, LoraShape};
 
 fn sweep<T: Element>(gpu: &Gpu, seed: u64) {
@@ -120,21 +120,38 @@ fn merge<T: Element>(gpu: &Gpu, seed: u64) {
         let mut norm = s.alloc_zeros::<f32>(n).unwrap();
         gpu.dora_weight_norm_int8(&dev, dev_adapter, &mut norm)
             .unwrap();
-        let got_norm: Vec<f64> = s.clone_dtoh(&norm).unwrap().iter().map(|&v| v as f64).collect();
+        let got_norm: Vec<f64> = s
+            .clone_dtoh(&norm)
+            .unwrap()
+            .iter()
+            .map(|&v| v as f64)
+            .collect();
         let want64: Vec<f64> = want_norm.iter().map(|&v| v as f64).collect();
-        assert!(rel_error(&got_norm, &want64) < 1e-5, "int8 DoRA norm n {n} k {k}");
+        assert!(
+            rel_error(&got_norm, &want64) < 1e-5,
+            "int8 DoRA norm n {n} k {k}"
+        );
         let factor = gpu.dora_factor_int8(&dev, dev_adapter, &md).unwrap();
         let want_factor = dora::dora_factor(&mag, &want_norm).unwrap();
 
         for dora_merge in [false, true] {
-            println!("merge n {n} k {k} rank {rank} dora {dora_merge} {}", T::DTYPE);
+            println!(
+                "merge n {n} k {k} rank {rank} dora {dora_merge} {}",
+                T::DTYPE
+            );
             let f = dora_merge.then_some(&factor);
-            let want = reference::merge_adapter(&q, adapter, dora_merge.then_some(&want_factor[..])).unwrap();
+            let want =
+                reference::merge_adapter(&q, adapter, dora_merge.then_some(&want_factor[..]))
+                    .unwrap();
             let mut dev = gpu.upload_int8(&q).unwrap();
-            gpu.merge_adapter_int8(&mut dev, dev_adapter, f, true).unwrap();
+            gpu.merge_adapter_int8(&mut dev, dev_adapter, f, true)
+                .unwrap();
             let got = gpu.download_int8(&dev).unwrap();
             assert!(
-                got.cb.iter().zip(&want.cb).all(|(g, w)| (*g as i32 - *w as i32).abs() <= 1),
+                got.cb
+                    .iter()
+                    .zip(&want.cb)
+                    .all(|(g, w)| (*g as i32 - *w as i32).abs() <= 1),
                 "merged codes differ by more than one step"
             );
             let scb_err = rel_error(
@@ -143,13 +160,18 @@ fn merge<T: Element>(gpu: &Gpu, seed: u64) {
             );
             assert!(scb_err < 1e-3, "merged SCB rel err {scb_err:.3e}");
             assert_ne!(got.cb, q.cb, "the merge changed the codes");
-            gpu.unmerge_adapter_int8(&mut dev, dev_adapter, f, true).unwrap();
+            gpu.unmerge_adapter_int8(&mut dev, dev_adapter, f, true)
+                .unwrap();
             let back: Vec<f64> = reference::dequantize(&gpu.download_int8(&dev).unwrap())
                 .unwrap()
                 .iter()
                 .map(|&v| v as f64)
                 .collect();
-            let orig: Vec<f64> = reference::dequantize(&q).unwrap().iter().map(|&v| v as f64).collect();
+            let orig: Vec<f64> = reference::dequantize(&q)
+                .unwrap()
+                .iter()
+                .map(|&v| v as f64)
+                .collect();
             let err = rel_error(&back, &orig);
             assert!(err < 2e-2, "unmerge round trip rel err {err:.3e}");
         }

@@ -1,10 +1,17 @@
-//! The reference layer follows peft's forward states: the shipped adapters reproduce peft's module
-//! outputs through it, merging changes W but not the output, unmerging restores W, disabling gives the
-//! base, and the state errors peft raises are errors here.
-use lora_kernels::golden::{golden_dir, rel_error, GoldenCase};
-use lora_kernels::layer::{LayerAdapter, ReferenceLayer};
+//! The layers follow peft's forward states: the shipped adapters reproduce peft's module outputs
+//! through the CPU reference layer and the GPU layer, merging changes W but not the output, unmerging
+//! restores W, disabling gives the base, the state errors peft raises are errors here, and GPU layers
+//! over the golden 4-bit and int8 bases reproduce peft's outputs. The GPU tests print
+//! `SKIPPED: no CUDA device` without a GPU; they fail instead with `LORA_KERNELS_REQUIRE_GPU=1`.
+mod common;
+
+use half::{bf16, f16};
+use lora_kernels::golden::{golden_dir, rel_error, AdapterModel, GoldenCase};
+use lora_kernels::int8::Int8Weight;
+use lora_kernels::layer::{BaseWeight, Layer, LayerAdapter, ReferenceLayer};
 use lora_kernels::peft::PeftAdapter;
-use lora_kernels::Error;
+use lora_kernels::quant4::Quant4Weight;
+use lora_kernels::{Element, Error, Gpu};
 
 fn f64s(v: &[f32]) -> Vec<f64> {
     v.iter().map(|&x| x as f64).collect()
@@ -152,4 +159,162 @@ fn mixed_batch_rows_pick_their_adapter() {
         &base[2 * n..],
         "an unknown name is skipped, as in peft"
     );
+}
+
+/// Module `name` of a shipped adapter folder as a GPU layer.
+fn gpu_module_layer(gpu: &Gpu, folder: &str, name: &str) -> Layer<f32> {
+    let model = AdapterModel::load(&golden_dir().join(folder)).unwrap();
+    let m = model.module(name).unwrap();
+    let (weight, bias) = model.base_weight(name).unwrap();
+    let mut layer =
+        Layer::dense(gpu, &weight, bias.as_deref(), m.in_features, m.out_features).unwrap();
+    layer
+        .add_adapter("default", &model.layer_adapter(name).unwrap())
+        .unwrap();
+    layer.set_active(&["default"]).unwrap();
+    layer
+}
+
+fn gpu_forward(
+    gpu: &Gpu,
+    layer: &mut Layer<f32>,
+    x: &[f32],
+    m: usize,
+    names: Option<&[Option<&str>]>,
+) -> Vec<f32> {
+    let s = gpu.stream();
+    let mut y = s.alloc_zeros::<f32>(m * layer.out_features()).unwrap();
+    layer
+        .forward(&s.clone_htod(x).unwrap(), m, names, &mut y)
+        .unwrap();
+    s.clone_dtoh(&y).unwrap()
+}
+
+fn dense_weight(gpu: &Gpu, layer: &Layer<f32>) -> Vec<f32> {
+    match layer.base() {
+        BaseWeight::Dense(w) => gpu.stream().clone_dtoh(w).unwrap(),
+        other => panic!("a dense base, not {other:?}"),
+    }
+}
+
+/// The GPU layer through the same states as the reference layer: peft's outputs unmerged and merged,
+/// W restored by unmerge, a disabled forward unmerging first, and mixed batches row by row.
+#[test]
+fn gpu_layer_follows_peft_states() {
+    let Some(gpu) = common::gpu() else { return };
+    for folder in ["adapter_lora", "adapter_dora"] {
+        for name in ["layers.0.q_proj", "layers.0.up_proj", "layers.1.down_proj"] {
+            let (mut cpu, x, want) = module_layer(folder, name);
+            let mut layer = gpu_module_layer(&gpu, folder, name);
+            let m = 3;
+            let original = dense_weight(&gpu, &layer);
+            let y = gpu_forward(&gpu, &mut layer, &x, m, None);
+            assert!(rel_error(&f64s(&y), &want) < 1e-5, "{folder} {name}");
+            layer.merge(None, true).unwrap();
+            cpu.merge(None, true).unwrap();
+            assert!(
+                rel_error(&f64s(&dense_weight(&gpu, &layer)), &f64s(cpu.weight())) < 1e-6,
+                "{folder} {name}: merged W"
+            );
+            let merged = gpu_forward(&gpu, &mut layer, &x, m, None);
+            assert!(
+                rel_error(&f64s(&merged), &want) < 1e-5,
+                "{folder} {name} merged"
+            );
+            layer.unmerge().unwrap();
+            assert!(
+                rel_error(&f64s(&dense_weight(&gpu, &layer)), &f64s(&original)) < 1e-6,
+                "unmerge restores W"
+            );
+            layer.merge(None, true).unwrap();
+            layer.set_disabled(true);
+            let base = gpu_forward(&gpu, &mut layer, &x, m, None);
+            assert!(
+                layer.merged().is_empty(),
+                "a disabled forward unmerges first"
+            );
+            cpu.set_disabled(true);
+            let cpu_base = cpu.forward(&x, m, None).unwrap();
+            assert!(
+                rel_error(&f64s(&base), &f64s(&cpu_base)) < 1e-6,
+                "disabled: the base"
+            );
+            layer.set_disabled(false);
+            if folder == "adapter_lora" {
+                let names = [None, Some("default"), Some("unknown")];
+                let rows = gpu_forward(&gpu, &mut layer, &x, m, Some(&names));
+                cpu.set_disabled(false);
+                let cpu_rows = cpu.forward(&x, m, Some(&names)).unwrap();
+                assert!(
+                    rel_error(&f64s(&rows), &f64s(&cpu_rows)) < 1e-5,
+                    "mixed batch"
+                );
+            }
+        }
+    }
+}
+
+/// GPU layers over the golden 4-bit and int8 bases, as bitsandbytes saved them, reproduce peft's
+/// QLoRA/QDoRA and 8-bit LoRA/DoRA outputs (the DoRA factor read straight from the codes); merging an
+/// adapter into the int8 base (requantising) keeps the output within int8 rounding of peft's.
+#[test]
+fn gpu_layers_on_quantised_bases_match_peft() {
+    let Some(gpu) = common::gpu() else { return };
+    fn run<T: Element>(gpu: &Gpu, file: &str) {
+        let case = GoldenCase::load(&golden_dir().join(file)).unwrap();
+        let bytes = std::fs::read(&case.path).unwrap();
+        let origin = case.path.display().to_string();
+        let bias: Option<Vec<T>> = case
+            .has("base.bias")
+            .then(|| case.values("base.bias").unwrap());
+        let int8 = case.meta("quant").unwrap() == "int8";
+        let mut layer = if int8 {
+            let w = Int8Weight::from_state_dict(&bytes, "base.", &origin).unwrap();
+            Layer::<T>::int8(gpu, &w, bias.as_deref()).unwrap()
+        } else {
+            let w = Quant4Weight::from_state_dict(&bytes, "base.", &origin).unwrap();
+            Layer::<T>::quant4(gpu, &w, bias.as_deref()).unwrap()
+        };
+        let adapter = LayerAdapter {
+            lora_a: case.values("lora_A").unwrap(),
+            lora_b: case.values("lora_B").unwrap(),
+            rank: case.shape("lora_A").unwrap()[0],
+            scale: case.scaling().unwrap() as f32,
+            magnitude: case
+                .has("magnitude")
+                .then(|| case.values("magnitude").unwrap()),
+        };
+        layer.add_adapter("default", &adapter).unwrap();
+        layer.set_active(&["default"]).unwrap();
+        let x: Vec<T> = case.values("x").unwrap();
+        let m = case.shape("x").unwrap()[0];
+        let s = gpu.stream();
+        let mut y = s.alloc_zeros::<T>(m * layer.out_features()).unwrap();
+        let xd = s.clone_htod(&x).unwrap();
+        layer.forward(&xd, m, None, &mut y).unwrap();
+        let want = case.values_f64("output").unwrap();
+        // As in the golden CPU path: bitsandbytes' 8-bit base inside peft is ~2 ulps off its own.
+        let tol = T::DTYPE.tolerance() * if int8 { 2.5 } else { 1.0 };
+        let err = rel_error(&common::f64s(&s.clone_dtoh(&y).unwrap()), &want);
+        assert!(
+            err <= tol,
+            "{file}: rel err {err:.3e} (tolerance {tol:.1e})"
+        );
+        if int8 {
+            layer.merge(None, true).unwrap();
+            layer.forward(&xd, m, None, &mut y).unwrap();
+            let err = rel_error(&common::f64s(&s.clone_dtoh(&y).unwrap()), &want);
+            assert!(err <= 2e-2, "{file} merged into int8: rel err {err:.3e}");
+            layer.unmerge().unwrap();
+        } else {
+            assert!(
+                layer.merge(None, true).is_err(),
+                "no merge into a 4-bit base"
+            );
+        }
+    }
+    run::<f32>(&gpu, "qlora_nf4_f32.safetensors");
+    run::<bf16>(&gpu, "qdora_nf4_bf16.safetensors");
+    run::<f16>(&gpu, "lora_int8_f16.safetensors");
+    run::<f16>(&gpu, "dora_int8_f16.safetensors");
 }

@@ -7,9 +7,9 @@ mod common;
 
 use common::{f64s, Rng};
 use half::{bf16, f16};
+use lora_kernels::dora::reference as dora;
 use lora_kernels::golden::rel_error;
 use lora_kernels::quant4::{reference, QuantType};
-use lora_kernels::dora::reference as dora;
 use lora_kernels::{Element, Gpu, LoraAdapter};
 
 /// One weight: (n, k, blocksize, quant type, double quantisation).
@@ -43,7 +43,12 @@ fn check<T: Element>(gpu: &Gpu, rng: &mut Rng, (n, k, blocksize, qt, dq): Case, 
     let mut norm = s.alloc_zeros::<f32>(n).unwrap();
     gpu.dora_weight_norm_quant4(&dev, LoraAdapter::new(&ad, &bd, rank, 2.0), &mut norm)
         .unwrap();
-    let got_norm: Vec<f64> = s.clone_dtoh(&norm).unwrap().iter().map(|&v| v as f64).collect();
+    let got_norm: Vec<f64> = s
+        .clone_dtoh(&norm)
+        .unwrap()
+        .iter()
+        .map(|&v| v as f64)
+        .collect();
     let want64: Vec<f64> = want_norm.iter().map(|&v| v as f64).collect();
     let err = rel_error(&got_norm, &want64);
     assert!(err < 1e-5, "4-bit DoRA norm: rel err {err:.3e}");

@@ -1,13 +1,13 @@
 //! GPU launches of the DoRA row passes (`kernels/dora.cu`) and the DoRA forward (the fused LoRA
 //! kernel with the DoRA epilogue, `kernels/lora_forward.cu`).
 use super::validate_rows;
-use crate::lora::{at_least, validate_dims};
 use crate::device::{Gpu, KernelModule};
 use crate::error::{invalid, Result};
-use crate::lora::gpu::DoraEpilogue;
-use crate::lora::{validate_bias, validate_lora_forward, AdapterLens, LoraAdapter, LoraShape};
 use crate::int8::Int8Device;
 use crate::linear::LinearWeight;
+use crate::lora::gpu::DoraEpilogue;
+use crate::lora::{at_least, validate_dims};
+use crate::lora::{validate_bias, validate_lora_forward, AdapterLens, LoraAdapter, LoraShape};
 use crate::quant4::Quant4Device;
 use crate::sys::{
     DoraRowOp, DoraRowOp_DORA_ROW_FACTOR, DoraRowOp_DORA_ROW_MERGE, DoraRowOp_DORA_ROW_NORM,
@@ -519,7 +519,15 @@ impl Gpu {
             };
             self.launch_rows::<T>(&RowPass {
                 requantize: Some((cb, scb)),
-                ..RowPass::raw(LinearWeight::Dense(w), 0, 0, &no_adapter, k, n, DoraRowOp_DORA_ROW_MERGE)
+                ..RowPass::raw(
+                    LinearWeight::Dense(w),
+                    0,
+                    0,
+                    &no_adapter,
+                    k,
+                    n,
+                    DoraRowOp_DORA_ROW_MERGE,
+                )
             })?;
         }
         Ok(out)

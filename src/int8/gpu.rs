@@ -44,7 +44,11 @@ impl Gpu {
     /// Copies an int8 weight back to the host (e.g. after a merge on the GPU). Synchronises the stream.
     pub fn download_int8(&self, weight: &Int8Device) -> Result<Int8Weight> {
         let s = self.stream();
-        let cb = s.clone_dtoh(&weight.cb)?.into_iter().map(|c| c as i8).collect();
+        let cb = s
+            .clone_dtoh(&weight.cb)?
+            .into_iter()
+            .map(|c| c as i8)
+            .collect();
         Ok(Int8Weight {
             shape: weight.shape,
             cb,

@@ -225,7 +225,10 @@ impl<T: Element> Layer<T> {
                     self.gpu
                         .merge_adapter(w, view, factor.as_ref(), self.k, self.n, safe)?
                 }
-                BaseWeight::Int8(q) => self.gpu.merge_adapter_int8(q, view, factor.as_ref(), safe)?,
+                BaseWeight::Int8(q) => {
+                    self.gpu
+                        .merge_adapter_int8(q, view, factor.as_ref(), safe)?
+                }
                 BaseWeight::Quant4(_) => unreachable!("refused above"),
             }
             self.forget_factors();

@@ -35,7 +35,12 @@ impl<T> LayerAdapter<T> {
 }
 
 /// Checks a dense base W `[n, k]` and its bias `[n]`.
-pub(crate) fn validate_base<T>(weight_len: usize, bias: Option<&[T]>, k: usize, n: usize) -> Result<()> {
+pub(crate) fn validate_base<T>(
+    weight_len: usize,
+    bias: Option<&[T]>,
+    k: usize,
+    n: usize,
+) -> Result<()> {
     validate_dims(&[("k", k), ("n", n)])?;
     if weight_len != n * k {
         return Err(invalid(
@@ -98,6 +103,16 @@ impl<T: Element> ReferenceLayer<T> {
         self.state.set_disabled(disabled);
     }
 
+    /// Input features k.
+    pub fn in_features(&self) -> usize {
+        self.k
+    }
+
+    /// Output features n.
+    pub fn out_features(&self) -> usize {
+        self.n
+    }
+
     /// The base weight as it is now (with merged adapters folded in).
     pub fn weight(&self) -> &[T] {
         &self.weight
@@ -132,7 +147,13 @@ impl<T: Element> ReferenceLayer<T> {
             } else {
                 dora::dora_merged_weight_unchecked
             };
-            self.weight = merge(&self.weight, adapter.view(), factor.as_deref(), self.k, self.n)?;
+            self.weight = merge(
+                &self.weight,
+                adapter.view(),
+                factor.as_deref(),
+                self.k,
+                self.n,
+            )?;
             if let Some(f) = factor {
                 self.merged_factors.insert(name.clone(), f);
             }

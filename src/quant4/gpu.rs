@@ -3,10 +3,10 @@
 use super::{Absmax, Quant4Weight};
 use crate::device::{Gpu, KernelModule};
 use crate::error::{invalid, Result};
+use crate::linear::{LinearWeight, GEMV_MAX_M};
 use crate::lora::{validate_bias, validate_lora_forward, LoraShape};
 use crate::sys::{Quant4Params, Quant4Weights, QUANT4_THREADS};
 use crate::Element;
-use crate::linear::{LinearWeight, GEMV_MAX_M};
 use cudarc::driver::{
     CudaSlice, CudaStream, CudaView, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig,
     PushKernelArg, SyncOnDrop,

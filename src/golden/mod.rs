@@ -1,5 +1,8 @@
 //! Golden cases: outputs of the real peft and bitsandbytes, stored as safetensors files
 //! (`tests/data/golden/`, see its README). Used by the golden tests and the quickstart.
+mod model;
+pub use model::{AdapterModel, ModelLayers};
+
 use crate::error::{file_error, Result};
 use crate::{DType, Element};
 use safetensors::{Dtype as StDtype, SafeTensors};
