@@ -1,8 +1,10 @@
-//! Quantised-weight products at decode sizes (bf16 activations; K=4096/N=14336 and K=8192/N=28672;
-//! M = 1, 4, 16), timed with CUDA events in one run:
+//! Quantised-weight products from decode to prefill sizes (bf16 activations; K=4096/N=14336 and
+//! K=8192/N=28672; M = 1, 4, 16 on the GEMV kernels, M = 32, 64, 4096 on the tiled kernel), timed with
+//! CUDA events in one run:
 //!
 //! - `Gpu::quant4_linear` on NF4 (blocksize 64, plain and double-quantised absmax),
 //! - `Gpu::int8_linear` (weight-only),
+//! - `Gpu::linear`, the crate's tiled dense product (the base of its layers),
 //! - cuBLAS bf16 on the dense weight (the baseline), and NF4 dequantise-then-cuBLAS.
 //!
 //! Reported: time, achieved GB/s over the bytes the kernel must move (packed weight + absmax + x + y)
@@ -22,7 +24,7 @@ use lora_kernels::{DType, Gpu};
 use std::time::Duration;
 
 const SHAPES: &[(usize, usize)] = &[(4096, 14336), (8192, 28672)];
-const MS: &[usize] = &[1, 4, 16];
+const MS: &[usize] = &[1, 4, 16, 32, 64, 4096];
 
 fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
     let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
@@ -118,6 +120,10 @@ fn gpu_benches(c: &mut Criterion, gpu: &Gpu) {
             let int8_ms = time_ms(&s, 20, 15, || {
                 gpu.int8_linear(&x, &int8, None, m, &mut y).unwrap()
             });
+            let dense_ms = time_ms(&s, 20, 15, || {
+                let shape = lora_kernels::LoraShape::new(m, k, n);
+                gpu.linear(&x, &dense, None, shape, &mut y).unwrap()
+            });
             let deq_ms = time_ms(&s, 10, 15, || {
                 gpu.quant4_dequantize(&plain, &mut scratch).unwrap();
                 unsafe { blas.gemm(cfg, &scratch, &x, &mut y).unwrap() };
@@ -134,6 +140,7 @@ fn gpu_benches(c: &mut Criterion, gpu: &Gpu) {
                 nf4_ms,
                 nf4_dq_ms,
                 int8_ms,
+                dense_ms,
                 deq_ms,
                 nf4_bytes,
                 nf4_dq_bytes,
@@ -154,13 +161,25 @@ fn gpu_benches(c: &mut Criterion, gpu: &Gpu) {
         gpu.name()
     );
     println!(
-        "{:>3} {:>5} {:>6} {:>9} {:>8} {:>6} {:>9} {:>6} {:>8} {:>6} {:>10}",
-        "M", "K", "N", "cuBLAS us", "nf4 us", "x", "nf4dq us", "x", "int8 us", "x", "deq+gemm"
+        "{:>4} {:>5} {:>6} {:>9} {:>8} {:>6} {:>9} {:>6} {:>8} {:>6} {:>8} {:>6} {:>10}",
+        "M",
+        "K",
+        "N",
+        "cuBLAS us",
+        "nf4 us",
+        "x",
+        "nf4dq us",
+        "x",
+        "int8 us",
+        "x",
+        "dense us",
+        "x",
+        "deq+gemm"
     );
     let mut json = Vec::new();
-    for (m, k, n, cb, q, qd, i8, dq, qb, qdb, ib) in &rows {
+    for (m, k, n, cb, q, qd, i8, dn, dq, qb, qdb, ib) in &rows {
         println!(
-            "{m:>3} {k:>5} {n:>6} {:>9.2} {:>8.2} {:>5.2}x {:>9.2} {:>5.2}x {:>8.2} {:>5.2}x {:>10.2}",
+            "{m:>4} {k:>5} {n:>6} {:>9.2} {:>8.2} {:>5.2}x {:>9.2} {:>5.2}x {:>8.2} {:>5.2}x {:>8.2} {:>5.2}x {:>10.2}",
             cb * 1e3,
             q * 1e3,
             cb / q,
@@ -168,6 +187,8 @@ fn gpu_benches(c: &mut Criterion, gpu: &Gpu) {
             cb / qd,
             i8 * 1e3,
             cb / i8,
+            dn * 1e3,
+            cb / dn,
             dq * 1e3
         );
         println!(
@@ -181,7 +202,7 @@ fn gpu_benches(c: &mut Criterion, gpu: &Gpu) {
             100.0 * ib / (i8 * 1e-3) / 1e9 / copy_gbs
         );
         json.push(format!(
-            "{{\"m\":{m},\"k\":{k},\"n\":{n},\"cublas_ms\":{cb},\"nf4_ms\":{q},\"nf4_dq_ms\":{qd},\"int8_ms\":{i8},\"dequant_gemm_ms\":{dq}}}"
+            "{{\"m\":{m},\"k\":{k},\"n\":{n},\"cublas_ms\":{cb},\"nf4_ms\":{q},\"nf4_dq_ms\":{qd},\"int8_ms\":{i8},\"dense_linear_ms\":{dn},\"dequant_gemm_ms\":{dq}}}"
         ));
     }
     if let Ok(path) = std::env::var("LORA_KERNELS_BENCH_OUT") {

@@ -4,7 +4,15 @@
 # racecheck over the GPU tests at small sizes; the benchmark sweep; the peers' baseline (peft, cuBLAS)
 # in the same run. Full logs go to $OUT (default ./gpu-check-out); a short table comes last.
 # One refused tool (sanitizer "Device not supported") is reported and the rest carries on.
+#
+#   bash gpu-check.sh [all|tests|sanitize|bench]     (default: all)
+#
+# A device call may run 10 minutes at most: `tests` then `sanitize bench` fit two calls. No step starts
+# once GPU_CHECK_BUDGET_S seconds (default 540) have passed; skipped steps are listed as such.
 set -uo pipefail
+mode="${1:-all}"
+budget="${GPU_CHECK_BUDGET_S:-540}"
+wants() { [ "$mode" = all ] || [[ " $mode " == *" $1 "* ]]; }
 here="$(cd "$(dirname "$0")" && pwd)"
 out="${OUT:-$PWD/gpu-check-out}"
 mkdir -p "$out"
@@ -28,6 +36,12 @@ say "libcublas: $(for d in ${LD_LIBRARY_PATH//:/ }; do ls "$d"/libcublas.so* 2>/
 step() { # name, timeout, command...
     local name=$1 limit=$2; shift 2
     local t0=$SECONDS
+    if [ $((SECONDS + 10)) -gt "$budget" ]; then
+        summary+=("$(printf '%-28s %-24s' "$name" "SKIPPED (time budget)")")
+        say "-- $name: skipped, ${SECONDS}s of ${budget}s used"
+        return
+    fi
+    [ $((SECONDS + limit)) -gt "$budget" ] && limit=$((budget - SECONDS))
     say "== $name: $*"
     timeout "$limit" "$@" >"$out/step.log" 2>&1
     local rc=$?
@@ -40,6 +54,7 @@ step() { # name, timeout, command...
     say "-- $name: $verdict"
 }
 
+if wants tests; then
 step "golden" 60 "$here/bin/golden"
 step "lora_gpu" 120 "$here/bin/lora_gpu" --test-threads=1
 step "dora_gpu" 120 "$here/bin/dora_gpu" --test-threads=1
@@ -50,8 +65,10 @@ step "linear_gpu" 120 "$here/bin/linear_gpu" --test-threads=1
 step "layer" 60 "$here/bin/layer" --test-threads=1
 step "errors" 30 "$here/bin/errors"
 step "quickstart" 30 "$here/bin/quickstart" "$here/golden"
+fi
 cs=/usr/local/cuda/bin/compute-sanitizer
 command -v compute-sanitizer >/dev/null && cs=compute-sanitizer
+if wants sanitize; then
 export LORA_KERNELS_SMALL=1
 step "memcheck golden" 90 "$cs" --tool memcheck --error-exitcode 9 "$here/bin/golden"
 step "memcheck lora_gpu" 150 "$cs" --tool memcheck --error-exitcode 9 "$here/bin/lora_gpu" --test-threads=1
@@ -60,8 +77,12 @@ step "memcheck quant4_gpu" 150 "$cs" --tool memcheck --error-exitcode 9 "$here/b
 step "memcheck int8_gpu" 150 "$cs" --tool memcheck --error-exitcode 9 "$here/bin/int8_gpu" --test-threads=1
 step "memcheck mixed_gpu" 150 "$cs" --tool memcheck --error-exitcode 9 "$here/bin/mixed_gpu" --test-threads=1
 step "memcheck linear_gpu" 150 "$cs" --tool memcheck --error-exitcode 9 "$here/bin/linear_gpu" --test-threads=1
+step "memcheck layer" 120 "$cs" --tool memcheck --error-exitcode 9 "$here/bin/layer" --test-threads=1
+step "racecheck int8 merge" 120 "$cs" --tool racecheck --error-exitcode 9 "$here/bin/int8_gpu" --test-threads=1 int8_merge_f32
 step "racecheck lora_gpu" 120 "$cs" --tool racecheck --error-exitcode 9 "$here/bin/lora_gpu" --test-threads=1 repeated_launches
 unset LORA_KERNELS_SMALL
+fi
+if wants bench; then
 LORA_KERNELS_BENCH_OUT="$out/bench.json" step "bench lora_forward" 150 "$here/bin/bench_lora_forward" --bench
 cp "$out/step.log" "$out/bench.log"
 LORA_KERNELS_BENCH_OUT="$out/bench_dora.json" step "bench dora" 150 "$here/bin/bench_dora" --bench
@@ -71,6 +92,7 @@ sed -n '/^quantised products vs cuBLAS/,$p' "$out/step.log" >>"$out/bench_dora_t
 if [ -f "$here/peer_baseline.py" ]; then
     PYTHONUNBUFFERED=1 step "peers (peft, cuBLAS)" 150 python3 "$here/peer_baseline.py" --quick --out "$out/peer.json"
     cp "$out/step.log" "$out/peer.log"
+fi
 fi
 rm -f "$out/step.log"
 
