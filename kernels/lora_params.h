@@ -99,6 +99,39 @@ typedef struct Quant4Params {
     int32_t vector_k;
 } Quant4Params;
 
+/* The 4-bit quantiser (kernels/quant4.cu), as bitsandbytes quantises:
+ *   quant4_quantize_T       one block per absmax block: absmax = max |x| (f32 [blocks] into `absmax`),
+ *                           y = x * (1 / max(absmax, 1e-38)) (true division in a partial last block),
+ *                           clamped to [-1, 1], coded (NF4: thresholds at the code midpoints; FP4:
+ *                           bitsandbytes' decision tree), packed first element high; an odd element
+ *                           count pads the last byte with the code of 0.
+ *   quant4_nested_offset    one block: offset = mean(absmax) (f64 sum) into `offset`.
+ *   quant4_nested_quantize  one block per nested block of 256: (absmax - offset) / its absmax coded to
+ *                           the nearest of the 256-entry dynamic map, into `nested_codes` (u8 [blocks])
+ *                           and `nested_absmax` (f32). */
+#define QUANT4_NESTED_BLOCKSIZE 256
+typedef enum Quant4Type { QUANT4_NF4 = 0, QUANT4_FP4 = 1 } Quant4Type;
+typedef struct Quant4QuantizeParams {
+    /* element type [numel]. */
+    uint64_t input;
+    /* u8 [(numel + 1) / 2]. */
+    uint64_t packed;
+    /* f32 [blocks]. */
+    uint64_t absmax;
+    /* f32 [1]. */
+    uint64_t offset;
+    /* f32 [256], sorted. */
+    uint64_t nested_code;
+    uint64_t nested_codes;
+    uint64_t nested_absmax;
+    int64_t numel;
+    int32_t blocksize;
+    int32_t blocks;
+    int32_t quant_type;
+    /* The 16-entry code table of quant_type (NF4's thresholds are its midpoints). */
+    float code[16];
+} Quant4QuantizeParams;
+
 /* LLM.int8 weight-only product (kernels/int8.cu): y = x * (CB * SCB / 127)^T + bias, CB int8 [n, k],
  * SCB f32 [n], x [m, k], y [m, n] (bias 0: none). */
 #define INT8_THREADS 256

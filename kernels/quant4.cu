@@ -1,7 +1,11 @@
-// bitsandbytes 4-bit (NF4/FP4) weights on the fly, never materialising the dequantised weight:
+// bitsandbytes 4-bit (NF4/FP4) weights: the quantiser, and products on the fly that never materialise
+// the dequantised weight:
 //   quant4_dequantize_T  out[i] = T(code[q_i] * absmax[i / blocksize])           (f32 multiply, one rounding)
 //   quant4_linear_T      y[r, j] = sum_c x[r, c] * code[q_(j,c)] * absmax(j, c) + bias[j]
 // absmax is plain f32 per block, or double-quantised: nested_code[u8] * nested_absmax[block / 256] + offset.
+//
+//   quant4_quantize_T and quant4_nested_*: the quantiser (see Quant4QuantizeParams), byte-exact with
+//   the CPU reference: one block per absmax block, then the double quantisation of the absmax.
 //
 // How the work is split. Dequantize: one thread per packed byte (two elements). Linear (the GEMV path
 // for decode, any m): one warp per output row j, 8 rows per block; each lane walks the row's packed
@@ -12,7 +16,8 @@
 //
 // Bytes moved by linear: the packed weight once per pass (n * k / 2), the absmax (a byte or a float per
 // block), x from L1/L2 (m * k elements, shared by the block's 8 warps), y once. At m = 1 the packed
-// weight dominates: 4x fewer bytes than a bf16 weight. A tensor-core GEMM for large m is open work.
+// weight dominates: 4x fewer bytes than a bf16 weight. Large m goes to the tiled tensor-core kernel of
+// kernels/linear.cu instead (the host switches above 8 rows).
 #include "common.cuh"
 #include "lora_params.h"
 
@@ -105,7 +110,107 @@ template <typename T> __device__ void linear(const Quant4Params &p) {
     }
 }
 
+// The 4-bit code of y in [-1, 1] (see quantize_value in src/quant4/reference.rs).
+__device__ __forceinline__ uint8_t quantize_value(int quant_type, const float *code, float y) {
+    if (quant_type == QUANT4_NF4) {
+        uint8_t q = 0;
+#pragma unroll
+        for (int i = 0; i < 15; ++i) q += y > (code[i] + code[i + 1]) / 2.0f;
+        return q;
+    }
+    const float a = fabsf(y);
+    uint8_t m;
+    if (a > 0.29166667f) {
+        m = a > 0.583333f ? (a > 0.8333333f ? 0b011 : 0b010) : (a > 0.4166667f ? 0b101 : 0b100);
+    } else if (a > 0.0859375f) {
+        m = a > 0.20833333f ? 0b111 : 0b110;
+    } else {
+        m = a > 0.00260417f ? 0b001 : 0b000;
+    }
+    return m | (y < 0.0f ? 8 : 0);
+}
+
+// Block max of v over the kThreads threads (every thread gets it).
+__device__ __forceinline__ float block_max(float v, float *scratch) {
+#pragma unroll
+    for (int off = 16; off > 0; off /= 2) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, off));
+    __syncthreads();  // scratch is free
+    if (threadIdx.x % 32 == 0) scratch[threadIdx.x / 32] = v;
+    __syncthreads();
+    v = scratch[0];
+#pragma unroll
+    for (int w = 1; w < kThreads / 32; ++w) v = fmaxf(v, scratch[w]);
+    return v;
+}
+
+// One absmax block per thread block: pairs of elements (2i, 2i + 1) of the block per thread and step.
+template <typename T> __device__ void quantize(const Quant4QuantizeParams &p) {
+    __shared__ float code[16];
+    __shared__ float scratch[kThreads / 32];
+    if (threadIdx.x < 16) code[threadIdx.x] = p.code[threadIdx.x];  // published by block_max's barriers
+    const long long start = (long long)blockIdx.x * p.blocksize;
+    const int len = (int)min((long long)p.blocksize, p.numel - start);
+    const T *in = reinterpret_cast<const T *>(p.input) + start;
+    float amax = 0.0f;
+    for (int i = threadIdx.x; i < len; i += kThreads) amax = fmaxf(amax, fabsf(Element<T>::to_f32(in[i])));
+    amax = block_max(amax, scratch);
+    if (threadIdx.x == 0) reinterpret_cast<float *>(p.absmax)[blockIdx.x] = amax;
+    const bool full = len == p.blocksize;
+    const float inv = 1.0f / fmaxf(amax, 1e-38f);
+    auto code_of = [&](int i) -> uint8_t {
+        if (i >= len) return quantize_value(p.quant_type, code, 0.0f);  // the pad of an odd count
+        const float v = Element<T>::to_f32(in[i]);
+        const float y = full ? v * inv : __fdiv_rn(v, fmaxf(amax, 1e-38f));
+        return quantize_value(p.quant_type, code, fminf(fmaxf(y, -1.0f), 1.0f));
+    };
+    uint8_t *packed = reinterpret_cast<uint8_t *>(p.packed) + start / 2;  // blocksize is even
+    for (int b = threadIdx.x; 2 * b < len; b += kThreads) packed[b] = (uint8_t)((code_of(2 * b) << 4) | code_of(2 * b + 1));
+}
+
+// offset = mean(absmax): one block, f64 partial sums.
+__device__ void nested_offset(const Quant4QuantizeParams &p) {
+    __shared__ double sums[kThreads];
+    const float *absmax = reinterpret_cast<const float *>(p.absmax);
+    double sum = 0.0;
+    for (int i = threadIdx.x; i < p.blocks; i += kThreads) sum += absmax[i];
+    sums[threadIdx.x] = sum;
+    __syncthreads();
+    for (int half = kThreads / 2; half > 0; half /= 2) {
+        if (threadIdx.x < half) sums[threadIdx.x] += sums[threadIdx.x + half];
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) *reinterpret_cast<float *>(p.offset) = (float)(sums[0] / p.blocks);
+}
+
+// One nested block of 256 absmax values per thread block, one value per thread.
+static_assert(kThreads == QUANT4_NESTED_BLOCKSIZE, "one thread per nested value and map entry");
+__device__ void nested_quantize(const Quant4QuantizeParams &p) {
+    __shared__ float map[256];
+    __shared__ float scratch[kThreads / 32];
+    map[threadIdx.x] = reinterpret_cast<const float *>(p.nested_code)[threadIdx.x];
+    const int i = blockIdx.x * QUANT4_NESTED_BLOCKSIZE + threadIdx.x;
+    const float offset = *reinterpret_cast<const float *>(p.offset);
+    const float v = i < p.blocks ? reinterpret_cast<const float *>(p.absmax)[i] - offset : 0.0f;
+    const float amax = block_max(fabsf(v), scratch);  // its barriers also publish map[]
+    if (threadIdx.x == 0) reinterpret_cast<float *>(p.nested_absmax)[blockIdx.x] = amax;
+    if (i >= p.blocks) return;
+    const float y = __fdiv_rn(v, fmaxf(amax, 1e-38f));
+    // The code is the number of midpoints below y: binary search for the first midpoint >= y.
+    int lo = 0, hi = 255;  // midpoints t_j = (map[j] + map[j + 1]) / 2, j < 255
+    while (lo < hi) {
+        const int mid = (lo + hi) / 2;
+        if (y > (map[mid] + map[mid + 1]) / 2.0f) lo = mid + 1; else hi = mid;
+    }
+    reinterpret_cast<uint8_t *>(p.nested_codes)[i] = (uint8_t)lo;
+}
+
 }  // namespace
+
+extern "C" __global__ void __launch_bounds__(kThreads) quant4_quantize_f32(const Quant4QuantizeParams p) { quantize<float>(p); }
+extern "C" __global__ void __launch_bounds__(kThreads) quant4_quantize_f16(const Quant4QuantizeParams p) { quantize<__half>(p); }
+extern "C" __global__ void __launch_bounds__(kThreads) quant4_quantize_bf16(const Quant4QuantizeParams p) { quantize<__nv_bfloat16>(p); }
+extern "C" __global__ void __launch_bounds__(kThreads) quant4_nested_offset(const Quant4QuantizeParams p) { nested_offset(p); }
+extern "C" __global__ void __launch_bounds__(kThreads) quant4_nested_quantize(const Quant4QuantizeParams p) { nested_quantize(p); }
 
 #define QUANT4_ENTRIES(SUFFIX, T)                                                                              \
     extern "C" __global__ void __launch_bounds__(kThreads) quant4_dequantize_##SUFFIX(const Quant4Params p) { \

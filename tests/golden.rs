@@ -534,6 +534,27 @@ fn quant4_gpu<T: Element>(gpu: &Gpu, case: &GoldenCase) -> Result<Check> {
         &case.values_f64("dequantized")?,
         0.0,
     );
+    // The GPU quantiser on bitsandbytes' input: its bytes are bitsandbytes'.
+    let double_quant = matches!(w.absmax, Absmax::Nested { .. });
+    let input = s.clone_htod(&case.values::<T>("weight")?)?;
+    let mine = gpu.download_quant4(&gpu.quantize_quant4(
+        &input,
+        w.shape,
+        w.blocksize,
+        w.quant_type,
+        double_quant,
+    )?)?;
+    check.require(
+        "GPU-quantised packed bytes",
+        quant4::reference::same_codes(w.quant_type, &mine.packed, &w.packed),
+    );
+    let as64 = |v: Vec<f32>| v.into_iter().map(|x| x as f64).collect::<Vec<_>>();
+    check.compare(
+        "GPU-quantised absmax",
+        &as64(mine.absmax.values()),
+        &as64(w.absmax.values()),
+        if double_quant { 1e-2 } else { 0.0 },
+    );
     Ok(check)
 }
 

@@ -9,7 +9,7 @@ use common::{f64s, Rng};
 use half::{bf16, f16};
 use lora_kernels::dora::reference as dora;
 use lora_kernels::golden::rel_error;
-use lora_kernels::quant4::{reference, QuantType};
+use lora_kernels::quant4::{reference, Absmax, QuantType};
 use lora_kernels::{Element, Gpu, LoraAdapter};
 
 /// One weight: (n, k, blocksize, quant type, double quantisation).
@@ -119,5 +119,76 @@ fn quant4_f16() {
 fn quant4_bf16() {
     if let Some(gpu) = common::gpu() {
         sweep::<bf16>(&gpu, 23);
+    }
+}
+
+/// The GPU quantiser against the CPU reference: packed bytes and plain absmax bit for bit (a zero
+/// block and an odd element count included); double-quantised codes within one step (the offset's f64
+/// sum runs in another order), scales to f32 rounding.
+fn quantizer<T: Element>(gpu: &Gpu, seed: u64) {
+    let s = gpu.stream();
+    let mut rng = Rng::new(seed);
+    for &(n, k, blocksize, qt, dq) in &[
+        (7usize, 33usize, 32usize, QuantType::Nf4, false),
+        (64, 128, 64, QuantType::Fp4, false),
+        (96, 256, 64, QuantType::Nf4, true),
+        (33, 4096, 4096, QuantType::Fp4, true),
+        (300, 512, 128, QuantType::Nf4, true),
+    ] {
+        println!(
+            "quantise n {n} k {k} blocksize {blocksize} {qt:?} double_quant {dq} {}",
+            T::DTYPE
+        );
+        let mut w: Vec<T> = rng.vec(n * k, 0.1);
+        w[..blocksize.min(n * k)].fill(T::from_f64(0.0)); // an all-zero block
+        let want = reference::quantize(&w, [n, k], blocksize, qt, dq).unwrap();
+        let dev = gpu
+            .quantize_quant4(&s.clone_htod(&w).unwrap(), [n, k], blocksize, qt, dq)
+            .unwrap();
+        let got = gpu.download_quant4(&dev).unwrap();
+        assert_eq!(got.packed, want.packed, "packed bytes");
+        match (&got.absmax, &want.absmax) {
+            (Absmax::Plain(g), Absmax::Plain(w)) => assert_eq!(g, w, "absmax"),
+            (
+                Absmax::Nested {
+                    codes: gc,
+                    nested_absmax: ga,
+                    offset: go,
+                    ..
+                },
+                Absmax::Nested {
+                    codes: wc,
+                    nested_absmax: wa,
+                    offset: wo,
+                    ..
+                },
+            ) => {
+                assert!((go - wo).abs() <= 1e-6 * wo.abs(), "offset {go} vs {wo}");
+                assert!(
+                    gc.iter()
+                        .zip(wc)
+                        .all(|(a, b)| (*a as i32 - *b as i32).abs() <= 1),
+                    "codes"
+                );
+                let g64: Vec<f64> = ga.iter().map(|&v| v as f64).collect();
+                let w64: Vec<f64> = wa.iter().map(|&v| v as f64).collect();
+                assert!(rel_error(&g64, &w64) < 1e-5, "nested absmax");
+            }
+            _ => panic!("absmax kinds differ"),
+        }
+    }
+}
+
+#[test]
+fn quant4_quantize_f32() {
+    if let Some(gpu) = common::gpu() {
+        quantizer::<f32>(&gpu, 24);
+    }
+}
+
+#[test]
+fn quant4_quantize_bf16() {
+    if let Some(gpu) = common::gpu() {
+        quantizer::<bf16>(&gpu, 25);
     }
 }

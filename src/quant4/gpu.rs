@@ -1,24 +1,31 @@
 //! GPU launches of the 4-bit kernels (`kernels/quant4.cu`): dequantise, and the dequant-on-the-fly
 //! product `y = x · dequant(W)ᵀ + bias`.
-use super::{Absmax, Quant4Weight};
+use super::{validate_blocksize, Absmax, Quant4Weight, QuantType};
 use crate::device::{Gpu, KernelModule};
 use crate::error::{invalid, Result};
 use crate::linear::{LinearWeight, GEMV_MAX_M};
+use crate::lora::{at_least, validate_dims};
 use crate::lora::{validate_bias, validate_lora_forward, LoraShape};
-use crate::sys::{Quant4Params, Quant4Weights, QUANT4_THREADS};
-use crate::Element;
+use crate::sys::{
+    Quant4Params, Quant4QuantizeParams, Quant4Type_QUANT4_FP4, Quant4Type_QUANT4_NF4,
+    Quant4Weights, QUANT4_NESTED_BLOCKSIZE, QUANT4_THREADS,
+};
+use crate::{DType, Element};
 use cudarc::driver::{
     CudaSlice, CudaStream, CudaView, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig,
     PushKernelArg, SyncOnDrop,
 };
 use std::sync::Arc;
 
-// SAFETY: plain C struct of integers and floats, laid out by bindgen from kernels/lora_params.h.
+// SAFETY: plain C structs of integers and floats, laid out by bindgen from kernels/lora_params.h.
 unsafe impl DeviceRepr for Quant4Params {}
+unsafe impl DeviceRepr for Quant4QuantizeParams {}
 
 /// A 4-bit weight on the GPU, as bitsandbytes lays it out (see [`Quant4Weight`]).
 #[derive(Debug)]
 pub struct Quant4Device {
+    quant_type: QuantType,
+    dtype: DType,
     packed: CudaSlice<u8>,
     absmax: CudaSlice<u8>,
     nested_absmax: Option<CudaSlice<f32>>,
@@ -103,6 +110,8 @@ impl Gpu {
             ),
         };
         Ok(Quant4Device {
+            quant_type: weight.quant_type,
+            dtype: weight.dtype,
             packed: s.clone_htod(&weight.packed)?,
             absmax,
             nested_absmax,
@@ -113,6 +122,161 @@ impl Gpu {
             blocksize: weight.blocksize,
             shape: weight.shape,
         })
+    }
+
+    /// Quantises W `[n, k]` (row-major, `T`) to bitsandbytes' 4-bit format on the GPU, byte for byte
+    /// as [`super::reference::quantize`] does (and so as bitsandbytes does, see there for the one
+    /// documented difference: an all-zero block): absmax per `blocksize` elements of the flattened
+    /// weight, codes packed first element high, and with `double_quant` the absmax quantised to 8 bits
+    /// in blocks of 256 against the dynamic map, plus the offset (the mean absmax, which is read back
+    /// to the host: double quantisation synchronises the stream once).
+    pub fn quantize_quant4<T: Element, W: DevicePtr<T>>(
+        &self,
+        weight: &W,
+        shape: [usize; 2],
+        blocksize: usize,
+        quant_type: QuantType,
+        double_quant: bool,
+    ) -> Result<Quant4Device> {
+        validate_blocksize(blocksize)?;
+        let [n, k] = shape;
+        validate_dims(&[("shape[0]", n), ("shape[1]", k)])?;
+        let numel = n * k;
+        at_least("weight", weight.len(), Some(numel), &format!("{shape:?}"))?;
+        self.check_dtype(T::DTYPE, "the 4-bit quantiser")?;
+        let blocks = numel.div_ceil(blocksize);
+        if blocks > i32::MAX as usize {
+            return Err(invalid(
+                "shape",
+                format!("at most {} absmax blocks", i32::MAX),
+                blocks,
+            ));
+        }
+        let s = self.stream().clone();
+        let mut packed = s.alloc_zeros::<u8>(numel.div_ceil(2))?;
+        // The f32 absmax, as the raw bytes the kernels read for a plain absmax (the allocation is
+        // 256-byte aligned).
+        let mut absmax_f32 = s.alloc_zeros::<u8>(4 * blocks)?;
+        let nested_blocks = blocks.div_ceil(QUANT4_NESTED_BLOCKSIZE as usize);
+        let mut params = Quant4QuantizeParams {
+            numel: numel as i64,
+            blocksize: blocksize as i32,
+            blocks: blocks as i32,
+            quant_type: match quant_type {
+                QuantType::Nf4 => Quant4Type_QUANT4_NF4,
+                QuantType::Fp4 => Quant4Type_QUANT4_FP4,
+            } as i32,
+            code: *quant_type.code(),
+            ..Default::default()
+        };
+        {
+            let (input, _gi) = weight.device_ptr(&s);
+            let (p, _gp) = packed.device_ptr_mut(&s);
+            let (a, _ga) = absmax_f32.device_ptr_mut(&s);
+            params.input = input;
+            params.packed = p;
+            params.absmax = a;
+            self.launch_quantize(
+                &format!("quant4_quantize_{}", T::DTYPE.name()),
+                &params,
+                blocks,
+            )?;
+        }
+        let (absmax, nested_absmax, nested_code, offset) = if double_quant {
+            let map = super::reference::dynamic_map();
+            let nested_code = s.clone_htod(&map)?;
+            let mut offset = s.alloc_zeros::<f32>(1)?;
+            let mut codes = s.alloc_zeros::<u8>(blocks)?;
+            let mut nested_absmax = s.alloc_zeros::<f32>(nested_blocks)?;
+            {
+                let (a, _ga) = absmax_f32.device_ptr(&s);
+                let (o, _go) = offset.device_ptr_mut(&s);
+                let (c, _gc) = nested_code.device_ptr(&s);
+                let (q, _gq) = codes.device_ptr_mut(&s);
+                let (na, _gn) = nested_absmax.device_ptr_mut(&s);
+                let nested = Quant4QuantizeParams {
+                    absmax: a,
+                    offset: o,
+                    nested_code: c,
+                    nested_codes: q,
+                    nested_absmax: na,
+                    ..params
+                };
+                self.launch_quantize("quant4_nested_offset", &nested, 1)?;
+                self.launch_quantize("quant4_nested_quantize", &nested, nested_blocks)?;
+            }
+            let offset = s.clone_dtoh(&offset)?[0];
+            (codes, Some(nested_absmax), Some(nested_code), offset)
+        } else {
+            (absmax_f32, None, None, 0.0)
+        };
+        Ok(Quant4Device {
+            quant_type,
+            dtype: T::DTYPE,
+            packed,
+            absmax,
+            nested_absmax,
+            nested_code,
+            code: *quant_type.code(),
+            offset,
+            nested_blocksize: if double_quant {
+                QUANT4_NESTED_BLOCKSIZE as usize
+            } else {
+                0
+            },
+            blocksize,
+            shape,
+        })
+    }
+
+    /// Copies a 4-bit weight back to the host in bitsandbytes' layout. Synchronises the stream.
+    pub fn download_quant4(&self, weight: &Quant4Device) -> Result<Quant4Weight> {
+        let s = self.stream();
+        let absmax = match (&weight.nested_absmax, &weight.nested_code) {
+            (Some(nested_absmax), Some(nested_code)) => Absmax::Nested {
+                codes: s.clone_dtoh(&weight.absmax)?,
+                nested_absmax: s.clone_dtoh(nested_absmax)?,
+                nested_code: s.clone_dtoh(nested_code)?,
+                nested_blocksize: weight.nested_blocksize,
+                offset: weight.offset,
+            },
+            _ => Absmax::Plain(
+                s.clone_dtoh(&weight.absmax)?
+                    .chunks_exact(4)
+                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                    .collect(),
+            ),
+        };
+        Ok(Quant4Weight {
+            quant_type: weight.quant_type,
+            blocksize: weight.blocksize,
+            shape: weight.shape,
+            dtype: weight.dtype,
+            packed: s.clone_dtoh(&weight.packed)?,
+            absmax,
+            code: weight.code,
+        })
+    }
+
+    fn launch_quantize(
+        &self,
+        kernel: &str,
+        params: &Quant4QuantizeParams,
+        grid: usize,
+    ) -> Result<()> {
+        let stream = self.stream().clone();
+        let (func, _) = self.kernel(KernelModule::Quant4, kernel, QUANT4_THREADS)?;
+        let cfg = LaunchConfig {
+            grid_dim: (grid.max(1) as u32, 1, 1),
+            block_dim: (QUANT4_THREADS, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let mut launch = stream.launch_builder(&func);
+        launch.arg(params);
+        // SAFETY: the input holds numel elements, packed (numel + 1) / 2 bytes, absmax `blocks` f32,
+        // the nested buffers `blocks` codes, ceil(blocks / 256) scales, 256 map entries and 1 offset.
+        unsafe { launch.launch(cfg) }?;
+        Ok(())
     }
 
     /// `out = dequant(W)` [n, k] in `T`: one f32 multiply per element, rounded once (bitsandbytes'

@@ -9,6 +9,7 @@ pub const LORA_MAX_LAUNCH_ADAPTERS: u32 = 8;
 pub const LORA_FORWARD_THREADS: u32 = 256;
 pub const LORA_FORWARD_N_TILE: u32 = 64;
 pub const QUANT4_THREADS: u32 = 256;
+pub const QUANT4_NESTED_BLOCKSIZE: u32 = 256;
 pub const INT8_THREADS: u32 = 256;
 pub const MIXED_THREADS: u32 = 256;
 pub const MIXED_N_TILE: u32 = 256;
@@ -185,6 +186,54 @@ const _: () = {
     ["Offset of field: Quant4Params::m"][::core::mem::offset_of!(Quant4Params, m) - 144usize];
     ["Offset of field: Quant4Params::vector_k"]
         [::core::mem::offset_of!(Quant4Params, vector_k) - 148usize];
+};
+pub const Quant4Type_QUANT4_NF4: Quant4Type = 0;
+pub const Quant4Type_QUANT4_FP4: Quant4Type = 1;
+pub type Quant4Type = ::core::ffi::c_uint;
+#[repr(C)]
+#[derive(Debug, Default, Copy, Clone)]
+pub struct Quant4QuantizeParams {
+    pub input: u64,
+    pub packed: u64,
+    pub absmax: u64,
+    pub offset: u64,
+    pub nested_code: u64,
+    pub nested_codes: u64,
+    pub nested_absmax: u64,
+    pub numel: i64,
+    pub blocksize: i32,
+    pub blocks: i32,
+    pub quant_type: i32,
+    pub code: [f32; 16usize],
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of Quant4QuantizeParams"][::core::mem::size_of::<Quant4QuantizeParams>() - 144usize];
+    ["Alignment of Quant4QuantizeParams"][::core::mem::align_of::<Quant4QuantizeParams>() - 8usize];
+    ["Offset of field: Quant4QuantizeParams::input"]
+        [::core::mem::offset_of!(Quant4QuantizeParams, input) - 0usize];
+    ["Offset of field: Quant4QuantizeParams::packed"]
+        [::core::mem::offset_of!(Quant4QuantizeParams, packed) - 8usize];
+    ["Offset of field: Quant4QuantizeParams::absmax"]
+        [::core::mem::offset_of!(Quant4QuantizeParams, absmax) - 16usize];
+    ["Offset of field: Quant4QuantizeParams::offset"]
+        [::core::mem::offset_of!(Quant4QuantizeParams, offset) - 24usize];
+    ["Offset of field: Quant4QuantizeParams::nested_code"]
+        [::core::mem::offset_of!(Quant4QuantizeParams, nested_code) - 32usize];
+    ["Offset of field: Quant4QuantizeParams::nested_codes"]
+        [::core::mem::offset_of!(Quant4QuantizeParams, nested_codes) - 40usize];
+    ["Offset of field: Quant4QuantizeParams::nested_absmax"]
+        [::core::mem::offset_of!(Quant4QuantizeParams, nested_absmax) - 48usize];
+    ["Offset of field: Quant4QuantizeParams::numel"]
+        [::core::mem::offset_of!(Quant4QuantizeParams, numel) - 56usize];
+    ["Offset of field: Quant4QuantizeParams::blocksize"]
+        [::core::mem::offset_of!(Quant4QuantizeParams, blocksize) - 64usize];
+    ["Offset of field: Quant4QuantizeParams::blocks"]
+        [::core::mem::offset_of!(Quant4QuantizeParams, blocks) - 68usize];
+    ["Offset of field: Quant4QuantizeParams::quant_type"]
+        [::core::mem::offset_of!(Quant4QuantizeParams, quant_type) - 72usize];
+    ["Offset of field: Quant4QuantizeParams::code"]
+        [::core::mem::offset_of!(Quant4QuantizeParams, code) - 76usize];
 };
 #[repr(C)]
 #[derive(Debug, Default, Copy, Clone)]
