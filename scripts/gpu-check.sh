@@ -84,11 +84,13 @@ unset LORA_KERNELS_SMALL
 fi
 if wants bench; then
 LORA_KERNELS_BENCH_OUT="$out/bench.json" step "bench lora_forward" 150 "$here/bin/bench_lora_forward" --bench
-cp "$out/step.log" "$out/bench.log"
+sed -n '/^fused LoRA forward vs unfused/,$p' "$out/step.log" >"$out/bench_table.txt"
 LORA_KERNELS_BENCH_OUT="$out/bench_dora.json" step "bench dora" 150 "$here/bin/bench_dora" --bench
-sed -n '/^DoRA weight norm, bf16/,$p' "$out/step.log" >"$out/bench_dora_table.txt"
+sed -n '/^DoRA weight norm, bf16/,$p' "$out/step.log" >>"$out/bench_table.txt"
 LORA_KERNELS_BENCH_OUT="$out/bench_quantized.json" step "bench quantized" 150 "$here/bin/bench_quantized" --bench
-sed -n '/^quantised products vs cuBLAS/,$p' "$out/step.log" >>"$out/bench_dora_table.txt"
+sed -n '/^quantised products vs cuBLAS/,$p' "$out/step.log" >>"$out/bench_table.txt"
+LORA_KERNELS_BENCH_OUT="$out/bench_adapters.json" step "bench adapters" 150 "$here/bin/bench_adapters" --bench
+sed -n '/^mixed batch (4 adapters/,$p' "$out/step.log" >>"$out/bench_table.txt"
 if [ -f "$here/peer_baseline.py" ]; then
     PYTHONUNBUFFERED=1 step "peers (peft, cuBLAS)" 150 python3 "$here/peer_baseline.py" --quick --out "$out/peer.json"
     cp "$out/step.log" "$out/peer.log"
@@ -99,11 +101,10 @@ rm -f "$out/step.log"
 {
     echo
     echo "== benchmark table"
-    sed -n '/^fused LoRA forward vs unfused/,$p' "$out/bench.log" 2>/dev/null
-    cat "$out/bench_dora_table.txt" 2>/dev/null
+    cat "$out/bench_table.txt" 2>/dev/null
     echo
     echo "== summary ($(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null), $(date -u +%F))"
     printf '%s\n' "${summary[@]}"
 } | tee -a "$log" >"$out/summary.txt"
-rm -f "$out/bench_dora_table.txt"  # now in summary.txt (at most 8 files come back)
+rm -f "$out/bench_table.txt"  # now in summary.txt (at most 8 files come back)
 cat "$out/summary.txt"
