@@ -50,3 +50,20 @@ __device__ __forceinline__ void warp_sum_store_rows(float (&acc)[kRows], int row
             if (r < rows) y[(size_t)(row0 + r) * ld + j] = Element<T>::from_f32(acc[r] * scale + b);
     }
 }
+
+// Max of v over the block's kThreads threads (a multiple of 32); every thread gets it. `scratch` holds
+// kThreads / 32 floats of shared memory. Contains barriers: call from every thread.
+template <int kThreads> __device__ __forceinline__ float block_max(float v, float *scratch) {
+#pragma unroll
+    for (int off = 16; off > 0; off /= 2) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, off));
+    __syncthreads();  // scratch is free
+    if (threadIdx.x % 32 == 0) scratch[threadIdx.x / 32] = v;
+    __syncthreads();
+    v = scratch[0];
+#pragma unroll
+    for (int w = 1; w < kThreads / 32; ++w) v = fmaxf(v, scratch[w]);
+    return v;
+}
+
+// v rounded to f16 and back (bitsandbytes' int8 paths see activations and weights in f16).
+__device__ __forceinline__ float round_to_f16(float v) { return __half2float(__float2half_rn(v)); }

@@ -1,4 +1,6 @@
-// LLM.int8 weight-only product, the decode path: y[r, j] = SCB[j] / 127 * sum_c x[r, c] * CB[j, c] + bias[j],
+// bitsandbytes' 8-bit weights (CB int8 [n, k], SCB f32 [n]).
+//
+// int8_linear_T: the weight-only product, the decode path: y[r, j] = SCB[j] / 127 * sum_c x[r, c] * CB[j, c] + bias[j],
 // never materialising the dequantised weight (bitsandbytes' weight-only dequantisation is
 // CB * SCB * f32(1/127) per element; here the row scale is applied once to the f32 sum).
 //
@@ -9,6 +11,11 @@
 //
 // Bytes moved: CB once per pass (n * k), SCB (4 n), x from L1/L2 (m * k elements, shared by the block's
 // warps), y once: at m = 1 half the bytes of a bf16 weight.
+// int8_llm_*: LLM.int8 as bitsandbytes runs it on CUDA, with its outlier threshold (see Int8LlmParams in
+// lora_params.h): activations quantised row-wise to int8 (outlier columns excluded), int8 x int8 ->
+// int32 on tensor cores over 64 x 128 tiles of y in 64-byte K slices (CA and CB once per tile pair from
+// L2, CB read once per 64 rows of x from HBM), both scales and the f16 rounding in the epilogue, then
+// the outlier columns added in the input dtype against their dequantised weights.
 #include "common.cuh"
 #include "lora_params.h"
 
@@ -56,7 +63,196 @@ template <typename T> __device__ void int8_linear(const Int8LinearParams &p) {
     }
 }
 
+// ---- LLM.int8 (see Int8LlmParams in lora_params.h) ----
+
+__device__ __forceinline__ bool is_outlier(float v, float threshold) { return threshold > 0.0f && fabsf(v) >= threshold; }
+
+template <typename T> __device__ void llm_outliers(const Int8LlmParams &p) {
+    __shared__ float scratch[kThreads / 32];
+    const int i = blockIdx.x;
+    const T *x = reinterpret_cast<const T *>(p.x) + (size_t)i * p.k;
+    uint8_t *flags = reinterpret_cast<uint8_t *>(p.flags);
+    float amax = 0.0f;
+    for (int c = threadIdx.x; c < p.k; c += kThreads) {
+        const float v = round_to_f16(Element<T>::to_f32(x[c]));
+        if (is_outlier(v, p.threshold)) {
+            flags[c] = 1;
+        } else {
+            amax = fmaxf(amax, fabsf(v));
+        }
+    }
+    amax = block_max<kThreads>(amax, scratch);
+    if (threadIdx.x == 0) reinterpret_cast<float *>(p.sca)[i] = amax;
+}
+
+// One block: a block-wide scan of the flags, kThreads columns per step, in increasing order.
+__device__ void llm_columns(const Int8LlmParams &p) {
+    __shared__ unsigned int warp_counts[kThreads / 32];
+    __shared__ unsigned int base;
+    const uint8_t *flags = reinterpret_cast<const uint8_t *>(p.flags);
+    unsigned int *cols = reinterpret_cast<unsigned int *>(p.cols);
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+    if (threadIdx.x == 0) base = 0;
+    for (int c0 = 0; c0 < p.k; c0 += kThreads) {
+        const int c = c0 + threadIdx.x;
+        const bool flagged = c < p.k && flags[c];
+        const unsigned int ballot = __ballot_sync(0xffffffffu, flagged);
+        __syncthreads();  // base is published, warp_counts is free
+        if (lane == 0) warp_counts[warp] = __popc(ballot);
+        __syncthreads();
+        unsigned int offset = base + __popc(ballot & ((1u << lane) - 1u));
+        for (int w = 0; w < warp; ++w) offset += warp_counts[w];
+        if (flagged) cols[1 + offset] = (unsigned int)c;
+        __syncthreads();  // everyone has read base
+        if (threadIdx.x == 0)
+            for (int w = 0; w < kThreads / 32; ++w) base += warp_counts[w];
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) cols[0] = base;
+}
+
+template <typename T> __device__ void llm_quantize(const Int8LlmParams &p) {
+    const int i = blockIdx.x;
+    const T *x = reinterpret_cast<const T *>(p.x) + (size_t)i * p.k;
+    const uint8_t *flags = reinterpret_cast<const uint8_t *>(p.flags);
+    const float amax = reinterpret_cast<const float *>(p.sca)[i];
+    int8_t *ca = reinterpret_cast<int8_t *>(p.ca) + (size_t)i * p.ca_stride;
+    for (int c = threadIdx.x; c < p.ca_stride; c += kThreads) {
+        int8_t q = 0;
+        if (c < p.k) {
+            const float v = round_to_f16(Element<T>::to_f32(x[c]));
+            const bool zeroed = is_outlier(v, p.threshold) || (p.m > 1 && flags[c]) || amax == 0.0f;
+            if (!zeroed) q = (int8_t)fminf(fmaxf(rintf(v * (127.0f / amax)), -127.0f), 127.0f);
+        }
+        ca[c] = q;
+    }
+}
+
+constexpr int kLlmBM = INT8_LLM_BLOCK_M;
+constexpr int kLlmBN = INT8_LLM_BLOCK_N;
+constexpr int kLlmBK = INT8_LLM_BLOCK_K;
+
+// Rows padded by 16 bytes (80-byte stride): the warp's 32-bit fragment reads hit 32 banks, and rows
+// stay 16-byte aligned for the vector stores.
+struct LlmTiles {
+    int8_t a[kLlmBM][kLlmBK + 16];
+    int8_t w[kLlmBN][kLlmBK + 16];
+};
+
+// d += a * b, m16n8k32, s8 x s8 -> s32. With g = lane / 4, t = lane % 4 (PTX ISA): a0 = A[g][4t..4t+3],
+// a1 = A[g+8][4t..], a2 = A[g][16+4t..], a3 = A[g+8][16+4t..]; b0 = B[4t..4t+3][g], b1 = B[16+4t..][g];
+// d0, d1 = D[g][2t, 2t+1], d2, d3 = D[g+8][2t, 2t+1].
+__device__ __forceinline__ void mma_s8_16832(int (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+    asm volatile("mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+                 : "+r"(d[0]), "+r"(d[1]), "+r"(d[2]), "+r"(d[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// One block per 64 x 128 tile of y; 8 warps as 2 x 4, each a 32 x 32 warp tile of m16n8k32 blocks.
+template <typename T> __device__ void llm_gemm(const Int8LlmParams &p) {
+    __shared__ __align__(16) LlmTiles s;
+    const int col0 = blockIdx.x * kLlmBN, row0 = blockIdx.y * kLlmBM;
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const int wm = warp / 4, wn = warp % 4, g = lane / 4, t = lane % 4;
+    const int8_t *ca = reinterpret_cast<const int8_t *>(p.ca);
+    const int8_t *cb = reinterpret_cast<const int8_t *>(p.cb);
+    int acc[2][4][4] = {};
+    for (int k0 = 0; k0 < p.ca_stride; k0 += kLlmBK) {
+        __syncthreads();  // the previous products are done with s
+        {   // CA: 64 rows x 64 bytes, one 16-byte word per thread (rows padded to 16, zero beyond).
+            const int r = threadIdx.x / 4, c = k0 + (threadIdx.x % 4) * 16;
+            uint4 v = make_uint4(0, 0, 0, 0);
+            if (row0 + r < p.m && c < p.ca_stride) v = __ldg(reinterpret_cast<const uint4 *>(ca + (size_t)(row0 + r) * p.ca_stride + c));
+            *reinterpret_cast<uint4 *>(&s.a[r][(threadIdx.x % 4) * 16]) = v;
+        }
+        for (int e = threadIdx.x; e < kLlmBN * 4; e += kThreads) {  // CB: 128 rows x 64 bytes
+            const int r = e / 4, c16 = (e % 4) * 16, c = k0 + c16, row = col0 + r;
+            uint4 v = make_uint4(0, 0, 0, 0);
+            if (row < p.n) {
+                const int8_t *src = cb + (size_t)row * p.k + c;
+                if (p.vector_cb) {
+                    if (c < p.k) v = __ldg(reinterpret_cast<const uint4 *>(src));
+                } else {
+                    union {
+                        uint4 word;
+                        int8_t bytes[16];
+                    } u;
+#pragma unroll
+                    for (int b = 0; b < 16; ++b) u.bytes[b] = c + b < p.k ? src[b] : (int8_t)0;
+                    v = u.word;
+                }
+            }
+            *reinterpret_cast<uint4 *>(&s.w[r][c16]) = v;
+        }
+        __syncthreads();
+#pragma unroll
+        for (int kk = 0; kk < kLlmBK; kk += 32) {
+            uint32_t a[2][4], b[4][2];
+#pragma unroll
+            for (int mb = 0; mb < 2; ++mb) {
+                const int r = wm * 32 + mb * 16 + g;
+                a[mb][0] = *reinterpret_cast<const uint32_t *>(&s.a[r][kk + 4 * t]);
+                a[mb][1] = *reinterpret_cast<const uint32_t *>(&s.a[r + 8][kk + 4 * t]);
+                a[mb][2] = *reinterpret_cast<const uint32_t *>(&s.a[r][kk + 16 + 4 * t]);
+                a[mb][3] = *reinterpret_cast<const uint32_t *>(&s.a[r + 8][kk + 16 + 4 * t]);
+            }
+#pragma unroll
+            for (int nb = 0; nb < 4; ++nb) {
+                const int c = wn * 32 + nb * 8 + g;
+                b[nb][0] = *reinterpret_cast<const uint32_t *>(&s.w[c][kk + 4 * t]);
+                b[nb][1] = *reinterpret_cast<const uint32_t *>(&s.w[c][kk + 16 + 4 * t]);
+            }
+#pragma unroll
+            for (int mb = 0; mb < 2; ++mb)
+#pragma unroll
+                for (int nb = 0; nb < 4; ++nb) mma_s8_16832(acc[mb][nb], a[mb], b[nb][0], b[nb][1]);
+        }
+    }
+
+    const T *x = reinterpret_cast<const T *>(p.x);
+    const T *bias = reinterpret_cast<const T *>(p.bias);
+    const float *sca = reinterpret_cast<const float *>(p.sca);
+    const float *scb = reinterpret_cast<const float *>(p.scb);
+    const unsigned int *cols = reinterpret_cast<const unsigned int *>(p.cols);
+    const unsigned int outliers = cols[0];
+    T *y = reinterpret_cast<T *>(p.y);
+#pragma unroll
+    for (int mb = 0; mb < 2; ++mb)
+#pragma unroll
+        for (int nb = 0; nb < 4; ++nb)
+#pragma unroll
+            for (int q = 0; q < 4; ++q) {
+                const int row = row0 + wm * 32 + mb * 16 + g + 8 * (q / 2);
+                const int col = col0 + wn * 32 + nb * 8 + 2 * t + (q % 2);
+                if (row >= p.m || col >= p.n) continue;
+                const float s_col = scb[col];
+                float v = round_to_f16((float)acc[mb][nb][q] * sca[row] * s_col * 6.200012e-05f);
+                if (bias) v += Element<T>::to_f32(bias[col]);
+                for (unsigned int o = 0; o < outliers; ++o) {
+                    const unsigned int c = cols[1 + o];
+                    const float w = Element<T>::to_f32(Element<T>::from_f32((float)cb[(size_t)col * p.k + c] * s_col / 127.0f));
+                    v = fmaf(Element<T>::to_f32(x[(size_t)row * p.k + c]), w, v);
+                }
+                y[(size_t)row * p.n + col] = Element<T>::from_f32(v);
+            }
+}
+
 }  // namespace
+
+extern "C" __global__ void __launch_bounds__(kThreads) int8_llm_columns(const Int8LlmParams p) { llm_columns(p); }
+#define INT8_LLM_ENTRIES(SUFFIX, T)                                                                                  \
+    extern "C" __global__ void __launch_bounds__(kThreads) int8_llm_outliers_##SUFFIX(const Int8LlmParams p) {     \
+        llm_outliers<T>(p);                                                                                      \
+    }                                                                                                            \
+    extern "C" __global__ void __launch_bounds__(kThreads) int8_llm_quantize_##SUFFIX(const Int8LlmParams p) {     \
+        llm_quantize<T>(p);                                                                                      \
+    }                                                                                                            \
+    extern "C" __global__ void __launch_bounds__(kThreads, 2) int8_llm_gemm_##SUFFIX(const Int8LlmParams p) {      \
+        llm_gemm<T>(p);                                                                                          \
+    }
+INT8_LLM_ENTRIES(f32, float)
+INT8_LLM_ENTRIES(f16, __half)
+INT8_LLM_ENTRIES(bf16, __nv_bfloat16)
 
 extern "C" __global__ void __launch_bounds__(kThreads, 2) int8_linear_f32(const Int8LinearParams p) { int8_linear<float>(p); }
 extern "C" __global__ void __launch_bounds__(kThreads, 2) int8_linear_f16(const Int8LinearParams p) { int8_linear<__half>(p); }

@@ -148,6 +148,48 @@ typedef struct Int8LinearParams {
     int32_t vector_k;
 } Int8LinearParams;
 
+/* LLM.int8 as bitsandbytes runs it on CUDA (kernels/int8.cu, the int8_llm_* kernels):
+ *   int8_llm_outliers_T  one block per row i of x: xh = f16(x); SCA[i] = max |xh| over the row's
+ *                        non-outliers (|xh| < threshold, or all with threshold 0); flags[c] = 1 for
+ *                        every column holding an outlier;
+ *   int8_llm_columns     one block: the flagged columns in increasing order into cols[1..], count
+ *                        into cols[0];
+ *   int8_llm_quantize_T  one block per row: CA[i, c] = round-half-even(xh * 127 / SCA[i]), 0 for an
+ *                        outlier, for a flagged column when m > 1, and for SCA[i] = 0;
+ *   int8_llm_gemm_T      int8 x int8 -> int32 on tensor cores (mma.sync m16n8k32 s8) over 64 x 128
+ *                        tiles of y, then y = f16(acc * SCA[i] * SCB[j] * 6.200012e-05) + bias[j] +
+ *                        sum over flagged columns c of x[i, c] * T(CB[j, c] * SCB[j] / 127).
+ * CA has row stride ca_stride (k rounded up to 16, the padding zero). */
+#define INT8_LLM_BLOCK_M 64
+#define INT8_LLM_BLOCK_N 128
+#define INT8_LLM_BLOCK_K 64
+typedef struct Int8LlmParams {
+    /* element type [m, k]. */
+    uint64_t x;
+    /* int8 [n, k] and f32 [n]. */
+    uint64_t cb;
+    uint64_t scb;
+    /* element type [n] (0: none). */
+    uint64_t bias;
+    /* element type [m, n]. */
+    uint64_t y;
+    /* int8 [m, ca_stride]. */
+    uint64_t ca;
+    /* f32 [m]. */
+    uint64_t sca;
+    /* u8 [k], zero before int8_llm_outliers. */
+    uint64_t flags;
+    /* uint32 [1 + k]: count, then the columns. */
+    uint64_t cols;
+    int32_t m;
+    int32_t n;
+    int32_t k;
+    int32_t ca_stride;
+    float threshold;
+    /* 1 when k is a multiple of 16 and CB is 16-byte aligned: 16-byte loads of CB. */
+    int32_t vector_cb;
+} Int8LlmParams;
+
 /* Mixed batch (kernels/mixed_batch.cu): row i of x uses adapter indices[i] of the slot table, or none
  * (-1, or any index outside [0, num_adapters): the row's output is its base). y = base + s (x A^T) B^T. */
 #define MIXED_THREADS 256

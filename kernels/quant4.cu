@@ -130,19 +130,6 @@ __device__ __forceinline__ uint8_t quantize_value(int quant_type, const float *c
     return m | (y < 0.0f ? 8 : 0);
 }
 
-// Block max of v over the kThreads threads (every thread gets it).
-__device__ __forceinline__ float block_max(float v, float *scratch) {
-#pragma unroll
-    for (int off = 16; off > 0; off /= 2) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, off));
-    __syncthreads();  // scratch is free
-    if (threadIdx.x % 32 == 0) scratch[threadIdx.x / 32] = v;
-    __syncthreads();
-    v = scratch[0];
-#pragma unroll
-    for (int w = 1; w < kThreads / 32; ++w) v = fmaxf(v, scratch[w]);
-    return v;
-}
-
 // One absmax block per thread block: pairs of elements (2i, 2i + 1) of the block per thread and step.
 template <typename T> __device__ void quantize(const Quant4QuantizeParams &p) {
     __shared__ float code[16];
@@ -153,7 +140,7 @@ template <typename T> __device__ void quantize(const Quant4QuantizeParams &p) {
     const T *in = reinterpret_cast<const T *>(p.input) + start;
     float amax = 0.0f;
     for (int i = threadIdx.x; i < len; i += kThreads) amax = fmaxf(amax, fabsf(Element<T>::to_f32(in[i])));
-    amax = block_max(amax, scratch);
+    amax = block_max<kThreads>(amax, scratch);
     if (threadIdx.x == 0) reinterpret_cast<float *>(p.absmax)[blockIdx.x] = amax;
     const bool full = len == p.blocksize;
     const float inv = 1.0f / fmaxf(amax, 1e-38f);
@@ -191,7 +178,7 @@ __device__ void nested_quantize(const Quant4QuantizeParams &p) {
     const int i = blockIdx.x * QUANT4_NESTED_BLOCKSIZE + threadIdx.x;
     const float offset = *reinterpret_cast<const float *>(p.offset);
     const float v = i < p.blocks ? reinterpret_cast<const float *>(p.absmax)[i] - offset : 0.0f;
-    const float amax = block_max(fabsf(v), scratch);  // its barriers also publish map[]
+    const float amax = block_max<kThreads>(fabsf(v), scratch);  // its barriers also publish map[]
     if (threadIdx.x == 0) reinterpret_cast<float *>(p.nested_absmax)[blockIdx.x] = amax;
     if (i >= p.blocks) return;
     const float y = __fdiv_rn(v, fmaxf(amax, 1e-38f));

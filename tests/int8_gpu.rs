@@ -205,3 +205,60 @@ fn int8_merge_f16() {
         merge::<f16>(&gpu, 37);
     }
 }
+
+/// LLM.int8 (int8 × int8 on tensor cores with the outlier split) against the CPU reference of the
+/// CUDA algorithm: thresholds 0 and 6, activations with outlier columns, one row and several, k a
+/// multiple of 16 or not.
+fn llm<T: Element>(gpu: &Gpu, seed: u64) {
+    let s = gpu.stream();
+    let mut rng = Rng::new(seed);
+    for &(m, k, n) in &[
+        (1usize, 64usize, 33usize),
+        (5, 100, 70),
+        (70, 256, 130),
+        (3, 4096, 96),
+    ] {
+        let w: Vec<T> = rng.vec(n * k, 0.1);
+        let q = reference::quantize_rowwise(&w, [n, k]).unwrap();
+        let dev = gpu.upload_int8(&q).unwrap();
+        let mut x: Vec<T> = rng.vec(m * k, 1.0);
+        for row in 0..m {
+            x[row * k + 3] = T::from_f64(if row % 2 == 0 { 8.0 } else { -7.0 });
+            // an outlier column
+        }
+        x[(m - 1) * k + k / 2] = T::from_f64(9.5); // an outlier in one row only
+        let bias: Vec<T> = rng.vec(n, 1.0);
+        let bias_d = s.clone_htod(&bias).unwrap();
+        let xd = s.clone_htod(&x).unwrap();
+        for threshold in [0.0f32, 6.0] {
+            println!(
+                "LLM.int8 m {m} k {k} n {n} threshold {threshold} {}",
+                T::DTYPE
+            );
+            let shape = LoraShape::new(m, k, n);
+            let want = reference::linear_llm_int8(&x, &q, Some(&bias), threshold, shape).unwrap();
+            let mut y = s.alloc_zeros::<T>(m * n).unwrap();
+            gpu.int8_linear_llm(&xd, &dev, Some(&bias_d.slice(..)), threshold, m, &mut y)
+                .unwrap();
+            let err = rel_error(&f64s(&s.clone_dtoh(&y).unwrap()), &f64s(&want));
+            assert!(
+                err <= T::DTYPE.tolerance(),
+                "m {m} k {k} n {n} threshold {threshold}: rel err {err:.3e}"
+            );
+        }
+    }
+}
+
+#[test]
+fn int8_llm_f16() {
+    if let Some(gpu) = common::gpu() {
+        llm::<f16>(&gpu, 38);
+    }
+}
+
+#[test]
+fn int8_llm_bf16() {
+    if let Some(gpu) = common::gpu() {
+        llm::<bf16>(&gpu, 39);
+    }
+}

@@ -1,17 +1,21 @@
 //! GPU launch of the LLM.int8 weight-only product (`kernels/int8.cu`).
 use super::Int8Weight;
 use crate::device::{Gpu, KernelModule};
+use crate::error::invalid;
 use crate::error::Result;
 use crate::linear::{LinearWeight, GEMV_MAX_M};
 use crate::lora::{validate_bias, validate_lora_forward, LoraShape};
-use crate::sys::{Int8LinearParams, INT8_THREADS};
+use crate::sys::{
+    Int8LinearParams, Int8LlmParams, INT8_LLM_BLOCK_M, INT8_LLM_BLOCK_N, INT8_THREADS,
+};
 use crate::Element;
 use cudarc::driver::{
     CudaSlice, CudaView, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig, PushKernelArg,
 };
 
-// SAFETY: plain C struct of integers, laid out by bindgen from kernels/lora_params.h.
+// SAFETY: plain C structs of integers and floats, laid out by bindgen from kernels/lora_params.h.
 unsafe impl DeviceRepr for Int8LinearParams {}
+unsafe impl DeviceRepr for Int8LlmParams {}
 
 /// A row-wise int8 weight on the GPU: CB `[n, k]` and SCB `[n]`.
 #[derive(Debug)]
@@ -118,5 +122,99 @@ impl Gpu {
         // SAFETY: CB and SCB hold [n, k] and [n] (validated on upload); x, y and bias were checked above.
         unsafe { launch.launch(cfg) }?;
         Ok(())
+    }
+
+    /// LLM.int8 as bitsandbytes runs it on CUDA (the mode beside the weight-only
+    /// [`Gpu::int8_linear`]; its CPU reference is [`super::reference::linear_llm_int8`]): x rounded
+    /// to f16 and quantised row-wise to int8 (columns holding an activation with |x| ≥ `threshold`
+    /// are left out, and with several rows zeroed in every row), int8 × int8 → int32 on tensor cores,
+    /// dequantised with both scales through an f16 result, plus the bias, plus the outlier columns in
+    /// the input dtype against their dequantised weights. `threshold` 0 disables the outlier split
+    /// (bitsandbytes' default is 6.0). Four launches; the call allocates its scratch (the int8
+    /// activations, their scales and the outlier columns).
+    #[allow(clippy::too_many_arguments)]
+    pub fn int8_linear_llm<T, X, Y>(
+        &self,
+        x: &X,
+        weight: &Int8Device,
+        bias: Option<&CudaView<'_, T>>,
+        threshold: f32,
+        m: usize,
+        y: &mut Y,
+    ) -> Result<()>
+    where
+        T: Element,
+        X: DevicePtr<T>,
+        Y: DevicePtrMut<T>,
+    {
+        let [n, k] = weight.shape;
+        validate_lora_forward(LoraShape::new(m, k, n), x.len(), None, y.len(), &[])?;
+        validate_bias(bias.map(|b| b.len()), n)?;
+        if !threshold.is_finite() || threshold < 0.0 {
+            return Err(invalid("threshold", "a finite number ≥ 0", threshold));
+        }
+        let grid_y = m.div_ceil(INT8_LLM_BLOCK_M as usize);
+        if grid_y > 65535 || m > i32::MAX as usize {
+            return Err(invalid(
+                "m",
+                format!("at most {} rows", 65535 * INT8_LLM_BLOCK_M),
+                m,
+            ));
+        }
+        self.check_dtype(T::DTYPE, "the int8 kernels")?;
+        let stream = self.stream().clone();
+        let ca_stride = k.div_ceil(16) * 16;
+        let mut ca = stream.alloc_zeros::<u8>(m * ca_stride)?;
+        let mut sca = stream.alloc_zeros::<f32>(m)?;
+        let mut flags = stream.alloc_zeros::<u8>(k)?;
+        let mut cols = stream.alloc_zeros::<u32>(k + 1)?;
+        let (x_ptr, _gx) = x.device_ptr(&stream);
+        let (y_ptr, _gy) = y.device_ptr_mut(&stream);
+        let bias_guard = bias.map(|b| b.device_ptr(&stream));
+        let (cb, _gc) = weight.cb.device_ptr(&stream);
+        let (scb, _gs) = weight.scb.device_ptr(&stream);
+        let (ca_ptr, _g1) = ca.device_ptr_mut(&stream);
+        let (sca_ptr, _g2) = sca.device_ptr_mut(&stream);
+        let (flags_ptr, _g3) = flags.device_ptr_mut(&stream);
+        let (cols_ptr, _g4) = cols.device_ptr_mut(&stream);
+        let params = Int8LlmParams {
+            x: x_ptr,
+            cb,
+            scb,
+            bias: bias_guard.as_ref().map_or(0, |(p, _)| *p),
+            y: y_ptr,
+            ca: ca_ptr,
+            sca: sca_ptr,
+            flags: flags_ptr,
+            cols: cols_ptr,
+            m: m as i32,
+            n: n as i32,
+            k: k as i32,
+            ca_stride: ca_stride as i32,
+            threshold,
+            vector_cb: (k % 16 == 0 && cb % 16 == 0) as i32,
+        };
+        let dtype = T::DTYPE.name();
+        let launch = |name: &str, grid: (u32, u32)| -> Result<()> {
+            let (func, _) = self.kernel(KernelModule::Int8, name, INT8_THREADS)?;
+            let cfg = LaunchConfig {
+                grid_dim: (grid.0.max(1), grid.1.max(1), 1),
+                block_dim: (INT8_THREADS, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            let mut builder = stream.launch_builder(&func);
+            builder.arg(&params);
+            // SAFETY: x [m, k], y [m, n] and bias [n] were checked above; CB and SCB hold [n, k] and
+            // [n] (validated on upload); the scratch buffers were allocated for m, k and ca_stride.
+            unsafe { builder.launch(cfg) }?;
+            Ok(())
+        };
+        launch(&format!("int8_llm_outliers_{dtype}"), (m as u32, 1))?;
+        launch("int8_llm_columns", (1, 1))?;
+        launch(&format!("int8_llm_quantize_{dtype}"), (m as u32, 1))?;
+        launch(
+            &format!("int8_llm_gemm_{dtype}"),
+            (n.div_ceil(INT8_LLM_BLOCK_N as usize) as u32, grid_y as u32),
+        )
     }
 }

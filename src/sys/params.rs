@@ -11,6 +11,9 @@ pub const LORA_FORWARD_N_TILE: u32 = 64;
 pub const QUANT4_THREADS: u32 = 256;
 pub const QUANT4_NESTED_BLOCKSIZE: u32 = 256;
 pub const INT8_THREADS: u32 = 256;
+pub const INT8_LLM_BLOCK_M: u32 = 64;
+pub const INT8_LLM_BLOCK_N: u32 = 128;
+pub const INT8_LLM_BLOCK_K: u32 = 64;
 pub const MIXED_THREADS: u32 = 256;
 pub const MIXED_N_TILE: u32 = 256;
 pub const LINEAR_THREADS: u32 = 256;
@@ -270,6 +273,51 @@ const _: () = {
         [::core::mem::offset_of!(Int8LinearParams, k) - 48usize];
     ["Offset of field: Int8LinearParams::vector_k"]
         [::core::mem::offset_of!(Int8LinearParams, vector_k) - 52usize];
+};
+#[repr(C)]
+#[derive(Debug, Default, Copy, Clone)]
+pub struct Int8LlmParams {
+    pub x: u64,
+    pub cb: u64,
+    pub scb: u64,
+    pub bias: u64,
+    pub y: u64,
+    pub ca: u64,
+    pub sca: u64,
+    pub flags: u64,
+    pub cols: u64,
+    pub m: i32,
+    pub n: i32,
+    pub k: i32,
+    pub ca_stride: i32,
+    pub threshold: f32,
+    pub vector_cb: i32,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of Int8LlmParams"][::core::mem::size_of::<Int8LlmParams>() - 96usize];
+    ["Alignment of Int8LlmParams"][::core::mem::align_of::<Int8LlmParams>() - 8usize];
+    ["Offset of field: Int8LlmParams::x"][::core::mem::offset_of!(Int8LlmParams, x) - 0usize];
+    ["Offset of field: Int8LlmParams::cb"][::core::mem::offset_of!(Int8LlmParams, cb) - 8usize];
+    ["Offset of field: Int8LlmParams::scb"][::core::mem::offset_of!(Int8LlmParams, scb) - 16usize];
+    ["Offset of field: Int8LlmParams::bias"]
+        [::core::mem::offset_of!(Int8LlmParams, bias) - 24usize];
+    ["Offset of field: Int8LlmParams::y"][::core::mem::offset_of!(Int8LlmParams, y) - 32usize];
+    ["Offset of field: Int8LlmParams::ca"][::core::mem::offset_of!(Int8LlmParams, ca) - 40usize];
+    ["Offset of field: Int8LlmParams::sca"][::core::mem::offset_of!(Int8LlmParams, sca) - 48usize];
+    ["Offset of field: Int8LlmParams::flags"]
+        [::core::mem::offset_of!(Int8LlmParams, flags) - 56usize];
+    ["Offset of field: Int8LlmParams::cols"]
+        [::core::mem::offset_of!(Int8LlmParams, cols) - 64usize];
+    ["Offset of field: Int8LlmParams::m"][::core::mem::offset_of!(Int8LlmParams, m) - 72usize];
+    ["Offset of field: Int8LlmParams::n"][::core::mem::offset_of!(Int8LlmParams, n) - 76usize];
+    ["Offset of field: Int8LlmParams::k"][::core::mem::offset_of!(Int8LlmParams, k) - 80usize];
+    ["Offset of field: Int8LlmParams::ca_stride"]
+        [::core::mem::offset_of!(Int8LlmParams, ca_stride) - 84usize];
+    ["Offset of field: Int8LlmParams::threshold"]
+        [::core::mem::offset_of!(Int8LlmParams, threshold) - 88usize];
+    ["Offset of field: Int8LlmParams::vector_cb"]
+        [::core::mem::offset_of!(Int8LlmParams, vector_cb) - 92usize];
 };
 #[repr(C)]
 #[derive(Debug, Default, Copy, Clone)]
