@@ -192,3 +192,69 @@ fn quant4_quantize_bf16() {
         quantizer::<bf16>(&gpu, 25);
     }
 }
+
+/// QLoRA's forward (4-bit base, then the fused LoRA term in place) against the CPU references: the
+/// base product over the dequantised weight in T, then two adapters.
+fn qlora<T: Element>(gpu: &Gpu, seed: u64) {
+    let s = gpu.stream();
+    let mut rng = Rng::new(seed);
+    for &(m, k, n) in &[(1usize, 256usize, 96usize), (9, 100, 33), (70, 512, 130)] {
+        let w: Vec<T> = rng.vec(n * k, 0.1);
+        let q = reference::quantize(&w, [n, k], 64, QuantType::Nf4, true).unwrap();
+        let dev = gpu.upload_quant4(&q).unwrap();
+        let deq: Vec<T> = reference::dequantize(&q).unwrap();
+        let (x, bias): (Vec<T>, Vec<T>) = (rng.vec(m * k, 1.0), rng.vec(n, 1.0));
+        let ranks = [4usize, 16];
+        let host: Vec<(Vec<T>, Vec<T>)> = ranks
+            .iter()
+            .map(|&r| (rng.vec(r * k, 0.1), rng.vec(n * r, 0.1)))
+            .collect();
+        let shape = lora_kernels::LoraShape::new(m, k, n);
+        let base = lora_kernels::lora::reference::linear(&x, &deq, Some(&bias), shape).unwrap();
+        let views: Vec<_> = host
+            .iter()
+            .zip(ranks)
+            .map(|((a, b), r)| LoraAdapter::new(&a[..], &b[..], r, 0.5))
+            .collect();
+        let want = lora_kernels::lora::reference::lora_forward(&x, &base, &views, shape).unwrap();
+        let dev_ab: Vec<_> = host
+            .iter()
+            .map(|(a, b)| (s.clone_htod(a).unwrap(), s.clone_htod(b).unwrap()))
+            .collect();
+        let adapters: Vec<_> = dev_ab
+            .iter()
+            .zip(ranks)
+            .map(|((a, b), r)| LoraAdapter::new(a, b, r, 0.5))
+            .collect();
+        let mut y = s.alloc_zeros::<T>(m * n).unwrap();
+        let bias_d = s.clone_htod(&bias).unwrap();
+        gpu.qlora_forward(
+            &s.clone_htod(&x).unwrap(),
+            &dev,
+            Some(&bias_d.slice(..)),
+            &adapters,
+            m,
+            &mut y,
+        )
+        .unwrap();
+        let err = rel_error(&f64s(&s.clone_dtoh(&y).unwrap()), &f64s(&want));
+        assert!(
+            err <= T::DTYPE.tolerance(),
+            "qlora m {m} k {k} n {n}: rel err {err:.3e}"
+        );
+    }
+}
+
+#[test]
+fn qlora_forward_bf16() {
+    if let Some(gpu) = common::gpu() {
+        qlora::<bf16>(&gpu, 26);
+    }
+}
+
+#[test]
+fn qlora_forward_f32() {
+    if let Some(gpu) = common::gpu() {
+        qlora::<f32>(&gpu, 27);
+    }
+}
