@@ -1,21 +1,21 @@
 //! Fused CUDA kernels for LoRA-family adapters, with CPU references.
 //!
 //! - [`Gpu::lora_forward`]: the fused LoRA forward `y = base + Σᵢ sᵢ · (x · Aᵢᵀ) · Bᵢᵀ` in one launch.
+//! - [`Gpu::linear`]: the base layer `y = x·Wᵀ + bias` as a tiled tensor-core kernel ([`linear`]).
 //! - [`Gpu::dora_factor`], [`Gpu::dora_forward`], [`Gpu::merge_adapter`]: DoRA's weight norm (one
-//!   pass over W, B·A never in memory), its forward with the magnitude in the fused epilogue, and
-//!   merge / unmerge of LoRA and DoRA adapters ([`dora`]).
+//!   pass over W, B·A never in memory; from a dense, 4-bit or int8 W), its forward with the magnitude
+//!   in the fused epilogue, and merge / unmerge of LoRA and DoRA adapters ([`dora`]).
 //! - [`lora::reference`], [`dora::reference`]: simple f64 CPU references of every op, the
 //!   specification the kernels are tested against and the fallback without a GPU.
-//! - [`peft`]: loading adapters as peft's `save_pretrained` writes them.
-//! - [`quant4`]: bitsandbytes' NF4/FP4 format (quantise, dequantise, `Linear4bit` state dicts), and
-//!   [`Gpu::quant4_linear`], the dequant-on-the-fly product.
-//! - [`int8`]: bitsandbytes' LLM.int8 weights (row-wise quantise, dequantise, `Linear8bitLt` state
-//!   dicts, weight-only and LLM.int8 products), and [`Gpu::int8_linear`], the weight-only product.
-//! - [`Gpu::linear`]: the base layer `y = x·Wᵀ + bias` (dense, 4-bit or int8 W) as a tiled
-//!   tensor-core kernel ([`linear`]).
+//! - [`quant4`]: bitsandbytes' NF4/FP4 format (quantise on the CPU and GPU, dequantise, `Linear4bit`
+//!   state dicts), [`Gpu::quant4_linear`] and [`Gpu::qlora_forward`].
+//! - [`int8`]: bitsandbytes' LLM.int8 weights (row-wise quantise on the CPU and GPU, dequantise,
+//!   `Linear8bitLt` state dicts), the weight-only [`Gpu::int8_linear`], LLM.int8 with its outlier
+//!   threshold [`Gpu::int8_linear_llm`], and merging into an 8-bit base by requantising.
 //! - [`Gpu::lora_forward_mixed`]: one adapter (or none) per row of a batch, one launch.
-//! - [`layer`]: the CPU reference of a peft layer's forward states (disabled, mixed batch, merged,
-//!   active adapters) over a dense base.
+//! - [`layer`]: a peft layer's forward states (disabled, mixed batch, merged, active adapters) over
+//!   a dense, 4-bit or int8 base, on the GPU ([`layer::Layer`]) and as the CPU reference.
+//! - [`peft`]: loading adapters as peft's `save_pretrained` writes them.
 //! - [`golden`]: reading the golden cases computed by the real peft and bitsandbytes.
 //!
 //! Kernels are compiled by `build.rs` from `kernels/*.cu` into an embedded fatbin; a build without

@@ -2,8 +2,12 @@
 //! `CB` [n, k] with one f32 scale per row `SCB` `[n]` (the row's absmax): `W ≈ CB · SCB / 127`.
 //! [`reference`](mod@reference) quantises, dequantises and multiplies on the CPU (weight-only, and the LLM.int8
 //! algorithm bitsandbytes runs on CUDA, with its outlier threshold); [`Int8Weight::from_state_dict`]
-//! reads a `Linear8bitLt` state dict as bitsandbytes saves it; [`crate::Gpu::int8_linear`] runs the
-//! weight-only product of `kernels/int8.cu` (compiled only so far: not yet run on a GPU).
+//! reads a `Linear8bitLt` state dict as bitsandbytes saves it. On the GPU: [`crate::Gpu::quantize_int8`],
+//! the weight-only [`crate::Gpu::int8_linear`] (GEMV up to 8 rows, the tiled kernel of
+//! `kernels/linear.cu` above), LLM.int8 with its outlier threshold ([`crate::Gpu::int8_linear_llm`],
+//! IMMA tensor cores), [`crate::Gpu::int8_lora_forward`], the DoRA norm from CB and SCB
+//! ([`crate::Gpu::dora_factor_int8`]) and merging by requantising
+//! ([`crate::Gpu::merge_adapter_int8`]). The GPU paths are compiled only so far (not yet run on a GPU).
 pub(crate) mod gpu;
 pub mod reference;
 

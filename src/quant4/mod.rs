@@ -3,8 +3,11 @@
 //! partial), two codes per byte with the first element in the high nibble, and optional double
 //! quantisation of the absmax (8-bit codes in blocks of 256 against the signed dynamic map, plus an
 //! offset). [`reference`](mod@reference) quantises and dequantises on the CPU; [`Quant4Weight::from_state_dict`]
-//! reads a `Linear4bit` state dict as bitsandbytes saves it; [`crate::Gpu::quant4_dequantize`] and
-//! [`crate::Gpu::quant4_linear`] run `kernels/quant4.cu` (compiled only so far: not yet run on a GPU).
+//! reads a `Linear4bit` state dict as bitsandbytes saves it. On the GPU: [`crate::Gpu::quantize_quant4`]
+//! (the quantiser), [`crate::Gpu::quant4_dequantize`], [`crate::Gpu::quant4_linear`] (GEMV up to 8
+//! rows in `kernels/quant4.cu`, the tiled tensor-core kernel of `kernels/linear.cu` above),
+//! [`crate::Gpu::qlora_forward`] and the DoRA norm straight from the codes
+//! ([`crate::Gpu::dora_factor_quant4`]). The GPU paths are compiled only so far (not yet run on a GPU).
 pub(crate) mod gpu;
 pub mod reference;
 
