@@ -1,7 +1,8 @@
 //! DoRA on Llama-like shapes (bf16; K=N=4096 and K=4096/N=14336; ranks 16 and 64), timed with CUDA
 //! events in one run:
 //!
-//! - norm: `Gpu::dora_weight_norm` (one pass over W, B·A formed on the fly) against its memory floor
+//! - norm: `Gpu::dora_weight_norm` (one pass over W, B·A formed on the fly; the tensor-core kernel,
+//!   and the CUDA-core row pass forced with `LORA_KERNELS_DORA_NORM=cuda-cores`) against its memory floor
 //!   (bytes of W, A, B over the copy bandwidth measured in the same run) and against the first step of
 //!   peft's path, cuBLAS materialising `W + s·B·A` densely (a lower bound on peft's norm, which then
 //!   also reads that product back to take the row norms);
@@ -69,8 +70,23 @@ fn gpu_benches(c: &mut Criterion, gpu: &Gpu) {
                 s.memcpy_dtod(&w, &mut dense).unwrap();
                 unsafe { blas.gemm(materialise, &a, &b, &mut dense).unwrap() };
             });
+            // The same norm on the CUDA-core row pass (the tensor-core kernel is the default where it
+            // applies: 16-bit W, rank <= 128).
+            std::env::set_var("LORA_KERNELS_DORA_NORM", "cuda-cores");
+            let rows_ms = time_ms(&s, 10, 15, || {
+                gpu.dora_weight_norm(&w, adapter, k, n, &mut norm).unwrap()
+            });
+            std::env::remove_var("LORA_KERNELS_DORA_NORM");
             let bytes = (2 * (n * k + r * (k + n)) + 4 * n) as f64;
-            norm_rows.push((k, n, r, norm_ms, dense_ms, bytes / (norm_ms * 1e-3) / 1e9));
+            norm_rows.push((
+                k,
+                n,
+                r,
+                norm_ms,
+                rows_ms,
+                dense_ms,
+                bytes / (norm_ms * 1e-3) / 1e9,
+            ));
             c.bench_function(&format!("dora_weight_norm_bf16/k{k}_n{n}_r{r}"), |bch| {
                 bch.iter_custom(|iters| {
                     let ms = time_ms(&s, iters as usize, 1, || {
@@ -105,13 +121,14 @@ fn gpu_benches(c: &mut Criterion, gpu: &Gpu) {
     }
     println!("\nDoRA weight norm, bf16, on {}", gpu.name());
     println!(
-        "{:>5} {:>6} {:>3} {:>9} {:>15} {:>8} {:>7}",
-        "K", "N", "r", "norm us", "W+sBA cuBLAS us", "GB/s", "%copy"
+        "{:>5} {:>6} {:>3} {:>9} {:>13} {:>15} {:>8} {:>7}",
+        "K", "N", "r", "norm us", "cuda-core us", "W+sBA cuBLAS us", "GB/s", "%copy"
     );
-    for (k, n, r, norm, dense, gbs) in &norm_rows {
+    for (k, n, r, norm, rows, dense, gbs) in &norm_rows {
         println!(
-            "{k:>5} {n:>6} {r:>3} {:>9.2} {:>15.2} {gbs:>8.0} {:>6.1}%",
+            "{k:>5} {n:>6} {r:>3} {:>9.2} {:>13.2} {:>15.2} {gbs:>8.0} {:>6.1}%",
             norm * 1e3,
+            rows * 1e3,
             dense * 1e3,
             100.0 * gbs / copy_gbs
         );
@@ -135,7 +152,7 @@ fn gpu_benches(c: &mut Criterion, gpu: &Gpu) {
     if let Ok(path) = std::env::var("LORA_KERNELS_BENCH_OUT") {
         let norms: Vec<String> = norm_rows
             .iter()
-            .map(|(k, n, r, a, b, g)| format!("{{\"k\":{k},\"n\":{n},\"r\":{r},\"norm_ms\":{a},\"dense_ms\":{b},\"gbs\":{g}}}"))
+            .map(|(k, n, r, a, c, b, g)| format!("{{\"k\":{k},\"n\":{n},\"r\":{r},\"norm_ms\":{a},\"cuda_core_norm_ms\":{c},\"dense_ms\":{b},\"gbs\":{g}}}"))
             .collect();
         let fwds: Vec<String> = fwd_rows
             .iter()

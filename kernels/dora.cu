@@ -21,8 +21,9 @@
 // row) and written once by MERGE/UNMERGE (the requantising ones read the row twice, the second time
 // from L2), B read once, A read once per block from L2 (rank * k * elem, L2-resident for ranks up to
 // 256 at k = 8192), the f32 row values once. The products are n * k * rank FMAs on CUDA cores: the pass
-// is memory-bound for ranks up to about 16 on Hopper; a tensor-core (mma) version of the inner
-// product is the next step for larger ranks.
+// is memory-bound for ranks up to about 16 on Hopper. dora_norm_tc_* (below) does NORM and FACTOR of a
+// dense 16-bit W with the products on tensor cores (padded rank <= 128, k a multiple of 8, W 16-byte
+// aligned); the host picks it whenever it applies.
 #include "common.cuh"
 #include "lora_params.h"
 
@@ -180,7 +181,136 @@ template <typename T> __device__ void dora_rows(const DoraRowParams &p) {
     if (p.check_only && non_finite) atomicAdd(reinterpret_cast<unsigned int *>(p.non_finite), non_finite);
 }
 
+// ---- The norm on tensor cores (NORM and FACTOR of a dense 16-bit W, padded rank <= 128) ----
+//
+// A block owns 64 rows of W and walks k in 64-column slices. (B A) for the block's rows and the slice
+// is a [64, 64] product over the rank: 8 warps as 4 (16-row blocks) x 2 (32-column halves), each warp
+// 4 mma.sync m16n8k16 per 16 ranks, B's rows as the A operand (staged once per block), the A slice
+// transposed in shared memory as the B operand. The accumulators line up with the W slice's elements,
+// staged from 16-byte loads issued one slice ahead: v = w + s * (B A), sum v^2 per row, reduced over the
+// row's lanes and the two column halves at the end. Bytes: W once, A once per block from L2, B once.
+constexpr int kTcRows = 64;
+constexpr int kTcCols = 64;
+constexpr int kTcMaxRank = 128;
+
+template <typename T> struct SharedNormTc {
+    T b[kTcRows][kTcMaxRank + 8];   // the block's rows of B, [row][rank], zero past the rank
+    T at[kTcCols][kTcMaxRank + 8];  // the slice of A transposed, [column][rank]
+    T w[kTcRows][kTcCols + 8];      // the slice of W
+    float partial[2][kTcRows];      // sums of squares per column half
+};
+
+template <typename T> __device__ __forceinline__ void mma_16816(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1);
+template <> __device__ __forceinline__ void mma_16816<__nv_bfloat16>(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+template <> __device__ __forceinline__ void mma_16816<__half>(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+template <typename T> __device__ void dora_norm_tc(const DoraRowParams &p) {
+    __shared__ __align__(16) SharedNormTc<T> s;
+    constexpr int V = kVec<T>;
+    constexpr int kWVecs = kTcRows * kTcCols / V / kThreads;  // 2
+    const int row0 = blockIdx.x * kTcRows;
+    const int rp = (p.rank + 15) / 16 * 16;
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+    const int mb = warp / 2, nh = warp % 2;
+    const T *weight = reinterpret_cast<const T *>(p.weight);
+    const T *lora_a = reinterpret_cast<const T *>(p.lora_a);
+    const T *lora_b = reinterpret_cast<const T *>(p.lora_b);
+    const T zero = Element<T>::from_f32(0.0f);
+    // W must be 16-byte loadable (the host checks k % V == 0 and the alignment).
+    uint4 w_regs[kWVecs];
+    auto fetch_w = [&](int k0) {
+#pragma unroll
+        for (int i = 0; i < kWVecs; ++i) {
+            const int e = threadIdx.x + i * kThreads;
+            const int r = e / (kTcCols / V), col = k0 + (e % (kTcCols / V)) * V;
+            w_regs[i] = make_uint4(0, 0, 0, 0);
+            if (row0 + r < p.n && col < p.k) w_regs[i] = __ldg(reinterpret_cast<const uint4 *>(weight + (size_t)(row0 + r) * p.k + col));
+        }
+    };
+    for (int e = threadIdx.x; e < kTcRows * rp; e += kThreads) {
+        const int r = e / rp, j = e % rp;
+        s.b[r][j] = (row0 + r < p.n && j < p.rank) ? lora_b[(size_t)(row0 + r) * p.rank + j] : zero;
+    }
+    fetch_w(0);
+    float sum_sq[2] = {0.0f, 0.0f};  // rows 16 mb + g and 16 mb + g + 8
+    for (int k0 = 0; k0 < p.k; k0 += kTcCols) {
+        __syncthreads();  // the previous products are done with s.at and s.w
+#pragma unroll
+        for (int i = 0; i < kWVecs; ++i) {
+            const int e = threadIdx.x + i * kThreads;
+            *reinterpret_cast<uint4 *>(&s.w[e / (kTcCols / V)][(e % (kTcCols / V)) * V]) = w_regs[i];
+        }
+        for (int e = threadIdx.x; e < rp * kTcCols; e += kThreads) {
+            const int j = e / kTcCols, c = e % kTcCols;  // consecutive threads read consecutive columns of A
+            s.at[c][j] = (j < p.rank && k0 + c < p.k) ? lora_a[(size_t)j * p.k + k0 + c] : zero;
+        }
+        if (k0 + kTcCols < p.k) fetch_w(k0 + kTcCols);
+        __syncthreads();
+        float acc[4][4];
+#pragma unroll
+        for (int nb = 0; nb < 4; ++nb) acc[nb][0] = acc[nb][1] = acc[nb][2] = acc[nb][3] = 0.0f;
+        for (int kk = 0; kk < rp; kk += 16) {
+            uint32_t a[4];
+            const int r = mb * 16 + g;
+            a[0] = *reinterpret_cast<const uint32_t *>(&s.b[r][kk + 2 * t]);
+            a[1] = *reinterpret_cast<const uint32_t *>(&s.b[r + 8][kk + 2 * t]);
+            a[2] = *reinterpret_cast<const uint32_t *>(&s.b[r][kk + 2 * t + 8]);
+            a[3] = *reinterpret_cast<const uint32_t *>(&s.b[r + 8][kk + 2 * t + 8]);
+#pragma unroll
+            for (int nb = 0; nb < 4; ++nb) {
+                const int c = nh * 32 + nb * 8 + g;
+                mma_16816<T>(acc[nb], a, *reinterpret_cast<const uint32_t *>(&s.at[c][kk + 2 * t]),
+                             *reinterpret_cast<const uint32_t *>(&s.at[c][kk + 2 * t + 8]));
+            }
+        }
+        // Accumulator (nb, q): row 16 mb + g + 8 (q / 2), column 32 nh + 8 nb + 2 t + q % 2.
+#pragma unroll
+        for (int nb = 0; nb < 4; ++nb)
+#pragma unroll
+            for (int q = 0; q < 4; ++q) {
+                const int r = mb * 16 + g + 8 * (q / 2), c = nh * 32 + nb * 8 + 2 * t + q % 2;
+                if (k0 + c < p.k) {  // rows past n have zero W and B: they add nothing
+                    const float v = Element<T>::to_f32(s.w[r][c]) + p.scale * acc[nb][q];
+                    sum_sq[q / 2] = fmaf(v, v, sum_sq[q / 2]);
+                }
+            }
+    }
+    // Sum over the row's 4 lanes (t), then over the two column halves.
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+        sum_sq[h] += __shfl_xor_sync(0xffffffffu, sum_sq[h], 1);
+        sum_sq[h] += __shfl_xor_sync(0xffffffffu, sum_sq[h], 2);
+    }
+    if (t == 0) {
+        s.partial[nh][mb * 16 + g] = sum_sq[0];
+        s.partial[nh][mb * 16 + g + 8] = sum_sq[1];
+    }
+    __syncthreads();
+    if (threadIdx.x < kTcRows && row0 + threadIdx.x < p.n) {
+        const int row = row0 + threadIdx.x;
+        const float norm = sqrtf(s.partial[0][threadIdx.x] + s.partial[1][threadIdx.x]);
+        float *out = reinterpret_cast<float *>(p.row_values);
+        if (p.op == DORA_ROW_NORM) {
+            out[row] = norm;
+        } else {
+            const float m = Element<T>::to_f32(reinterpret_cast<const T *>(p.magnitude)[row]);
+            out[row] = m / fmaxf(norm, DORA_NORM_EPS);
+        }
+    }
+}
+
 }  // namespace
+
+extern "C" __global__ void __launch_bounds__(kThreads) dora_norm_tc_f16(const DoraRowParams p) { dora_norm_tc<__half>(p); }
+extern "C" __global__ void __launch_bounds__(kThreads) dora_norm_tc_bf16(const DoraRowParams p) { dora_norm_tc<__nv_bfloat16>(p); }
 
 extern "C" __global__ void __launch_bounds__(kThreads) dora_rows_f32(const DoraRowParams p) { dora_rows<float>(p); }
 extern "C" __global__ void __launch_bounds__(kThreads) dora_rows_f16(const DoraRowParams p) { dora_rows<__half>(p); }

@@ -13,7 +13,7 @@ use crate::sys::{
     DoraRowOp, DoraRowOp_DORA_ROW_FACTOR, DoraRowOp_DORA_ROW_MERGE, DoraRowOp_DORA_ROW_NORM,
     DoraRowOp_DORA_ROW_UNMERGE, DoraRowParams, DORA_ROWS_PER_BLOCK, DORA_THREADS,
 };
-use crate::Element;
+use crate::{DType, Element};
 use cudarc::driver::{
     CudaSlice, CudaStream, CudaView, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig,
     PushKernelArg, SyncOnDrop,
@@ -607,9 +607,21 @@ impl Gpu {
     fn launch_rows<T: Element>(&self, pass: &RowPass) -> Result<()> {
         self.check_dtype(T::DTYPE, "the DoRA row pass")?;
         let stream = self.stream().clone();
+        // NORM and FACTOR of a dense 16-bit W take the tensor-core kernel when it applies.
+        let tensor_cores = matches!(pass.weight, LinearWeight::Dense(w) if w % 16 == 0)
+            && T::DTYPE != DType::F32
+            && (pass.op == DoraRowOp_DORA_ROW_NORM || pass.op == DoraRowOp_DORA_ROW_FACTOR)
+            && pass.rank <= 128
+            && pass.k % 8 == 0
+            && norm_path_allows_tensor_cores();
+        let (name, rows_per_block) = if tensor_cores {
+            ("dora_norm_tc", DORA_TC_ROWS)
+        } else {
+            ("dora_rows", DORA_ROWS_PER_BLOCK as usize)
+        };
         let (func, _) = self.kernel(
             KernelModule::Dora,
-            &format!("dora_rows_{}", T::DTYPE.name()),
+            &format!("{name}_{}", T::DTYPE.name()),
             DORA_THREADS,
         )?;
         let (format, weight, scb, quant4) = pass.weight.fields();
@@ -635,7 +647,7 @@ impl Gpu {
             quant4,
         };
         let cfg = LaunchConfig {
-            grid_dim: (pass.n.div_ceil(DORA_ROWS_PER_BLOCK as usize) as u32, 1, 1),
+            grid_dim: (pass.n.div_ceil(rows_per_block) as u32, 1, 1),
             block_dim: (DORA_THREADS, 1, 1),
             shared_mem_bytes: 0,
         };
@@ -646,6 +658,15 @@ impl Gpu {
         unsafe { launch.launch(cfg) }?;
         Ok(())
     }
+}
+
+/// Rows of W per block of the tensor-core norm (kTcRows in kernels/dora.cu).
+const DORA_TC_ROWS: usize = 64;
+
+/// The norm's kernel: `LORA_KERNELS_DORA_NORM=cuda-cores` keeps the CUDA-core row pass even where the
+/// tensor-core kernel applies (the DoRA bench times both in one run).
+fn norm_path_allows_tensor_cores() -> bool {
+    std::env::var("LORA_KERNELS_DORA_NORM").map_or(true, |v| v != "cuda-cores")
 }
 
 /// One row pass's operands as device addresses (the callers hold the buffers' guards).

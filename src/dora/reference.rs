@@ -218,4 +218,101 @@ mod tests {
         assert_eq!(y[1], bias[1]);
         assert_eq!(y[n + 1], bias[1]);
     }
+
+    /// The factored DoRA norm, `‖W‖² + 2s·rowsum((W·Aᵀ) ⊙ B) + s²·rowsum((B·(A·Aᵀ)) ⊙ B)`, in f32 as a
+    /// kernel would evaluate it (each term accumulated in f32).
+    fn factored_norm_f32(
+        w: &[f32],
+        a: &[f32],
+        b: &[f32],
+        k: usize,
+        n: usize,
+        r: usize,
+        s: f32,
+    ) -> Vec<f32> {
+        let aat: Vec<f32> = (0..r * r)
+            .map(|e| {
+                (0..k)
+                    .map(|c| a[(e / r) * k + c] * a[(e % r) * k + c])
+                    .sum()
+            })
+            .collect();
+        (0..n)
+            .map(|i| {
+                let row = &w[i * k..(i + 1) * k];
+                let brow = &b[i * r..(i + 1) * r];
+                let ww: f32 = row.iter().map(|v| v * v).sum();
+                let wa: Vec<f32> = (0..r)
+                    .map(|j| (0..k).map(|c| row[c] * a[j * k + c]).sum())
+                    .collect();
+                let cross: f32 = (0..r).map(|j| wa[j] * brow[j]).sum();
+                let quad: f32 = (0..r)
+                    .map(|j| brow[j] * (0..r).map(|l| aat[j * r + l] * brow[l]).sum::<f32>())
+                    .sum();
+                (ww + 2.0 * s * cross + s * s * quad).max(0.0).sqrt()
+            })
+            .collect()
+    }
+
+    /// Why the kernels form W + s·B·A directly rather than use the factored form: on ordinary rows the
+    /// two agree to f32 rounding, but on a row where s·B·A nearly cancels W (what the zero rows of real
+    /// checkpoints look like after training) the factored form subtracts large, nearly equal terms
+    /// and loses every digit, while the direct form (f32 accumulation of the squares of W + s·B·A, as
+    /// the kernels do) stays accurate. Both read W once; the factored form needs a GEMM (W·Aᵀ) plus
+    /// the row norms of W, the direct form a rank-r product per element, on tensor cores in the norm
+    /// kernel.
+    #[test]
+    fn the_direct_norm_survives_cancellation_the_factored_form_does_not() {
+        let (k, n, r, s) = (512, 3, 4, 0.5f32);
+        let a: Vec<f32> = (0..r * k)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) * 0.01)
+            .collect();
+        let b: Vec<f32> = (0..n * r)
+            .map(|i| ((i * 13 % 7) as f32 - 3.0) * 0.1 + 0.05)
+            .collect();
+        let mut w: Vec<f32> = (0..n * k)
+            .map(|i| ((i * 29 % 89) as f32 - 44.0) * 0.02)
+            .collect();
+        // Row 2: W = −s·B·A + a residual 1e-4 of its size.
+        for c in 0..k {
+            let ba: f32 = (0..r).map(|j| b[2 * r + j] * a[j * k + c]).sum();
+            w[2 * k + c] = -s * ba + 1e-4 * ((c % 5) as f32 - 2.0) * ba.abs().max(1e-3);
+        }
+        let adapter = LoraAdapter::new(&a[..], &b[..], r, s);
+        let exact = dora_weight_norm(&w, adapter, k, n).unwrap(); // f64 accumulation
+                                                                  // The direct form in f32, as the kernels accumulate it.
+        let direct: Vec<f32> = (0..n)
+            .map(|i| {
+                (0..k)
+                    .map(|c| {
+                        let ba: f32 = (0..r).map(|j| b[i * r + j] * a[j * k + c]).sum();
+                        let v = w[i * k + c] + s * ba;
+                        v * v
+                    })
+                    .sum::<f32>()
+                    .sqrt()
+            })
+            .collect();
+        let factored = factored_norm_f32(&w, &a, &b, k, n, r, s);
+        let rel = |x: f32, y: f32| ((x - y) / y).abs();
+        println!("exact {exact:?}\ndirect {direct:?}\nfactored {factored:?}");
+        for i in 0..2 {
+            assert!(
+                rel(direct[i], exact[i]) < 1e-5 && rel(factored[i], exact[i]) < 1e-4,
+                "row {i}"
+            );
+        }
+        assert!(
+            rel(direct[2], exact[2]) < 1e-4,
+            "direct: {} vs {}",
+            direct[2],
+            exact[2]
+        );
+        assert!(
+            rel(factored[2], exact[2]) > 1e-1,
+            "factored form unexpectedly accurate: {} vs {}",
+            factored[2],
+            exact[2]
+        );
+    }
 }
