@@ -323,3 +323,79 @@ fn mixed_batch_reference_rejects_bad_indices() {
     let y = reference::lora_forward_mixed(&x, &base, &adapters, &[-1, 0, -1], SHAPE).unwrap();
     assert_eq!(&y[..5], &base[..5], "row 0 has no adapter: y = base");
 }
+
+/// The GPU entry points added for the base product, the quantisers, LLM.int8 and the layer refuse bad
+/// input before launching anything.
+#[test]
+fn gpu_products_quantisers_and_layers_reject_bad_input() {
+    let Some(gpu) = common::gpu() else { return };
+    let s = gpu.stream();
+    let (m, k, n) = (3, 8, 5);
+    let shape = LoraShape::new(m, k, n);
+    let x = s.clone_htod(&values(m * k)).unwrap();
+    let w = s.clone_htod(&values(n * k)).unwrap();
+    let short_w = s.clone_htod(&values(n * k - 1)).unwrap();
+    let bias4 = s.clone_htod(&values(4)).unwrap();
+    let mut y = s.alloc_zeros::<f32>(m * n).unwrap();
+    let mut short_y = s.alloc_zeros::<f32>(m * n - 1).unwrap();
+
+    assert_invalid(
+        gpu.linear(&x, &short_w, None, shape, &mut y),
+        "weight",
+        "40",
+    );
+    assert_invalid(gpu.linear(&x, &w, None, shape, &mut short_y), "y", "15");
+    assert_invalid(
+        gpu.linear(&x, &w, Some(&bias4.slice(..)), shape, &mut y),
+        "bias",
+        "5",
+    );
+    assert_invalid(
+        gpu.linear(&x, &w, None, LoraShape::new(0, k, n), &mut y),
+        "shape.m",
+        "at least 1",
+    );
+
+    use lora_kernels::quant4::QuantType;
+    assert_invalid(
+        gpu.quantize_quant4(&w, [n, k], 48, QuantType::Nf4, false),
+        "blocksize",
+        "power of two",
+    );
+    assert_invalid(
+        gpu.quantize_quant4(&short_w, [n, k], 64, QuantType::Nf4, false),
+        "weight",
+        "40",
+    );
+    assert_invalid(gpu.quantize_int8(&short_w, k, n), "weight", "40");
+
+    let q = lora_kernels::int8::reference::quantize_rowwise(&values(n * k), [n, k]).unwrap();
+    let dev = gpu.upload_int8(&q).unwrap();
+    assert_invalid(
+        gpu.int8_linear_llm(&x, &dev, None, f32::NAN, m, &mut y),
+        "threshold",
+        "finite",
+    );
+    assert_invalid(
+        gpu.int8_linear_llm(&x, &dev, None, 6.0, m, &mut short_y),
+        "y",
+        "15",
+    );
+
+    use lora_kernels::layer::{Layer, LayerAdapter};
+    assert_invalid(
+        Layer::dense(&gpu, &values(n * k - 1), None, k, n),
+        "weight",
+        "40",
+    );
+    let mut layer = Layer::dense(&gpu, &values(n * k), None, k, n).unwrap();
+    let adapter = LayerAdapter {
+        lora_a: values(2 * k),
+        lora_b: values(n * 2 - 1),
+        rank: 2,
+        scale: 1.0,
+        magnitude: None,
+    };
+    assert_invalid(layer.add_adapter("a", &adapter), "adapter `a`.lora_b", "10");
+    assert_invalid(layer.forward(&x, m, None, &mut short_y), "y", "15");
+}
