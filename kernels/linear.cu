@@ -12,6 +12,8 @@
 // f32: CUDA-core FMAs, each thread a 4 x 8 register tile (f32 accuracy, no TF32). The epilogue scales
 // int8 columns by SCB / 127, adds the bias and rounds once.
 //
+// linear_gemv_T is the decode path of a dense W (m <= 8): a warp per output column (see there).
+//
 // Bytes moved from HBM: W once (n*k elements, n*k/2 bytes for 4-bit plus absmax, n*k for int8), x once
 // per 128-column tile of y (from L2 after the first), y once. A plain tiled kernel without cp.async
 // pipelining or ldmatrix: it is the crate's own base GEMM (no cuBLAS dependency), not a cuBLAS rival
@@ -309,7 +311,53 @@ template <typename T, int kFormat> __device__ void linear(const LinearParams &p)
     }
 }
 
+// The decode path for a dense W (m <= 8, the host's GEMV_MAX_M): one warp per output column j, 8 per
+// block; lanes walk W's row j with 16-byte loads and keep up to 8 rows of x in f32 accumulators; a warp
+// shuffle reduces. W is read once, as in the tiled kernel, but with n / 8 blocks instead of n / 128
+// the whole device streams it (the tiled grid is too small to fill the SMs at decode sizes).
+template <typename T> __device__ void linear_gemv(const LinearParams &p) {
+    constexpr int V = kVec<T>;
+    constexpr int kRows = 8;
+    const int lane = threadIdx.x % 32;
+    const int j = blockIdx.x * (kThreads / 32) + threadIdx.x / 32;
+    if (j >= p.n) return;
+    const T *w = reinterpret_cast<const T *>(p.weight) + (size_t)j * p.k;
+    const T *x = reinterpret_cast<const T *>(p.x);
+    const int rows = min(p.m, kRows);
+    float acc[kRows];
+#pragma unroll
+    for (int r = 0; r < kRows; ++r) acc[r] = 0.0f;
+    if (p.vector_x && p.vector_w) {
+#pragma unroll 2
+        for (int v = lane; v < p.k / V; v += 32) {
+            Vec16<T> wv;
+            wv.raw = __ldg(reinterpret_cast<const uint4 *>(w) + v);
+#pragma unroll
+            for (int r = 0; r < kRows; ++r) {
+                if (r < rows) {
+                    Vec16<T> xv;
+                    xv.raw = __ldg(reinterpret_cast<const uint4 *>(x + (size_t)r * p.k) + v);
+#pragma unroll
+                    for (int q = 0; q < V; ++q) acc[r] = fmaf(Element<T>::to_f32(xv.v[q]), Element<T>::to_f32(wv.v[q]), acc[r]);
+                }
+            }
+        }
+    } else {
+        for (int c = lane; c < p.k; c += 32) {
+            const float wv = Element<T>::to_f32(w[c]);
+#pragma unroll
+            for (int r = 0; r < kRows; ++r)
+                if (r < rows) acc[r] = fmaf(Element<T>::to_f32(x[(size_t)r * p.k + c]), wv, acc[r]);
+        }
+    }
+    warp_sum_store_rows<T, kRows>(acc, rows, 1.0f, reinterpret_cast<const T *>(p.bias), reinterpret_cast<T *>(p.y), 0, j, p.n);
+}
+
 }  // namespace
+
+extern "C" __global__ void __launch_bounds__(kThreads) linear_gemv_f32(const LinearParams p) { linear_gemv<float>(p); }
+extern "C" __global__ void __launch_bounds__(kThreads) linear_gemv_f16(const LinearParams p) { linear_gemv<__half>(p); }
+extern "C" __global__ void __launch_bounds__(kThreads) linear_gemv_bf16(const LinearParams p) { linear_gemv<__nv_bfloat16>(p); }
 
 #define LINEAR_ENTRY(NAME, T, FORMAT) \
     extern "C" __global__ void __launch_bounds__(kThreads, 2) NAME(const LinearParams p) { linear<T, FORMAT>(p); }

@@ -19,8 +19,8 @@ use cudarc::driver::{CudaView, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig
 // SAFETY: plain C struct of integers and floats, laid out by bindgen from kernels/lora_params.h.
 unsafe impl DeviceRepr for LinearParams {}
 
-/// Rows of x above which the quantised products leave their GEMV kernels (which re-read W once per 8
-/// rows) for the tiled kernel (which reads W once per 64 rows).
+/// Rows of x above which the products leave their GEMV kernels (a warp per output column, W streamed
+/// by the whole device) for the tiled kernel (which reads W once per 64 rows).
 pub const GEMV_MAX_M: usize = 8;
 
 /// The weight operand of a launch (the tiled product, the DoRA row passes), as device addresses
@@ -78,7 +78,8 @@ impl LinearWeight {
 
 impl Gpu {
     /// `y = x · Wᵀ + bias` for x `[m, k]`, W `[n, k]`, bias `[n]`, y `[m, n]`, row-major, element type
-    /// `T` (f32, f16, bf16; f32 accumulation, one rounding). Buffers may be longer than needed; every
+    /// `T` (f32, f16, bf16; f32 accumulation, one rounding). Up to [`GEMV_MAX_M`] rows take a GEMV
+    /// kernel (decode), more rows the tiled tensor-core kernel. Buffers may be longer than needed; every
     /// argument is checked before the launch, which is asynchronous on [`Gpu::stream`].
     pub fn linear<T, X, W, Y>(
         &self,
@@ -110,7 +111,52 @@ impl Gpu {
         let (y_ptr, _gy) = y.device_ptr_mut(&stream);
         let bias_guard = bias.map(|b| b.device_ptr(&stream));
         let bias_ptr = bias_guard.as_ref().map_or(0, |(p, _)| *p);
+        if shape.m <= GEMV_MAX_M {
+            return self.launch_linear_gemv::<T>(w_ptr, x_ptr, bias_ptr, y_ptr, shape);
+        }
         self.launch_linear::<T>(LinearWeight::Dense(w_ptr), x_ptr, bias_ptr, y_ptr, shape)
+    }
+
+    /// The decode path of a dense W (m ≤ [`GEMV_MAX_M`]): a warp per output column.
+    fn launch_linear_gemv<T: Element>(
+        &self,
+        weight: u64,
+        x: u64,
+        bias: u64,
+        y: u64,
+        shape: LoraShape,
+    ) -> Result<()> {
+        self.check_dtype(T::DTYPE, "the dense GEMV kernel")?;
+        let LoraShape { m, k, n } = shape;
+        let elem = std::mem::size_of::<T>();
+        let (func, _) = self.kernel(
+            KernelModule::Linear,
+            &format!("linear_gemv_{}", T::DTYPE.name()),
+            LINEAR_THREADS,
+        )?;
+        let params = LinearParams {
+            x,
+            weight,
+            bias,
+            y,
+            m: m as i32,
+            n: n as i32,
+            k: k as i32,
+            vector_x: (k % (16 / elem) == 0 && x % 16 == 0) as i32,
+            vector_w: LinearWeight::Dense(weight).vectorizable(k, elem) as i32,
+            ..Default::default()
+        };
+        let cfg = LaunchConfig {
+            grid_dim: (n.div_ceil(LINEAR_THREADS as usize / 32) as u32, 1, 1),
+            block_dim: (LINEAR_THREADS, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let stream = self.stream().clone();
+        let mut launch = stream.launch_builder(&func);
+        launch.arg(&params);
+        // SAFETY: the caller validated x [m, k] (m <= 8), W [n, k], bias [n] and y [m, n].
+        unsafe { launch.launch(cfg) }?;
+        Ok(())
     }
 
     /// One launch of the tiled kernel; the caller validated every extent and holds the buffers.
