@@ -1,9 +1,9 @@
-//! The tiled base product `y = x·Wᵀ + bias` (kernels/linear.cu) and the DoRA forward that uses it
-//! ([`Gpu::dora_forward_linear`]) against the CPU references, on random shapes: m from 1 (the GEMV
-//! path, up to 8 rows) past the tiles, k and n on and off the
-//! 64 x 128 x 32 tiles and the 16-byte vectors, with and without bias, and views that start one element
-//! into their allocation (the element-wise load paths). Prints `SKIPPED: no CUDA device` without a GPU;
-//! fails instead with `LORA_KERNELS_REQUIRE_GPU=1`.
+//! The base product `y = x·Wᵀ + bias` (kernels/linear.cu: the GEMV path up to 8 rows, the tiled
+//! kernel above) and the DoRA forward that uses it ([`Gpu::dora_forward_linear`]) against the CPU
+//! references, on random shapes: m, k and n on and off the 64 x 128 x 32 tiles and the 16-byte vectors,
+//! with and without bias, and views that start one element into their allocation (the element-wise
+//! load paths). Prints `SKIPPED: no CUDA device` without a GPU; fails instead with
+//! `LORA_KERNELS_REQUIRE_GPU=1`.
 mod common;
 
 use common::{f64s, Rng};
