@@ -18,6 +18,7 @@
 // the outlier columns added in the input dtype against their dequantised weights.
 #include "common.cuh"
 #include "lora_params.h"
+#include "mma.cuh"
 
 namespace {
 
@@ -138,15 +139,6 @@ struct LlmTiles {
     int8_t a[kLlmBM][kLlmBK + 16];
     int8_t w[kLlmBN][kLlmBK + 16];
 };
-
-// d += a * b, m16n8k32, s8 x s8 -> s32. With g = lane / 4, t = lane % 4 (PTX ISA): a0 = A[g][4t..4t+3],
-// a1 = A[g+8][4t..], a2 = A[g][16+4t..], a3 = A[g+8][16+4t..]; b0 = B[4t..4t+3][g], b1 = B[16+4t..][g];
-// d0, d1 = D[g][2t, 2t+1], d2, d3 = D[g+8][2t, 2t+1].
-__device__ __forceinline__ void mma_s8_16832(int (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-    asm volatile("mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
-                 : "+r"(d[0]), "+r"(d[1]), "+r"(d[2]), "+r"(d[3])
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
 
 // One block per 64 x 128 tile of y; 8 warps as 2 x 4, each a 32 x 32 warp tile of m16n8k32 blocks.
 template <typename T> __device__ void llm_gemm(const Int8LlmParams &p) {

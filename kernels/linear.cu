@@ -20,6 +20,7 @@
 // at large m; see BENCHMARKS.md.
 #include "common.cuh"
 #include "lora_params.h"
+#include "mma.cuh"
 
 namespace {
 
@@ -172,19 +173,6 @@ __device__ void load_slice_scalar(const LinearParams &p, SharedTiles<T> &s, cons
     }
 }
 
-// d += a * b, m16n8k16, f32 accumulate (fragment layouts as in kernels/lora_forward.cu).
-template <typename T> __device__ __forceinline__ void mma_16816(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1);
-template <> __device__ __forceinline__ void mma_16816<__nv_bfloat16>(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
-                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-template <> __device__ __forceinline__ void mma_16816<__half>(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
-                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
 // y[row, col] = acc * column scale + bias, rounded once.
 template <typename T, int kFormat>
 __device__ __forceinline__ T output_element(const LinearParams &p, int col, float acc) {
@@ -271,8 +259,7 @@ template <typename T, int kFormat> __device__ void linear(const LinearParams &p)
                     const T v0 = output_element<T, kFormat>(p, col, acc[mb][nb][2 * h]);
                     if (p.vector_y) {  // n even: col + 1 < n as well
                         const T v1 = output_element<T, kFormat>(p, col + 1, acc[mb][nb][2 * h + 1]);
-                        *reinterpret_cast<uint32_t *>(out) =
-                            (uint32_t)*reinterpret_cast<const uint16_t *>(&v0) | ((uint32_t)*reinterpret_cast<const uint16_t *>(&v1) << 16);
+                        *reinterpret_cast<uint32_t *>(out) = pack2(v0, v1);
                     } else {
                         out[0] = v0;
                         if (col + 1 < p.n) out[1] = output_element<T, kFormat>(p, col + 1, acc[mb][nb][2 * h + 1]);
