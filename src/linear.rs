@@ -14,7 +14,7 @@ use crate::sys::{
     LINEAR_BLOCK_M, LINEAR_BLOCK_N, LINEAR_THREADS,
 };
 use crate::Element;
-use cudarc::driver::{CudaView, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaView, DevicePtr, DevicePtrMut, DeviceRepr};
 
 // SAFETY: plain C struct of integers and floats, laid out by bindgen from kernels/lora_params.h.
 unsafe impl DeviceRepr for LinearParams {}
@@ -146,17 +146,15 @@ impl Gpu {
             vector_w: LinearWeight::Dense(weight).vectorizable(k, elem) as i32,
             ..Default::default()
         };
-        let cfg = LaunchConfig {
-            grid_dim: (n.div_ceil(LINEAR_THREADS as usize / 32) as u32, 1, 1),
-            block_dim: (LINEAR_THREADS, 1, 1),
-            shared_mem_bytes: 0,
-        };
-        let stream = self.stream().clone();
-        let mut launch = stream.launch_builder(&func);
-        launch.arg(&params);
         // SAFETY: the caller validated x [m, k] (m <= 8), W [n, k], bias [n] and y [m, n].
-        unsafe { launch.launch(cfg) }?;
-        Ok(())
+        unsafe {
+            self.launch(
+                &func,
+                (n.div_ceil(LINEAR_THREADS as usize / 32) as u32, 1),
+                LINEAR_THREADS,
+                &params,
+            )
+        }
     }
 
     /// One launch of the tiled kernel; the caller validated every extent and holds the buffers.
@@ -201,17 +199,15 @@ impl Gpu {
             vector_w: vector_w as i32,
             vector_y: (n % 2 == 0 && y % 4 == 0) as i32,
         };
-        let cfg = LaunchConfig {
-            grid_dim: (n.div_ceil(LINEAR_BLOCK_N as usize) as u32, grid_y as u32, 1),
-            block_dim: (LINEAR_THREADS, 1, 1),
-            shared_mem_bytes: 0,
-        };
-        let stream = self.stream().clone();
-        let mut launch = stream.launch_builder(&func);
-        launch.arg(&params);
         // SAFETY: the callers validated x [m, k], y [m, n], bias [n] and the weight's extents; the
         // kernel reads and writes only inside them (every tile access is bounds-checked).
-        unsafe { launch.launch(cfg) }?;
-        Ok(())
+        unsafe {
+            self.launch(
+                &func,
+                (n.div_ceil(LINEAR_BLOCK_N as usize) as u32, grid_y as u32),
+                LINEAR_THREADS,
+                &params,
+            )
+        }
     }
 }

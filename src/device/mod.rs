@@ -4,7 +4,10 @@
 //! (cudarc panics when `libcuda` is absent) and returns [`Error::NoDevice`].
 use crate::error::{Error, Result};
 use crate::kernel_images;
-use cudarc::driver::{sys::CUdevice_attribute, CudaContext, CudaFunction, CudaModule, CudaStream};
+use cudarc::driver::{
+    sys::CUdevice_attribute, CudaContext, CudaFunction, CudaModule, CudaStream, DeviceRepr,
+    LaunchConfig, PushKernelArg,
+};
 use cudarc::nvrtc::Ptx;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock, Weak};
@@ -200,6 +203,31 @@ impl Gpu {
         let resident = per_sm.max(1) as usize * self.inner.sm_count as usize;
         kernels.insert(name.to_string(), (func.clone(), resident));
         Ok((func, resident))
+    }
+
+    /// Launches `func` on the handle's stream: a `grid` of blocks of `threads` threads, `params` as
+    /// its one argument (a parameter struct of kernels/lora_params.h), no dynamic shared memory.
+    ///
+    /// # Safety
+    /// Every address in `params` must hold what the kernel reads and writes for that grid, and stay
+    /// valid until the launch completes on the stream.
+    pub(crate) unsafe fn launch<P: DeviceRepr>(
+        &self,
+        func: &CudaFunction,
+        grid: (u32, u32),
+        threads: u32,
+        params: &P,
+    ) -> Result<()> {
+        let cfg = LaunchConfig {
+            grid_dim: (grid.0.max(1), grid.1.max(1), 1),
+            block_dim: (threads, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let mut builder = self.inner.stream.launch_builder(func);
+        builder.arg(params);
+        // SAFETY: the caller's contract.
+        unsafe { builder.launch(cfg) }?;
+        Ok(())
     }
 
     /// Loads (once per context) and returns kernel `name` of `module`.

@@ -15,8 +15,7 @@ use crate::sys::{
 };
 use crate::{DType, Element};
 use cudarc::driver::{
-    CudaSlice, CudaStream, CudaView, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig,
-    PushKernelArg, SyncOnDrop,
+    CudaSlice, CudaStream, CudaView, DevicePtr, DevicePtrMut, DeviceRepr, SyncOnDrop,
 };
 use std::sync::Arc;
 
@@ -606,7 +605,7 @@ impl Gpu {
     /// MERGE and UNMERGE write nothing and count the non-finite results there instead.
     fn launch_rows<T: Element>(&self, pass: &RowPass) -> Result<()> {
         self.check_dtype(T::DTYPE, "the DoRA row pass")?;
-        let stream = self.stream().clone();
+        let _stream = self.stream().clone();
         // NORM and FACTOR of a dense 16-bit W take the tensor-core kernel when it applies.
         let tensor_cores = matches!(pass.weight, LinearWeight::Dense(w) if w % 16 == 0)
             && T::DTYPE != DType::F32
@@ -646,17 +645,16 @@ impl Gpu {
             out_scb,
             quant4,
         };
-        let cfg = LaunchConfig {
-            grid_dim: (pass.n.div_ceil(rows_per_block) as u32, 1, 1),
-            block_dim: (DORA_THREADS, 1, 1),
-            shared_mem_bytes: 0,
-        };
-        let mut launch = stream.launch_builder(&func);
-        launch.arg(&params);
         // SAFETY: W (in its format), A, B, the magnitude, the row values and the output codes were
         // validated for [n, k], [r, k], [n, r] and [n] by the callers; the counter holds one u32.
-        unsafe { launch.launch(cfg) }?;
-        Ok(())
+        unsafe {
+            self.launch(
+                &func,
+                (pass.n.div_ceil(rows_per_block) as u32, 1),
+                DORA_THREADS,
+                &params,
+            )
+        }
     }
 }
 

@@ -9,9 +9,7 @@ use crate::sys::{
     Int8LinearParams, Int8LlmParams, INT8_LLM_BLOCK_M, INT8_LLM_BLOCK_N, INT8_THREADS,
 };
 use crate::Element;
-use cudarc::driver::{
-    CudaSlice, CudaView, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig, PushKernelArg,
-};
+use cudarc::driver::{CudaSlice, CudaView, DevicePtr, DevicePtrMut, DeviceRepr};
 
 // SAFETY: plain C structs of integers and floats, laid out by bindgen from kernels/lora_params.h.
 unsafe impl DeviceRepr for Int8LinearParams {}
@@ -112,16 +110,15 @@ impl Gpu {
             k: k as i32,
             vector_k: (k % 16 == 0 && cb % 16 == 0 && x_ptr % 16 == 0) as i32,
         };
-        let cfg = LaunchConfig {
-            grid_dim: (n.div_ceil(INT8_THREADS as usize / 32) as u32, 1, 1),
-            block_dim: (INT8_THREADS, 1, 1),
-            shared_mem_bytes: 0,
-        };
-        let mut launch = stream.launch_builder(&func);
-        launch.arg(&params);
         // SAFETY: CB and SCB hold [n, k] and [n] (validated on upload); x, y and bias were checked above.
-        unsafe { launch.launch(cfg) }?;
-        Ok(())
+        unsafe {
+            self.launch(
+                &func,
+                (n.div_ceil(INT8_THREADS as usize / 32) as u32, 1),
+                INT8_THREADS,
+                &params,
+            )
+        }
     }
 
     /// LoRA on an 8-bit base (peft's `Linear8bitLt` with adapters), weight-only:
@@ -230,17 +227,9 @@ impl Gpu {
         let dtype = T::DTYPE.name();
         let launch = |name: &str, grid: (u32, u32)| -> Result<()> {
             let (func, _) = self.kernel(KernelModule::Int8, name, INT8_THREADS)?;
-            let cfg = LaunchConfig {
-                grid_dim: (grid.0.max(1), grid.1.max(1), 1),
-                block_dim: (INT8_THREADS, 1, 1),
-                shared_mem_bytes: 0,
-            };
-            let mut builder = stream.launch_builder(&func);
-            builder.arg(&params);
             // SAFETY: x [m, k], y [m, n] and bias [n] were checked above; CB and SCB hold [n, k] and
             // [n] (validated on upload); the scratch buffers were allocated for m, k and ca_stride.
-            unsafe { builder.launch(cfg) }?;
-            Ok(())
+            unsafe { self.launch(&func, (grid.0.max(1), grid.1.max(1)), INT8_THREADS, &params) }
         };
         launch(&format!("int8_llm_outliers_{dtype}"), (m as u32, 1))?;
         launch("int8_llm_columns", (1, 1))?;

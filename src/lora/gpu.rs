@@ -1,15 +1,13 @@
 //! GPU launch of the fused LoRA forward (`kernels/lora_forward.cu`).
 use super::{validate_lora_forward, AdapterLens, LoraAdapter, LoraShape};
 use crate::device::{Gpu, KernelModule};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::sys::{
     LoraAdapterSlot, LoraForwardParams, LORA_FORWARD_N_TILE, LORA_FORWARD_THREADS,
     LORA_MAX_LAUNCH_ADAPTERS, LORA_MAX_LAUNCH_RANK,
 };
 use crate::{DType, Element};
-use cudarc::driver::{
-    result as cu, CudaSlice, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig, PushKernelArg,
-};
+use cudarc::driver::{result as cu, CudaSlice, DevicePtr, DevicePtrMut, DeviceRepr};
 
 // SAFETY: plain C struct of integers and floats, laid out by bindgen from kernels/lora_params.h.
 unsafe impl DeviceRepr for LoraForwardParams {}
@@ -350,17 +348,9 @@ impl Gpu {
             adapters: slots,
         };
         let grid = plan.items().min(resident).max(1);
-        let cfg = LaunchConfig {
-            grid_dim: (grid as u32, 1, 1),
-            block_dim: (LORA_FORWARD_THREADS, 1, 1),
-            shared_mem_bytes: 0,
-        };
-        let mut launch = stream.launch_builder(&func);
-        launch.arg(&params);
         // SAFETY: every pointer was validated to cover the extents in `params`; the workspace holds
         // `partials_len`, `hidden_len` and `counters_len` elements and stays alive (stream-ordered free).
-        unsafe { launch.launch(cfg) }.map_err(Error::from)?;
-        Ok(())
+        unsafe { self.launch(&func, (grid as u32, 1), LORA_FORWARD_THREADS, &params) }
     }
 }
 

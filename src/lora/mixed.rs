@@ -5,7 +5,7 @@ use crate::device::{Gpu, KernelModule};
 use crate::error::{invalid, Result};
 use crate::sys::{LoraAdapterSlot, LoraMixedParams, MIXED_N_TILE, MIXED_THREADS};
 use crate::Element;
-use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, DeviceRepr};
 use std::marker::PhantomData;
 
 // SAFETY: plain C struct of integers, laid out by bindgen from kernels/lora_params.h.
@@ -160,16 +160,8 @@ impl Gpu {
             k: shape.k as i32,
             num_adapters: adapters.count as i32,
         };
-        let cfg = LaunchConfig {
-            grid_dim: (blocks as u32, 1, 1),
-            block_dim: (MIXED_THREADS, 1, 1),
-            shared_mem_bytes: 0,
-        };
-        let mut launch = stream.launch_builder(&func);
-        launch.arg(&params);
         // SAFETY: x, base, y and indices were checked for [m, k], [m, n] and m; every adapter in the
         // table was checked for [r, k] and [n, r] and outlives it; out-of-range indices read nothing.
-        unsafe { launch.launch(cfg) }?;
-        Ok(())
+        unsafe { self.launch(&func, (blocks as u32, 1), MIXED_THREADS, &params) }
     }
 }

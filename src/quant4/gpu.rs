@@ -12,8 +12,7 @@ use crate::sys::{
 };
 use crate::{DType, Element};
 use cudarc::driver::{
-    CudaSlice, CudaStream, CudaView, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig,
-    PushKernelArg, SyncOnDrop,
+    CudaSlice, CudaStream, CudaView, DevicePtr, DevicePtrMut, DeviceRepr, SyncOnDrop,
 };
 use std::sync::Arc;
 
@@ -264,19 +263,11 @@ impl Gpu {
         params: &Quant4QuantizeParams,
         grid: usize,
     ) -> Result<()> {
-        let stream = self.stream().clone();
+        let _stream = self.stream().clone();
         let (func, _) = self.kernel(KernelModule::Quant4, kernel, QUANT4_THREADS)?;
-        let cfg = LaunchConfig {
-            grid_dim: (grid.max(1) as u32, 1, 1),
-            block_dim: (QUANT4_THREADS, 1, 1),
-            shared_mem_bytes: 0,
-        };
-        let mut launch = stream.launch_builder(&func);
-        launch.arg(params);
         // SAFETY: the input holds numel elements, packed (numel + 1) / 2 bytes, absmax `blocks` f32,
         // the nested buffers `blocks` codes, ceil(blocks / 256) scales, 256 map entries and 1 offset.
-        unsafe { launch.launch(cfg) }?;
-        Ok(())
+        unsafe { self.launch(&func, (grid.max(1) as u32, 1), QUANT4_THREADS, params) }
     }
 
     /// `out = dequant(W)` [n, k] in `T`: one f32 multiply per element, rounded once (bitsandbytes'
@@ -403,16 +394,8 @@ impl Gpu {
             m: m as i32,
             vector_k: vector_k as i32,
         };
-        let cfg = LaunchConfig {
-            grid_dim: (grid.max(1) as u32, 1, 1),
-            block_dim: (QUANT4_THREADS, 1, 1),
-            shared_mem_bytes: 0,
-        };
-        let mut launch = stream.launch_builder(&func);
-        launch.arg(&params);
         // SAFETY: the weight was validated on upload (packed, absmax and nested lengths match its shape);
         // x, y, bias and out were checked against it above.
-        unsafe { launch.launch(cfg) }?;
-        Ok(())
+        unsafe { self.launch(&func, (grid.max(1) as u32, 1), QUANT4_THREADS, &params) }
     }
 }
