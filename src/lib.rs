@@ -8,7 +8,7 @@
 //! - [`lora::reference`], [`dora::reference`]: simple f64 CPU references of every op, the
 //!   specification the kernels are tested against and the fallback without a GPU.
 //! - [`quant4`]: bitsandbytes' NF4/FP4 format (quantise on the CPU and GPU, dequantise, `Linear4bit`
-//!   state dicts), [`Gpu::quant4_linear`] and [`Gpu::qlora_forward`].
+//!   state dicts), [`Gpu::quant4_linear`], and QLoRA ([`Gpu::quantized_lora_forward`]).
 //! - [`int8`]: bitsandbytes' LLM.int8 weights (row-wise quantise on the CPU and GPU, dequantise,
 //!   `Linear8bitLt` state dicts), the weight-only [`Gpu::int8_linear`], LLM.int8 with its outlier
 //!   threshold [`Gpu::int8_linear_llm`], and merging into an 8-bit base by requantising.

@@ -7,14 +7,17 @@
 //! The CPU reference of the dense product is [`crate::lora::reference::linear`].
 use crate::device::{Gpu, KernelModule};
 use crate::error::{invalid, Result};
-use crate::lora::{validate_bias, validate_lora_forward, LoraShape};
+use crate::int8::Int8Device;
+use crate::lora::{validate_bias, validate_lora_forward, AdapterLens, LoraAdapter, LoraShape};
+use crate::quant4::Quant4Device;
 use crate::sys::{
     LinearParams, LinearWeightFormat, LinearWeightFormat_LINEAR_DENSE,
     LinearWeightFormat_LINEAR_INT8, LinearWeightFormat_LINEAR_QUANT4, Quant4Weights,
     LINEAR_BLOCK_M, LINEAR_BLOCK_N, LINEAR_THREADS,
 };
 use crate::Element;
-use cudarc::driver::{CudaView, DevicePtr, DevicePtrMut, DeviceRepr};
+use cudarc::driver::{CudaStream, CudaView, DevicePtr, DevicePtrMut, DeviceRepr, SyncOnDrop};
+use std::sync::Arc;
 
 // SAFETY: plain C struct of integers and floats, laid out by bindgen from kernels/lora_params.h.
 unsafe impl DeviceRepr for LinearParams {}
@@ -33,6 +36,48 @@ pub(crate) enum LinearWeight {
     Quant4(Quant4Weights),
     /// LLM.int8 codes CB `[n, k]` and row scales SCB `[n]` (f32).
     Int8 { cb: u64, scb: u64 },
+}
+
+/// A quantised base weight on the GPU, borrowed: what [`Gpu::quantized_linear`],
+/// [`Gpu::quantized_lora_forward`] and the DoRA norm of a quantised base
+/// ([`Gpu::dora_factor_quantized`]) read.
+#[derive(Clone, Copy, Debug)]
+pub enum QuantizedWeight<'a> {
+    /// bitsandbytes 4-bit (NF4/FP4).
+    Quant4(&'a Quant4Device),
+    /// LLM.int8 codes and row scales (weight-only products).
+    Int8(&'a Int8Device),
+}
+
+impl<'a> QuantizedWeight<'a> {
+    /// [n, k] = (out_features, in_features).
+    pub fn shape(&self) -> [usize; 2] {
+        match self {
+            QuantizedWeight::Quant4(w) => w.shape(),
+            QuantizedWeight::Int8(w) => w.shape(),
+        }
+    }
+
+    /// The kernels' operand, with the guards that keep the buffers in use.
+    pub(crate) fn operand<'s>(
+        &self,
+        stream: &'s Arc<CudaStream>,
+    ) -> (LinearWeight, Vec<SyncOnDrop<'s>>)
+    where
+        'a: 's,
+    {
+        match *self {
+            QuantizedWeight::Quant4(w) => {
+                let d = w.device_weights(stream);
+                (LinearWeight::Quant4(d.params), d.guards)
+            }
+            QuantizedWeight::Int8(w) => {
+                let (cb, g1) = w.cb.device_ptr(stream);
+                let (scb, g2) = w.scb.device_ptr(stream);
+                (LinearWeight::Int8 { cb, scb }, vec![g1, g2])
+            }
+        }
+    }
 }
 
 impl LinearWeight {
@@ -115,6 +160,62 @@ impl Gpu {
             return self.launch_linear_gemv::<T>(w_ptr, x_ptr, bias_ptr, y_ptr, shape);
         }
         self.launch_linear::<T>(LinearWeight::Dense(w_ptr), x_ptr, bias_ptr, y_ptr, shape)
+    }
+
+    /// `y = x · dequant(W)ᵀ + bias` for a quantised W: [`Gpu::quant4_linear`] or
+    /// [`Gpu::int8_linear`] (weight-only).
+    pub fn quantized_linear<T, X, Y>(
+        &self,
+        x: &X,
+        weight: QuantizedWeight<'_>,
+        bias: Option<&CudaView<'_, T>>,
+        m: usize,
+        y: &mut Y,
+    ) -> Result<()>
+    where
+        T: Element,
+        X: DevicePtr<T>,
+        Y: DevicePtrMut<T>,
+    {
+        match weight {
+            QuantizedWeight::Quant4(w) => self.quant4_linear(x, w, bias, m, y),
+            QuantizedWeight::Int8(w) => self.int8_linear(x, w, bias, m, y),
+        }
+    }
+
+    /// LoRA on a quantised base (QLoRA on 4-bit, peft's `Linear8bitLt` with adapters on int8):
+    /// `y = x · dequant(W)ᵀ + bias + Σᵢ sᵢ·(x·Aᵢᵀ)·Bᵢᵀ`, as two launches: [`Gpu::quantized_linear`]
+    /// into y, then the fused LoRA forward in place on y (which reads and writes y once more: m·n
+    /// elements, small beside the weight at decode sizes; one launch's latency is the price of not
+    /// fusing the adapter into the GEMV epilogue). For DoRA, follow [`Gpu::quantized_linear`] with
+    /// [`Gpu::dora_forward_inplace`] and a factor from [`Gpu::dora_factor_quantized`];
+    /// [`crate::layer::Layer`] does both.
+    pub fn quantized_lora_forward<T, X, S, Y>(
+        &self,
+        x: &X,
+        weight: QuantizedWeight<'_>,
+        bias: Option<&CudaView<'_, T>>,
+        adapters: &[LoraAdapter<'_, S>],
+        m: usize,
+        y: &mut Y,
+    ) -> Result<()>
+    where
+        T: Element,
+        X: DevicePtr<T>,
+        S: DevicePtr<T>,
+        Y: DevicePtrMut<T>,
+    {
+        let [n, k] = weight.shape();
+        let shape = LoraShape::new(m, k, n);
+        validate_lora_forward(
+            shape,
+            x.len(),
+            None,
+            y.len(),
+            &AdapterLens::of(adapters, |s| s.len()),
+        )?;
+        self.quantized_linear(x, weight, bias, m, y)?;
+        self.lora_forward_inplace(x, adapters, shape, y)
     }
 
     /// The decode path of a dense W (m ≤ [`GEMV_MAX_M`]): a warp per output column.

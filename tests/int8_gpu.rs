@@ -9,6 +9,7 @@ use half::{bf16, f16};
 use lora_kernels::dora::reference as dora;
 use lora_kernels::golden::rel_error;
 use lora_kernels::int8::reference;
+use lora_kernels::linear::QuantizedWeight;
 use lora_kernels::{Element, Gpu, LoraAdapter, LoraShape};
 
 fn sweep<T: Element>(gpu: &Gpu, seed: u64) {
@@ -118,7 +119,7 @@ fn merge<T: Element>(gpu: &Gpu, seed: u64) {
         let dev = gpu.upload_int8(&q).unwrap();
         let want_norm = dora::dora_weight_norm(&w_t, adapter, k, n).unwrap();
         let mut norm = s.alloc_zeros::<f32>(n).unwrap();
-        gpu.dora_weight_norm_int8(&dev, dev_adapter, &mut norm)
+        gpu.dora_weight_norm_quantized(QuantizedWeight::Int8(&dev), dev_adapter, &mut norm)
             .unwrap();
         let got_norm: Vec<f64> = s
             .clone_dtoh(&norm)
@@ -131,7 +132,9 @@ fn merge<T: Element>(gpu: &Gpu, seed: u64) {
             rel_error(&got_norm, &want64) < 1e-5,
             "int8 DoRA norm n {n} k {k}"
         );
-        let factor = gpu.dora_factor_int8(&dev, dev_adapter, &md).unwrap();
+        let factor = gpu
+            .dora_factor_quantized(QuantizedWeight::Int8(&dev), dev_adapter, &md)
+            .unwrap();
         let want_factor = dora::dora_factor(&mag, &want_norm).unwrap();
 
         for dora_merge in [false, true] {

@@ -9,6 +9,7 @@ use common::{f64s, Rng};
 use half::{bf16, f16};
 use lora_kernels::dora::reference as dora;
 use lora_kernels::golden::rel_error;
+use lora_kernels::linear::QuantizedWeight;
 use lora_kernels::quant4::{reference, Absmax, QuantType};
 use lora_kernels::{Element, Gpu, LoraAdapter};
 
@@ -41,8 +42,12 @@ fn check<T: Element>(gpu: &Gpu, rng: &mut Rng, (n, k, blocksize, qt, dq): Case, 
     let want_norm =
         dora::dora_weight_norm(&want, LoraAdapter::new(&a[..], &b[..], rank, 2.0), k, n).unwrap();
     let mut norm = s.alloc_zeros::<f32>(n).unwrap();
-    gpu.dora_weight_norm_quant4(&dev, LoraAdapter::new(&ad, &bd, rank, 2.0), &mut norm)
-        .unwrap();
+    gpu.dora_weight_norm_quantized(
+        QuantizedWeight::Quant4(&dev),
+        LoraAdapter::new(&ad, &bd, rank, 2.0),
+        &mut norm,
+    )
+    .unwrap();
     let got_norm: Vec<f64> = s
         .clone_dtoh(&norm)
         .unwrap()
@@ -228,9 +233,9 @@ fn qlora<T: Element>(gpu: &Gpu, seed: u64) {
             .collect();
         let mut y = s.alloc_zeros::<T>(m * n).unwrap();
         let bias_d = s.clone_htod(&bias).unwrap();
-        gpu.qlora_forward(
+        gpu.quantized_lora_forward(
             &s.clone_htod(&x).unwrap(),
-            &dev,
+            QuantizedWeight::Quant4(&dev),
             Some(&bias_d.slice(..)),
             &adapters,
             m,

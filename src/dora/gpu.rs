@@ -4,11 +4,10 @@ use super::validate_rows;
 use crate::device::{Gpu, KernelModule};
 use crate::error::{invalid, Result};
 use crate::int8::Int8Device;
-use crate::linear::LinearWeight;
+use crate::linear::{LinearWeight, QuantizedWeight};
 use crate::lora::gpu::DoraEpilogue;
 use crate::lora::{at_least, validate_dims};
 use crate::lora::{validate_bias, validate_lora_forward, AdapterLens, LoraAdapter, LoraShape};
-use crate::quant4::Quant4Device;
 use crate::sys::{
     DoraRowOp, DoraRowOp_DORA_ROW_FACTOR, DoraRowOp_DORA_ROW_MERGE, DoraRowOp_DORA_ROW_NORM,
     DoraRowOp_DORA_ROW_UNMERGE, DoraRowParams, DORA_ROWS_PER_BLOCK, DORA_THREADS,
@@ -110,11 +109,12 @@ impl Gpu {
         self.factor_rows::<T, S, M>(LinearWeight::Dense(w), adapter, magnitude, k, n)
     }
 
-    /// [`Gpu::dora_weight_norm`] of a bitsandbytes 4-bit W, read straight from its codes (each element
-    /// dequantised to `T` as peft's `dequantize_module_weight` gives it; no dequantised copy).
-    pub fn dora_weight_norm_quant4<T, S, N>(
+    /// [`Gpu::dora_weight_norm`] of a quantised W, read straight from its codes: each element
+    /// dequantised to `T` as peft's `dequantize_module_weight` gives it (4-bit: `T(code · absmax)`;
+    /// int8: `T(CB · SCB · (1/127))`), with no dequantised copy.
+    pub fn dora_weight_norm_quantized<T, S, N>(
         &self,
-        weight: &Quant4Device,
+        weight: QuantizedWeight<'_>,
         adapter: LoraAdapter<'_, S>,
         norm: &mut N,
     ) -> Result<()>
@@ -126,14 +126,15 @@ impl Gpu {
         let [n, k] = weight.shape();
         validate_rows(k, n, n * k, &lens(&adapter), None, None)?;
         let stream = self.stream().clone();
-        let w = weight.device_weights(&stream);
-        self.norm_rows::<T, S, N>(LinearWeight::Quant4(w.params), adapter, k, n, norm)
+        let (operand, _guards) = weight.operand(&stream);
+        self.norm_rows::<T, S, N>(operand, adapter, k, n, norm)
     }
 
-    /// [`Gpu::dora_factor`] of a bitsandbytes 4-bit W, read straight from its codes.
-    pub fn dora_factor_quant4<T, S, M>(
+    /// [`Gpu::dora_factor`] of a quantised W, read straight from its codes (see
+    /// [`Gpu::dora_weight_norm_quantized`]).
+    pub fn dora_factor_quantized<T, S, M>(
         &self,
-        weight: &Quant4Device,
+        weight: QuantizedWeight<'_>,
         adapter: LoraAdapter<'_, S>,
         magnitude: &M,
     ) -> Result<DoraFactor>
@@ -145,49 +146,8 @@ impl Gpu {
         let [n, k] = weight.shape();
         validate_rows(k, n, n * k, &lens(&adapter), Some(magnitude.len()), None)?;
         let stream = self.stream().clone();
-        let w = weight.device_weights(&stream);
-        self.factor_rows::<T, S, M>(LinearWeight::Quant4(w.params), adapter, magnitude, k, n)
-    }
-
-    /// [`Gpu::dora_weight_norm`] of an LLM.int8 W, read straight from CB and SCB (each element
-    /// `T(CB · SCB · (1/127))`, peft's dequantised 8-bit weight).
-    pub fn dora_weight_norm_int8<T, S, N>(
-        &self,
-        weight: &Int8Device,
-        adapter: LoraAdapter<'_, S>,
-        norm: &mut N,
-    ) -> Result<()>
-    where
-        T: Element,
-        S: DevicePtr<T>,
-        N: DevicePtrMut<f32>,
-    {
-        let [n, k] = weight.shape();
-        validate_rows(k, n, n * k, &lens(&adapter), None, None)?;
-        let stream = self.stream().clone();
-        let (cb, _gc) = weight.cb.device_ptr(&stream);
-        let (scb, _gs) = weight.scb.device_ptr(&stream);
-        self.norm_rows::<T, S, N>(LinearWeight::Int8 { cb, scb }, adapter, k, n, norm)
-    }
-
-    /// [`Gpu::dora_factor`] of an LLM.int8 W, read straight from CB and SCB.
-    pub fn dora_factor_int8<T, S, M>(
-        &self,
-        weight: &Int8Device,
-        adapter: LoraAdapter<'_, S>,
-        magnitude: &M,
-    ) -> Result<DoraFactor>
-    where
-        T: Element,
-        S: DevicePtr<T>,
-        M: DevicePtr<T>,
-    {
-        let [n, k] = weight.shape();
-        validate_rows(k, n, n * k, &lens(&adapter), Some(magnitude.len()), None)?;
-        let stream = self.stream().clone();
-        let (cb, _gc) = weight.cb.device_ptr(&stream);
-        let (scb, _gs) = weight.scb.device_ptr(&stream);
-        self.factor_rows::<T, S, M>(LinearWeight::Int8 { cb, scb }, adapter, magnitude, k, n)
+        let (operand, _guards) = weight.operand(&stream);
+        self.factor_rows::<T, S, M>(operand, adapter, magnitude, k, n)
     }
 
     fn norm_rows<T: Element, S: DevicePtr<T>, N: DevicePtrMut<f32>>(

@@ -4,7 +4,7 @@ use crate::device::{Gpu, KernelModule};
 use crate::error::invalid;
 use crate::error::Result;
 use crate::linear::{LinearWeight, GEMV_MAX_M};
-use crate::lora::{validate_bias, validate_lora_forward, AdapterLens, LoraAdapter, LoraShape};
+use crate::lora::{validate_bias, validate_lora_forward, LoraShape};
 use crate::sys::{
     Int8LinearParams, Int8LlmParams, INT8_LLM_BLOCK_M, INT8_LLM_BLOCK_N, INT8_THREADS,
 };
@@ -119,39 +119,6 @@ impl Gpu {
                 &params,
             )
         }
-    }
-
-    /// LoRA on an 8-bit base (peft's `Linear8bitLt` with adapters), weight-only:
-    /// `y = x · (CB · SCB / 127)ᵀ + bias + Σᵢ sᵢ·(x·Aᵢᵀ)·Bᵢᵀ`, as two launches: [`Gpu::int8_linear`]
-    /// into y, then the fused LoRA forward in place on y. For DoRA, follow [`Gpu::int8_linear`] with
-    /// [`Gpu::dora_forward_inplace`] and a factor from [`Gpu::dora_factor_int8`];
-    /// [`crate::layer::Layer`] does both.
-    pub fn int8_lora_forward<T, X, S, Y>(
-        &self,
-        x: &X,
-        weight: &Int8Device,
-        bias: Option<&CudaView<'_, T>>,
-        adapters: &[LoraAdapter<'_, S>],
-        m: usize,
-        y: &mut Y,
-    ) -> Result<()>
-    where
-        T: Element,
-        X: DevicePtr<T>,
-        S: DevicePtr<T>,
-        Y: DevicePtrMut<T>,
-    {
-        let [n, k] = weight.shape;
-        let shape = LoraShape::new(m, k, n);
-        validate_lora_forward(
-            shape,
-            x.len(),
-            None,
-            y.len(),
-            &AdapterLens::of(adapters, |s| s.len()),
-        )?;
-        self.int8_linear(x, weight, bias, m, y)?;
-        self.lora_forward_inplace(x, adapters, shape, y)
     }
 
     /// LLM.int8 as bitsandbytes runs it on CUDA (the mode beside the weight-only

@@ -5,8 +5,8 @@
 //! reads a `Linear8bitLt` state dict as bitsandbytes saves it. On the GPU: [`crate::Gpu::quantize_int8`],
 //! the weight-only [`crate::Gpu::int8_linear`] (GEMV up to 8 rows, the tiled kernel of
 //! `kernels/linear.cu` above), LLM.int8 with its outlier threshold ([`crate::Gpu::int8_linear_llm`],
-//! IMMA tensor cores), [`crate::Gpu::int8_lora_forward`], the DoRA norm from CB and SCB
-//! ([`crate::Gpu::dora_factor_int8`]) and merging by requantising
+//! IMMA tensor cores), [`crate::Gpu::quantized_lora_forward`], the DoRA norm from CB and SCB
+//! ([`crate::Gpu::dora_factor_quantized`]) and merging by requantising
 //! ([`crate::Gpu::merge_adapter_int8`]). The GPU paths are compiled only so far (not yet run on a GPU).
 pub(crate) mod gpu;
 pub mod reference;

@@ -11,6 +11,7 @@ use crate::device::Gpu;
 use crate::dora::DoraFactor;
 use crate::error::{invalid, Result};
 use crate::int8::{Int8Device, Int8Weight};
+use crate::linear::QuantizedWeight;
 use crate::lora::{validate_bias, validate_lora_forward, LoraAdapter, LoraShape};
 use crate::quant4::{Quant4Device, Quant4Weight};
 use crate::Element;
@@ -172,8 +173,14 @@ impl<T: Element> Layer<T> {
         let view = adapter.view();
         let factor = match &self.base {
             BaseWeight::Dense(w) => self.gpu.dora_factor(w, view, m, self.k, self.n)?,
-            BaseWeight::Quant4(q) => self.gpu.dora_factor_quant4(q, view, m)?,
-            BaseWeight::Int8(q) => self.gpu.dora_factor_int8(q, view, m)?,
+            BaseWeight::Quant4(q) => {
+                self.gpu
+                    .dora_factor_quantized(QuantizedWeight::Quant4(q), view, m)?
+            }
+            BaseWeight::Int8(q) => {
+                self.gpu
+                    .dora_factor_quantized(QuantizedWeight::Int8(q), view, m)?
+            }
         };
         Ok(Some(factor))
     }
@@ -198,8 +205,14 @@ impl<T: Element> Layer<T> {
                 self.gpu
                     .linear(x, w, bias.as_ref(), LoraShape::new(m, self.k, self.n), y)
             }
-            BaseWeight::Quant4(q) => self.gpu.quant4_linear(x, q, bias.as_ref(), m, y),
-            BaseWeight::Int8(q) => self.gpu.int8_linear(x, q, bias.as_ref(), m, y),
+            BaseWeight::Quant4(q) => {
+                self.gpu
+                    .quantized_linear(x, QuantizedWeight::Quant4(q), bias.as_ref(), m, y)
+            }
+            BaseWeight::Int8(q) => {
+                self.gpu
+                    .quantized_linear(x, QuantizedWeight::Int8(q), bias.as_ref(), m, y)
+            }
         }
     }
 

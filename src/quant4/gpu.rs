@@ -5,7 +5,7 @@ use crate::device::{Gpu, KernelModule};
 use crate::error::{invalid, Result};
 use crate::linear::{LinearWeight, GEMV_MAX_M};
 use crate::lora::{at_least, validate_dims};
-use crate::lora::{validate_bias, validate_lora_forward, AdapterLens, LoraAdapter, LoraShape};
+use crate::lora::{validate_bias, validate_lora_forward, LoraShape};
 use crate::sys::{
     Quant4Params, Quant4QuantizeParams, Quant4Type_QUANT4_FP4, Quant4Type_QUANT4_NF4,
     Quant4Weights, QUANT4_NESTED_BLOCKSIZE, QUANT4_THREADS,
@@ -46,7 +46,7 @@ impl Quant4Device {
 /// A 4-bit weight's device addresses in the kernels' struct, with the guards that keep them in use.
 pub(crate) struct DeviceWeights<'a> {
     pub(crate) params: Quant4Weights,
-    _guards: Vec<SyncOnDrop<'a>>,
+    pub(crate) guards: Vec<SyncOnDrop<'a>>,
 }
 
 impl Quant4Device {
@@ -78,7 +78,7 @@ impl Quant4Device {
                 n: self.shape[0] as i32,
                 k: self.shape[1] as i32,
             },
-            _guards: guards,
+            guards,
         }
     }
 }
@@ -330,40 +330,6 @@ impl Gpu {
         let vector_k = k % 32 == 0 && packed_ptr % 16 == 0 && x_ptr % 16 == 0;
         let grid = n.div_ceil(QUANT4_THREADS as usize / 32);
         self.launch_quant4::<T>("linear", weight, x_ptr, bias_ptr, y_ptr, m, vector_k, grid)
-    }
-
-    /// QLoRA's forward: `y = x · dequant(W)ᵀ + bias + Σᵢ sᵢ·(x·Aᵢᵀ)·Bᵢᵀ` for a 4-bit W, as two
-    /// launches: [`Gpu::quant4_linear`] into y, then the fused LoRA forward in place on y (which reads
-    /// and writes y once more: m·n elements, small beside the packed weight at decode sizes; one
-    /// launch's latency is the price of not fusing the adapter into the GEMV epilogue). For QDoRA,
-    /// follow [`Gpu::quant4_linear`] with [`Gpu::dora_forward_inplace`] and a factor from
-    /// [`Gpu::dora_factor_quant4`]; [`crate::layer::Layer`] does both.
-    pub fn qlora_forward<T, X, S, Y>(
-        &self,
-        x: &X,
-        weight: &Quant4Device,
-        bias: Option<&CudaView<'_, T>>,
-        adapters: &[LoraAdapter<'_, S>],
-        m: usize,
-        y: &mut Y,
-    ) -> Result<()>
-    where
-        T: Element,
-        X: DevicePtr<T>,
-        S: DevicePtr<T>,
-        Y: DevicePtrMut<T>,
-    {
-        let [n, k] = weight.shape;
-        let shape = LoraShape::new(m, k, n);
-        validate_lora_forward(
-            shape,
-            x.len(),
-            None,
-            y.len(),
-            &AdapterLens::of(adapters, |s| s.len()),
-        )?;
-        self.quant4_linear(x, weight, bias, m, y)?;
-        self.lora_forward_inplace(x, adapters, shape, y)
     }
 
     #[allow(clippy::too_many_arguments)]

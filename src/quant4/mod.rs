@@ -6,8 +6,8 @@
 //! reads a `Linear4bit` state dict as bitsandbytes saves it. On the GPU: [`crate::Gpu::quantize_quant4`]
 //! (the quantiser), [`crate::Gpu::quant4_dequantize`], [`crate::Gpu::quant4_linear`] (GEMV up to 8
 //! rows in `kernels/quant4.cu`, the tiled tensor-core kernel of `kernels/linear.cu` above),
-//! [`crate::Gpu::qlora_forward`] and the DoRA norm straight from the codes
-//! ([`crate::Gpu::dora_factor_quant4`]). The GPU paths are compiled only so far (not yet run on a GPU).
+//! [`crate::Gpu::quantized_lora_forward`] (QLoRA) and the DoRA norm straight from the codes
+//! ([`crate::Gpu::dora_factor_quantized`]). The GPU paths are compiled only so far (not yet run on a GPU).
 pub(crate) mod gpu;
 pub mod reference;
 
