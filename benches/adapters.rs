@@ -185,17 +185,11 @@ fn gpu_benches(c: &mut Criterion, gpu: &Gpu) {
         int8_ms,
         (2 * N * K + 8 * N + 2 * 16 * (K + N)) as f64,
     );
-    if let Ok(path) = std::env::var("LORA_KERNELS_BENCH_OUT") {
-        std::fs::write(
-            path,
-            format!(
-                "{{\"device\":{:?},\"copy_gbs\":{copy_gbs},\"rows\":[{}]}}",
-                gpu.name(),
-                json.join(",")
-            ),
-        )
-        .unwrap();
-    }
+    common::write_bench_json(
+        gpu.name(),
+        copy_gbs,
+        &[("rows", format!("[{}]", json.join(",")))],
+    );
 }
 
 fn cpu_benches(c: &mut Criterion) {

@@ -149,27 +149,24 @@ fn gpu_benches(c: &mut Criterion, gpu: &Gpu) {
             d / l
         );
     }
-    if let Ok(path) = std::env::var("LORA_KERNELS_BENCH_OUT") {
-        let norms: Vec<String> = norm_rows
-            .iter()
-            .map(|(k, n, r, a, c, b, g)| format!("{{\"k\":{k},\"n\":{n},\"r\":{r},\"norm_ms\":{a},\"cuda_core_norm_ms\":{c},\"dense_ms\":{b},\"gbs\":{g}}}"))
-            .collect();
-        let fwds: Vec<String> = fwd_rows
-            .iter()
-            .map(|(m, k, n, r, d, l)| {
-                format!(
-                    "{{\"m\":{m},\"k\":{k},\"n\":{n},\"r\":{r},\"dora_ms\":{d},\"lora_ms\":{l}}}"
-                )
-            })
-            .collect();
-        let doc = format!(
-            "{{\"device\":{:?},\"copy_gbs\":{copy_gbs},\"norm\":[{}],\"forward\":[{}]}}",
-            gpu.name(),
-            norms.join(","),
-            fwds.join(",")
-        );
-        std::fs::write(path, doc).unwrap();
-    }
+    let norms: Vec<String> = norm_rows
+        .iter()
+        .map(|(k, n, r, a, c, b, g)| format!("{{\"k\":{k},\"n\":{n},\"r\":{r},\"norm_ms\":{a},\"cuda_core_norm_ms\":{c},\"dense_ms\":{b},\"gbs\":{g}}}"))
+        .collect();
+    let fwds: Vec<String> = fwd_rows
+        .iter()
+        .map(|(m, k, n, r, d, l)| {
+            format!("{{\"m\":{m},\"k\":{k},\"n\":{n},\"r\":{r},\"dora_ms\":{d},\"lora_ms\":{l}}}")
+        })
+        .collect();
+    common::write_bench_json(
+        gpu.name(),
+        copy_gbs,
+        &[
+            ("norm", format!("[{}]", norms.join(","))),
+            ("forward", format!("[{}]", fwds.join(","))),
+        ],
+    );
 }
 
 fn cpu_benches(c: &mut Criterion) {

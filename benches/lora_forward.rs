@@ -178,14 +178,11 @@ fn gpu_benches(c: &mut Criterion, gpu: &Gpu) {
             "{{\"m\":{m},\"k\":{k},\"n\":{n},\"r\":{r},\"fused_ms\":{f},\"unfused_ms\":{u},\"gbs\":{gbs},\"floor_ms\":{floor}}}"
         ));
     }
-    if let Ok(path) = std::env::var("LORA_KERNELS_BENCH_OUT") {
-        let doc = format!(
-            "{{\"device\":{:?},\"copy_gbs\":{copy_gbs},\"rows\":[{}]}}",
-            gpu.name(),
-            json.join(",")
-        );
-        std::fs::write(&path, doc).unwrap();
-    }
+    common::write_bench_json(
+        gpu.name(),
+        copy_gbs,
+        &[("rows", format!("[{}]", json.join(",")))],
+    );
 }
 
 fn cpu_benches(c: &mut Criterion) {

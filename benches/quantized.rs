@@ -205,17 +205,11 @@ fn gpu_benches(c: &mut Criterion, gpu: &Gpu) {
             "{{\"m\":{m},\"k\":{k},\"n\":{n},\"cublas_ms\":{cb},\"nf4_ms\":{q},\"nf4_dq_ms\":{qd},\"int8_ms\":{i8},\"dense_linear_ms\":{dn},\"dequant_gemm_ms\":{dq}}}"
         ));
     }
-    if let Ok(path) = std::env::var("LORA_KERNELS_BENCH_OUT") {
-        std::fs::write(
-            path,
-            format!(
-                "{{\"device\":{:?},\"copy_gbs\":{copy_gbs},\"rows\":[{}]}}",
-                gpu.name(),
-                json.join(",")
-            ),
-        )
-        .unwrap();
-    }
+    common::write_bench_json(
+        gpu.name(),
+        copy_gbs,
+        &[("rows", format!("[{}]", json.join(",")))],
+    );
 }
 
 fn cpu_benches(c: &mut Criterion) {

@@ -67,3 +67,16 @@ pub fn gpu_or_cpu(
         }
     }
 }
+
+/// With `LORA_KERNELS_BENCH_OUT=path`, writes `{"device": .., "copy_gbs": .., <fields>}` there (the
+/// GPU check collects these files); `fields` are `"key":value` JSON members.
+pub fn write_bench_json(device: &str, copy_gbs: f64, fields: &[(&str, String)]) {
+    if let Ok(path) = std::env::var("LORA_KERNELS_BENCH_OUT") {
+        let members: Vec<String> = fields.iter().map(|(k, v)| format!("{k:?}:{v}")).collect();
+        let doc = format!(
+            "{{\"device\":{device:?},\"copy_gbs\":{copy_gbs},{}}}",
+            members.join(",")
+        );
+        std::fs::write(path, doc).unwrap();
+    }
+}

@@ -186,10 +186,9 @@ pub fn merge_adapter<T: Element>(
     adapter: LoraAdapter<'_, [T]>,
     factor: Option<&[f32]>,
 ) -> Result<Int8Weight> {
-    let [n, k] = weight.shape;
-    let w: Vec<T> = dequantize_to(weight)?;
-    let merged = crate::dora::reference::dora_merged_weight(&w, adapter, factor, k, n)?;
-    quantize_rowwise(&merged, weight.shape)
+    requantized(weight, |w, k, n| {
+        crate::dora::reference::dora_merged_weight(w, adapter, factor, k, n)
+    })
 }
 
 /// Undoes [`merge_adapter`]: `W / f − s·B·A` (or `W − s·B·A`) on the dequantised weight, requantised.
@@ -198,10 +197,19 @@ pub fn unmerge_adapter<T: Element>(
     adapter: LoraAdapter<'_, [T]>,
     factor: Option<&[f32]>,
 ) -> Result<Int8Weight> {
+    requantized(weight, |w, k, n| {
+        crate::dora::reference::dora_unmerged_weight(w, adapter, factor, k, n)
+    })
+}
+
+/// `update` applied to the weight dequantised to `T` ([n, k] → [n, k]), quantised row-wise again.
+fn requantized<T: Element>(
+    weight: &Int8Weight,
+    update: impl FnOnce(&[T], usize, usize) -> Result<Vec<T>>,
+) -> Result<Int8Weight> {
     let [n, k] = weight.shape;
     let w: Vec<T> = dequantize_to(weight)?;
-    let unmerged = crate::dora::reference::dora_unmerged_weight(&w, adapter, factor, k, n)?;
-    quantize_rowwise(&unmerged, weight.shape)
+    quantize_rowwise(&update(&w, k, n)?, weight.shape)
 }
 
 #[cfg(test)]
