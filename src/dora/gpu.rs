@@ -257,25 +257,6 @@ impl Gpu {
         Y: DevicePtrMut<T>,
     {
         validate_lora_forward(shape, x.len(), None, y.len(), &[lens(&adapter)])?;
-        self.dora_epilogue_inplace(x, bias, adapter, factor, shape, y)
-    }
-
-    /// The in-place DoRA launch after validation of x, y and the adapter.
-    fn dora_epilogue_inplace<T, X, S, Y>(
-        &self,
-        x: &X,
-        bias: Option<&CudaView<'_, T>>,
-        adapter: LoraAdapter<'_, S>,
-        factor: &DoraFactor,
-        shape: LoraShape,
-        y: &mut Y,
-    ) -> Result<()>
-    where
-        T: Element,
-        X: DevicePtr<T>,
-        S: DevicePtr<T>,
-        Y: DevicePtrMut<T>,
-    {
         if factor.len() != shape.n {
             return Err(invalid(
                 "factor",
@@ -326,7 +307,7 @@ impl Gpu {
             ));
         }
         self.linear(x, weight, bias, shape, y)?;
-        self.dora_epilogue_inplace(x, bias, adapter, factor, shape, y)
+        self.dora_forward_inplace(x, bias, adapter, factor, shape, y)
     }
 
     /// Merges an adapter into W [n, k] in place, one pass: `W ← f ⊙ (W + s·B·A)` with a DoRA factor,
