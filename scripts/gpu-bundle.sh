@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds, on a machine without a GPU, everything the GPU check needs into one git-ignored folder
 # (default gpu-bundle/): the release GPU test, bench and example binaries (kernels required, no
-# spills), the golden data, the peers' baseline script and scripts/gpu-check.sh.
+# spills; as bin.tar.xz), the golden data, the peers' baseline script and scripts/gpu-check.sh.
 #
 #   scripts/gpu-bundle.sh [DIR]
 # then, on the GPU machine, from the repository root: bash gpu-bundle/gpu-check.sh
@@ -35,10 +35,14 @@ cargo bench --no-run --message-format=json 2>/dev/null | executables bench \
     | while read -r name exe; do cp "$exe" "$dir/bin/bench_$name"; done
 cp "$CARGO_TARGET_DIR/release/examples/quickstart" "$dir/bin/quickstart"
 strip "$dir"/bin/*
+# Every binary embeds the same kernels: one xz stream with a 64 MiB window stores them once (about
+# 4 MB instead of 120), well inside the device tool's 64 MiB carry. gpu-check.sh unpacks it.
+tar -C "$dir" -cf - bin | xz -9 -T0 >"$dir/bin.tar.xz"
+rm -rf "$dir/bin"
 cp -r tests/data/golden "$dir/golden"
 cp scripts/gpu-check.sh "$dir/gpu-check.sh"
 if [ -f ../shared/gpu/peer_baseline.py ]; then cp ../shared/gpu/peer_baseline.py "$dir/"; fi
 cat "$CARGO_TARGET_DIR"/release/build/lora-kernels-*/out/ptxas-*.log >"$dir/ptxas.log" 2>/dev/null || true
-ls -la "$dir/bin"
+tar -tvJf "$dir/bin.tar.xz"
 du -sh "$dir"
 echo "bundle ready: send $dir with the device tool's carry and run: bash $dir/gpu-check.sh"

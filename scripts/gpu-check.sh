@@ -14,6 +14,20 @@ mode="${1:-all}"
 budget="${GPU_CHECK_BUDGET_S:-540}"
 wants() { [ "$mode" = all ] || [[ " $mode " == *" $1 "* ]]; }
 here="$(cd "$(dirname "$0")" && pwd)"
+# The binaries travel as bin.tar.xz (see gpu-bundle.sh); tar's xz, else Python's lzma, unpacks them.
+bin="$here/bin"
+if [ ! -d "$bin" ] && [ -f "$here/bin.tar.xz" ]; then
+    bin="${TMPDIR:-/tmp}/lora-kernels-gpu-check"
+    rm -rf "$bin" && mkdir -p "$bin"
+    tar -C "$bin" --strip-components=1 -xJf "$here/bin.tar.xz" 2>/dev/null ||
+        python3 -c 'import sys, tarfile, os
+t = tarfile.open(sys.argv[1])
+for m in t.getmembers():
+    if m.isfile():
+        m.name = os.path.basename(m.name)
+        t.extract(m, sys.argv[2])' "$here/bin.tar.xz" "$bin"
+    chmod +x "$bin"/*
+fi
 out="${OUT:-$PWD/gpu-check-out}"
 mkdir -p "$out"
 log="$out/check.log"
@@ -55,41 +69,41 @@ step() { # name, timeout, command...
 }
 
 if wants tests; then
-step "golden" 60 "$here/bin/golden"
-step "lora_gpu" 120 "$here/bin/lora_gpu" --test-threads=1
-step "dora_gpu" 120 "$here/bin/dora_gpu" --test-threads=1
-step "quant4_gpu" 120 "$here/bin/quant4_gpu" --test-threads=1
-step "int8_gpu" 120 "$here/bin/int8_gpu" --test-threads=1
-step "mixed_gpu" 120 "$here/bin/mixed_gpu" --test-threads=1
-step "linear_gpu" 120 "$here/bin/linear_gpu" --test-threads=1
-step "layer" 60 "$here/bin/layer" --test-threads=1
-step "errors" 30 "$here/bin/errors"
-step "quickstart" 30 "$here/bin/quickstart" "$here/golden"
+step "golden" 60 "$bin/golden"
+step "lora_gpu" 120 "$bin/lora_gpu" --test-threads=1
+step "dora_gpu" 120 "$bin/dora_gpu" --test-threads=1
+step "quant4_gpu" 120 "$bin/quant4_gpu" --test-threads=1
+step "int8_gpu" 120 "$bin/int8_gpu" --test-threads=1
+step "mixed_gpu" 120 "$bin/mixed_gpu" --test-threads=1
+step "linear_gpu" 120 "$bin/linear_gpu" --test-threads=1
+step "layer" 60 "$bin/layer" --test-threads=1
+step "errors" 30 "$bin/errors"
+step "quickstart" 30 "$bin/quickstart" "$here/golden"
 fi
 cs=/usr/local/cuda/bin/compute-sanitizer
 command -v compute-sanitizer >/dev/null && cs=compute-sanitizer
 if wants sanitize; then
 export LORA_KERNELS_SMALL=1
-step "memcheck golden" 90 "$cs" --tool memcheck --error-exitcode 9 "$here/bin/golden"
-step "memcheck lora_gpu" 150 "$cs" --tool memcheck --error-exitcode 9 "$here/bin/lora_gpu" --test-threads=1
-step "memcheck dora_gpu" 150 "$cs" --tool memcheck --error-exitcode 9 "$here/bin/dora_gpu" --test-threads=1
-step "memcheck quant4_gpu" 150 "$cs" --tool memcheck --error-exitcode 9 "$here/bin/quant4_gpu" --test-threads=1
-step "memcheck int8_gpu" 150 "$cs" --tool memcheck --error-exitcode 9 "$here/bin/int8_gpu" --test-threads=1
-step "memcheck mixed_gpu" 150 "$cs" --tool memcheck --error-exitcode 9 "$here/bin/mixed_gpu" --test-threads=1
-step "memcheck linear_gpu" 150 "$cs" --tool memcheck --error-exitcode 9 "$here/bin/linear_gpu" --test-threads=1
-step "memcheck layer" 120 "$cs" --tool memcheck --error-exitcode 9 "$here/bin/layer" --test-threads=1
-step "racecheck int8 merge" 120 "$cs" --tool racecheck --error-exitcode 9 "$here/bin/int8_gpu" --test-threads=1 int8_merge_f32
-step "racecheck lora_gpu" 120 "$cs" --tool racecheck --error-exitcode 9 "$here/bin/lora_gpu" --test-threads=1 repeated_launches
+step "memcheck golden" 90 "$cs" --tool memcheck --error-exitcode 9 "$bin/golden"
+step "memcheck lora_gpu" 150 "$cs" --tool memcheck --error-exitcode 9 "$bin/lora_gpu" --test-threads=1
+step "memcheck dora_gpu" 150 "$cs" --tool memcheck --error-exitcode 9 "$bin/dora_gpu" --test-threads=1
+step "memcheck quant4_gpu" 150 "$cs" --tool memcheck --error-exitcode 9 "$bin/quant4_gpu" --test-threads=1
+step "memcheck int8_gpu" 150 "$cs" --tool memcheck --error-exitcode 9 "$bin/int8_gpu" --test-threads=1
+step "memcheck mixed_gpu" 150 "$cs" --tool memcheck --error-exitcode 9 "$bin/mixed_gpu" --test-threads=1
+step "memcheck linear_gpu" 150 "$cs" --tool memcheck --error-exitcode 9 "$bin/linear_gpu" --test-threads=1
+step "memcheck layer" 120 "$cs" --tool memcheck --error-exitcode 9 "$bin/layer" --test-threads=1
+step "racecheck int8 merge" 120 "$cs" --tool racecheck --error-exitcode 9 "$bin/int8_gpu" --test-threads=1 int8_merge_f32
+step "racecheck lora_gpu" 120 "$cs" --tool racecheck --error-exitcode 9 "$bin/lora_gpu" --test-threads=1 repeated_launches
 unset LORA_KERNELS_SMALL
 fi
 if wants bench; then
-LORA_KERNELS_BENCH_OUT="$out/bench.json" step "bench lora_forward" 150 "$here/bin/bench_lora_forward" --bench
+LORA_KERNELS_BENCH_OUT="$out/bench.json" step "bench lora_forward" 150 "$bin/bench_lora_forward" --bench
 sed -n '/^fused LoRA forward vs unfused/,$p' "$out/step.log" >"$out/bench_table.txt"
-LORA_KERNELS_BENCH_OUT="$out/bench_dora.json" step "bench dora" 150 "$here/bin/bench_dora" --bench
+LORA_KERNELS_BENCH_OUT="$out/bench_dora.json" step "bench dora" 150 "$bin/bench_dora" --bench
 sed -n '/^DoRA weight norm, bf16/,$p' "$out/step.log" >>"$out/bench_table.txt"
-LORA_KERNELS_BENCH_OUT="$out/bench_quantized.json" step "bench quantized" 150 "$here/bin/bench_quantized" --bench
+LORA_KERNELS_BENCH_OUT="$out/bench_quantized.json" step "bench quantized" 150 "$bin/bench_quantized" --bench
 sed -n '/^quantised products vs cuBLAS/,$p' "$out/step.log" >>"$out/bench_table.txt"
-LORA_KERNELS_BENCH_OUT="$out/bench_adapters.json" step "bench adapters" 150 "$here/bin/bench_adapters" --bench
+LORA_KERNELS_BENCH_OUT="$out/bench_adapters.json" step "bench adapters" 150 "$bin/bench_adapters" --bench
 sed -n '/^mixed batch (4 adapters/,$p' "$out/step.log" >>"$out/bench_table.txt"
 if [ -f "$here/peer_baseline.py" ]; then
     PYTHONUNBUFFERED=1 step "peers (peft, cuBLAS)" 150 python3 "$here/peer_baseline.py" --quick --out "$out/peer.json"
