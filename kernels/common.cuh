@@ -5,6 +5,8 @@
 #include <cuda_fp16.h>
 #include <stdint.h>
 
+#include "lora_params.h"
+
 // f32 <-> element conversions, round-to-nearest-even on the way down.
 template <typename T> struct Element;
 
@@ -32,22 +34,44 @@ template <typename T> union Vec16 {
     T v[kVec<T>];
 };
 
-// The end of a warp-per-output-row product (the GEMV paths): sums each of the first `rows` per-lane
-// partial sums over the warp, then lane 0 writes y[row0 + r, j] = T(acc[r] * scale + bias[j]) for
-// y with `ld` columns (bias may be null).
+// The lane's share of the LoRA term of output column j for rows row0 .. row0 + rows - 1 (the GEMV
+// epilogues, see LoraGemvEpilogue in lora_params.h): lanes stride over the concatenated ranks q,
+// lora[r] += hidden[row0 + r][q] * B(j, q). Adds nothing when e.hidden is 0.
 template <typename T, int kRows>
-__device__ __forceinline__ void warp_sum_store_rows(float (&acc)[kRows], int rows, float scale, const T *bias, T *y,
-                                                    int row0, int j, int ld) {
+__device__ __forceinline__ void lora_gemv_partials(const LoraGemvEpilogue &e, int row0, int rows, int j, float (&lora)[kRows]) {
+    if (!e.hidden) return;
+    const float *hidden = reinterpret_cast<const float *>(e.hidden);
+    for (int q = threadIdx.x % 32; q < e.rank_total; q += 32) {
+        int slot = 0;
+        for (int i = 1; i < e.num_adapters; ++i)
+            if (q >= e.adapters[i].rank_offset) slot = i;
+        const LoraAdapterSlot &ad = e.adapters[slot];
+        const float b = Element<T>::to_f32(reinterpret_cast<const T *>(ad.lora_b)[(size_t)j * ad.rank + (q - ad.rank_offset)]);
+#pragma unroll
+        for (int r = 0; r < kRows; ++r)
+            if (r < rows) lora[r] = fmaf(hidden[(size_t)(row0 + r) * e.rank_total + q], b, lora[r]);
+    }
+}
+
+// The end of a warp-per-output-column product (the GEMV paths): sums each of the first `rows`
+// per-lane partial sums over the warp, and the LoRA partials likewise, then lane 0 writes
+// y[row0 + r, j] = T(acc[r] * scale + lora[r] + bias[j]) for y with `ld` columns (bias may be null).
+template <typename T, int kRows>
+__device__ __forceinline__ void warp_sum_store_rows(float (&acc)[kRows], float (&lora)[kRows], int rows, float scale,
+                                                    const T *bias, T *y, int row0, int j, int ld) {
 #pragma unroll
     for (int r = 0; r < kRows; ++r) {
 #pragma unroll
-        for (int off = 16; off > 0; off /= 2) acc[r] += __shfl_down_sync(0xffffffffu, acc[r], off);
+        for (int off = 16; off > 0; off /= 2) {
+            acc[r] += __shfl_down_sync(0xffffffffu, acc[r], off);
+            lora[r] += __shfl_down_sync(0xffffffffu, lora[r], off);
+        }
     }
     if (threadIdx.x % 32 == 0) {
         const float b = bias ? Element<T>::to_f32(bias[j]) : 0.0f;
 #pragma unroll
         for (int r = 0; r < kRows; ++r)
-            if (r < rows) y[(size_t)(row0 + r) * ld + j] = Element<T>::from_f32(acc[r] * scale + b);
+            if (r < rows) y[(size_t)(row0 + r) * ld + j] = Element<T>::from_f32(acc[r] * scale + lora[r] + b);
     }
 }
 

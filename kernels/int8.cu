@@ -60,7 +60,9 @@ template <typename T> __device__ void int8_linear(const Int8LinearParams &p) {
                     if (r < rows) acc[r] = fmaf(Element<T>::to_f32(x[(size_t)(r0 + r) * p.k + c]), wv, acc[r]);
             }
         }
-        warp_sum_store_rows<T, kMTile>(acc, rows, row_scale, reinterpret_cast<const T *>(p.bias), y, r0, j, p.n);
+        float lora[kMTile] = {};
+        lora_gemv_partials<T, kMTile>(p.lora, r0, rows, j, lora);
+        warp_sum_store_rows<T, kMTile>(acc, lora, rows, row_scale, reinterpret_cast<const T *>(p.bias), y, r0, j, p.n);
     }
 }
 

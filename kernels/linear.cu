@@ -337,7 +337,9 @@ template <typename T> __device__ void linear_gemv(const LinearParams &p) {
                 if (r < rows) acc[r] = fmaf(Element<T>::to_f32(x[(size_t)r * p.k + c]), wv, acc[r]);
         }
     }
-    warp_sum_store_rows<T, kRows>(acc, rows, 1.0f, reinterpret_cast<const T *>(p.bias), reinterpret_cast<T *>(p.y), 0, j, p.n);
+    float lora[kRows] = {};
+    lora_gemv_partials<T, kRows>(p.lora, 0, rows, j, lora);
+    warp_sum_store_rows<T, kRows>(acc, lora, rows, 1.0f, reinterpret_cast<const T *>(p.bias), reinterpret_cast<T *>(p.y), 0, j, p.n);
 }
 
 }  // namespace

@@ -26,6 +26,31 @@ typedef struct LoraAdapterSlot {
     int32_t reserved;
 } LoraAdapterSlot;
 
+/* The LoRA term in the epilogue of the GEMV kernels (decode, m <= 8: quant4_linear, int8_linear,
+ * linear_gemv): y[r, j] += sum_q hidden[r][q] * B(j, q), with hidden = sum_i s_i x A_i^T over the
+ * adapters' concatenated ranks (f32 [m][rank_total], from lora_shrink_T) and B(j, q) row j of the B of
+ * the adapter owning rank q. hidden 0: no LoRA term. */
+typedef struct LoraGemvEpilogue {
+    uint64_t hidden;
+    int32_t rank_total;
+    int32_t num_adapters;
+    LoraAdapterSlot adapters[LORA_MAX_LAUNCH_ADAPTERS];
+} LoraGemvEpilogue;
+
+/* lora_shrink_T (kernels/lora_shrink.cu): one block per concatenated rank q,
+ * hidden[r][q] = s_i * sum_c x[r, c] * A_i[q - offset_i, c] for the rows r < m (m <= 8). */
+#define LORA_SHRINK_THREADS 256
+#define LORA_SHRINK_MAX_ROWS 8
+typedef struct LoraShrinkParams {
+    uint64_t x;
+    uint64_t hidden;
+    int32_t m;
+    int32_t k;
+    int32_t rank_total;
+    int32_t num_adapters;
+    LoraAdapterSlot adapters[LORA_MAX_LAUNCH_ADAPTERS];
+} LoraShrinkParams;
+
 /* y = base + sum_i scale_i * (x * A_i^T) * B_i^T for x [m, k], base and y [m, n] row-major.
  * base may equal y (in place). The work is split into `m_tiles * k_chunks` shrink items followed by
  * `m_tiles * ceil(n_tiles / n_tiles_per_item)` expand items, handed out by a ticket counter (see
@@ -97,6 +122,8 @@ typedef struct Quant4Params {
     int32_t m;
     /* 1 when k is a multiple of 32 and packed and x are 16-byte aligned: 16-byte loads of 32 codes. */
     int32_t vector_k;
+    /* The LoRA term of the GEMV epilogue (hidden 0: none; the tiled kernels ignore it). */
+    LoraGemvEpilogue lora;
 } Quant4Params;
 
 /* The 4-bit quantiser (kernels/quant4.cu), as bitsandbytes quantises:
@@ -146,6 +173,8 @@ typedef struct Int8LinearParams {
     int32_t k;
     /* 1 when k is a multiple of 16 and CB and x are 16-byte aligned: 16-byte loads of 16 codes. */
     int32_t vector_k;
+    /* The LoRA term of the GEMV epilogue (hidden 0: none; the tiled kernels ignore it). */
+    LoraGemvEpilogue lora;
 } Int8LinearParams;
 
 /* LLM.int8 as bitsandbytes runs it on CUDA (kernels/int8.cu, the int8_llm_* kernels):
@@ -243,6 +272,8 @@ typedef struct LinearParams {
     int32_t vector_w;
     /* 1 when n is even and y is 4-byte aligned: output pairs store as one word. */
     int32_t vector_y;
+    /* The LoRA term of the GEMV epilogue (hidden 0: none; the tiled kernels ignore it). */
+    LoraGemvEpilogue lora;
 } LinearParams;
 
 /* Rows of the DoRA weight norm, merge and unmerge (kernels/dora.cu).

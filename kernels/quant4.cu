@@ -106,7 +106,9 @@ template <typename T> __device__ void linear(const Quant4Params &p) {
                     if (r < rows) acc[r] = fmaf(Element<T>::to_f32(x[(size_t)(r0 + r) * w.k + c]), wv, acc[r]);
             }
         }
-        warp_sum_store_rows<T, kMTile>(acc, rows, 1.0f, reinterpret_cast<const T *>(p.bias), y, r0, j, w.n);
+        float lora[kMTile] = {};
+        lora_gemv_partials<T, kMTile>(p.lora, r0, rows, j, lora);
+        warp_sum_store_rows<T, kMTile>(acc, lora, rows, 1.0f, reinterpret_cast<const T *>(p.bias), y, r0, j, w.n);
     }
 }
 

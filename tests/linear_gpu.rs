@@ -171,3 +171,75 @@ fn dora_forward_linear_bf16() {
         dora_linear::<bf16>(&gpu, 35);
     }
 }
+
+/// The base product with LoRA adapters from x and W (`Gpu::linear_lora_forward`) against the CPU
+/// references: decode sizes fuse the adapters into the GEMV epilogue (up to 8 adapters, 256 summed
+/// ranks), larger batches and more adapters take the tiled product and the fused forward in place.
+fn with_adapters<T: Element>(gpu: &Gpu, seed: u64) {
+    let s = gpu.stream();
+    let mut rng = Rng::new(seed);
+    let cases: &[(usize, usize, usize, &[usize])] = &[
+        (1, 256, 96, &[8]),
+        (4, 100, 33, &[1, 16, 3]),
+        (8, 512, 130, &[64, 64, 64, 64]),
+        (2, 64, 40, &[4, 4, 4, 4, 4, 4, 4, 4, 4]), // nine adapters: not one epilogue
+        (3, 64, 40, &[200, 100]),                  // 300 summed ranks: not one epilogue
+        (9, 128, 70, &[16]),                       // past the GEMV rows
+    ];
+    for &(m, k, n, ranks) in cases {
+        println!(
+            "linear_lora_forward m {m} k {k} n {n} ranks {ranks:?} {}",
+            T::DTYPE
+        );
+        let shape = LoraShape::new(m, k, n);
+        let (x, w, bias): (Vec<T>, Vec<T>, Vec<T>) =
+            (rng.vec(m * k, 1.0), rng.vec(n * k, 0.1), rng.vec(n, 1.0));
+        let host: Vec<(Vec<T>, Vec<T>)> = ranks
+            .iter()
+            .map(|&r| (rng.vec(r * k, 0.1), rng.vec(n * r, 0.1)))
+            .collect();
+        let views: Vec<_> = host
+            .iter()
+            .zip(ranks)
+            .map(|((a, b), &r)| LoraAdapter::new(&a[..], &b[..], r, 0.5))
+            .collect();
+        let base = reference::linear(&x, &w, Some(&bias), shape).unwrap();
+        let want = reference::lora_forward(&x, &base, &views, shape).unwrap();
+        let dev: Vec<_> = host
+            .iter()
+            .map(|(a, b)| (s.clone_htod(a).unwrap(), s.clone_htod(b).unwrap()))
+            .collect();
+        let adapters: Vec<_> = dev
+            .iter()
+            .zip(ranks)
+            .map(|((a, b), &r)| LoraAdapter::new(a, b, r, 0.5))
+            .collect();
+        let (xd, wd, bd) = (
+            s.clone_htod(&x).unwrap(),
+            s.clone_htod(&w).unwrap(),
+            s.clone_htod(&bias).unwrap(),
+        );
+        let mut y = s.alloc_zeros::<T>(m * n).unwrap();
+        gpu.linear_lora_forward(&xd, &wd, Some(&bd.slice(..)), &adapters, shape, &mut y)
+            .unwrap();
+        let err = rel_error(&f64s(&s.clone_dtoh(&y).unwrap()), &f64s(&want));
+        assert!(
+            err <= T::DTYPE.tolerance(),
+            "m {m} k {k} n {n} ranks {ranks:?}: rel err {err:.3e}"
+        );
+    }
+}
+
+#[test]
+fn linear_lora_forward_f32() {
+    if let Some(gpu) = common::gpu() {
+        with_adapters::<f32>(&gpu, 36);
+    }
+}
+
+#[test]
+fn linear_lora_forward_bf16() {
+    if let Some(gpu) = common::gpu() {
+        with_adapters::<bf16>(&gpu, 37);
+    }
+}

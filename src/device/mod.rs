@@ -27,6 +27,8 @@ pub(crate) enum KernelModule {
     MixedBatch,
     /// `kernels/linear.cu`.
     Linear,
+    /// `kernels/lora_shrink.cu`.
+    LoraShrink,
 }
 
 impl KernelModule {
@@ -38,6 +40,7 @@ impl KernelModule {
             KernelModule::Int8 => kernel_images::INT8,
             KernelModule::MixedBatch => kernel_images::MIXED_BATCH,
             KernelModule::Linear => kernel_images::LINEAR,
+            KernelModule::LoraShrink => kernel_images::LORA_SHRINK,
         }
     }
 }

@@ -3,7 +3,7 @@ use super::Int8Weight;
 use crate::device::{Gpu, KernelModule};
 use crate::error::invalid;
 use crate::error::Result;
-use crate::linear::{LinearWeight, GEMV_MAX_M};
+use crate::linear::QuantizedWeight;
 use crate::lora::{validate_bias, validate_lora_forward, LoraShape};
 use crate::sys::{
     Int8LinearParams, Int8LlmParams, INT8_LLM_BLOCK_M, INT8_LLM_BLOCK_N, INT8_THREADS,
@@ -59,9 +59,10 @@ impl Gpu {
     }
 
     /// Weight-only `y = x · (CB · SCB / 127)ᵀ + bias` for x [m, k], y [m, n], never materialising the
-    /// dequantised weight. Up to [`GEMV_MAX_M`] rows take the GEMV kernel (CB streamed once per 8 rows);
-    /// more rows take the tiled tensor-core kernel of [`crate::linear`] (codes converted exactly to `T`
-    /// in shared memory, SCB / 127 applied to each output column's f32 sum).
+    /// dequantised weight. Up to [`crate::linear::GEMV_MAX_M`] rows take the GEMV kernel of
+    /// `kernels/int8.cu` (a warp per output column, CB streamed once); more rows take the tiled
+    /// tensor-core kernel of [`crate::linear`] (codes converted exactly to `T` in shared memory,
+    /// SCB / 127 applied to each output column's f32 sum).
     pub fn int8_linear<T, X, Y>(
         &self,
         x: &X,
@@ -75,50 +76,7 @@ impl Gpu {
         X: DevicePtr<T>,
         Y: DevicePtrMut<T>,
     {
-        let [n, k] = weight.shape;
-        validate_lora_forward(LoraShape::new(m, k, n), x.len(), None, y.len(), &[])?;
-        validate_bias(bias.map(|b| b.len()), n)?;
-        self.check_dtype(T::DTYPE, "the int8 kernels")?;
-        let stream = self.stream().clone();
-        let (x_ptr, _gx) = x.device_ptr(&stream);
-        let (y_ptr, _gy) = y.device_ptr_mut(&stream);
-        let bias_guard = bias.map(|b| b.device_ptr(&stream));
-        let (cb, _gc) = weight.cb.device_ptr(&stream);
-        let (scb, _gs) = weight.scb.device_ptr(&stream);
-        if m > GEMV_MAX_M {
-            return self.launch_linear::<T>(
-                LinearWeight::Int8 { cb, scb },
-                x_ptr,
-                bias_guard.as_ref().map_or(0, |(p, _)| *p),
-                y_ptr,
-                LoraShape::new(m, k, n),
-            );
-        }
-        let (func, _) = self.kernel(
-            KernelModule::Int8,
-            &format!("int8_linear_{}", T::DTYPE.name()),
-            INT8_THREADS,
-        )?;
-        let params = Int8LinearParams {
-            cb,
-            scb,
-            x: x_ptr,
-            bias: bias_guard.as_ref().map_or(0, |(p, _)| *p),
-            y: y_ptr,
-            m: m as i32,
-            n: n as i32,
-            k: k as i32,
-            vector_k: (k % 16 == 0 && cb % 16 == 0 && x_ptr % 16 == 0) as i32,
-        };
-        // SAFETY: CB and SCB hold [n, k] and [n] (validated on upload); x, y and bias were checked above.
-        unsafe {
-            self.launch(
-                &func,
-                (n.div_ceil(INT8_THREADS as usize / 32) as u32, 1),
-                INT8_THREADS,
-                &params,
-            )
-        }
+        self.quantized_linear(x, QuantizedWeight::Int8(weight), bias, m, y)
     }
 
     /// LLM.int8 as bitsandbytes runs it on CUDA (the mode beside the weight-only

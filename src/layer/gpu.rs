@@ -1,7 +1,8 @@
 //! The GPU layer: peft's forward states (see the [module documentation](super)) over a dense, 4-bit
-//! or int8 base, every step one of the crate's kernels: the base product ([`Gpu::linear`],
-//! [`Gpu::quant4_linear`], [`Gpu::int8_linear`]), the fused LoRA forward in place (consecutive LoRA
-//! adapters summed in one launch), the DoRA forward in place with a factor cached per adapter until W
+//! or int8 base, every step one of the crate's kernels: the base product with the leading LoRA
+//! adapters ([`Gpu::linear_lora_forward`], [`Gpu::quantized_lora_forward`]: at decode sizes their
+//! term rides in the GEMV epilogue), the fused LoRA forward in place (later runs of LoRA adapters
+//! summed in one launch), the DoRA forward in place with a factor cached per adapter until W
 //! changes (computed straight from the 4-bit or int8 codes on a quantised base), the mixed batch,
 //! and merge / unmerge (dense in place; int8 by requantising, as peft does with bitsandbytes' 8-bit
 //! layer).
@@ -192,28 +193,28 @@ impl<T: Element> Layer<T> {
         }
     }
 
-    /// `y = x·Wᵀ + bias` with this layer's base.
+    /// `y = x·Wᵀ + bias + Σᵢ sᵢ·(x·Aᵢᵀ)·Bᵢᵀ` with this layer's base and `adapters` (LoRA only; at
+    /// decode sizes their term is fused into the base product's GEMV epilogue).
     fn base_product<X: DevicePtr<T>, Y: DevicePtrMut<T>>(
         &self,
         x: &X,
         m: usize,
+        adapters: &[LoraAdapter<'_, CudaSlice<T>>],
         y: &mut Y,
     ) -> Result<()> {
         let bias = self.bias.as_ref().map(|b| b.slice(..));
-        match &self.base {
+        let shape = LoraShape::new(m, self.k, self.n);
+        let quantized = match &self.base {
             BaseWeight::Dense(w) => {
-                self.gpu
-                    .linear(x, w, bias.as_ref(), LoraShape::new(m, self.k, self.n), y)
+                return self
+                    .gpu
+                    .linear_lora_forward(x, w, bias.as_ref(), adapters, shape, y)
             }
-            BaseWeight::Quant4(q) => {
-                self.gpu
-                    .quantized_linear(x, QuantizedWeight::Quant4(q), bias.as_ref(), m, y)
-            }
-            BaseWeight::Int8(q) => {
-                self.gpu
-                    .quantized_linear(x, QuantizedWeight::Int8(q), bias.as_ref(), m, y)
-            }
-        }
+            BaseWeight::Quant4(q) => QuantizedWeight::Quant4(q),
+            BaseWeight::Int8(q) => QuantizedWeight::Int8(q),
+        };
+        self.gpu
+            .quantized_lora_forward(x, quantized, bias.as_ref(), adapters, m, y)
     }
 
     /// peft's `merge`: folds `names` (default: the active adapters) into W in order, LoRA as
@@ -294,13 +295,13 @@ impl<T: Element> Layer<T> {
                 if !unmerge.is_empty() {
                     self.unmerge()?;
                 }
-                self.base_product(x, m, y)
+                self.base_product(x, m, &[], y)
             }
-            ForwardPlan::Merged => self.base_product(x, m, y),
+            ForwardPlan::Merged => self.base_product(x, m, &[], y),
             ForwardPlan::Mixed { indices } => {
                 let s = self.gpu.stream().clone();
                 let mut base = s.alloc_zeros::<T>(m * self.n)?;
-                self.base_product(x, m, &mut base)?;
+                self.base_product(x, m, &[], &mut base)?;
                 let views: Vec<_> = self.adapters.values().map(|a| a.view()).collect();
                 let table = self.gpu.mixed_adapters(&views, self.k, self.n)?;
                 let indices = s.clone_htod(&indices)?;
@@ -308,10 +309,19 @@ impl<T: Element> Layer<T> {
                     .lora_forward_mixed(x, &base, &table, &indices, shape, y)
             }
             ForwardPlan::Active(names) => {
-                self.base_product(x, m, y)?;
-                // Consecutive LoRA adapters go into one fused launch; a DoRA adapter takes the
-                // running result as its base.
-                let mut i = 0;
+                // The leading LoRA adapters go with the base product (into its GEMV epilogue at
+                // decode sizes); later runs of LoRA adapters into one fused launch each; a DoRA
+                // adapter takes the running result as its base.
+                let lead = names
+                    .iter()
+                    .take_while(|name| self.adapters[*name].magnitude.is_none())
+                    .count();
+                let views: Vec<_> = names[..lead]
+                    .iter()
+                    .map(|name| self.adapters[name].view())
+                    .collect();
+                self.base_product(x, m, &views, y)?;
+                let mut i = lead;
                 while i < names.len() {
                     if self.adapters[&names[i]].magnitude.is_some() {
                         if self.adapters[&names[i]].factor.is_none() {

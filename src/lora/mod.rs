@@ -5,6 +5,7 @@
 //! caller's base layer produced (peft's `result = base_layer(x)`, bias included). Several adapters are
 //! summed in one call, as peft does for several active adapters; the scale sᵢ is the caller's number
 //! (`alpha / r`, or `alpha / sqrt(r)` for rsLoRA).
+pub(crate) mod gemv;
 pub(crate) mod gpu;
 mod mixed;
 pub mod reference;

@@ -3,9 +3,9 @@
 use super::{validate_blocksize, Absmax, Quant4Weight, QuantType};
 use crate::device::{Gpu, KernelModule};
 use crate::error::{invalid, Result};
-use crate::linear::{LinearWeight, GEMV_MAX_M};
+use crate::linear::QuantizedWeight;
 use crate::lora::{at_least, validate_dims};
-use crate::lora::{validate_bias, validate_lora_forward, LoraShape};
+
 use crate::sys::{
     Quant4Params, Quant4QuantizeParams, Quant4Type_QUANT4_FP4, Quant4Type_QUANT4_NF4,
     Quant4Weights, QUANT4_NESTED_BLOCKSIZE, QUANT4_THREADS,
@@ -285,14 +285,29 @@ impl Gpu {
                 out.len(),
             ));
         }
+        self.check_dtype(T::DTYPE, "the 4-bit kernels")?;
         let stream = self.stream().clone();
         let (out_ptr, _g) = out.device_ptr_mut(&stream);
+        let (func, _) = self.kernel(
+            KernelModule::Quant4,
+            &format!("quant4_dequantize_{}", T::DTYPE.name()),
+            QUANT4_THREADS,
+        )?;
+        let w = weight.device_weights(&stream);
+        let params = Quant4Params {
+            w: w.params,
+            out: out_ptr,
+            ..Default::default()
+        };
         let grid = numel.div_ceil(2).div_ceil(QUANT4_THREADS as usize);
-        self.launch_quant4::<T>("dequantize", weight, 0, 0, out_ptr, 0, false, grid)
+        // SAFETY: the weight was validated on upload (packed, absmax and nested lengths match its
+        // shape); out holds its n * k elements (checked above); one thread per packed byte.
+        unsafe { self.launch(&func, (grid as u32, 1), QUANT4_THREADS, &params) }
     }
 
     /// `y = x · dequant(W)ᵀ + bias` for x [m, k], y [m, n], never materialising the dequantised weight.
-    /// Up to [`GEMV_MAX_M`] rows take the GEMV kernel (W streamed once per 8 rows); more rows take the
+    /// Up to [`crate::linear::GEMV_MAX_M`] rows take the GEMV kernel (a warp per output column, the
+    /// packed W streamed once); more rows take the
     /// tiled tensor-core kernel of [`crate::linear`], which dequantises 128 x 32 tiles of W into shared
     /// memory (each tile rounded to `T`, as bitsandbytes' dequantise-then-matmul does).
     pub fn quant4_linear<T, X, Y>(
@@ -308,60 +323,6 @@ impl Gpu {
         X: DevicePtr<T>,
         Y: DevicePtrMut<T>,
     {
-        let [n, k] = weight.shape;
-        validate_lora_forward(LoraShape::new(m, k, n), x.len(), None, y.len(), &[])?;
-        validate_bias(bias.map(|b| b.len()), n)?;
-        let stream = self.stream().clone();
-        let (x_ptr, _gx) = x.device_ptr(&stream);
-        let (y_ptr, _gy) = y.device_ptr_mut(&stream);
-        let bias_guard = bias.map(|b| b.device_ptr(&stream));
-        let bias_ptr = bias_guard.as_ref().map_or(0, |(p, _)| *p);
-        let (packed_ptr, _gp) = weight.packed.device_ptr(&stream);
-        if m > GEMV_MAX_M {
-            let w = weight.device_weights(&stream);
-            return self.launch_linear::<T>(
-                LinearWeight::Quant4(w.params),
-                x_ptr,
-                bias_ptr,
-                y_ptr,
-                LoraShape::new(m, k, n),
-            );
-        }
-        let vector_k = k % 32 == 0 && packed_ptr % 16 == 0 && x_ptr % 16 == 0;
-        let grid = n.div_ceil(QUANT4_THREADS as usize / 32);
-        self.launch_quant4::<T>("linear", weight, x_ptr, bias_ptr, y_ptr, m, vector_k, grid)
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn launch_quant4<T: Element>(
-        &self,
-        kernel: &str,
-        weight: &Quant4Device,
-        x: u64,
-        bias: u64,
-        out: u64,
-        m: usize,
-        vector_k: bool,
-        grid: usize,
-    ) -> Result<()> {
-        self.check_dtype(T::DTYPE, "the 4-bit kernels")?;
-        let stream = self.stream().clone();
-        let (func, _) = self.kernel(
-            KernelModule::Quant4,
-            &format!("quant4_{kernel}_{}", T::DTYPE.name()),
-            QUANT4_THREADS,
-        )?;
-        let w = weight.device_weights(&stream);
-        let params = Quant4Params {
-            w: w.params,
-            x,
-            bias,
-            out,
-            m: m as i32,
-            vector_k: vector_k as i32,
-        };
-        // SAFETY: the weight was validated on upload (packed, absmax and nested lengths match its shape);
-        // x, y, bias and out were checked against it above.
-        unsafe { self.launch(&func, (grid.max(1) as u32, 1), QUANT4_THREADS, &params) }
+        self.quantized_linear(x, QuantizedWeight::Quant4(weight), bias, m, y)
     }
 }

@@ -8,6 +8,8 @@ pub const LORA_MAX_LAUNCH_RANK: u32 = 256;
 pub const LORA_MAX_LAUNCH_ADAPTERS: u32 = 8;
 pub const LORA_FORWARD_THREADS: u32 = 256;
 pub const LORA_FORWARD_N_TILE: u32 = 64;
+pub const LORA_SHRINK_THREADS: u32 = 256;
+pub const LORA_SHRINK_MAX_ROWS: u32 = 8;
 pub const QUANT4_THREADS: u32 = 256;
 pub const QUANT4_NESTED_BLOCKSIZE: u32 = 256;
 pub const INT8_THREADS: u32 = 256;
@@ -49,6 +51,56 @@ const _: () = {
         [::core::mem::offset_of!(LoraAdapterSlot, scale) - 24usize];
     ["Offset of field: LoraAdapterSlot::reserved"]
         [::core::mem::offset_of!(LoraAdapterSlot, reserved) - 28usize];
+};
+#[repr(C)]
+#[derive(Debug, Default, Copy, Clone)]
+pub struct LoraGemvEpilogue {
+    pub hidden: u64,
+    pub rank_total: i32,
+    pub num_adapters: i32,
+    pub adapters: [LoraAdapterSlot; 8usize],
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of LoraGemvEpilogue"][::core::mem::size_of::<LoraGemvEpilogue>() - 272usize];
+    ["Alignment of LoraGemvEpilogue"][::core::mem::align_of::<LoraGemvEpilogue>() - 8usize];
+    ["Offset of field: LoraGemvEpilogue::hidden"]
+        [::core::mem::offset_of!(LoraGemvEpilogue, hidden) - 0usize];
+    ["Offset of field: LoraGemvEpilogue::rank_total"]
+        [::core::mem::offset_of!(LoraGemvEpilogue, rank_total) - 8usize];
+    ["Offset of field: LoraGemvEpilogue::num_adapters"]
+        [::core::mem::offset_of!(LoraGemvEpilogue, num_adapters) - 12usize];
+    ["Offset of field: LoraGemvEpilogue::adapters"]
+        [::core::mem::offset_of!(LoraGemvEpilogue, adapters) - 16usize];
+};
+#[repr(C)]
+#[derive(Debug, Default, Copy, Clone)]
+pub struct LoraShrinkParams {
+    pub x: u64,
+    pub hidden: u64,
+    pub m: i32,
+    pub k: i32,
+    pub rank_total: i32,
+    pub num_adapters: i32,
+    pub adapters: [LoraAdapterSlot; 8usize],
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of LoraShrinkParams"][::core::mem::size_of::<LoraShrinkParams>() - 288usize];
+    ["Alignment of LoraShrinkParams"][::core::mem::align_of::<LoraShrinkParams>() - 8usize];
+    ["Offset of field: LoraShrinkParams::x"][::core::mem::offset_of!(LoraShrinkParams, x) - 0usize];
+    ["Offset of field: LoraShrinkParams::hidden"]
+        [::core::mem::offset_of!(LoraShrinkParams, hidden) - 8usize];
+    ["Offset of field: LoraShrinkParams::m"]
+        [::core::mem::offset_of!(LoraShrinkParams, m) - 16usize];
+    ["Offset of field: LoraShrinkParams::k"]
+        [::core::mem::offset_of!(LoraShrinkParams, k) - 20usize];
+    ["Offset of field: LoraShrinkParams::rank_total"]
+        [::core::mem::offset_of!(LoraShrinkParams, rank_total) - 24usize];
+    ["Offset of field: LoraShrinkParams::num_adapters"]
+        [::core::mem::offset_of!(LoraShrinkParams, num_adapters) - 28usize];
+    ["Offset of field: LoraShrinkParams::adapters"]
+        [::core::mem::offset_of!(LoraShrinkParams, adapters) - 32usize];
 };
 #[repr(C)]
 #[derive(Debug, Default, Copy, Clone)]
@@ -177,10 +229,11 @@ pub struct Quant4Params {
     pub out: u64,
     pub m: i32,
     pub vector_k: i32,
+    pub lora: LoraGemvEpilogue,
 }
 #[allow(clippy::unnecessary_operation, clippy::identity_op)]
 const _: () = {
-    ["Size of Quant4Params"][::core::mem::size_of::<Quant4Params>() - 152usize];
+    ["Size of Quant4Params"][::core::mem::size_of::<Quant4Params>() - 424usize];
     ["Alignment of Quant4Params"][::core::mem::align_of::<Quant4Params>() - 8usize];
     ["Offset of field: Quant4Params::w"][::core::mem::offset_of!(Quant4Params, w) - 0usize];
     ["Offset of field: Quant4Params::x"][::core::mem::offset_of!(Quant4Params, x) - 120usize];
@@ -189,6 +242,7 @@ const _: () = {
     ["Offset of field: Quant4Params::m"][::core::mem::offset_of!(Quant4Params, m) - 144usize];
     ["Offset of field: Quant4Params::vector_k"]
         [::core::mem::offset_of!(Quant4Params, vector_k) - 148usize];
+    ["Offset of field: Quant4Params::lora"][::core::mem::offset_of!(Quant4Params, lora) - 152usize];
 };
 pub const Quant4Type_QUANT4_NF4: Quant4Type = 0;
 pub const Quant4Type_QUANT4_FP4: Quant4Type = 1;
@@ -250,10 +304,11 @@ pub struct Int8LinearParams {
     pub n: i32,
     pub k: i32,
     pub vector_k: i32,
+    pub lora: LoraGemvEpilogue,
 }
 #[allow(clippy::unnecessary_operation, clippy::identity_op)]
 const _: () = {
-    ["Size of Int8LinearParams"][::core::mem::size_of::<Int8LinearParams>() - 56usize];
+    ["Size of Int8LinearParams"][::core::mem::size_of::<Int8LinearParams>() - 328usize];
     ["Alignment of Int8LinearParams"][::core::mem::align_of::<Int8LinearParams>() - 8usize];
     ["Offset of field: Int8LinearParams::cb"]
         [::core::mem::offset_of!(Int8LinearParams, cb) - 0usize];
@@ -273,6 +328,8 @@ const _: () = {
         [::core::mem::offset_of!(Int8LinearParams, k) - 48usize];
     ["Offset of field: Int8LinearParams::vector_k"]
         [::core::mem::offset_of!(Int8LinearParams, vector_k) - 52usize];
+    ["Offset of field: Int8LinearParams::lora"]
+        [::core::mem::offset_of!(Int8LinearParams, lora) - 56usize];
 };
 #[repr(C)]
 #[derive(Debug, Default, Copy, Clone)]
@@ -369,10 +426,11 @@ pub struct LinearParams {
     pub vector_x: i32,
     pub vector_w: i32,
     pub vector_y: i32,
+    pub lora: LoraGemvEpilogue,
 }
 #[allow(clippy::unnecessary_operation, clippy::identity_op)]
 const _: () = {
-    ["Size of LinearParams"][::core::mem::size_of::<LinearParams>() - 184usize];
+    ["Size of LinearParams"][::core::mem::size_of::<LinearParams>() - 456usize];
     ["Alignment of LinearParams"][::core::mem::align_of::<LinearParams>() - 8usize];
     ["Offset of field: LinearParams::x"][::core::mem::offset_of!(LinearParams, x) - 0usize];
     ["Offset of field: LinearParams::weight"]
@@ -391,6 +449,7 @@ const _: () = {
         [::core::mem::offset_of!(LinearParams, vector_w) - 176usize];
     ["Offset of field: LinearParams::vector_y"]
         [::core::mem::offset_of!(LinearParams, vector_y) - 180usize];
+    ["Offset of field: LinearParams::lora"][::core::mem::offset_of!(LinearParams, lora) - 184usize];
 };
 pub const DoraRowOp_DORA_ROW_NORM: DoraRowOp = 0;
 pub const DoraRowOp_DORA_ROW_FACTOR: DoraRowOp = 1;
