@@ -84,6 +84,7 @@ template <typename T, int kFormat> struct Slice {
 
     __device__ void fetch(const LinearParams &p, int row0, int col0, int k0) {
         const T *xp = reinterpret_cast<const T *>(p.x);
+        absmax = 0.0f;  // rows past n stage zeros
 #pragma unroll
         for (int i = 0; i < kXVecs; ++i) {
             const int e = threadIdx.x + i * kThreads;
