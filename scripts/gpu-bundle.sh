@@ -42,6 +42,13 @@ rm -rf "$dir/bin"
 cp -r tests/data/golden "$dir/golden"
 cp scripts/gpu-check.sh "$dir/gpu-check.sh"
 if [ -f ../shared/gpu/peer_baseline.py ]; then cp ../shared/gpu/peer_baseline.py "$dir/"; fi
+# bitsandbytes' wheel (43 MB, the version the golden cases came from), so the peers' baseline times its
+# 4-bit and 8-bit layers on the same card; LORA_KERNELS_BUNDLE_BNB=0 leaves it out.
+if [ "${LORA_KERNELS_BUNDLE_BNB:-1}" = 1 ]; then
+    python3 -m pip download --quiet --disable-pip-version-check --no-deps --only-binary=:all: \
+        --platform manylinux_2_24_x86_64 --python-version 3.12 bitsandbytes==0.50.2 -d "$dir/wheels" ||
+        echo "no bitsandbytes wheel: the peers' baseline will skip bitsandbytes"
+fi
 cat "$CARGO_TARGET_DIR"/release/build/lora-kernels-*/out/ptxas-*.log >"$dir/ptxas.log" 2>/dev/null || true
 tar -tvJf "$dir/bin.tar.xz"
 du -sh "$dir"

@@ -105,6 +105,13 @@ LORA_KERNELS_BENCH_OUT="$out/bench_quantized.json" step "bench quantized" 150 "$
 sed -n '/^quantised products vs cuBLAS/,$p' "$out/step.log" >>"$out/bench_table.txt"
 LORA_KERNELS_BENCH_OUT="$out/bench_adapters.json" step "bench adapters" 150 "$bin/bench_adapters" --bench
 sed -n '/^mixed batch (4 adapters/,$p' "$out/step.log" >>"$out/bench_table.txt"
+# bitsandbytes from the bundled wheel, into a scratch folder on PYTHONPATH (the image lacks it).
+if ls "$here"/wheels/bitsandbytes-*.whl >/dev/null 2>&1; then
+    bnb_dir="${TMPDIR:-/tmp}/lora-kernels-bnb"
+    python3 -m pip install --quiet --disable-pip-version-check --no-index --no-deps --target "$bnb_dir" \
+        "$here"/wheels/bitsandbytes-*.whl >>"$log" 2>&1 &&
+        export PYTHONPATH="$bnb_dir${PYTHONPATH:+:$PYTHONPATH}" && say "bitsandbytes: from the bundled wheel"
+fi
 if [ -f "$here/peer_baseline.py" ]; then
     PYTHONUNBUFFERED=1 step "peers (peft, cuBLAS)" 150 python3 "$here/peer_baseline.py" --quick --out "$out/peer.json"
     cp "$out/step.log" "$out/peer.log"
