@@ -5,7 +5,7 @@
 //! - `Gpu::quant4_linear` on NF4 (blocksize 64, plain and double-quantised absmax),
 //! - `Gpu::int8_linear` (weight-only),
 //! - `Gpu::linear`, the crate's tiled dense product (the base of its layers),
-//! - cuBLAS bf16 on the dense weight (the baseline), and NF4 dequantise-then-cuBLAS.
+//! - cuBLAS bf16 on the dense weight (the baseline), and NF4 and int8 dequantise-then-cuBLAS.
 //!
 //! Reported: time, achieved GB/s over the bytes the kernel must move (packed weight + absmax + x + y)
 //! as a share of the copy bandwidth measured in the same run, and the speedup over cuBLAS bf16. The
@@ -128,6 +128,10 @@ fn gpu_benches(c: &mut Criterion, gpu: &Gpu) {
                 gpu.quant4_dequantize(&plain, &mut scratch).unwrap();
                 unsafe { blas.gemm(cfg, &scratch, &x, &mut y).unwrap() };
             });
+            let int8_deq_ms = time_ms(&s, 10, 15, || {
+                gpu.int8_dequantize(&int8, &mut scratch).unwrap();
+                unsafe { blas.gemm(cfg, &scratch, &x, &mut y).unwrap() };
+            });
             let act = (2 * (m * k + m * n)) as f64;
             let nf4_bytes = (n * k) as f64 / 2.0 + 4.0 * (n * k / 64) as f64 + act;
             let nf4_dq_bytes = (n * k) as f64 / 2.0 + (n * k / 64) as f64 + act;
@@ -142,6 +146,7 @@ fn gpu_benches(c: &mut Criterion, gpu: &Gpu) {
                 int8_ms,
                 dense_ms,
                 deq_ms,
+                int8_deq_ms,
                 nf4_bytes,
                 nf4_dq_bytes,
                 int8_bytes,
@@ -161,7 +166,7 @@ fn gpu_benches(c: &mut Criterion, gpu: &Gpu) {
         gpu.name()
     );
     println!(
-        "{:>4} {:>5} {:>6} {:>9} {:>8} {:>6} {:>9} {:>6} {:>8} {:>6} {:>8} {:>6} {:>10}",
+        "{:>4} {:>5} {:>6} {:>9} {:>8} {:>6} {:>9} {:>6} {:>8} {:>6} {:>8} {:>6} {:>10} {:>11}",
         "M",
         "K",
         "N",
@@ -174,12 +179,13 @@ fn gpu_benches(c: &mut Criterion, gpu: &Gpu) {
         "x",
         "dense us",
         "x",
-        "deq+gemm"
+        "deq+gemm",
+        "i8 deq+gemm"
     );
     let mut json = Vec::new();
-    for (m, k, n, cb, q, qd, i8, dn, dq, qb, qdb, ib) in &rows {
+    for (m, k, n, cb, q, qd, i8, dn, dq, i8dq, qb, qdb, ib) in &rows {
         println!(
-            "{m:>4} {k:>5} {n:>6} {:>9.2} {:>8.2} {:>5.2}x {:>9.2} {:>5.2}x {:>8.2} {:>5.2}x {:>8.2} {:>5.2}x {:>10.2}",
+            "{m:>4} {k:>5} {n:>6} {:>9.2} {:>8.2} {:>5.2}x {:>9.2} {:>5.2}x {:>8.2} {:>5.2}x {:>8.2} {:>5.2}x {:>10.2} {:>11.2}",
             cb * 1e3,
             q * 1e3,
             cb / q,
@@ -189,7 +195,8 @@ fn gpu_benches(c: &mut Criterion, gpu: &Gpu) {
             cb / i8,
             dn * 1e3,
             cb / dn,
-            dq * 1e3
+            dq * 1e3,
+            i8dq * 1e3
         );
         println!(
             "{:>26} GB/s: nf4 {:.0} ({:.0}% of copy), nf4dq {:.0} ({:.0}%), int8 {:.0} ({:.0}%)",
@@ -202,7 +209,7 @@ fn gpu_benches(c: &mut Criterion, gpu: &Gpu) {
             100.0 * ib / (i8 * 1e-3) / 1e9 / copy_gbs
         );
         json.push(format!(
-            "{{\"m\":{m},\"k\":{k},\"n\":{n},\"cublas_ms\":{cb},\"nf4_ms\":{q},\"nf4_dq_ms\":{qd},\"int8_ms\":{i8},\"dense_linear_ms\":{dn},\"dequant_gemm_ms\":{dq}}}"
+            "{{\"m\":{m},\"k\":{k},\"n\":{n},\"cublas_ms\":{cb},\"nf4_ms\":{q},\"nf4_dq_ms\":{qd},\"int8_ms\":{i8},\"dense_linear_ms\":{dn},\"dequant_gemm_ms\":{dq},\"int8_dequant_gemm_ms\":{i8dq}}}"
         ));
     }
     common::write_bench_json(

@@ -66,6 +66,17 @@ template <typename T> __device__ void int8_linear(const Int8LinearParams &p) {
     }
 }
 
+// out[i] = T(CB[i] * SCB[row] * (1/127)), bitsandbytes' dequantisation rounded to the element type (the
+// dequantise-then-GEMM baseline, and what peft's dequantize_module_weight returns): one thread per
+// element, y is the output [n, k].
+template <typename T> __device__ void int8_dequantize(const Int8LinearParams &p) {
+    const long long i = (long long)blockIdx.x * kThreads + threadIdx.x;
+    if (i >= (long long)p.n * p.k) return;
+    const float scale = reinterpret_cast<const float *>(p.scb)[i / p.k];
+    const float v = (float)reinterpret_cast<const int8_t *>(p.cb)[i] * scale * (1.0f / 127.0f);
+    reinterpret_cast<T *>(p.y)[i] = Element<T>::from_f32(v);
+}
+
 // ---- LLM.int8 (see Int8LlmParams in lora_params.h) ----
 
 __device__ __forceinline__ bool is_outlier(float v, float threshold) { return threshold > 0.0f && fabsf(v) >= threshold; }
@@ -233,6 +244,9 @@ template <typename T> __device__ void llm_gemm(const Int8LlmParams &p) {
 
 }  // namespace
 
+extern "C" __global__ void __launch_bounds__(kThreads) int8_dequantize_f32(const Int8LinearParams p) { int8_dequantize<float>(p); }
+extern "C" __global__ void __launch_bounds__(kThreads) int8_dequantize_f16(const Int8LinearParams p) { int8_dequantize<__half>(p); }
+extern "C" __global__ void __launch_bounds__(kThreads) int8_dequantize_bf16(const Int8LinearParams p) { int8_dequantize<__nv_bfloat16>(p); }
 extern "C" __global__ void __launch_bounds__(kThreads) int8_llm_columns(const Int8LlmParams p) { llm_columns(p); }
 #define INT8_LLM_ENTRIES(SUFFIX, T)                                                                                  \
     extern "C" __global__ void __launch_bounds__(kThreads) int8_llm_outliers_##SUFFIX(const Int8LlmParams p) {     \

@@ -76,7 +76,8 @@ fn int8_bf16() {
     }
 }
 
-/// The GPU row-wise quantiser equals the CPU reference code for code (one all-zero row included).
+/// The GPU row-wise quantiser equals the CPU reference code for code (one all-zero row included), and
+/// the GPU dequantisation equals the reference bit for bit.
 fn quantize<T: Element>(gpu: &Gpu, seed: u64) {
     let s = gpu.stream();
     let mut rng = Rng::new(seed);
@@ -90,6 +91,16 @@ fn quantize<T: Element>(gpu: &Gpu, seed: u64) {
         let got = gpu.download_int8(&dev).unwrap();
         assert_eq!(got.scb, want.scb, "SCB n {n} k {k}");
         assert_eq!(got.cb, want.cb, "CB n {n} k {k}");
+        let mut out = s.alloc_zeros::<T>(n * k).unwrap();
+        gpu.int8_dequantize(&dev, &mut out).unwrap();
+        let deq = s.clone_dtoh(&out).unwrap();
+        let want_deq: Vec<T> = reference::dequantize_to(&want).unwrap();
+        assert!(
+            deq.iter()
+                .zip(&want_deq)
+                .all(|(a, b)| a.to_f64().to_bits() == b.to_f64().to_bits()),
+            "dequantize n {n} k {k}"
+        );
     }
 }
 

@@ -58,6 +58,44 @@ impl Gpu {
         })
     }
 
+    /// `out = T(CB · SCB · (1/127))` [n, k]: bitsandbytes' dequantisation rounded to `T` (what peft's
+    /// `dequantize_module_weight` gives, and the first step of dequantise-then-GEMM).
+    pub fn int8_dequantize<T: Element, O: DevicePtrMut<T>>(
+        &self,
+        weight: &Int8Device,
+        out: &mut O,
+    ) -> Result<()> {
+        let [n, k] = weight.shape;
+        if out.len() < n * k {
+            return Err(invalid(
+                "out",
+                format!("at least {} elements ([n={n}, k={k}])", n * k),
+                out.len(),
+            ));
+        }
+        self.check_dtype(T::DTYPE, "the int8 kernels")?;
+        let stream = self.stream().clone();
+        let (func, _) = self.kernel(
+            KernelModule::Int8,
+            &format!("int8_dequantize_{}", T::DTYPE.name()),
+            INT8_THREADS,
+        )?;
+        let (cb, _gc) = weight.cb.device_ptr(&stream);
+        let (scb, _gs) = weight.scb.device_ptr(&stream);
+        let (y, _gy) = out.device_ptr_mut(&stream);
+        let params = Int8LinearParams {
+            cb,
+            scb,
+            y,
+            n: n as i32,
+            k: k as i32,
+            ..Default::default()
+        };
+        let grid = (n * k).div_ceil(INT8_THREADS as usize);
+        // SAFETY: CB [n, k] and SCB [n] were validated on upload; out holds n * k elements.
+        unsafe { self.launch(&func, (grid as u32, 1), INT8_THREADS, &params) }
+    }
+
     /// Weight-only `y = x · (CB · SCB / 127)ᵀ + bias` for x [m, k], y [m, n], never materialising the
     /// dequantised weight. Up to [`crate::linear::GEMV_MAX_M`] rows take the GEMV kernel of
     /// `kernels/int8.cu` (a warp per output column, CB streamed once); more rows take the tiled
