@@ -236,6 +236,9 @@ typedef struct LoraMixedParams {
     int32_t n;
     int32_t k;
     int32_t num_adapters;
+    /* The two-phase (prefill) path: f32 [m][LORA_MAX_LAUNCH_RANK], each row's scaled x * A^T, written
+     * by mixed_lora_shrink_T and read by mixed_lora_expand_T. 0 for the one-kernel path. */
+    uint64_t hidden;
 } LoraMixedParams;
 
 /* Tiled matmul y = x * W^T + bias (kernels/linear.cu) for x [m, k], W [n, k], y [m, n] row-major, with W

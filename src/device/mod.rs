@@ -5,8 +5,8 @@
 use crate::error::{Error, Result};
 use crate::kernel_images;
 use cudarc::driver::{
-    sys::CUdevice_attribute, CudaContext, CudaFunction, CudaModule, CudaStream, DeviceRepr,
-    LaunchConfig, PushKernelArg,
+    sys::CUdevice_attribute, CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream,
+    DeviceRepr, LaunchConfig, PushKernelArg,
 };
 use cudarc::nvrtc::Ptx;
 use std::collections::HashMap;
@@ -107,6 +107,8 @@ struct GpuInner {
     /// Loaded kernels with the number of blocks of 256 threads resident on the whole device.
     kernels: Mutex<HashMap<String, (CudaFunction, usize)>>,
     pub(crate) lora_workspace: Mutex<Option<crate::lora::gpu::Workspace>>,
+    /// The mixed batch's prefill hidden (f32, grow-only).
+    pub(crate) mixed_hidden: Mutex<Option<CudaSlice<f32>>>,
 }
 
 impl std::fmt::Debug for Gpu {
@@ -151,6 +153,7 @@ impl Gpu {
                 modules: Mutex::new(HashMap::new()),
                 kernels: Mutex::new(HashMap::new()),
                 lora_workspace: Mutex::new(None),
+                mixed_hidden: Mutex::new(None),
             }),
         })
     }
@@ -182,6 +185,24 @@ impl Gpu {
 
     pub(crate) fn lora_workspace(&self) -> &Mutex<Option<crate::lora::gpu::Workspace>> {
         &self.inner.lora_workspace
+    }
+
+    /// The mixed batch's prefill scratch: at least `len` f32, allocated (or grown) on first need and
+    /// kept, so later calls at that size allocate nothing.
+    pub(crate) fn mixed_hidden(
+        &self,
+        len: usize,
+    ) -> Result<std::sync::MutexGuard<'_, Option<CudaSlice<f32>>>> {
+        let mut guard = self
+            .inner
+            .mixed_hidden
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if guard.as_ref().is_none_or(|h| h.len() < len) {
+            *guard = None;
+            *guard = Some(self.inner.stream.alloc_zeros::<f32>(len)?);
+        }
+        Ok(guard)
     }
 
     /// Fails unless the device can run kernels on `dtype` (all kernels are built for sm_80 and newer).

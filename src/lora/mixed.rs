@@ -1,9 +1,16 @@
 //! The mixed-batch LoRA forward on the GPU (`kernels/mixed_batch.cu`): peft's `adapter_names`, one
-//! adapter (or none) per row, one launch, no host synchronisation and no allocation in the call.
+//! adapter (or none) per row; one launch at decode sizes, two (shrink once per row, then expand) for
+//! prefill; no host synchronisation.
 use super::{validate_adapter, validate_lora_forward, AdapterLens, LoraAdapter, LoraShape};
 use crate::device::{Gpu, KernelModule};
 use crate::error::{invalid, Result};
-use crate::sys::{LoraAdapterSlot, LoraMixedParams, MIXED_N_TILE, MIXED_THREADS};
+use crate::sys::{
+    LoraAdapterSlot, LoraMixedParams, LORA_MAX_LAUNCH_RANK, MIXED_N_TILE, MIXED_THREADS,
+};
+
+/// Rows up to which the mixed batch runs as one kernel (each block recomputing its row's hidden);
+/// more rows take the two-phase path (the hidden once per row, then the expand).
+const MIXED_DECODE_ROWS: usize = 16;
 use crate::Element;
 use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, DeviceRepr};
 use std::marker::PhantomData;
@@ -92,8 +99,10 @@ impl Gpu {
     /// The mixed-batch forward: `y[i] = base[i] + sₐ·(x[i]·Aₐᵀ)·Bₐᵀ` with `a = indices[i]` (int32 on
     /// the GPU). Index −1 (peft's `"__base__"`) means no adapter. Indices are the caller's contract:
     /// they are read on the device (no synchronisation), and an index outside `0..adapters.len()` is
-    /// treated as −1, never read out of bounds. One launch; nothing is allocated, so the call can be
-    /// captured in a CUDA graph.
+    /// treated as −1, never read out of bounds. Up to 16 rows: one launch, each block forming its
+    /// row's hidden; more rows: a shrink launch (each row's hidden once, into a scratch buffer the
+    /// handle keeps) then the expand. Nothing is allocated once the scratch has been sized by a first
+    /// call at that many rows, so warm up before capturing a CUDA graph.
     pub fn lora_forward_mixed<T, X, B, I, Y>(
         &self,
         x: &X,
@@ -139,17 +148,13 @@ impl Gpu {
             })?;
         self.check_dtype(T::DTYPE, "the mixed-batch forward")?;
         let stream = self.stream().clone();
-        let (func, _) = self.kernel(
-            KernelModule::MixedBatch,
-            &format!("mixed_lora_{}", T::DTYPE.name()),
-            MIXED_THREADS,
-        )?;
+        let dtype = T::DTYPE.name();
         let (x_ptr, _gx) = x.device_ptr(&stream);
         let (base_ptr, _gb) = base.device_ptr(&stream);
         let (idx_ptr, _gi) = indices.device_ptr(&stream);
         let (slots, _gs) = adapters.slots.device_ptr(&stream);
         let (y_ptr, _gy) = y.device_ptr_mut(&stream);
-        let params = LoraMixedParams {
+        let mut params = LoraMixedParams {
             x: x_ptr,
             base: base_ptr,
             y: y_ptr,
@@ -159,9 +164,41 @@ impl Gpu {
             n: shape.n as i32,
             k: shape.k as i32,
             num_adapters: adapters.count as i32,
+            hidden: 0,
         };
-        // SAFETY: x, base, y and indices were checked for [m, k], [m, n] and m; every adapter in the
-        // table was checked for [r, k] and [n, r] and outlives it; out-of-range indices read nothing.
-        unsafe { self.launch(&func, (blocks as u32, 1), MIXED_THREADS, &params) }
+        if shape.m <= MIXED_DECODE_ROWS || n_tiles == 1 {
+            let (func, _) = self.kernel(
+                KernelModule::MixedBatch,
+                &format!("mixed_lora_{dtype}"),
+                MIXED_THREADS,
+            )?;
+            // SAFETY: x, base, y and indices were checked for [m, k], [m, n] and m; every adapter in
+            // the table was checked for [r, k] and [n, r] and outlives it; out-of-range indices read
+            // nothing.
+            return unsafe { self.launch(&func, (blocks as u32, 1), MIXED_THREADS, &params) };
+        }
+        // Prefill: each row's hidden once, then the expand.
+        let mut hidden = self.mixed_hidden(shape.m * LORA_MAX_LAUNCH_RANK as usize)?;
+        let scratch = hidden.as_mut().expect("allocated by mixed_hidden");
+        let (h, _gh) = scratch.device_ptr_mut(&stream);
+        params.hidden = h;
+        let shrink = self
+            .kernel(
+                KernelModule::MixedBatch,
+                &format!("mixed_lora_shrink_{dtype}"),
+                MIXED_THREADS,
+            )?
+            .0;
+        let expand = self
+            .kernel(
+                KernelModule::MixedBatch,
+                &format!("mixed_lora_expand_{dtype}"),
+                MIXED_THREADS,
+            )?
+            .0;
+        // SAFETY: as above; hidden holds m * 256 f32 (the most a row's rank can be).
+        unsafe { self.launch(&shrink, (shape.m as u32, 1), MIXED_THREADS, &params) }?;
+        // SAFETY: as above.
+        unsafe { self.launch(&expand, (blocks as u32, 1), MIXED_THREADS, &params) }
     }
 }

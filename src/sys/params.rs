@@ -388,10 +388,11 @@ pub struct LoraMixedParams {
     pub n: i32,
     pub k: i32,
     pub num_adapters: i32,
+    pub hidden: u64,
 }
 #[allow(clippy::unnecessary_operation, clippy::identity_op)]
 const _: () = {
-    ["Size of LoraMixedParams"][::core::mem::size_of::<LoraMixedParams>() - 56usize];
+    ["Size of LoraMixedParams"][::core::mem::size_of::<LoraMixedParams>() - 64usize];
     ["Alignment of LoraMixedParams"][::core::mem::align_of::<LoraMixedParams>() - 8usize];
     ["Offset of field: LoraMixedParams::x"][::core::mem::offset_of!(LoraMixedParams, x) - 0usize];
     ["Offset of field: LoraMixedParams::base"]
@@ -406,6 +407,8 @@ const _: () = {
     ["Offset of field: LoraMixedParams::k"][::core::mem::offset_of!(LoraMixedParams, k) - 48usize];
     ["Offset of field: LoraMixedParams::num_adapters"]
         [::core::mem::offset_of!(LoraMixedParams, num_adapters) - 52usize];
+    ["Offset of field: LoraMixedParams::hidden"]
+        [::core::mem::offset_of!(LoraMixedParams, hidden) - 56usize];
 };
 pub const LinearWeightFormat_LINEAR_DENSE: LinearWeightFormat = 0;
 pub const LinearWeightFormat_LINEAR_QUANT4: LinearWeightFormat = 1;
