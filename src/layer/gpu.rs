@@ -299,6 +299,20 @@ impl<T: Element> Layer<T> {
             }
             ForwardPlan::Merged => self.base_product(x, m, &[], y),
             ForwardPlan::Mixed { indices } => {
+                // A batch on one adapter (or none) is the plain forward: the fused paths.
+                if indices.iter().all(|&i| i == indices[0]) {
+                    let views: Vec<_> = match usize::try_from(indices[0]) {
+                        Ok(i) => self
+                            .adapters
+                            .values()
+                            .skip(i)
+                            .take(1)
+                            .map(|a| a.view())
+                            .collect(),
+                        Err(_) => Vec::new(),
+                    };
+                    return self.base_product(x, m, &views, y);
+                }
                 let s = self.gpu.stream().clone();
                 let mut base = s.alloc_zeros::<T>(m * self.n)?;
                 self.base_product(x, m, &[], &mut base)?;
