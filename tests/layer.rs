@@ -249,6 +249,12 @@ fn gpu_layer_follows_peft_states() {
                     rel_error(&f64s(&rows), &f64s(&cpu_rows)) < 1e-5,
                     "mixed batch"
                 );
+                // Every row on one adapter: the plain fused path.
+                let all = gpu_forward(&gpu, &mut layer, &x, m, Some(&[Some("default"); 3]));
+                assert!(
+                    rel_error(&f64s(&all), &want) < 1e-5,
+                    "a batch on one adapter"
+                );
             }
         }
     }
