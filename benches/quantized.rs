@@ -5,6 +5,8 @@
 //! - `Gpu::quant4_linear` on NF4 (blocksize 64, plain and double-quantised absmax),
 //! - `Gpu::int8_linear` (weight-only),
 //! - `Gpu::linear`, the crate's tiled dense product (the base of its layers),
+//! - `Gpu::quantized_lora_forward` on the NF4 weight with a rank-16 adapter (QLoRA; the adapter in
+//!   the GEMV epilogue up to 8 rows),
 //! - cuBLAS bf16 on the dense weight (the baseline), and NF4 and int8 dequantise-then-cuBLAS.
 //!
 //! Reported: time, achieved GB/s over the bytes the kernel must move (packed weight + absmax + x + y)
@@ -19,8 +21,9 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use cudarc::cublas::{sys::cublasOperation_t, CudaBlas, Gemm, GemmConfig};
 use half::bf16;
 use lora_kernels::int8::Int8Weight;
+use lora_kernels::linear::QuantizedWeight;
 use lora_kernels::quant4::{reference, Absmax, Quant4Weight, QuantType, NF4_CODE};
-use lora_kernels::{DType, Gpu};
+use lora_kernels::{DType, Gpu, LoraAdapter};
 use std::time::Duration;
 
 const SHAPES: &[(usize, usize)] = &[(4096, 14336), (8192, 28672)];
@@ -92,6 +95,8 @@ fn gpu_benches(c: &mut Criterion, gpu: &Gpu) {
         };
         let int8 = gpu.upload_int8(&int8).unwrap();
         let mut scratch = s.alloc_zeros::<bf16>(n * k).unwrap();
+        let lora_a = s.clone_htod(&random_bf16(16 * k, 7, 0.02)).unwrap();
+        let lora_b = s.clone_htod(&random_bf16(n * 16, 8, 0.02)).unwrap();
         for &m in MS {
             let x = s.clone_htod(&random_bf16(m * k, 2, 1.0)).unwrap();
             let mut y = s.alloc_zeros::<bf16>(m * n).unwrap();
@@ -128,6 +133,18 @@ fn gpu_benches(c: &mut Criterion, gpu: &Gpu) {
                 gpu.quant4_dequantize(&plain, &mut scratch).unwrap();
                 unsafe { blas.gemm(cfg, &scratch, &x, &mut y).unwrap() };
             });
+            // QLoRA: the same NF4 product with a rank-16 adapter (in the GEMV epilogue at M <= 8).
+            let nf4_lora_ms = time_ms(&s, 20, 15, || {
+                gpu.quantized_lora_forward(
+                    &x,
+                    QuantizedWeight::Quant4(&plain),
+                    None,
+                    &[LoraAdapter::new(&lora_a, &lora_b, 16, 2.0)],
+                    m,
+                    &mut y,
+                )
+                .unwrap()
+            });
             let int8_deq_ms = time_ms(&s, 10, 15, || {
                 gpu.int8_dequantize(&int8, &mut scratch).unwrap();
                 unsafe { blas.gemm(cfg, &scratch, &x, &mut y).unwrap() };
@@ -147,6 +164,7 @@ fn gpu_benches(c: &mut Criterion, gpu: &Gpu) {
                 dense_ms,
                 deq_ms,
                 int8_deq_ms,
+                nf4_lora_ms,
                 nf4_bytes,
                 nf4_dq_bytes,
                 int8_bytes,
@@ -166,7 +184,7 @@ fn gpu_benches(c: &mut Criterion, gpu: &Gpu) {
         gpu.name()
     );
     println!(
-        "{:>4} {:>5} {:>6} {:>9} {:>8} {:>6} {:>9} {:>6} {:>8} {:>6} {:>8} {:>6} {:>10} {:>11}",
+        "{:>4} {:>5} {:>6} {:>9} {:>8} {:>6} {:>9} {:>6} {:>8} {:>6} {:>8} {:>6} {:>10} {:>11} {:>11}",
         "M",
         "K",
         "N",
@@ -180,12 +198,13 @@ fn gpu_benches(c: &mut Criterion, gpu: &Gpu) {
         "dense us",
         "x",
         "deq+gemm",
-        "i8 deq+gemm"
+        "i8 deq+gemm",
+        "nf4+lora us"
     );
     let mut json = Vec::new();
-    for (m, k, n, cb, q, qd, i8, dn, dq, i8dq, qb, qdb, ib) in &rows {
+    for (m, k, n, cb, q, qd, i8, dn, dq, i8dq, ql, qb, qdb, ib) in &rows {
         println!(
-            "{m:>4} {k:>5} {n:>6} {:>9.2} {:>8.2} {:>5.2}x {:>9.2} {:>5.2}x {:>8.2} {:>5.2}x {:>8.2} {:>5.2}x {:>10.2} {:>11.2}",
+            "{m:>4} {k:>5} {n:>6} {:>9.2} {:>8.2} {:>5.2}x {:>9.2} {:>5.2}x {:>8.2} {:>5.2}x {:>8.2} {:>5.2}x {:>10.2} {:>11.2} {:>11.2}",
             cb * 1e3,
             q * 1e3,
             cb / q,
@@ -196,7 +215,8 @@ fn gpu_benches(c: &mut Criterion, gpu: &Gpu) {
             dn * 1e3,
             cb / dn,
             dq * 1e3,
-            i8dq * 1e3
+            i8dq * 1e3,
+            ql * 1e3
         );
         println!(
             "{:>26} GB/s: nf4 {:.0} ({:.0}% of copy), nf4dq {:.0} ({:.0}%), int8 {:.0} ({:.0}%)",
@@ -209,7 +229,7 @@ fn gpu_benches(c: &mut Criterion, gpu: &Gpu) {
             100.0 * ib / (i8 * 1e-3) / 1e9 / copy_gbs
         );
         json.push(format!(
-            "{{\"m\":{m},\"k\":{k},\"n\":{n},\"cublas_ms\":{cb},\"nf4_ms\":{q},\"nf4_dq_ms\":{qd},\"int8_ms\":{i8},\"dense_linear_ms\":{dn},\"dequant_gemm_ms\":{dq},\"int8_dequant_gemm_ms\":{i8dq}}}"
+            "{{\"m\":{m},\"k\":{k},\"n\":{n},\"cublas_ms\":{cb},\"nf4_ms\":{q},\"nf4_dq_ms\":{qd},\"int8_ms\":{i8},\"dense_linear_ms\":{dn},\"dequant_gemm_ms\":{dq},\"int8_dequant_gemm_ms\":{i8dq},\"nf4_lora_ms\":{ql}}}"
         ));
     }
     common::write_bench_json(

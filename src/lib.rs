@@ -1,7 +1,9 @@
 //! Fused CUDA kernels for LoRA-family adapters, with CPU references.
 //!
 //! - [`Gpu::lora_forward`]: the fused LoRA forward `y = base + Σᵢ sᵢ · (x · Aᵢᵀ) · Bᵢᵀ` in one launch.
-//! - [`Gpu::linear`]: the base layer `y = x·Wᵀ + bias` as a tiled tensor-core kernel ([`linear`]).
+//! - [`Gpu::linear`], [`Gpu::linear_lora_forward`]: the base layer `y = x·Wᵀ + bias` (a GEMV at
+//!   decode sizes, tiled on tensor cores above), with its LoRA adapters riding in the GEMV epilogue
+//!   ([`linear`]; also for 4-bit and int8 W).
 //! - [`Gpu::dora_factor`], [`Gpu::dora_forward`], [`Gpu::merge_adapter`]: DoRA's weight norm (one
 //!   pass over W, B·A never in memory; from a dense, 4-bit or int8 W), its forward with the magnitude
 //!   in the fused epilogue, and merge / unmerge of LoRA and DoRA adapters ([`dora`]).
