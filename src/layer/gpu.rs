@@ -225,11 +225,7 @@ impl<T: Element> Layer<T> {
     pub fn merge(&mut self, names: Option<&[&str]>, safe: bool) -> Result<()> {
         let names = self.state.plan_merge(names)?;
         if matches!(self.base, BaseWeight::Quant4(_)) && !names.is_empty() {
-            return Err(invalid(
-                "layer",
-                "a dense or int8 base (merging into a 4-bit base would need requantising to NF4/FP4)",
-                "a 4-bit base",
-            ));
+            return Err(quant4_merge_error());
         }
         for name in names {
             let factor = self.compute_factor(&name)?;
@@ -243,7 +239,7 @@ impl<T: Element> Layer<T> {
                     self.gpu
                         .merge_adapter_int8(q, view, factor.as_ref(), safe)?
                 }
-                BaseWeight::Quant4(_) => unreachable!("refused above"),
+                BaseWeight::Quant4(_) => return Err(quant4_merge_error()),
             }
             self.forget_factors();
             if let Some(f) = factor {
@@ -270,7 +266,7 @@ impl<T: Element> Layer<T> {
                     self.gpu
                         .unmerge_adapter_int8(q, view, factor.as_ref(), false)?
                 }
-                BaseWeight::Quant4(_) => unreachable!("a 4-bit base never merges"),
+                BaseWeight::Quant4(_) => return Err(quant4_merge_error()),
             }
             self.forget_factors();
         }
@@ -374,4 +370,13 @@ impl<T: Element> Layer<T> {
             }
         }
     }
+}
+
+/// Merging into a 4-bit base is refused: it would need requantising the merged weight to NF4/FP4.
+fn quant4_merge_error() -> crate::Error {
+    invalid(
+        "layer",
+        "a dense or int8 base (merging into a 4-bit base would need requantising to NF4/FP4)",
+        "a 4-bit base",
+    )
 }
