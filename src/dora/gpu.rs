@@ -46,6 +46,14 @@ impl DoraFactor {
     }
 }
 
+/// A factor must hold one value per output row.
+fn check_factor(factor: &DoraFactor, n: usize) -> Result<()> {
+    if factor.len() != n {
+        return Err(invalid("factor", format!("{n} factors (n)"), factor.len()));
+    }
+    Ok(())
+}
+
 fn lens<T, S: DevicePtr<T>>(adapter: &LoraAdapter<'_, S>) -> AdapterLens {
     AdapterLens::of(std::slice::from_ref(adapter), |s| s.len())[0]
 }
@@ -220,13 +228,7 @@ impl Gpu {
         Y: DevicePtrMut<T>,
     {
         validate_lora_forward(shape, x.len(), Some(base.len()), y.len(), &[lens(&adapter)])?;
-        if factor.len() != shape.n {
-            return Err(invalid(
-                "factor",
-                format!("{} factors (n)", shape.n),
-                factor.len(),
-            ));
-        }
+        check_factor(factor, shape.n)?;
         validate_bias(bias.map(|b| b.len()), shape.n)?;
         let stream = self.stream().clone();
         let (base_ptr, _gb) = base.device_ptr(&stream);
@@ -257,13 +259,7 @@ impl Gpu {
         Y: DevicePtrMut<T>,
     {
         validate_lora_forward(shape, x.len(), None, y.len(), &[lens(&adapter)])?;
-        if factor.len() != shape.n {
-            return Err(invalid(
-                "factor",
-                format!("{} factors (n)", shape.n),
-                factor.len(),
-            ));
-        }
+        check_factor(factor, shape.n)?;
         validate_bias(bias.map(|b| b.len()), shape.n)?;
         let stream = self.stream().clone();
         let (factor_ptr, _gf) = factor.values.device_ptr(&stream);
@@ -276,10 +272,10 @@ impl Gpu {
     }
 
     /// The DoRA forward when the caller has no base output: the crate computes it,
-    /// `y = bias + f ⊙ (x·Wᵀ + s·(x·Aᵀ)·Bᵀ)` for W `[n, k]`, in two launches: the tiled base product
-    /// `y = x·Wᵀ + bias` ([`Gpu::linear`]), then the fused LoRA forward with the DoRA epilogue in place
-    /// on y (y is read once more and written once more; the rank-r work is the same as
-    /// [`Gpu::dora_forward`]).
+    /// `y = bias + f ⊙ (x·Wᵀ + s·(x·Aᵀ)·Bᵀ)` for W `[n, k]`, in two launches: the base product
+    /// `y = x·Wᵀ + bias` ([`Gpu::linear`]: a GEMV at decode sizes, tiled above), then the fused LoRA
+    /// forward with the DoRA epilogue in place on y (y is read once more and written once more; the
+    /// rank-r work is the same as [`Gpu::dora_forward`]).
     #[allow(clippy::too_many_arguments)]
     pub fn dora_forward_linear<T, X, W, S, Y>(
         &self,
@@ -299,13 +295,7 @@ impl Gpu {
         Y: DevicePtrMut<T>,
     {
         validate_lora_forward(shape, x.len(), None, y.len(), &[lens(&adapter)])?;
-        if factor.len() != shape.n {
-            return Err(invalid(
-                "factor",
-                format!("{} factors (n)", shape.n),
-                factor.len(),
-            ));
-        }
+        check_factor(factor, shape.n)?;
         self.linear(x, weight, bias, shape, y)?;
         self.dora_forward_inplace(x, bias, adapter, factor, shape, y)
     }
@@ -503,13 +493,7 @@ impl Gpu {
         safe: bool,
     ) -> Result<()> {
         if let Some(f) = factor {
-            if f.len() != pass.n {
-                return Err(invalid(
-                    "factor",
-                    format!("{} factors (n)", pass.n),
-                    f.len(),
-                ));
-            }
+            check_factor(f, pass.n)?;
         }
         let stream = self.stream().clone();
         let (factor_ptr, _gf) = match factor {
