@@ -8,7 +8,7 @@ mod common;
 use half::{bf16, f16};
 use lora_kernels::golden::{golden_dir, rel_error, AdapterModel, GoldenCase};
 use lora_kernels::int8::Int8Weight;
-use lora_kernels::layer::{BaseWeight, Layer, LayerAdapter, ReferenceLayer};
+use lora_kernels::layer::{BaseWeight, DeviceLayerAdapter, Layer, LayerAdapter, ReferenceLayer};
 use lora_kernels::peft::PeftAdapter;
 use lora_kernels::quant4::Quant4Weight;
 use lora_kernels::{Element, Error, Gpu};
@@ -323,4 +323,66 @@ fn gpu_layers_on_quantised_bases_match_peft() {
     run::<bf16>(&gpu, "qdora_nf4_bf16.safetensors");
     run::<f16>(&gpu, "lora_int8_f16.safetensors");
     run::<f16>(&gpu, "dora_int8_f16.safetensors");
+}
+
+/// A layer built from buffers already on the GPU (a framework's tensors) is the same layer.
+#[test]
+fn gpu_layer_from_device_buffers() {
+    let Some(gpu) = common::gpu() else { return };
+    let folder = "adapter_dora";
+    let name = "layers.0.up_proj";
+    let model = AdapterModel::load(&golden_dir().join(folder)).unwrap();
+    let m = model.module(name).unwrap();
+    let (weight, bias) = model.base_weight(name).unwrap();
+    let adapter = model.layer_adapter(name).unwrap();
+    let s = gpu.stream();
+    let mut layer = Layer::from_device(
+        &gpu,
+        BaseWeight::Dense(s.clone_htod(&weight).unwrap()),
+        [m.out_features, m.in_features],
+        bias.as_ref().map(|b| s.clone_htod(b).unwrap()),
+    )
+    .unwrap();
+    layer
+        .add_device_adapter(
+            "default",
+            DeviceLayerAdapter {
+                lora_a: s.clone_htod(&adapter.lora_a).unwrap(),
+                lora_b: s.clone_htod(&adapter.lora_b).unwrap(),
+                rank: adapter.rank,
+                scale: adapter.scale,
+                magnitude: adapter.magnitude.as_ref().map(|v| s.clone_htod(v).unwrap()),
+            },
+        )
+        .unwrap();
+    layer.set_active(&["default"]).unwrap();
+    let x: Vec<f32> = model.expected.values(&format!("{name}.input")).unwrap();
+    let want = model
+        .expected
+        .values_f64(&format!("{name}.output"))
+        .unwrap();
+    let y = gpu_forward(&gpu, &mut layer, &x, 3, None);
+    assert!(rel_error(&f64s(&y), &want) < 1e-5);
+    // A quantised base of another shape, or a short bias, is refused.
+    let q =
+        lora_kernels::int8::reference::quantize_rowwise(&weight, [m.out_features, m.in_features])
+            .unwrap();
+    assert_invalid(
+        Layer::<f32>::from_device(
+            &gpu,
+            BaseWeight::Int8(gpu.upload_int8(&q).unwrap()),
+            [1, 1],
+            None,
+        ),
+        "shape",
+    );
+    assert_invalid(
+        Layer::from_device(
+            &gpu,
+            BaseWeight::Dense(s.clone_htod(&weight).unwrap()),
+            [m.out_features, m.in_features],
+            Some(s.clone_htod(&[1.0f32]).unwrap()),
+        ),
+        "elements",
+    );
 }

@@ -13,7 +13,10 @@ use crate::dora::DoraFactor;
 use crate::error::{invalid, Result};
 use crate::int8::{Int8Device, Int8Weight};
 use crate::linear::QuantizedWeight;
-use crate::lora::{validate_bias, validate_lora_forward, LoraAdapter, LoraShape};
+use crate::lora::{
+    at_least, validate_adapter, validate_bias, validate_dims, validate_lora_forward, AdapterLens,
+    LoraAdapter, LoraShape,
+};
 use crate::quant4::{Quant4Device, Quant4Weight};
 use crate::Element;
 use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut};
@@ -28,6 +31,22 @@ pub enum BaseWeight<T> {
     Quant4(Quant4Device),
     /// LLM.int8 W (CB and SCB); products are weight-only.
     Int8(Int8Device),
+}
+
+/// An adapter whose buffers are already on the GPU (see [`Layer::add_device_adapter`]): A `[rank, k]`,
+/// B `[n, rank]`, the scale, and the DoRA magnitude `[n]` for a DoRA adapter.
+#[derive(Debug)]
+pub struct DeviceLayerAdapter<T> {
+    /// A, row-major `[rank, k]`.
+    pub lora_a: CudaSlice<T>,
+    /// B, row-major `[n, rank]`.
+    pub lora_b: CudaSlice<T>,
+    /// The rank r.
+    pub rank: usize,
+    /// The scale s.
+    pub scale: f32,
+    /// The DoRA magnitude m `[n]`; `None` for plain LoRA.
+    pub magnitude: Option<CudaSlice<T>>,
 }
 
 /// One adapter on the GPU, with its DoRA factor over the current W once a forward needed it.
@@ -90,6 +109,53 @@ impl<T: Element> Layer<T> {
         Self::with_base(gpu, BaseWeight::Int8(w), bias, k, n)
     }
 
+    /// A layer over a base weight already on the GPU (a framework's buffers, moved in): `shape` is
+    /// [n, k] = (out_features, in_features), a dense W holds at least n·k elements row-major, a
+    /// quantised one must have that shape; the bias, if any, holds n elements.
+    pub fn from_device(
+        gpu: &Gpu,
+        base: BaseWeight<T>,
+        shape: [usize; 2],
+        bias: Option<CudaSlice<T>>,
+    ) -> Result<Self> {
+        let [n, k] = shape;
+        validate_dims(&[("shape[0]", n), ("shape[1]", k)])?;
+        match &base {
+            BaseWeight::Dense(w) => at_least(
+                "base",
+                w.len(),
+                n.checked_mul(k),
+                &format!("[n={n}, k={k}]"),
+            )?,
+            BaseWeight::Quant4(q) if q.shape() != shape => {
+                return Err(invalid(
+                    "base",
+                    format!("shape {shape:?}"),
+                    format!("{:?}", q.shape()),
+                ))
+            }
+            BaseWeight::Int8(q) if q.shape() != shape => {
+                return Err(invalid(
+                    "base",
+                    format!("shape {shape:?}"),
+                    format!("{:?}", q.shape()),
+                ))
+            }
+            _ => {}
+        }
+        validate_bias(bias.as_ref().map(|b| b.len()), n)?;
+        Ok(Layer {
+            gpu: gpu.clone(),
+            base,
+            bias,
+            k,
+            n,
+            adapters: BTreeMap::new(),
+            merged_factors: BTreeMap::new(),
+            state: LayerState::default(),
+        })
+    }
+
     fn with_base(
         gpu: &Gpu,
         base: BaseWeight<T>,
@@ -102,16 +168,7 @@ impl<T: Element> Layer<T> {
             Some(b) => Some(gpu.stream().clone_htod(b)?),
             None => None,
         };
-        Ok(Layer {
-            gpu: gpu.clone(),
-            base,
-            bias,
-            k,
-            n,
-            adapters: BTreeMap::new(),
-            merged_factors: BTreeMap::new(),
-            state: LayerState::default(),
-        })
+        Self::from_device(gpu, base, [n, k], bias)
     }
 
     /// Input features k.
@@ -133,17 +190,44 @@ impl<T: Element> Layer<T> {
     /// [`Self::set_active`] names it.
     pub fn add_adapter(&mut self, name: &str, adapter: &LayerAdapter<T>) -> Result<()> {
         adapter.validate(name, self.k, self.n)?;
-        self.state.add(name, adapter.magnitude.is_some())?;
         let s = self.gpu.stream();
-        let device = DeviceAdapter {
-            a: s.clone_htod(&adapter.lora_a)?,
-            b: s.clone_htod(&adapter.lora_b)?,
+        let device = DeviceLayerAdapter {
+            lora_a: s.clone_htod(&adapter.lora_a)?,
+            lora_b: s.clone_htod(&adapter.lora_b)?,
             rank: adapter.rank,
             scale: adapter.scale,
             magnitude: match &adapter.magnitude {
                 Some(m) => Some(s.clone_htod(m)?),
                 None => None,
             },
+        };
+        self.add_device_adapter(name, device)
+    }
+
+    /// Adds (or replaces) adapter `name` from buffers already on the GPU (moved in).
+    pub fn add_device_adapter(&mut self, name: &str, adapter: DeviceLayerAdapter<T>) -> Result<()> {
+        let lens = AdapterLens {
+            rank: adapter.rank,
+            a_len: adapter.lora_a.len(),
+            b_len: adapter.lora_b.len(),
+            scale: adapter.scale,
+        };
+        validate_adapter(&format!("adapter `{name}`"), &lens, self.k, self.n)?;
+        if let Some(m) = &adapter.magnitude {
+            at_least(
+                &format!("adapter `{name}`.magnitude"),
+                m.len(),
+                Some(self.n),
+                &format!("[n={}]", self.n),
+            )?;
+        }
+        self.state.add(name, adapter.magnitude.is_some())?;
+        let device = DeviceAdapter {
+            a: adapter.lora_a,
+            b: adapter.lora_b,
+            rank: adapter.rank,
+            scale: adapter.scale,
+            magnitude: adapter.magnitude,
             factor: None,
         };
         self.adapters.insert(name.to_string(), device);

@@ -20,7 +20,7 @@ use std::collections::BTreeMap;
 mod gpu;
 mod reference;
 
-pub use gpu::{BaseWeight, Layer};
+pub use gpu::{BaseWeight, DeviceLayerAdapter, Layer};
 pub use reference::ReferenceLayer;
 
 /// One named adapter of a layer, on the host: A `[rank, k]`, B `[n, rank]`, its scale, and the DoRA
