@@ -382,6 +382,31 @@ fn gpu_products_quantisers_and_layers_reject_bad_input() {
         "15",
     );
 
+    let mut short_out = s.alloc_zeros::<f32>(n * k - 1).unwrap();
+    assert_invalid(gpu.int8_dequantize(&dev, &mut short_out), "out", "40");
+    let (a, b_short) = (
+        s.clone_htod(&values(2 * k)).unwrap(),
+        s.clone_htod(&values(n * 2 - 1)).unwrap(),
+    );
+    let bad_adapter = [LoraAdapter::new(&a, &b_short, 2, 1.0)];
+    assert_invalid(
+        gpu.linear_lora_forward(&x, &w, None, &bad_adapter, shape, &mut y),
+        "adapters[0].lora_b",
+        "10",
+    );
+    assert_invalid(
+        gpu.quantized_lora_forward(
+            &x,
+            lora_kernels::linear::QuantizedWeight::Int8(&dev),
+            None,
+            &bad_adapter,
+            m,
+            &mut y,
+        ),
+        "adapters[0].lora_b",
+        "10",
+    );
+
     use lora_kernels::layer::{Layer, LayerAdapter};
     assert_invalid(
         Layer::dense(&gpu, &values(n * k - 1), None, k, n),
