@@ -313,8 +313,9 @@ fn main() -> Result<()> {
         );
     }
     println!(
-        "\nus/call: wall-clock per call over 20 calls; the adapter models copy activations to and \
-         from the host at every module, the single-layer cases launch 20 times, then synchronise."
+        "\nus/call: wall-clock per call over 20 calls. On the GPU the adapter models copy activations \
+         to and from the host at every module, and the single-layer cases launch 20 times, then \
+         synchronise."
     );
     finish(failures)
 }
