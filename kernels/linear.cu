@@ -12,12 +12,14 @@
 // f32: CUDA-core FMAs, each thread a 4 x 8 register tile (f32 accuracy, no TF32). The epilogue scales
 // int8 columns by SCB / 127, adds the bias and rounds once.
 //
-// linear_gemv_T is the decode path of a dense W (m <= 8): a warp per output column (see there).
+// linear_gemv_T is the decode path of a dense W (m <= 8): a warp per output column, with the optional
+// LoRA term of LoraGemvEpilogue added before the store (see there).
 //
-// Bytes moved from HBM: W once (n*k elements, n*k/2 bytes for 4-bit plus absmax, n*k for int8), x once
-// per 128-column tile of y (from L2 after the first), y once. A plain tiled kernel without cp.async
-// pipelining or ldmatrix: it is the crate's own base GEMM (no cuBLAS dependency), not a cuBLAS rival
-// at large m; see BENCHMARKS.md.
+// Bytes moved from HBM by the tiled kernel: W once per 64 rows of x (n*k elements, n*k/2 bytes for
+// 4-bit plus absmax, n*k for int8; repeats come from L2 when W fits), x once per 128-column tile of y
+// (from L2 after the first), y once. A plain tiled kernel without cp.async pipelining or ldmatrix: it
+// is the crate's own base GEMM (no cuBLAS dependency), not a cuBLAS rival at large m; see
+// BENCHMARKS.md.
 #include "common.cuh"
 #include "lora_params.h"
 #include "mma.cuh"
