@@ -7,6 +7,8 @@
 //! - `Gpu::linear`, the crate's tiled dense product (the base of its layers),
 //! - `Gpu::quantized_lora_forward` on the NF4 weight with a rank-16 adapter (QLoRA; the adapter in
 //!   the GEMV epilogue up to 8 rows),
+//! - above 8 rows, NF4 on the GEMV kernel in 8-row passes too (`LORA_KERNELS_GEMV_MAX_M`), to
+//!   place the GEMV/tiled crossover from measurements,
 //! - cuBLAS bf16 on the dense weight (the baseline), and NF4 and int8 dequantise-then-cuBLAS.
 //!
 //! Reported: time, achieved GB/s over the bytes the kernel must move (packed weight + absmax + x + y)
@@ -133,6 +135,18 @@ fn gpu_benches(c: &mut Criterion, gpu: &Gpu) {
                 gpu.quant4_dequantize(&plain, &mut scratch).unwrap();
                 unsafe { blas.gemm(cfg, &scratch, &x, &mut y).unwrap() };
             });
+            // Above 8 rows: the same NF4 product on the GEMV kernel in 8-row passes (the other side of
+            // the crossover, to place GEMV_MAX_M from measurements).
+            let nf4_gemv_ms = if m > 8 {
+                std::env::set_var("LORA_KERNELS_GEMV_MAX_M", "1000000");
+                let ms = time_ms(&s, 20, 15, || {
+                    gpu.quant4_linear(&x, &plain, None, m, &mut y).unwrap()
+                });
+                std::env::remove_var("LORA_KERNELS_GEMV_MAX_M");
+                ms
+            } else {
+                nf4_ms
+            };
             // QLoRA: the same NF4 product with a rank-16 adapter (in the GEMV epilogue at M <= 8).
             let nf4_lora_ms = time_ms(&s, 20, 15, || {
                 gpu.quantized_lora_forward(
@@ -165,6 +179,7 @@ fn gpu_benches(c: &mut Criterion, gpu: &Gpu) {
                 deq_ms,
                 int8_deq_ms,
                 nf4_lora_ms,
+                nf4_gemv_ms,
                 nf4_bytes,
                 nf4_dq_bytes,
                 int8_bytes,
@@ -184,7 +199,7 @@ fn gpu_benches(c: &mut Criterion, gpu: &Gpu) {
         gpu.name()
     );
     println!(
-        "{:>4} {:>5} {:>6} {:>9} {:>8} {:>6} {:>9} {:>6} {:>8} {:>6} {:>8} {:>6} {:>10} {:>11} {:>11}",
+        "{:>4} {:>5} {:>6} {:>9} {:>8} {:>6} {:>9} {:>6} {:>8} {:>6} {:>8} {:>6} {:>10} {:>11} {:>11} {:>11}",
         "M",
         "K",
         "N",
@@ -199,12 +214,13 @@ fn gpu_benches(c: &mut Criterion, gpu: &Gpu) {
         "x",
         "deq+gemm",
         "i8 deq+gemm",
-        "nf4+lora us"
+        "nf4+lora us",
+        "nf4 gemv us"
     );
     let mut json = Vec::new();
-    for (m, k, n, cb, q, qd, i8, dn, dq, i8dq, ql, qb, qdb, ib) in &rows {
+    for (m, k, n, cb, q, qd, i8, dn, dq, i8dq, ql, qg, qb, qdb, ib) in &rows {
         println!(
-            "{m:>4} {k:>5} {n:>6} {:>9.2} {:>8.2} {:>5.2}x {:>9.2} {:>5.2}x {:>8.2} {:>5.2}x {:>8.2} {:>5.2}x {:>10.2} {:>11.2} {:>11.2}",
+            "{m:>4} {k:>5} {n:>6} {:>9.2} {:>8.2} {:>5.2}x {:>9.2} {:>5.2}x {:>8.2} {:>5.2}x {:>8.2} {:>5.2}x {:>10.2} {:>11.2} {:>11.2} {:>11.2}",
             cb * 1e3,
             q * 1e3,
             cb / q,
@@ -216,7 +232,8 @@ fn gpu_benches(c: &mut Criterion, gpu: &Gpu) {
             cb / dn,
             dq * 1e3,
             i8dq * 1e3,
-            ql * 1e3
+            ql * 1e3,
+            qg * 1e3
         );
         println!(
             "{:>26} GB/s: nf4 {:.0} ({:.0}% of copy), nf4dq {:.0} ({:.0}%), int8 {:.0} ({:.0}%)",
@@ -229,7 +246,7 @@ fn gpu_benches(c: &mut Criterion, gpu: &Gpu) {
             100.0 * ib / (i8 * 1e-3) / 1e9 / copy_gbs
         );
         json.push(format!(
-            "{{\"m\":{m},\"k\":{k},\"n\":{n},\"cublas_ms\":{cb},\"nf4_ms\":{q},\"nf4_dq_ms\":{qd},\"int8_ms\":{i8},\"dense_linear_ms\":{dn},\"dequant_gemm_ms\":{dq},\"int8_dequant_gemm_ms\":{i8dq},\"nf4_lora_ms\":{ql}}}"
+            "{{\"m\":{m},\"k\":{k},\"n\":{n},\"cublas_ms\":{cb},\"nf4_ms\":{q},\"nf4_dq_ms\":{qd},\"int8_ms\":{i8},\"dense_linear_ms\":{dn},\"dequant_gemm_ms\":{dq},\"int8_dequant_gemm_ms\":{i8dq},\"nf4_lora_ms\":{ql},\"nf4_gemv_ms\":{qg}}}"
         ));
     }
     common::write_bench_json(

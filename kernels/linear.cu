@@ -312,37 +312,41 @@ template <typename T> __device__ void linear_gemv(const LinearParams &p) {
     const int j = blockIdx.x * (kThreads / 32) + threadIdx.x / 32;
     if (j >= p.n) return;
     const T *w = reinterpret_cast<const T *>(p.weight) + (size_t)j * p.k;
-    const T *x = reinterpret_cast<const T *>(p.x);
-    const int rows = min(p.m, kRows);
-    float acc[kRows];
+    // Passes of 8 rows (m > 8 re-reads W's row j, from L1/L2 when it stayed there).
+    for (int r0 = 0; r0 < p.m; r0 += kRows) {
+        const T *x = reinterpret_cast<const T *>(p.x) + (size_t)r0 * p.k;
+        const int rows = min(p.m - r0, kRows);
+        float acc[kRows];
 #pragma unroll
-    for (int r = 0; r < kRows; ++r) acc[r] = 0.0f;
-    if (p.vector_x && p.vector_w) {
+        for (int r = 0; r < kRows; ++r) acc[r] = 0.0f;
+        if (p.vector_x && p.vector_w) {
 #pragma unroll 2
-        for (int v = lane; v < p.k / V; v += 32) {
-            Vec16<T> wv;
-            wv.raw = __ldg(reinterpret_cast<const uint4 *>(w) + v);
+            for (int v = lane; v < p.k / V; v += 32) {
+                Vec16<T> wv;
+                wv.raw = __ldg(reinterpret_cast<const uint4 *>(w) + v);
 #pragma unroll
-            for (int r = 0; r < kRows; ++r) {
-                if (r < rows) {
-                    Vec16<T> xv;
-                    xv.raw = __ldg(reinterpret_cast<const uint4 *>(x + (size_t)r * p.k) + v);
+                for (int r = 0; r < kRows; ++r) {
+                    if (r < rows) {
+                        Vec16<T> xv;
+                        xv.raw = __ldg(reinterpret_cast<const uint4 *>(x + (size_t)r * p.k) + v);
 #pragma unroll
-                    for (int q = 0; q < V; ++q) acc[r] = fmaf(Element<T>::to_f32(xv.v[q]), Element<T>::to_f32(wv.v[q]), acc[r]);
+                        for (int q = 0; q < V; ++q) acc[r] = fmaf(Element<T>::to_f32(xv.v[q]), Element<T>::to_f32(wv.v[q]), acc[r]);
+                    }
                 }
             }
-        }
-    } else {
-        for (int c = lane; c < p.k; c += 32) {
-            const float wv = Element<T>::to_f32(w[c]);
+        } else {
+            for (int c = lane; c < p.k; c += 32) {
+                const float wv = Element<T>::to_f32(w[c]);
 #pragma unroll
-            for (int r = 0; r < kRows; ++r)
-                if (r < rows) acc[r] = fmaf(Element<T>::to_f32(x[(size_t)r * p.k + c]), wv, acc[r]);
+                for (int r = 0; r < kRows; ++r)
+                    if (r < rows) acc[r] = fmaf(Element<T>::to_f32(x[(size_t)r * p.k + c]), wv, acc[r]);
+            }
         }
+        float lora[kRows] = {};
+        lora_gemv_partials<T, kRows>(p.lora, r0, rows, j, lora);
+        warp_sum_store_rows<T, kRows>(acc, lora, rows, 1.0f, reinterpret_cast<const T *>(p.bias), reinterpret_cast<T *>(p.y), r0, j,
+                                      p.n);
     }
-    float lora[kRows] = {};
-    lora_gemv_partials<T, kRows>(p.lora, 0, rows, j, lora);
-    warp_sum_store_rows<T, kRows>(acc, lora, rows, 1.0f, reinterpret_cast<const T *>(p.bias), reinterpret_cast<T *>(p.y), 0, j, p.n);
 }
 
 }  // namespace

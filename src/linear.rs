@@ -29,8 +29,19 @@ unsafe impl DeviceRepr for LinearParams {}
 const GEMV_COLUMNS_PER_BLOCK: usize = LINEAR_THREADS as usize / 32;
 
 /// Rows of x above which the products leave their GEMV kernels (a warp per output column, W streamed
-/// by the whole device) for the tiled kernel (which reads W once per 64 rows).
+/// by the whole device; 8 rows per pass) for the tiled kernel (which reads W once per 64 rows).
+/// `LORA_KERNELS_GEMV_MAX_M` overrides it at run time (the quantised bench times both sides of the
+/// crossover); the LoRA epilogue of the GEMVs stays limited to 8 rows.
 pub const GEMV_MAX_M: usize = 8;
+
+/// [`GEMV_MAX_M`], or `LORA_KERNELS_GEMV_MAX_M` when set to a positive number.
+fn gemv_max_m() -> usize {
+    std::env::var("LORA_KERNELS_GEMV_MAX_M")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|&v| v > 0)
+        .unwrap_or(GEMV_MAX_M)
+}
 
 /// The weight operand of a launch (the tiled product, the DoRA row passes), as device addresses
 /// (already validated by its owner).
@@ -254,7 +265,8 @@ impl Gpu {
             &AdapterLens::of(adapters, |s| s.len()),
         )?;
         validate_bias(bias.map(|b| b.len()), shape.n)?;
-        let fused = fits_gemv_epilogue(shape, adapters.iter().map(|a| a.rank));
+        let fused =
+            shape.m <= gemv_max_m() && fits_gemv_epilogue(shape, adapters.iter().map(|a| a.rank));
         {
             let stream = self.stream().clone();
             let (x_ptr, _gx) = x.device_ptr(&stream);
@@ -294,7 +306,7 @@ impl Gpu {
         lora: &LoraGemvEpilogue,
     ) -> Result<()> {
         let LoraShape { m, k, n } = shape;
-        if m > GEMV_MAX_M {
+        if m > gemv_max_m() {
             debug_assert_eq!(lora.hidden, 0, "the tiled kernel has no LoRA epilogue");
             return self.launch_linear::<T>(weight, x, bias, y, shape);
         }

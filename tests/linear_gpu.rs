@@ -11,7 +11,7 @@ use half::{bf16, f16};
 use lora_kernels::dora::reference as dora;
 use lora_kernels::golden::rel_error;
 use lora_kernels::lora::reference;
-use lora_kernels::{Element, Gpu, LoraAdapter, LoraShape};
+use lora_kernels::{DType, Element, Gpu, LoraAdapter, LoraShape};
 
 fn small() -> bool {
     std::env::var("LORA_KERNELS_SMALL").is_ok_and(|v| v == "1")
@@ -242,4 +242,36 @@ fn linear_lora_forward_bf16() {
     if let Some(gpu) = common::gpu() {
         with_adapters::<bf16>(&gpu, 37);
     }
+}
+
+/// With the crossover raised (`LORA_KERNELS_GEMV_MAX_M`), the GEMV kernels run more than 8 rows in
+/// 8-row passes; the results are the reference's. (Other tests running meanwhile only change path.)
+#[test]
+fn gemv_passes_past_eight_rows() {
+    let Some(gpu) = common::gpu() else { return };
+    let s = gpu.stream();
+    let mut rng = Rng::new(38);
+    std::env::set_var("LORA_KERNELS_GEMV_MAX_M", "64");
+    for shape in [LoraShape::new(20, 256, 70), LoraShape::new(9, 33, 17)] {
+        let LoraShape { m, k, n } = shape;
+        let (x, w, bias): (Vec<bf16>, Vec<bf16>, Vec<bf16>) =
+            (rng.vec(m * k, 1.0), rng.vec(n * k, 0.1), rng.vec(n, 1.0));
+        let want = reference::linear(&x, &w, Some(&bias), shape).unwrap();
+        let bd = s.clone_htod(&bias).unwrap();
+        let mut y = s.alloc_zeros::<bf16>(m * n).unwrap();
+        gpu.linear(
+            &s.clone_htod(&x).unwrap(),
+            &s.clone_htod(&w).unwrap(),
+            Some(&bd.slice(..)),
+            shape,
+            &mut y,
+        )
+        .unwrap();
+        let err = rel_error(&f64s(&s.clone_dtoh(&y).unwrap()), &f64s(&want));
+        assert!(
+            err <= DType::BF16.tolerance(),
+            "{shape:?}: rel err {err:.3e}"
+        );
+    }
+    std::env::remove_var("LORA_KERNELS_GEMV_MAX_M");
 }
