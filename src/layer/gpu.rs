@@ -80,9 +80,7 @@ pub struct Layer<T> {
     k: usize,
     n: usize,
     adapters: BTreeMap<String, DeviceAdapter<T>>,
-    /// The DoRA factor each merged DoRA adapter was merged with (for its unmerge).
-    merged_factors: BTreeMap<String, DoraFactor>,
-    state: LayerState,
+    state: LayerState<DoraFactor>,
 }
 
 impl<T: Element> Layer<T> {
@@ -151,7 +149,6 @@ impl<T: Element> Layer<T> {
             k,
             n,
             adapters: BTreeMap::new(),
-            merged_factors: BTreeMap::new(),
             state: LayerState::default(),
         })
     }
@@ -326,10 +323,7 @@ impl<T: Element> Layer<T> {
                 BaseWeight::Quant4(_) => return Err(quant4_merge_error()),
             }
             self.forget_factors();
-            if let Some(f) = factor {
-                self.merged_factors.insert(name.clone(), f);
-            }
-            self.state.merged_one(name);
+            self.state.merged_one(name, factor);
         }
         Ok(())
     }
@@ -338,8 +332,7 @@ impl<T: Element> Layer<T> {
     /// merge time. Unmerging when nothing is merged is an error.
     pub fn unmerge(&mut self) -> Result<()> {
         self.state.check_unmerge()?;
-        while let Some(name) = self.state.unmerged_one() {
-            let factor = self.merged_factors.remove(&name);
+        while let Some((name, factor)) = self.state.unmerged_one() {
             let view = self.adapters[&name].view();
             match &mut self.base {
                 BaseWeight::Dense(w) => {

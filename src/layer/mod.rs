@@ -53,20 +53,32 @@ pub(crate) enum ForwardPlan {
 }
 
 /// peft's bookkeeping of a layer's adapters: which exist (and which are DoRA), which are active,
-/// which are merged (in merge order), and whether adapters are disabled.
-#[derive(Clone, Debug, Default)]
-pub(crate) struct LayerState {
+/// which are merged (in merge order, each with the DoRA factor `F` it was merged with: peft keeps the
+/// norm for the unmerge), and whether adapters are disabled.
+#[derive(Clone, Debug)]
+pub(crate) struct LayerState<F> {
     /// Adapter name -> whether it is a DoRA adapter. Name order is the mixed-batch index order.
     adapters: BTreeMap<String, bool>,
     active: Vec<String>,
-    merged: Vec<String>,
+    merged: Vec<(String, Option<F>)>,
     disabled: bool,
 }
 
-impl LayerState {
+impl<F> Default for LayerState<F> {
+    fn default() -> Self {
+        LayerState {
+            adapters: BTreeMap::new(),
+            active: Vec::new(),
+            merged: Vec::new(),
+            disabled: false,
+        }
+    }
+}
+
+impl<F> LayerState<F> {
     /// Registers adapter `name` (replacing one of that name unless it is merged).
     pub(crate) fn add(&mut self, name: &str, dora: bool) -> Result<()> {
-        if self.merged.iter().any(|m| m == name) {
+        if self.is_merged(name) {
             return Err(invalid(
                 "name",
                 "an adapter that is not merged (unmerge it first)",
@@ -97,7 +109,11 @@ impl LayerState {
     }
 
     pub(crate) fn merged(&self) -> Vec<&str> {
-        self.merged.iter().map(|n| n.as_str()).collect()
+        self.merged.iter().map(|(n, _)| n.as_str()).collect()
+    }
+
+    fn is_merged(&self, name: &str) -> bool {
+        self.merged.iter().any(|(m, _)| m == name)
     }
 
     /// The adapters a merge folds in, in order: `names`, or the active adapters. Fails (changing
@@ -108,7 +124,7 @@ impl LayerState {
             None => self.active.clone(),
         };
         for (i, name) in names.iter().enumerate() {
-            if self.merged.contains(name) || names[..i].contains(name) {
+            if self.is_merged(name) || names[..i].contains(name) {
                 return Err(invalid(
                     "names",
                     "adapters that are not merged yet (merging twice)",
@@ -122,9 +138,9 @@ impl LayerState {
         Ok(names)
     }
 
-    /// Records that `name` is now folded into W.
-    pub(crate) fn merged_one(&mut self, name: String) {
-        self.merged.push(name);
+    /// Records that `name` is now folded into W, with the DoRA factor it was merged with.
+    pub(crate) fn merged_one(&mut self, name: String, factor: Option<F>) {
+        self.merged.push((name, factor));
     }
 
     /// The adapter an unmerge undoes next (the last merged), or an error when nothing is merged.
@@ -139,8 +155,8 @@ impl LayerState {
         Ok(())
     }
 
-    /// Removes and returns the last merged adapter.
-    pub(crate) fn unmerged_one(&mut self) -> Option<String> {
+    /// Removes and returns the last merged adapter and its factor.
+    pub(crate) fn unmerged_one(&mut self) -> Option<(String, Option<F>)> {
         self.merged.pop()
     }
 
@@ -151,7 +167,7 @@ impl LayerState {
         adapter_names: Option<&[Option<&str>]>,
     ) -> Result<ForwardPlan> {
         if self.disabled {
-            let unmerge = self.merged.iter().rev().cloned().collect();
+            let unmerge = self.merged.iter().rev().map(|(n, _)| n.clone()).collect();
             return Ok(ForwardPlan::Disabled { unmerge });
         }
         if let Some(names) = adapter_names {
@@ -166,7 +182,7 @@ impl LayerState {
                 return Err(invalid(
                     "adapter_names",
                     "no merged adapters (unmerge before a mixed batch)",
-                    format!("{:?} merged", self.merged),
+                    format!("{:?} merged", self.merged()),
                 ));
             }
             let mut indices = Vec::with_capacity(m);
@@ -202,7 +218,7 @@ impl LayerState {
 mod tests {
     use super::*;
 
-    fn state() -> LayerState {
+    fn state() -> LayerState<()> {
         let mut s = LayerState::default();
         s.add("b", false).unwrap();
         s.add("a", true).unwrap();
@@ -228,7 +244,7 @@ mod tests {
         assert!(s.plan_forward(1, Some(&[Some("a")])).is_err(), "DoRA");
         assert!(s.plan_forward(2, Some(&[None])).is_err(), "one per row");
         for name in s.plan_merge(None).unwrap() {
-            s.merged_one(name);
+            s.merged_one(name, None);
         }
         assert_eq!(s.merged(), vec!["b", "a"]);
         assert_eq!(s.plan_forward(1, None).unwrap(), ForwardPlan::Merged);
@@ -241,8 +257,8 @@ mod tests {
                 unmerge: vec!["a".into(), "b".into()]
             }
         );
-        assert_eq!(s.unmerged_one().as_deref(), Some("a"));
-        assert_eq!(s.unmerged_one().as_deref(), Some("b"));
+        assert_eq!(s.unmerged_one().map(|(n, _)| n).as_deref(), Some("a"));
+        assert_eq!(s.unmerged_one().map(|(n, _)| n).as_deref(), Some("b"));
         assert!(s.check_unmerge().is_err());
         assert!(
             s.plan_merge(Some(&["b", "b"])).is_err(),

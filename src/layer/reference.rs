@@ -65,9 +65,7 @@ pub struct ReferenceLayer<T> {
     k: usize,
     n: usize,
     adapters: BTreeMap<String, LayerAdapter<T>>,
-    /// The DoRA factor each merged DoRA adapter was merged with (peft caches the norm for unmerge).
-    merged_factors: BTreeMap<String, Vec<f32>>,
-    state: LayerState,
+    state: LayerState<Vec<f32>>,
 }
 
 impl<T: Element> ReferenceLayer<T> {
@@ -80,7 +78,6 @@ impl<T: Element> ReferenceLayer<T> {
             k,
             n,
             adapters: BTreeMap::new(),
-            merged_factors: BTreeMap::new(),
             state: LayerState::default(),
         })
     }
@@ -154,10 +151,7 @@ impl<T: Element> ReferenceLayer<T> {
                 self.k,
                 self.n,
             )?;
-            if let Some(f) = factor {
-                self.merged_factors.insert(name.clone(), f);
-            }
-            self.state.merged_one(name);
+            self.state.merged_one(name, factor);
         }
         Ok(())
     }
@@ -166,8 +160,7 @@ impl<T: Element> ReferenceLayer<T> {
     /// merge time. Unmerging when nothing is merged is an error.
     pub fn unmerge(&mut self) -> Result<()> {
         self.state.check_unmerge()?;
-        while let Some(name) = self.state.unmerged_one() {
-            let factor = self.merged_factors.remove(&name);
+        while let Some((name, factor)) = self.state.unmerged_one() {
             self.weight = dora::dora_unmerged_weight(
                 &self.weight,
                 self.adapters[&name].view(),
