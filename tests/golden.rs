@@ -473,7 +473,7 @@ fn int8_layer_cpu<T: Element>(case: &GoldenCase) -> Result<Check> {
     )?;
     let deq = int8::reference::dequantize(&weight)?;
     let deq64: Vec<f64> = deq.iter().map(|&v| v as f64).collect();
-    let deq_t: Vec<T> = deq.iter().map(|&v| T::from_f64(v as f64)).collect();
+    let deq_t: Vec<T> = int8::reference::dequantize_to(&weight)?;
     let base = |x: &[T], bias: Option<&[T]>, shape| {
         int8::reference::linear_weight_only(x, &weight, bias, shape)
     };
@@ -747,10 +747,7 @@ fn int8_layer_gpu<T: Element>(gpu: &Gpu, case: &GoldenCase) -> Result<Check> {
     let dev = gpu.upload_int8(&weight)?;
     // peft takes the DoRA norm of the dequantised weight in the input dtype.
     let dense = || {
-        let w: Vec<T> = int8::reference::dequantize(&weight)?
-            .iter()
-            .map(|&v| T::from_f64(v as f64))
-            .collect();
+        let w: Vec<T> = int8::reference::dequantize_to(&weight)?;
         Ok(gpu.stream().clone_htod(&w)?)
     };
     // As on the CPU: bitsandbytes' base inside peft's forward is up to two f16 ulps from base_output.

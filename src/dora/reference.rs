@@ -9,6 +9,19 @@ fn lens<T>(adapter: &LoraAdapter<'_, [T]>) -> AdapterLens {
     AdapterLens::of(std::slice::from_ref(adapter), <[T]>::len)[0]
 }
 
+/// Row `row` of `s·B·A`, in f64.
+fn delta_row<T: Element>(adapter: &LoraAdapter<'_, [T]>, k: usize, row: usize) -> Vec<f64> {
+    let r = adapter.rank;
+    (0..k)
+        .map(|c| {
+            let ba: f64 = (0..r)
+                .map(|j| adapter.lora_b[row * r + j].to_f64() * adapter.lora_a[j * k + c].to_f64())
+                .sum();
+            adapter.scale as f64 * ba
+        })
+        .collect()
+}
+
 /// Row `row` of `W + s·B·A`, in f64.
 fn combined_row<T: Element>(
     weight: &[T],
@@ -16,14 +29,10 @@ fn combined_row<T: Element>(
     k: usize,
     row: usize,
 ) -> Vec<f64> {
-    let r = adapter.rank;
-    (0..k)
-        .map(|c| {
-            let ba: f64 = (0..r)
-                .map(|j| adapter.lora_b[row * r + j].to_f64() * adapter.lora_a[j * k + c].to_f64())
-                .sum();
-            weight[row * k + c].to_f64() + adapter.scale as f64 * ba
-        })
+    delta_row(adapter, k, row)
+        .into_iter()
+        .enumerate()
+        .map(|(c, d)| weight[row * k + c].to_f64() + d)
         .collect()
 }
 
@@ -163,18 +172,11 @@ pub fn dora_unmerged_weight<T: Element>(
         None,
         factor.map(<[f32]>::len),
     )?;
-    let r = adapter.rank;
     let mut out = Vec::with_capacity(n * k);
     for row in 0..n {
         let f = factor.map_or(1.0, |f| f[row] as f64);
-        for c in 0..k {
-            let ba: f64 = (0..r)
-                .map(|j| adapter.lora_b[row * r + j].to_f64() * adapter.lora_a[j * k + c].to_f64())
-                .sum();
-            out.push(T::from_f64(
-                merged[row * k + c].to_f64() / f - adapter.scale as f64 * ba,
-            ));
-        }
+        let delta = delta_row(&adapter, k, row);
+        out.extend((0..k).map(|c| T::from_f64(merged[row * k + c].to_f64() / f - delta[c])));
     }
     check_finite(&out, k)?;
     Ok(out)
