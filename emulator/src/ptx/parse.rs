@@ -1378,3 +1378,6 @@ fn encode(ty: Type, v: Num) -> Option<[u8; 16]> {
     }
     Some(out)
 }
+
+#[cfg(test)]
+mod tests;
