@@ -385,8 +385,11 @@ mod tests {
             .contains("ELF"));
     }
 
-    /// Builds a fatbin with one entry per (kind, arch, flags, payload, csize, usize).
-    fn fatbin(entries: &[(u16, u32, u64, &[u8], u32, u64)]) -> Vec<u8> {
+    /// (kind, arch, flags, payload, compressed size, uncompressed size)
+    type Entry<'a> = (u16, u32, u64, &'a [u8], u32, u64);
+
+    /// Builds a fatbin with one entry per [`Entry`].
+    fn fatbin(entries: &[Entry<'_>]) -> Vec<u8> {
         let mut body = Vec::new();
         for &(kind, arch, flags, payload, csize, usize_) in entries {
             let mut h = vec![0u8; 72];
