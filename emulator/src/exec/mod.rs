@@ -1,9 +1,22 @@
 //! The interpreter: device memory, modules, and kernel execution in warps of 32 lanes with the
 //! memory, init, race and sync checkers.
 //!
-//! CONTRACT (used by `driver`): the public items of this file keep these signatures. The bodies
-//! here are placeholders until the interpreter lands.
+//! CONTRACT (used by `driver`): the public items of this file keep these signatures.
+//!
+//! - [`memory`]: device memory, redzones, shadow state.
+//! - [`lower`]: kernels into their executable form.
+//! - [`run`]: the SIMT scheduler, collectives, barriers and the checkers (its module docs say
+//!   exactly what the racecheck and synccheck model).
 use crate::ptx::ir;
+
+pub mod alu;
+mod alu_glue;
+pub mod float;
+pub mod lower;
+pub mod memory;
+pub mod mma;
+mod mma_glue;
+mod run;
 
 /// The CUDA error a failure maps to (`CUresult` values).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -157,87 +170,262 @@ pub struct Machine {
     pub checkers: CheckerConfig,
     /// Seed for a randomised scheduling order (`None`: the fixed round-robin order).
     pub schedule_seed: Option<u64>,
+    /// A launch fails as hung after this many warp steps without a global store, atomic,
+    /// completed barrier or finished block.
+    pub hang_limit_steps: u64,
+    mem: memory::DeviceMemory,
+    modules: Vec<Option<LoadedModule>>,
+    functions: Vec<Option<(u32, std::sync::Arc<lower::Program>)>>,
+}
+
+struct LoadedModule {
+    functions: Vec<(String, u32)>,
+    /// Device allocations of the module's global/const variables.
+    var_allocs: Vec<u64>,
+}
+
+fn mem_err(what: &str, addr: u64, f: memory::Fault) -> EmuError {
+    EmuError::new(
+        CudaCode::InvalidValue,
+        format!("{} at {:#x}: {}", what, addr, f.describe(addr)),
+    )
 }
 
 impl Machine {
     pub fn new(config: DeviceConfig) -> Self {
+        let cap = config.total_memory;
         Machine {
             config,
             checkers: CheckerConfig::default(),
             schedule_seed: None,
+            hang_limit_steps: 50_000_000,
+            mem: memory::DeviceMemory::new(cap),
+            modules: Vec::new(),
+            functions: Vec::new(),
         }
     }
 
     /// Allocates `bytes` of device memory (never written yet: initcheck flags reads before a
     /// write or memset), returns its device address. 256-byte aligned, with redzones around it.
     pub fn alloc(&mut self, bytes: u64) -> EmuResult<u64> {
-        let _ = bytes;
-        Err(todo_err())
+        self.mem.alloc(bytes).ok_or_else(|| {
+            EmuError::new(
+                CudaCode::OutOfMemory,
+                format!(
+                    "cannot allocate {} bytes ({} of {} bytes in use)",
+                    bytes,
+                    self.mem.live_bytes(),
+                    self.mem.capacity
+                ),
+            )
+        })
     }
 
     /// Frees an allocation by its base address (use after free is then reported).
     pub fn free(&mut self, addr: u64) -> EmuResult<()> {
-        let _ = addr;
-        Err(todo_err())
+        if self.mem.free(addr) {
+            Ok(())
+        } else {
+            Err(EmuError::new(
+                CudaCode::InvalidValue,
+                format!(
+                    "free of {:#x}, which is not the base of a live allocation",
+                    addr
+                ),
+            ))
+        }
     }
 
     /// Host to device.
     pub fn write(&mut self, addr: u64, data: &[u8]) -> EmuResult<()> {
-        let _ = (addr, data);
-        Err(todo_err())
+        self.mem
+            .host_write(addr, data)
+            .map_err(|f| mem_err("host-to-device copy", addr, f))
     }
 
     /// Device to host.
     pub fn read(&mut self, addr: u64, out: &mut [u8]) -> EmuResult<()> {
-        let _ = (addr, out);
-        Err(todo_err())
+        self.mem
+            .host_read(addr, out)
+            .map_err(|f| mem_err("device-to-host copy", addr, f))
     }
 
     /// Device to device.
     pub fn copy(&mut self, dst: u64, src: u64, bytes: u64) -> EmuResult<()> {
-        let _ = (dst, src, bytes);
-        Err(todo_err())
+        self.mem
+            .copy(dst, src, bytes)
+            .map_err(|(a, f)| mem_err("device-to-device copy", a, f))
     }
 
     /// `cuMemsetD8`.
     pub fn memset8(&mut self, addr: u64, value: u8, bytes: u64) -> EmuResult<()> {
-        let _ = (addr, value, bytes);
-        Err(todo_err())
+        self.mem
+            .memset(addr, value, bytes)
+            .map_err(|f| mem_err("memset", addr, f))
     }
 
     /// Whether `[addr, addr+bytes)` lies inside one live allocation.
     pub fn is_device_range(&self, addr: u64, bytes: u64) -> bool {
-        let _ = (addr, bytes);
-        false
+        self.mem.contains(addr, bytes)
     }
 
     /// Loads a parsed module: lowers every kernel, failing on the first unsupported instruction
     /// or directive with an error naming the form and the kernel.
     pub fn load_module(&mut self, module: ir::Module) -> EmuResult<ModuleId> {
-        let _ = module;
-        Err(todo_err())
+        // Module-scope global/const variables live in device memory (zero-initialised, as
+        // static storage is).
+        let mut var_addr = vec![0u64; module.vars.len()];
+        let mut var_allocs = Vec::new();
+        let mut fail = None;
+        for (i, v) in module.vars.iter().enumerate() {
+            match v.space {
+                ir::Space::Global | ir::Space::Const => {
+                    let a = match self.alloc(v.size.max(1)) {
+                        Ok(a) => a,
+                        Err(e) => {
+                            fail = Some(e);
+                            break;
+                        }
+                    };
+                    var_allocs.push(a);
+                    var_addr[i] = a;
+                    let mut bytes = vec![0u8; v.size as usize];
+                    if let Some(init) = &v.init {
+                        let n = init.len().min(bytes.len());
+                        bytes[..n].copy_from_slice(&init[..n]);
+                    }
+                    self.write(a, &bytes)?;
+                }
+                ir::Space::Shared => {}
+                other => {
+                    fail = Some(EmuError::new(
+                        CudaCode::NotSupported,
+                        format!(
+                            "module variable {} in {:?} space is not supported",
+                            v.name, other
+                        ),
+                    ));
+                    break;
+                }
+            }
+        }
+        let layout = lower::ModuleLayout { var_addr };
+        let mut progs = Vec::new();
+        if fail.is_none() {
+            for k in &module.kernels {
+                match lower::lower_kernel(&module, k, &layout) {
+                    Ok(p) => progs.push(p),
+                    Err(e) => {
+                        fail = Some(e);
+                        break;
+                    }
+                }
+            }
+        }
+        if let Some(e) = fail {
+            for a in var_allocs {
+                self.mem.free(a);
+            }
+            return Err(e);
+        }
+        let mid = self.modules.len() as u32;
+        let mut functions = Vec::new();
+        for p in progs {
+            let fid = self.functions.len() as u32;
+            functions.push((p.name.clone(), fid));
+            self.functions.push(Some((mid, std::sync::Arc::new(p))));
+        }
+        self.modules.push(Some(LoadedModule {
+            functions,
+            var_allocs,
+        }));
+        Ok(ModuleId(mid))
     }
 
     pub fn unload_module(&mut self, module: ModuleId) -> EmuResult<()> {
-        let _ = module;
-        Err(todo_err())
+        let m = self
+            .modules
+            .get_mut(module.0 as usize)
+            .and_then(|m| m.take())
+            .ok_or_else(|| EmuError::new(CudaCode::InvalidHandle, "no such module"))?;
+        for (_, f) in m.functions {
+            self.functions[f as usize] = None;
+        }
+        for a in m.var_allocs {
+            self.mem.free(a);
+        }
+        Ok(())
     }
 
     pub fn get_function(&self, module: ModuleId, name: &str) -> EmuResult<FunctionId> {
-        let _ = (module, name);
-        Err(todo_err())
+        let m = self
+            .modules
+            .get(module.0 as usize)
+            .and_then(|m| m.as_ref())
+            .ok_or_else(|| EmuError::new(CudaCode::InvalidHandle, "no such module"))?;
+        m.functions
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, f)| FunctionId(*f))
+            .ok_or_else(|| {
+                EmuError::new(
+                    CudaCode::NotFound,
+                    format!("the module has no kernel named {}", name),
+                )
+            })
+    }
+
+    fn program(&self, f: FunctionId) -> EmuResult<std::sync::Arc<lower::Program>> {
+        self.functions
+            .get(f.0 as usize)
+            .and_then(|x| x.as_ref())
+            .map(|(_, p)| p.clone())
+            .ok_or_else(|| EmuError::new(CudaCode::InvalidHandle, "no such function"))
     }
 
     pub fn function_info(&self, f: FunctionId) -> EmuResult<FunctionInfo> {
-        let _ = f;
-        Err(todo_err())
+        let p = self.program(f)?;
+        Ok(FunctionInfo {
+            max_threads_per_block: p.max_threads.min(self.config.max_threads_per_block),
+            static_shared_bytes: p.shared_bytes as u32,
+            num_regs: (p.nregs as u32).clamp(16, 255),
+            local_bytes: p.local_bytes as u32,
+        })
+    }
+
+    /// Resident blocks per SM for a launch of `f` with `block_threads` threads and
+    /// `dynamic_shared_bytes` (what the occupancy query reports; launches keep
+    /// `sm_count` times this many blocks resident).
+    pub fn occupancy(
+        &self,
+        f: FunctionId,
+        block_threads: u32,
+        dynamic_shared_bytes: u32,
+    ) -> EmuResult<u32> {
+        let p = self.program(f)?;
+        let c = &self.config;
+        if block_threads == 0 || block_threads > c.max_threads_per_block {
+            return Ok(0);
+        }
+        let warps = block_threads.div_ceil(32);
+        let mut n = (c.max_threads_per_sm / (warps * 32)).min(c.max_blocks_per_sm);
+        let shared = p.dyn_shared_offset + u64::from(dynamic_shared_bytes);
+        let shared = shared.max(p.shared_bytes);
+        if shared > 0 {
+            n = n.min((u64::from(c.shared_per_sm) / shared) as u32);
+        }
+        let regs = (p.nregs as u32).clamp(16, 255) * warps * 32;
+        if regs > 0 {
+            n = n.min(c.regs_per_sm / regs.min(c.regs_per_sm).max(1));
+        }
+        Ok(n)
     }
 
     /// The kernel's parameters as (size, align) in declaration order: the driver packs
     /// `kernelParams[i]` (`size` bytes each) into the parameter buffer with these.
     pub fn function_params(&self, f: FunctionId) -> EmuResult<Vec<(u64, u32)>> {
-        let _ = f;
-        Err(todo_err())
+        let p = self.program(f)?;
+        Ok(p.params.iter().map(|&(_, s, a)| (s, a)).collect())
     }
 
     /// Runs a kernel to completion. `params[i]` holds the bytes of parameter `i`.
@@ -249,11 +437,93 @@ impl Machine {
         dynamic_shared_bytes: u32,
         params: &[Vec<u8>],
     ) -> EmuResult<LaunchStats> {
-        let _ = (f, grid, block, dynamic_shared_bytes, params);
-        Err(todo_err())
+        let p = self.program(f)?;
+        let threads = u64::from(block[0]) * u64::from(block[1]) * u64::from(block[2]);
+        if grid.contains(&0) || block.contains(&0) {
+            return Err(EmuError::new(
+                CudaCode::InvalidValue,
+                format!(
+                    "kernel {}: empty grid or block {:?} {:?}",
+                    p.name, grid, block
+                ),
+            ));
+        }
+        if threads > u64::from(p.max_threads.min(self.config.max_threads_per_block)) {
+            return Err(EmuError::new(
+                CudaCode::InvalidValue,
+                format!(
+                    "kernel {}: {} threads per block, more than its limit {}",
+                    p.name,
+                    threads,
+                    p.max_threads.min(self.config.max_threads_per_block)
+                ),
+            ));
+        }
+        if let Some(r) = self.config_reqntid(&p, block) {
+            return Err(r);
+        }
+        let shared = (p.dyn_shared_offset + u64::from(dynamic_shared_bytes)).max(p.shared_bytes);
+        if shared > u64::from(self.config.shared_per_block_optin) {
+            return Err(EmuError::new(
+                CudaCode::LaunchOutOfResources,
+                format!(
+                    "kernel {}: {} bytes of shared memory per block",
+                    p.name, shared
+                ),
+            ));
+        }
+        if params.len() != p.params.len() {
+            return Err(EmuError::new(
+                CudaCode::InvalidValue,
+                format!(
+                    "kernel {}: {} parameters given, the kernel has {}",
+                    p.name,
+                    params.len(),
+                    p.params.len()
+                ),
+            ));
+        }
+        let mut buf = vec![0u8; p.param_bytes as usize];
+        for (i, (&(off, size, _), given)) in p.params.iter().zip(params).enumerate() {
+            if given.len() as u64 != size {
+                return Err(EmuError::new(
+                    CudaCode::InvalidValue,
+                    format!(
+                        "kernel {}: parameter {} has {} bytes, expected {}",
+                        p.name,
+                        i,
+                        given.len(),
+                        size
+                    ),
+                ));
+            }
+            buf[off as usize..(off + size) as usize].copy_from_slice(given);
+        }
+        let per_sm = self
+            .occupancy(f, threads as u32, dynamic_shared_bytes)?
+            .max(1);
+        let resident = per_sm.saturating_mul(self.config.sm_count.max(1));
+        let l = run::Launch::new(
+            &p,
+            &mut self.mem,
+            self.checkers,
+            buf,
+            grid,
+            block,
+            dynamic_shared_bytes,
+            &self.config,
+            self.schedule_seed,
+            self.hang_limit_steps,
+            resident,
+        );
+        l.run()
+    }
+
+    fn config_reqntid(&self, p: &lower::Program, block: [u32; 3]) -> Option<EmuError> {
+        let _ = (p, block);
+        None
     }
 }
 
-fn todo_err() -> EmuError {
-    EmuError::new(CudaCode::NotSupported, "the interpreter is not built yet")
-}
+#[cfg(test)]
+mod tests;
