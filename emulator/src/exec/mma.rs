@@ -1,0 +1,1 @@
+//! Warp-level matrix operations (in progress).
