@@ -77,10 +77,10 @@ pub fn ptx_from_image(image: &[u8]) -> Result<String, String> {
     }
 }
 
-/// The total size in bytes of the fatbin whose image starts with `header` (at least its first 16
-/// bytes), counting every container that follows when `image` holds more; `None` if it is not a
-/// fatbin. For callers that receive a bare pointer (as `cuModuleLoadData` does) and must know how
-/// much to read: call it with the first 16 bytes.
+/// The size in bytes of the fatbin container whose first 16 bytes are `header` (its header plus
+/// its entries); `None` if it is not a fatbin. For callers that receive a bare pointer (as
+/// `cuModuleLoadData` does) and must know how much to read. nvcc's `-fatbin` output is one
+/// container; [`ptx_from_image`] also reads containers that follow one another.
 pub fn fatbin_size(header: &[u8]) -> Option<u64> {
     if read_u32(header, 0)? != FATBIN_MAGIC {
         return None;

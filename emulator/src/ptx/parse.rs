@@ -1079,6 +1079,12 @@ impl<'a> Parser<'a> {
             }
             let scope_idx = k.scopes.len() - 1;
             if self.lx.eat(b'<')? {
+                if r.text.ends_with(|c: char| c.is_ascii_digit()) {
+                    return self.err(
+                        r,
+                        format_args!("a register range prefix `{}` ending in a digit", r.text),
+                    );
+                }
                 let n = self.u32("a register count")?;
                 self.expect(b'>')?;
                 if k.kernel.regs.len() + n as usize > MAX_REGS {

@@ -452,6 +452,7 @@ fn rejected_constructs_name_themselves() {
             ".entry k()\n{\n.reg .b32 %r<5000000>;\n}\n",
             "too many registers",
         ),
+        (".entry k()\n{\n.reg .b32 %r1<4>;\n}\n", "ending in a digit"),
         (".entry k()\n{\nret;\n}\n#", "unexpected character '#'"),
         (
             ".entry k()\n{\nret; /* open\n}\n",
