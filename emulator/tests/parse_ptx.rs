@@ -402,3 +402,54 @@ fn corrupt_fatbins_are_errors_and_never_panic() {
         let _ = ptx_from_image(&c);
     }
 }
+
+#[test]
+fn module_variables_and_local_depot_from_nvcc() {
+    let m = parse_ptx(&String::from_utf8(data("forms.ptx")).unwrap()).unwrap();
+    let var = |n: &str| m.vars.iter().find(|v| v.name == n).unwrap();
+    let c = var("coeffs");
+    assert_eq!((c.space, c.size, c.align), (Space::Const, 16, 4));
+    let floats: Vec<f32> = c
+        .init
+        .as_ref()
+        .unwrap()
+        .chunks(4)
+        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+        .collect();
+    assert_eq!(floats, [1.0, 2.0, 3.5, -1.0]);
+    // `= {7, 0, 0, 0, 8, 0, 0, 0, 9}` for 12 bytes: the rest is zero.
+    let t = var("table");
+    assert_eq!((t.space, t.size), (Space::Global, 12));
+    assert_eq!(
+        t.init.as_deref(),
+        Some(&[7, 0, 0, 0, 8, 0, 0, 0, 9, 0, 0, 0][..])
+    );
+    let d = var("dyn");
+    assert_eq!(
+        (d.space, d.size, d.is_extern, d.align),
+        (Space::Shared, 0, true, 16)
+    );
+    let k = &m.kernels[0];
+    assert_eq!(k.params.len(), 4);
+    let depot = &k.vars[0];
+    assert_eq!(
+        (depot.space, depot.size, depot.align),
+        (Space::Local, 64, 16)
+    );
+    assert!(k.regs.iter().any(|r| r.name == "%SPL" && r.ty == Type::B64));
+    // `mov.u64 %SPL, __local_depot0;`
+    assert_eq!(
+        k.body[0].operands[1],
+        Operand::Symbol(SymbolRef::KernelVar(0))
+    );
+    let ops: std::collections::BTreeSet<&str> = k.body.iter().map(|i| i.opcode.as_str()).collect();
+    for op in [
+        "vote.sync.ballot.b32",
+        "shfl.sync.bfly.b32",
+        "ld.global.nc.v4.f32",
+        "nanosleep.u32",
+        "bar.sync",
+    ] {
+        assert!(ops.contains(op), "{op} in {ops:?}");
+    }
+}

@@ -30,9 +30,9 @@ use super::ir::{
 use lexer::{Lexer, Tok, Token};
 
 /// Most registers one kernel may declare (a guard against absurd `%r<N>` counts).
-const MAX_REGS: usize = 1 << 22;
+const MAX_REGS: usize = 1 << 20;
 /// Largest variable with an initialiser (its bytes are materialised).
-const MAX_INIT_BYTES: u64 = 1 << 26;
+const MAX_INIT_BYTES: u64 = 1 << 24;
 /// Deepest nesting of `{ ... }` in an initialiser.
 const MAX_INIT_DEPTH: u32 = 16;
 

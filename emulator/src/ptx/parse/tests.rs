@@ -383,6 +383,24 @@ fn module_variables_pragmas_and_sections() {
 }
 
 #[test]
+fn double_colon_qualifiers_stay_in_the_opcode() {
+    let k = kernel(
+        ".entry k()\n{\n.reg .b32 %r<2>;\n.reg .b64 %rd1;\n\
+         ld.global.nc.L1::no_allocate.v2.u32 {%r0, %r1}, [%rd1];\n\
+         ld.shared::cta.u32 %r0, [%rd1+4];\nret;\n}\n",
+    );
+    assert_eq!(k.body[0].opcode, "ld.global.nc.L1::no_allocate.v2.u32");
+    assert_eq!(k.body[1].opcode, "ld.shared::cta.u32");
+    assert_eq!(
+        k.body[1].operands[1],
+        Operand::Address {
+            base: AddrBase::Reg(RegId(2)),
+            offset: 4
+        }
+    );
+}
+
+#[test]
 fn block_comments_and_odd_spacing() {
     let k = kernel(
         "/* a\n block */ .entry k ( ) { .reg .b32 %r<2> ; /* x */ add.s32 %r1 , %r0 , 1 ; // y\n ret ; }",
@@ -449,7 +467,7 @@ fn rejected_constructs_name_themselves() {
         (".global .u32 x[];\n", "unsized array"),
         (".global .b8 x[2] = {1,2,3};\n", "3 initialisers"),
         (
-            ".entry k()\n{\n.reg .b32 %r<5000000>;\n}\n",
+            ".entry k()\n{\n.reg .b32 %r<2000000>;\n}\n",
             "too many registers",
         ),
         (".entry k()\n{\n.reg .b32 %r1<4>;\n}\n", "ending in a digit"),
