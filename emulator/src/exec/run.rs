@@ -60,6 +60,9 @@ struct Warp {
     waiting: u32,
     /// Lanes at a `bar.sync` waiting for the rest of their warp.
     pending: u32,
+    /// Lanes expected at the `bar.sync` the warp's first lane reached: every live lane then,
+    /// except those whose next instruction is `ret`/`exit` (an early return before a barrier).
+    bar_expect: u32,
     /// The whole warp has arrived at a block barrier.
     blocked: bool,
     bar_id: usize,
@@ -105,6 +108,10 @@ struct Block {
     bars: [Bar; 16],
     epoch: u32,
     live_warps: u32,
+    /// An uninitialised shared read (with the epoch it happened in), reported unless a race
+    /// on the same bytes is found first in that epoch (a read racing with a later write of
+    /// another thread is a race, not an initcheck report).
+    pending_init: Option<(u32, EmuError)>,
 }
 
 struct Pools {
@@ -284,6 +291,37 @@ impl<'a> Launch<'a> {
         EmuError::new(code, msg)
     }
 
+    /// A report kept for later (not printed yet).
+    #[allow(clippy::too_many_arguments)]
+    fn quiet_report(
+        &self,
+        checker: &str,
+        code: CudaCode,
+        blk: &Block,
+        warp: u32,
+        lane: usize,
+        pc: usize,
+        detail: &str,
+    ) -> EmuError {
+        let t = self.tid3(warp * 32 + lane as u32);
+        EmuError::new(
+            code,
+            format!(
+                "{}: {} in kernel {} block ({},{},{}) thread ({},{},{}) at {}",
+                checker,
+                detail,
+                self.prog.name,
+                blk.ctaid[0],
+                blk.ctaid[1],
+                blk.ctaid[2],
+                t[0],
+                t[1],
+                t[2],
+                self.prog.location(pc)
+            ),
+        )
+    }
+
     fn new_block(&mut self, lin: u32, pools: &mut Pools) -> Block {
         let gx = self.grid[0];
         let gy = self.grid[1];
@@ -302,6 +340,7 @@ impl<'a> Launch<'a> {
                     exited: 0,
                     waiting: 0,
                     pending: 0,
+                    bar_expect: 0,
                     blocked: false,
                     bar_id: 0,
                     wsync: 0,
@@ -335,6 +374,7 @@ impl<'a> Launch<'a> {
             bars: [Bar::default(); 16],
             epoch,
             live_warps: nwarps,
+            pending_init: None,
         }
     }
 
@@ -380,6 +420,13 @@ impl<'a> Launch<'a> {
                     };
                     if self.run_warp(blk, wi, slice)? {
                         progress = true;
+                    }
+                    if let Some((ep, _)) = &blk.pending_init {
+                        if *ep != blk.epoch || blk.live_warps == 0 {
+                            let (_, e) = blk.pending_init.take().expect("checked");
+                            eprintln!("========= emulator {}", e.message);
+                            return Err(e);
+                        }
                     }
                 }
             }
@@ -576,6 +623,24 @@ impl<'a> Launch<'a> {
                     l0,
                     o,
                     self.prog.location(w.pc[o] as usize)
+                ),
+            );
+            return Err(e);
+        }
+        if self.ck.synccheck && w.bar_expect & w.exited != 0 {
+            let gone = w.bar_expect & w.exited;
+            let e = self.report(
+                "synccheck",
+                CudaCode::LaunchFailed,
+                blk,
+                w.index,
+                l0,
+                pc as usize,
+                &format!(
+                    "divergent bar.sync: lanes {} of the warp were elsewhere when lanes {} \
+                     reached this barrier, and exited without reaching it",
+                    lanes_str(gone),
+                    lanes_str(w.pending)
                 ),
             );
             return Err(e);
@@ -937,6 +1002,19 @@ impl<'a> Launch<'a> {
                         self.check_barrier(blk, idv);
                     }
                 } else {
+                    if w.pending == 0 && exec != 0 {
+                        let mut expect = 0u32;
+                        for l in bits(w.live()) {
+                            let at_exit = matches!(
+                                prog.insts.get(w.pc[l] as usize).map(|i| &i.op),
+                                Some(Op::Exit)
+                            );
+                            if !at_exit {
+                                expect |= 1 << l;
+                            }
+                        }
+                        w.bar_expect = expect | exec;
+                    }
                     w.pending |= exec;
                 }
             }
@@ -1153,14 +1231,23 @@ impl<'a> Launch<'a> {
                         .iter()
                         .position(|&s| s != blk.serial)
                     {
-                        return Err(AccessErr {
+                        let e = AccessErr {
                             checker: "initcheck",
                             code: CudaCode::IllegalAddress,
                             detail: format!(
                                 "uninitialized shared {} of {} bytes at shared address {:#x}: byte {:#x} was never written by this block",
                                 what, size, a, a + k as u64
                             ),
-                        });
+                        };
+                        if !self.ck.racecheck {
+                            return Err(e);
+                        }
+                        if blk.pending_init.is_none() {
+                            let widx = blk.warps[wi].index;
+                            let r = self
+                                .quiet_report(e.checker, e.code, blk, widx, lane, pc, &e.detail);
+                            blk.pending_init = Some((blk.epoch, r));
+                        }
                     }
                 }
                 if self.ck.racecheck {
