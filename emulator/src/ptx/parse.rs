@@ -788,8 +788,18 @@ impl<'a> Parser<'a> {
     // Kernels
     // ----------------------------------------------------------------------------------------
 
+    /// An `.entry` through its closing `}`; errors inside it name the kernel.
     fn entry(&mut self, entry_tok: Token<'a>) -> Result<(), ParseError> {
         let name = self.expect_kind(Tok::Ident, "a kernel name")?;
+        self.entry_body(entry_tok, name).map_err(|mut e| {
+            if !e.message.contains(&format!("kernel `{}`", name.text)) {
+                e.message.push_str(&format!(" (kernel `{}`)", name.text));
+            }
+            e
+        })
+    }
+
+    fn entry_body(&mut self, entry_tok: Token<'a>, name: Token<'a>) -> Result<(), ParseError> {
         if self.kernel_names.insert(name.text, ()).is_some() {
             return self.err(name, format_args!("kernel `{}` defined twice", name.text));
         }
@@ -1147,7 +1157,7 @@ impl<'a> Parser<'a> {
             return self.err(op, "`call` (device functions) is not supported");
         }
         let index = k.kernel.body.len();
-        let mut operands = Vec::new();
+        let mut operands = Vec::with_capacity(4);
         if !self.lx.eat(b';')? {
             loop {
                 let o = self.operand(k, index, operands.len())?;

@@ -485,6 +485,7 @@ fn rejected_constructs_name_themselves() {
     let e = parse(".entry k()\n{\n\tfrobnicate %r9;\n}\n").unwrap_err();
     assert_eq!(e.line, 6);
     assert!(e.message.contains("`frobnicate %r9;`"), "{}", e.message);
+    assert!(e.message.contains("(kernel `k`)"), "{}", e.message);
     // Module structure.
     assert!(parse_ptx("").unwrap_err().message.contains(".version"));
     assert!(parse_ptx(".target sm_80\n")
