@@ -1,0 +1,253 @@
+//! One deliberately broken kernel per checker (`tests/kernels/broken.cu`), each of which must
+//! fail its launch with a report that names the checker, the kernel, the block and thread (as
+//! `(x,y,z)`), the address (hex) where there is one, and the `.cu` file:line of the bad access
+//! (from `-lineinfo`'s `.loc`; the line is found by its `// BUG:<tag>` marker). Each has a
+//! correct twin (or correct parameters) that must pass clean, so the checkers are not simply
+//! failing everything.
+//!
+//! Codes: memcheck out of bounds and use after free -> 700 ILLEGAL_ADDRESS, misaligned -> 716
+//! MISALIGNED_ADDRESS, initcheck and racecheck -> 700 (the emulator's choice; compute-sanitizer
+//! reports these without a code of their own), synccheck -> 719 LAUNCH_FAILED.
+mod common;
+use common::*;
+use lora_kernels_emulator::exec::CudaCode;
+
+const FILE: &str = "broken.cu";
+
+fn checker_named(res: &Result<(), lora_kernels_emulator::exec::EmuError>, checker: &str) {
+    if let Err(e) = res {
+        assert!(
+            e.message.contains(checker),
+            "the report should name the checker {checker}: {}",
+            e.message
+        );
+    }
+}
+
+// ---- memcheck: out by one ----
+
+#[test]
+fn memcheck_catches_out_by_one_read() {
+    let n = 64usize;
+    let mut gpu = Gpu::load("broken");
+    let x = gpu.upload(&(0..n).map(|i| i as f32).collect::<Vec<f32>>());
+    let y = gpu.filled(128, 0f32);
+    // one block of 128 threads; `i <= n` lets thread 64 read x[64], 4 * 64 = 256 bytes past x
+    let res = gpu.try_launch("oob_read", [1, 1, 1], [128, 1, 1], &[ptr(x), ptr(y), int(n as i32)]);
+    checker_named(&res, "memcheck");
+    let line = marked_line(FILE, "oob");
+    assert_report(
+        res,
+        &Expect {
+            code: CudaCode::IllegalAddress,
+            kernel: "oob_read",
+            file: FILE,
+            lines: &[line],
+            block: [0, 0, 0],
+            threads: &|t| t == [64, 0, 0],
+            addr: Some(&|a| a == x + 256),
+        },
+    );
+}
+
+#[test]
+fn memcheck_passes_the_last_element() {
+    // the same kernel with n = 63 reads x[0..=63]: all inside the 64-element allocation
+    let mut gpu = Gpu::load("broken");
+    let x = gpu.upload(&(0..64).map(|i| i as f32).collect::<Vec<f32>>());
+    let y = gpu.filled(128, -1f32);
+    gpu.launch("oob_read", [1, 1, 1], [128, 1, 1], &[ptr(x), ptr(y), int(63)]);
+    let out: Vec<f32> = gpu.download(y, 128);
+    for i in 0..128 {
+        let want = if i < 64 { 2.0 * i as f32 } else { -1.0 };
+        assert_eq!(out[i], want, "y[{i}]");
+    }
+}
+
+// ---- racecheck: missing __syncthreads ----
+
+#[test]
+fn racecheck_catches_missing_syncthreads() {
+    let mut gpu = Gpu::load("broken");
+    let x = gpu.upload(&(0..64).map(|i| i as f32 * 0.5).collect::<Vec<f32>>());
+    let y = gpu.filled(64, 0f32);
+    // 64 threads = 2 warps: thread i reads s[63 - i], written by a thread of the other warp
+    let res = gpu.try_launch("race_missing_sync", [1, 1, 1], [64, 1, 1], &[ptr(x), ptr(y)]);
+    checker_named(&res, "racecheck");
+    let (w, r) = (marked_line(FILE, "race_write"), marked_line(FILE, "race_read"));
+    assert_report(
+        res,
+        &Expect {
+            code: CudaCode::IllegalAddress,
+            kernel: "race_missing_sync",
+            file: FILE,
+            lines: &[w, r],
+            block: [0, 0, 0],
+            threads: &|t| t[0] < 64 && t[1] == 0 && t[2] == 0,
+            addr: None,
+        },
+    );
+}
+
+#[test]
+fn racecheck_passes_the_fixed_kernel() {
+    let mut gpu = Gpu::load("broken");
+    let x = gpu.upload(&(0..64).map(|i| i as f32 * 0.5).collect::<Vec<f32>>());
+    let y = gpu.filled(64, -1f32);
+    gpu.launch("race_fixed", [2, 1, 1], [64, 1, 1], &[ptr(x), ptr(y)]);
+    let out: Vec<f32> = gpu.download(y, 64);
+    for i in 0..64 {
+        assert_eq!(out[i], (63 - i) as f32 * 0.5, "y[{i}]");
+    }
+}
+
+// ---- initcheck: shared and global ----
+
+#[test]
+fn initcheck_catches_uninitialised_shared_read() {
+    let mut gpu = Gpu::load("broken");
+    let y = gpu.filled(64, 0f32);
+    let res = gpu.try_launch("uninit_shared", [1, 1, 1], [64, 1, 1], &[ptr(y)]);
+    checker_named(&res, "initcheck");
+    let line = marked_line(FILE, "uninit_shared");
+    assert_report(
+        res,
+        &Expect {
+            code: CudaCode::IllegalAddress,
+            kernel: "uninit_shared",
+            file: FILE,
+            lines: &[line],
+            block: [0, 0, 0],
+            // only threads 32..63 read words nobody wrote
+            threads: &|t| (32..64).contains(&t[0]) && t[1] == 0 && t[2] == 0,
+            addr: None,
+        },
+    );
+}
+
+#[test]
+fn initcheck_catches_uninitialised_global_read() {
+    let mut gpu = Gpu::load("broken");
+    // 32 floats allocated, only the first 16 written
+    let x = gpu.alloc_raw(128);
+    gpu.m
+        .write(x, &to_bytes(&(0..16).map(|i| i as f32).collect::<Vec<f32>>()))
+        .unwrap();
+    let y = gpu.filled(32, 0f32);
+    let res = gpu.try_launch("copy_f32", [1, 1, 1], [32, 1, 1], &[ptr(x), ptr(y)]);
+    checker_named(&res, "initcheck");
+    let line = marked_line(FILE, "copy_read");
+    assert_report(
+        res,
+        &Expect {
+            code: CudaCode::IllegalAddress,
+            kernel: "copy_f32",
+            file: FILE,
+            lines: &[line],
+            block: [0, 0, 0],
+            threads: &|t| (16..32).contains(&t[0]) && t[1] == 0 && t[2] == 0,
+            addr: Some(&|a| a >= x + 64 && a < x + 128),
+        },
+    );
+}
+
+#[test]
+fn initcheck_passes_a_fully_written_copy() {
+    let mut gpu = Gpu::load("broken");
+    let src: Vec<f32> = (0..64).map(|i| i as f32 - 10.0).collect();
+    let x = gpu.upload(&src);
+    let y = gpu.alloc_raw(256); // an output the kernel writes before anyone reads: no report
+    gpu.launch("copy_f32", [2, 1, 1], [32, 1, 1], &[ptr(x), ptr(y)]);
+    assert_eq!(gpu.download::<f32>(y, 64), src);
+}
+
+// ---- synccheck: divergent __syncthreads ----
+
+#[test]
+fn synccheck_catches_divergent_barrier() {
+    let mut gpu = Gpu::load("broken");
+    let lim = gpu.upload(&[40i32]);
+    let y = gpu.filled(64, 0f32);
+    // threads 0..39 reach the barrier, 40..63 (lanes 8..31 of warp 1) never do
+    let res = gpu.try_launch("divergent_barrier", [1, 1, 1], [64, 1, 1], &[ptr(lim), ptr(y)]);
+    checker_named(&res, "synccheck");
+    let line = marked_line(FILE, "barrier");
+    assert_report(
+        res,
+        &Expect {
+            code: CudaCode::LaunchFailed,
+            kernel: "divergent_barrier",
+            file: FILE,
+            lines: &[line],
+            block: [0, 0, 0],
+            threads: &|t| t[0] < 64 && t[1] == 0 && t[2] == 0,
+            addr: None,
+        },
+    );
+}
+
+#[test]
+fn synccheck_passes_a_uniform_barrier() {
+    let mut gpu = Gpu::load("broken");
+    let lim = gpu.upload(&[64i32]);
+    let y = gpu.filled(64, 0f32);
+    gpu.launch("divergent_barrier", [1, 1, 1], [64, 1, 1], &[ptr(lim), ptr(y)]);
+    assert_eq!(gpu.download::<f32>(y, 64), vec![2.0; 64]);
+}
+
+// ---- memcheck: misaligned ----
+
+#[test]
+fn memcheck_catches_misaligned_load() {
+    let mut gpu = Gpu::load("broken");
+    let base = gpu.upload(&vec![7u8; 512]);
+    let y = gpu.filled(64, 0f32);
+    let res = gpu.try_launch("misaligned_load", [1, 1, 1], [64, 1, 1], &[ptr(base), ptr(y)]);
+    checker_named(&res, "memcheck");
+    let line = marked_line(FILE, "misaligned");
+    assert_report(
+        res,
+        &Expect {
+            code: CudaCode::MisalignedAddress,
+            kernel: "misaligned_load",
+            file: FILE,
+            lines: &[line],
+            block: [0, 0, 0],
+            threads: &|t| t[0] < 64 && t[1] == 0 && t[2] == 0,
+            // thread t loads 4 bytes at base + 2 + 4t
+            addr: Some(&|a| a >= base + 2 && a < base + 2 + 256 && (a - base - 2) % 4 == 0),
+        },
+    );
+}
+
+// ---- memcheck: use after free ----
+
+#[test]
+fn memcheck_catches_use_after_free() {
+    let mut gpu = Gpu::load("broken");
+    let x = gpu.upload(&(0..32).map(|i| i as f32).collect::<Vec<f32>>());
+    let y = gpu.filled(32, 0f32);
+    gpu.m.free(x).unwrap();
+    let res = gpu.try_launch("copy_f32", [1, 1, 1], [32, 1, 1], &[ptr(x), ptr(y)]);
+    checker_named(&res, "memcheck");
+    if let Err(e) = &res {
+        assert!(
+            e.message.to_ascii_lowercase().contains("free"),
+            "the report should say the memory was freed: {}",
+            e.message
+        );
+    }
+    let line = marked_line(FILE, "copy_read");
+    assert_report(
+        res,
+        &Expect {
+            code: CudaCode::IllegalAddress,
+            kernel: "copy_f32",
+            file: FILE,
+            lines: &[line],
+            block: [0, 0, 0],
+            threads: &|t| t[0] < 32 && t[1] == 0 && t[2] == 0,
+            addr: Some(&|a| a >= x && a < x + 128),
+        },
+    );
+}

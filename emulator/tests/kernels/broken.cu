@@ -1,0 +1,80 @@
+// Deliberately broken kernels, one per checker (emulator/tests/checkers.rs), and fixed twins that
+// must pass clean. Each bad access sits alone on a line marked `// BUG:<name>`: the test finds
+// that line in this file and expects the checker's report to name `broken.cu:<line>` (from
+// -lineinfo's .loc). Do not move two accesses onto one marked line.
+// Regenerate the PTX with ./build.sh.
+
+// memcheck, out by one: `i <= n` reads x[n], one element past an n-element allocation.
+extern "C" __global__ void oob_read(const float* x, float* y, int n)
+{
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i <= n) {
+        float v = x[i]; // BUG:oob
+        y[i] = v * 2.0f;
+    }
+}
+
+// racecheck: thread i writes s[i], then reads s[63 - i] (written by a thread of the other warp)
+// with no barrier in between.
+extern "C" __global__ void race_missing_sync(const float* x, float* y)
+{
+    __shared__ float s[64];
+    unsigned i = threadIdx.x;
+    s[i] = x[i]; // BUG:race_write
+    float v = s[63 - i]; // BUG:race_read
+    y[i] = v;
+}
+
+// The fixed twin: the same with __syncthreads() between the write and the read.
+extern "C" __global__ void race_fixed(const float* x, float* y)
+{
+    __shared__ float s[64];
+    unsigned i = threadIdx.x;
+    s[i] = x[i];
+    __syncthreads();
+    float v = s[63 - i];
+    y[i] = v;
+}
+
+// initcheck, shared: only threads 0..31 write s[]; threads 32..63 read words nobody wrote.
+extern "C" __global__ void uninit_shared(float* y)
+{
+    __shared__ float s[64];
+    unsigned i = threadIdx.x;
+    if (i < 32)
+        s[i] = 1.0f + i;
+    __syncthreads();
+    float v = s[i]; // BUG:uninit_shared
+    y[i] = v;
+}
+
+// initcheck, global (the host allocates x and writes only part of it), and use after free (the
+// host frees x before the launch): a plain copy.
+extern "C" __global__ void copy_f32(const float* x, float* y)
+{
+    unsigned i = blockIdx.x * blockDim.x + threadIdx.x;
+    float v = x[i]; // BUG:copy_read
+    y[i] = v;
+}
+
+// synccheck: threads 0..39 reach __syncthreads(), threads 40..63 (part of warp 1) never do.
+extern "C" __global__ void divergent_barrier(const int* lim, float* y)
+{
+    unsigned i = threadIdx.x;
+    if (i < (unsigned)lim[0]) {
+        y[i] = 1.0f;
+        __syncthreads(); // BUG:barrier
+        y[i] += 1.0f;
+    } else {
+        y[i] = 3.0f;
+    }
+}
+
+// memcheck, misaligned: 4-byte loads from base + 2 + 4i.
+extern "C" __global__ void misaligned_load(const char* base, float* y)
+{
+    unsigned i = threadIdx.x;
+    const float* p = (const float*)(base + 2);
+    float v = p[i]; // BUG:misaligned
+    y[i] = v;
+}
