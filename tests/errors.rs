@@ -158,6 +158,10 @@ fn merge_rejects_non_finite_results() {
 
 #[test]
 fn no_device_is_an_error_not_a_panic() {
+    // The driver (or the emulator) is chosen before any CUDA call, as in every GPU test: the crate's
+    // driver probe is cached, so a `Gpu::new` before the choice would hide the emulator from the
+    // tests running beside this one.
+    common::driver::select();
     match Gpu::new(1000) {
         Err(Error::NoDevice(msg)) => assert!(!msg.is_empty()),
         other => panic!("expected NoDevice for device 1000, got {other:?}"),

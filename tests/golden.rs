@@ -1,9 +1,12 @@
 //! Runs every golden case (computed by the real peft and bitsandbytes) through the crate: on the CPU
-//! reference always, and on the GPU when one is present.
+//! reference always, and through the kernels on the GPU, or on the PTX emulator where no driver loads
+//! (`tests/common/driver.rs`; `LORA_KERNELS_EMULATOR=0` never, `=1` always).
 //!
 //! Cases come from `LORA_KERNELS_GOLDEN_DIR` when set (default `tests/data/golden`). One line per case
-//! and target, then `golden: P passed, F failed, S skipped`. Kinds the crate does not support yet are
-//! skipped and say so. With `LORA_KERNELS_REQUIRE_GPU=1` a missing GPU fails the run.
+//! and target (`on cpu`, `on gpu` or `on emulator`), then `golden: P passed, F failed, S skipped`.
+//! Kinds the crate does not support yet are skipped and say so. With `LORA_KERNELS_REQUIRE_GPU=1` a
+//! missing GPU fails the run; a device that fails to open (on the emulator, say) fails every case's
+//! GPU line.
 mod common;
 
 use cudarc::driver::{CudaSlice, CudaView};
@@ -816,7 +819,11 @@ fn main() {
     let paths =
         discover(&dir).unwrap_or_else(|e| panic!("no golden cases in {}: {e}", dir.display()));
     assert!(!paths.is_empty(), "no golden cases in {}", dir.display());
-    let gpu = common::gpu();
+    let opened = common::open_gpu();
+    if let Err(e) = &opened {
+        println!("GPU target: {e}");
+    }
+    let device_target = common::driver::target();
     let (mut passed, mut failed, mut skipped) = (0, 0, 0);
     for path in &paths {
         let case = match GoldenCase::load(path) {
@@ -827,9 +834,16 @@ fn main() {
                 continue;
             }
         };
-        let targets: Vec<(&str, Option<&Gpu>)> = match &gpu {
-            Some(g) => vec![("cpu", None), ("gpu", Some(g))],
-            None => vec![("cpu", None)],
+        if opened.is_err() {
+            println!(
+                "case {} ({}) on {device_target}: FAILED: no device (above)",
+                case.name, case.kind
+            );
+            failed += 1;
+        }
+        let targets: Vec<(&str, Option<&Gpu>)> = match &opened {
+            Ok(Some(g)) => vec![("cpu", None), (device_target, Some(g))],
+            _ => vec![("cpu", None)],
         };
         for (target, g) in targets {
             let head = format!("case {} ({}) on {target}", case.name, case.kind);

@@ -1,5 +1,8 @@
-//! Helpers shared by the integration tests: a seeded RNG and the GPU gate.
+//! Helpers shared by the integration tests: a seeded RNG and the GPU gate, which runs the GPU tests on
+//! a real GPU or, where no driver loads, on the PTX emulator ([`driver`]).
 #![allow(dead_code)]
+pub mod driver;
+
 use lora_kernels::{Element, Error, Gpu};
 
 /// xorshift64*: reproducible random data without a dependency.
@@ -36,30 +39,81 @@ pub fn gpu_required() -> bool {
     std::env::var("LORA_KERNELS_REQUIRE_GPU").is_ok_and(|v| v == "1")
 }
 
-/// The GPU, or `None` after printing `SKIPPED: no CUDA device` (a failure when GPU tests are required).
-pub fn gpu() -> Option<Gpu> {
-    match Gpu::new(0) {
-        Ok(gpu) => {
-            if !lora_kernels::device::kernels_built() {
-                assert!(
-                    !gpu_required(),
-                    "LORA_KERNELS_REQUIRE_GPU=1 but the kernels were not built"
-                );
-                println!("SKIPPED: the kernels were not built (no nvcc at build time)");
-                return None;
-            }
-            Some(gpu)
+/// Opens device 0 on the driver [`driver::select`] chose: `Ok(None)` after printing why the GPU
+/// tests skip (no driver, or no device on a real one), `Err` with a message when they must fail.
+/// Prints where the test runs: `GPU tests on emulator (NAME)` or `GPU tests on gpu (NAME)`.
+pub fn open_gpu() -> Result<Option<Gpu>, String> {
+    let chosen = driver::select();
+    let forced = driver::mode() == Ok(driver::Mode::Force);
+    if let driver::Driver::Unavailable(why) = chosen {
+        if forced || gpu_required() || driver::mode().is_err() {
+            return Err(format!("no CUDA device and no emulator: {why}"));
         }
-        Err(Error::NoDevice(why)) => {
-            assert!(
-                !gpu_required(),
-                "LORA_KERNELS_REQUIRE_GPU=1 but there is no CUDA device: {why}"
-            );
-            println!("SKIPPED: no CUDA device ({why})");
-            None
-        }
-        Err(e) => panic!("opening the GPU failed: {e}"),
+        println!("SKIPPED: no CUDA device ({why})");
+        return Ok(None);
     }
+    let on_emulator = driver::on_emulator();
+    // A driver missing a symbol makes cudarc panic: report it as this test's failure, once.
+    let opened = match std::panic::catch_unwind(|| Gpu::new(0)) {
+        Ok(result) => result,
+        Err(p) => {
+            let msg = p
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "a panic".into());
+            return Err(format!(
+                "opening device 0 on the {} panicked in cudarc: {msg}",
+                driver::target()
+            ));
+        }
+    };
+    match opened {
+        Ok(gpu) => {
+            if on_emulator && !gpu.name().contains("emulator") {
+                return Err(format!(
+                    "the emulator was loaded but the device is {:?}: cudarc bound another driver",
+                    gpu.name()
+                ));
+            }
+            if !lora_kernels::device::kernels_built() {
+                if gpu_required() || on_emulator {
+                    return Err(
+                        "the kernels were not built into this binary (no nvcc and no \
+                                committed PTX at build time)"
+                            .into(),
+                    );
+                }
+                println!("SKIPPED: the kernels were not built (no nvcc at build time)");
+                return Ok(None);
+            }
+            println!("GPU tests on {} ({})", driver::target(), gpu.name());
+            Ok(Some(gpu))
+        }
+        Err(e) if on_emulator => Err(format!(
+            "the emulator did not open a device: {e} (LORA_KERNELS_EMULATOR=0 skips the GPU tests \
+             where no GPU is)"
+        )),
+        Err(Error::NoDevice(why)) => {
+            if gpu_required() {
+                return Err(format!(
+                    "LORA_KERNELS_REQUIRE_GPU=1 but there is no CUDA device: {why}"
+                ));
+            }
+            println!(
+                "SKIPPED: no CUDA device ({why}); LORA_KERNELS_EMULATOR=1 runs the GPU tests on \
+                 the emulator"
+            );
+            Ok(None)
+        }
+        Err(e) => Err(format!("opening the GPU failed: {e}")),
+    }
+}
+
+/// The GPU (or the emulator), or `None` after printing `SKIPPED: ...`; panics with the reason where
+/// the GPU tests must run and cannot (see [`open_gpu`]).
+pub fn gpu() -> Option<Gpu> {
+    open_gpu().unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// Widens to f64.
