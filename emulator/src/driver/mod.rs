@@ -26,6 +26,10 @@
 //!   of the code, and the exported C function [`lora_kernels_emulator_last_error`] for a process
 //!   that loaded the cdylib). A kernel whose launch a checker stops returns the report's CUDA code
 //!   (e.g. 700 `CUDA_ERROR_ILLEGAL_ADDRESS`) from `cuLaunchKernel`.
+//! - Occupancy (`cuOccupancyMaxActiveBlocksPerMultiprocessor(WithFlags)`) is
+//!   [`Machine::occupancy`]: the engine keeps that many blocks per SM (times the SM count) of a
+//!   launch resident at once, so the answer and the residency agree by construction. A launch
+//!   whose block does not fit on an SM at all fails with `CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES`.
 //! - Every other driver function cudarc 0.19.10 may look up is exported as a stub ([`stubs`])
 //!   that names itself on stderr once and returns `CUDA_ERROR_NOT_SUPPORTED` (801).
 //! - No entry point unwinds into C: a panic inside becomes `CUDA_ERROR_UNKNOWN` with a message.
