@@ -63,6 +63,8 @@ struct Warp {
     /// Lanes expected at the `bar.sync` the warp's first lane reached: every live lane then,
     /// except those whose next instruction is `ret`/`exit` (an early return before a barrier).
     bar_expect: u32,
+    /// All runnable lanes are at one PC (cleared whenever lanes may part or rejoin).
+    conv: bool,
     /// The whole warp has arrived at a block barrier.
     blocked: bool,
     bar_id: usize,
@@ -341,6 +343,7 @@ impl<'a> Launch<'a> {
                     waiting: 0,
                     pending: 0,
                     bar_expect: 0,
+                    conv: false,
                     blocked: false,
                     bar_id: 0,
                     wsync: 0,
@@ -549,6 +552,7 @@ impl<'a> Launch<'a> {
             for w in blk.warps.iter_mut() {
                 if w.blocked && w.bar_id == id {
                     w.blocked = false;
+                    w.conv = false;
                     for l in bits(w.pending) {
                         w.pc[l] += 1;
                     }
@@ -723,18 +727,23 @@ impl<'a> Launch<'a> {
         }
         let prog = self.prog;
         let (pc, m) = {
-            let w = &blk.warps[wi];
-            let mut pc = u32::MAX;
-            for l in bits(run) {
-                pc = pc.min(w.pc[l]);
-            }
-            let mut m = 0u32;
-            for l in bits(run) {
-                if w.pc[l] == pc {
-                    m |= 1 << l;
+            let w = &mut blk.warps[wi];
+            if w.conv {
+                (w.pc[run.trailing_zeros() as usize], run)
+            } else {
+                let mut pc = u32::MAX;
+                for l in bits(run) {
+                    pc = pc.min(w.pc[l]);
                 }
+                let mut m = 0u32;
+                for l in bits(run) {
+                    if w.pc[l] == pc {
+                        m |= 1 << l;
+                    }
+                }
+                w.conv = m == run;
+                (pc, m)
             }
-            (pc, m)
         };
         let pcu = pc as usize;
         let Some(inst) = prog.insts.get(pcu) else {
@@ -778,6 +787,9 @@ impl<'a> Launch<'a> {
             }
             Op::Bra { target } => {
                 let w = &mut blk.warps[wi];
+                if exec != 0 && exec != m {
+                    w.conv = false;
+                }
                 for l in bits(m) {
                     w.pc[l] = if exec & (1 << l) != 0 {
                         *target
@@ -1016,6 +1028,7 @@ impl<'a> Launch<'a> {
                         w.bar_expect = expect | exec;
                     }
                     w.pending |= exec;
+                    w.conv = false;
                 }
             }
             Op::ActiveMask { dst } => {
@@ -1405,6 +1418,7 @@ impl<'a> Launch<'a> {
         m: u32,
         exec: u32,
     ) -> EmuResult<Step> {
+        blk.warps[wi].conv = false;
         let prog = self.prog;
         let pcu = pc as usize;
         let inst = &prog.insts[pcu];
