@@ -1,23 +1,63 @@
 //! CPU references for LLM.int8 weights: row-wise quantisation, dequantisation, the weight-only matmul
 //! (what bitsandbytes' CPU backend computes), and the LLM.int8 algorithm of its CUDA backend.
+//!
+//! # Row-wise quantisation (`Int8Params` → `int8_vectorwise_quant`, the default backend; `math.md` §5)
+//! The weight is rounded to f16 (`W.to(float16)`, round to nearest even; a value beyond the f16
+//! range becomes ±Inf). Per row: `SCB = max |Wh|` (exact, an f16 value), then torch evaluates
+//! `A * (127.0 / SCB)` as `A * (SCB.reciprocal() * 127)`: the scale is **two** f32 roundings,
+//! `s = f32(f32(1 / SCB) · 127)`, the product a third, `p = f32(Wh · s)`, and `CB = round(p)` with ties
+//! to even (`torch.round`). This differs from a single division `127 / SCB` on values whose product
+//! lands within an ulp of a half-integer (a few codes in ten thousand; `int8_f16_wide` has 13).
+//! |p| never exceeds 127 by more than rounding, so no clamp acts.
+//!
+//! bitsandbytes has no defined codes for a row whose scale is 0 or not finite: `1/0 = ∞` and
+//! `0 · ∞ = NaN`, and NaN converted to int8 is undefined behaviour in C++ (its CUDA kernel's
+//! `__float2int_rn` gives 0). An all-zero row is given SCB 0 and codes 0, which dequantise to 0 as any
+//! codes would; a NaN or infinite value (after the f16 rounding, so also |w| ≥ 65520) is an error.
+//!
+//! # Where the crate follows bitsandbytes' CUDA kernels instead
+//! [`linear_llm_int8`] (and `Gpu::int8_linear_llm`) is LLM.int8 as the CUDA backend runs it: x rounded
+//! to f16 and quantised row-wise with `127 / absmax` (outliers split off above the threshold), the
+//! int32 product dequantised with `6.200012e-05` through an f16 result, the outlier columns added in
+//! x's dtype. What a user can see against bitsandbytes:
+//! - on the CPU, bitsandbytes runs a `Linear8bitLt` in training mode (`MatMul8bitFp`, how the golden
+//!   cases ran) as the weight-only product x·(CB·SCB/127)ᵀ ([`linear_weight_only`]), with no
+//!   quantisation of x: about 1e-2 relative away from LLM.int8 outputs;
+//! - in eval mode its CPU backend does quantise x, but with its own arithmetic: x's codes by
+//!   reciprocal × 127 as above, the int8 product as an f32 matmul (exact while the sums stay below
+//!   2^24), the constant `6.200124e-05` (1.8e-5 relatively larger than CUDA's) and the result straight
+//!   in x's dtype (no f16 step for f32 and bf16 inputs);
+//! - x's codes: this crate divides `127 / absmax` correctly rounded, bitsandbytes' CUDA kernel with the
+//!   approximate `__fdividef`: a code can differ by one on a near-tie (an f16-rounding-sized change of
+//!   the output);
+//! - the weight's codes (CB, SCB) are the CPU backend's here and on the crate's GPU; bitsandbytes'
+//!   CUDA quantiser (also `__fdividef`) can put a code one step away on near-ties, and gives an
+//!   all-zero row codes 0, as this crate does.
 use super::{Int8Weight, INV_127};
 use crate::error::{invalid, Result};
 use crate::lora::{validate_bias, validate_lora_forward, LoraAdapter, LoraShape};
 use crate::Element;
 use half::f16;
 
-/// Round half to even, as `torch.round` and `__float2int_rn` do.
+/// Round half to even, as `torch.round` and `__float2int_rn` / `rintf` do.
 fn round_even(v: f32) -> f32 {
-    let r = v.round();
-    if (v - v.trunc()).abs() == 0.5 && r % 2.0 != 0.0 {
-        r - v.signum()
-    } else {
-        r
-    }
+    v.round_ties_even()
 }
 
-/// Row-wise quantisation as `Int8Params` does it: the weight is first rounded to f16, `SCB[r]` is its
-/// row absmax, and `CB = round_even(Wh · (127 / SCB[r]))`. An all-zero row gets SCB 0 and codes 0.
+/// The row scale `f32(f32(1 / absmax) · 127)` (torch's `127.0 / t` is `t.reciprocal() * 127`).
+pub fn row_scale(absmax: f32) -> f32 {
+    (1.0f32 / absmax) * 127.0
+}
+
+/// The code of one f16-rounded value `v` in a row of absmax `absmax` (> 0): `round_even(f32(v · s))`
+/// with `s` = [`row_scale`].
+pub fn quantize_value(v: f32, absmax: f32) -> i8 {
+    round_even(v * row_scale(absmax)) as i8
+}
+
+/// Row-wise quantisation as `Int8Params` does it (module docs): the weight rounded to f16, `SCB[r]` its
+/// row absmax, `CB = round_even(f32(Wh · f32(f32(1 / SCB[r]) · 127)))`. An all-zero row gets SCB 0 and
+/// codes 0; a NaN or infinite value (after rounding to f16) is an error naming its position.
 pub fn quantize_rowwise<T: Element>(weight: &[T], shape: [usize; 2]) -> Result<Int8Weight> {
     let [n, k] = shape;
     if n == 0 || k == 0 {
@@ -32,19 +72,26 @@ pub fn quantize_rowwise<T: Element>(weight: &[T], shape: [usize; 2]) -> Result<I
     }
     let mut cb = Vec::with_capacity(n * k);
     let mut scb = Vec::with_capacity(n);
-    for row in weight[..n * k].chunks(k) {
+    for (r, row) in weight[..n * k].chunks(k).enumerate() {
         let wh: Vec<f32> = row
             .iter()
             .map(|v| f16::from_f64(v.to_f64()).to_f32())
             .collect();
+        if let Some(c) = wh.iter().position(|v| !v.is_finite()) {
+            return Err(invalid(
+                "weight",
+                "finite values within the f16 range (LLM.int8 rounds the weight to f16; a NaN or \
+                 infinite value has no int8 code)",
+                format!("{} at [{r}, {c}]", row[c].to_f64()),
+            ));
+        }
         let amax = wh.iter().fold(0.0f32, |m, v| m.max(v.abs()));
         scb.push(amax);
-        let scale = 127.0f32 / amax;
         cb.extend(wh.iter().map(|&v| {
             if amax == 0.0 {
                 0
             } else {
-                round_even(v * scale).clamp(-127.0, 127.0) as i8
+                quantize_value(v, amax)
             }
         }));
     }
@@ -223,6 +270,56 @@ mod tests {
         assert_eq!(round_even(-2.5), -2.0);
         assert_eq!(round_even(-0.4), -0.0);
         assert_eq!(round_even(1.6), 2.0);
+    }
+
+    /// The scale is f32(f32(1/SCB)·127), not f32(127/SCB): on a value exactly half the absmax the
+    /// product lands on either side of 63.5. SCB 0.324462890625 (an f16): 1/SCB = 3.0820165,
+    /// ·127 = 391.41608, ·0.16223145 = 63.499996 → 63 (one division gives 63.5 → 64). SCB
+    /// 0.30712890625: 413.50717 · 0.15356445 = 63.500004 → 64 (one division: 63.499996 → 63).
+    #[test]
+    fn scale_is_reciprocal_times_127() {
+        for (s, want) in [(0.324_462_89f32, 63i8), (0.307_128_9, 64)] {
+            let s = f16::from_f32(s);
+            let half = f16::from_f32(s.to_f32() / 2.0);
+            let q = quantize_rowwise(&[s, half, -half, f16::ZERO], [1, 4]).unwrap();
+            assert_eq!(q.scb, [s.to_f32()]);
+            assert_eq!(q.cb, [127, want, -want, 0], "SCB {s}");
+        }
+        assert_eq!(row_scale(0.324_462_9), 391.416_08);
+    }
+
+    /// Ties of the product itself go to even: SCB 2 gives the exact scale 63.5, so 1 → 63.5 → 64 (even) and 3/8 → 23.8125 → 24; a row of one repeated value is
+    /// all 127; an all-zero row is SCB 0 and codes 0; values just above and below zero are 0.
+    #[test]
+    fn hand_worked_rows() {
+        let q = quantize_rowwise(&[2.0f32, 1.0, -1.0, 0.375, 1e-6, -1e-6], [1, 6]).unwrap();
+        assert_eq!(row_scale(2.0), 63.5);
+        assert_eq!(q.cb, [127, 64, -64, 24, 0, 0]);
+        let q = quantize_rowwise(&[0.3f32; 5], [1, 5]).unwrap();
+        assert_eq!(q.cb, [127; 5]);
+        let q = quantize_rowwise(&[0.0f32, -0.0, 0.0, 1.0, 0.5, -0.5], [2, 3]).unwrap();
+        assert_eq!(q.scb, [0.0, 1.0]);
+        assert_eq!(q.cb, [0, 0, 0, 127, 64, -64]);
+    }
+
+    /// f16-subnormal row absmax: the f32 scale is large but exact arithmetic still gives ±127 and the
+    /// halves: SCB 2^-20 (an f16 subnormal), scale 2^20 · 127.
+    #[test]
+    fn subnormal_row_absmax() {
+        let a = 2f32.powi(-20);
+        let q = quantize_rowwise(&[a, -a / 2.0, a / 4.0], [1, 3]).unwrap();
+        assert_eq!(q.scb, [a]);
+        assert_eq!(q.cb, [127, -64, 32]);
+    }
+
+    /// NaN, ±Inf and values that overflow f16 have no int8 code: an error naming the element.
+    #[test]
+    fn non_finite_is_an_error() {
+        for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY, 70000.0] {
+            let e = quantize_rowwise(&[0.5f32, 0.25, bad, 0.1], [2, 2]).unwrap_err();
+            assert!(e.to_string().contains("[1, 0]"), "{e}");
+        }
+        assert!(quantize_rowwise(&[65504.0f32, 1.0], [1, 2]).is_ok());
     }
 
     /// Without outliers LLM.int8 is the weight-only product up to x's 8-bit quantisation.

@@ -37,7 +37,9 @@ pub const NF4_CODE: [f32; 16] = [
     1.0,
 ];
 
-/// The FP4 code table (sign bit 3, 3 magnitude bits), bitsandbytes' raw values / 12 in f32.
+/// The FP4 code table (sign bit 3, 3 magnitude bits), bitsandbytes' raw values / 12 in f32, as
+/// `get_4bit_type("fp4")` builds it and `Linear4bit` serialises it: entry 8, the "negative zero" code,
+/// holds +0.0 (bitsandbytes writes it as the integer literal `-0`, which is 0).
 pub const FP4_CODE: [f32; 16] = [
     0.0,
     0.0625 / 12.0,
@@ -47,7 +49,7 @@ pub const FP4_CODE: [f32; 16] = [
     6.0 / 12.0,
     2.0 / 12.0,
     3.0 / 12.0,
-    -0.0,
+    0.0,
     -0.0625 / 12.0,
     -8.0 / 12.0,
     -1.0,
