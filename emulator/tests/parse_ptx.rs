@@ -453,3 +453,60 @@ fn module_variables_and_local_depot_from_nvcc() {
         assert!(ops.contains(op), "{op} in {ops:?}");
     }
 }
+
+/// Every instruction has as many operands as its source line has top-level comma-separated parts
+/// (commas inside `{...}` and `[...]` do not count), and vectors as many elements as written.
+#[test]
+fn operand_counts_match_the_source_lines() {
+    for (f, m) in parse_all() {
+        let text = read(f);
+        let lines: Vec<&str> = text.lines().collect();
+        for k in &m.kernels {
+            for ins in &k.body {
+                let line = lines[ins.ptx_line as usize - 1];
+                let line = line.split("//").next().unwrap().trim();
+                let line = line.trim_start_matches('{').trim();
+                let stmt = line.split(';').next().unwrap().trim();
+                let stmt = if stmt.starts_with('@') {
+                    stmt.split_once(char::is_whitespace).unwrap().1.trim()
+                } else {
+                    stmt
+                };
+                let (opcode, rest) = stmt.split_once(char::is_whitespace).unwrap_or((stmt, ""));
+                assert_eq!(opcode, ins.opcode, "{f}:{}", ins.ptx_line);
+                let (mut parts, mut depth, mut vec_elems) = (0usize, 0i32, Vec::new());
+                let mut cur_vec = 0usize;
+                if !rest.trim().is_empty() {
+                    parts = 1;
+                }
+                for c in rest.chars() {
+                    match c {
+                        '{' => {
+                            depth += 1;
+                            cur_vec = 1;
+                        }
+                        '}' => {
+                            depth -= 1;
+                            vec_elems.push(cur_vec);
+                        }
+                        '[' => depth += 1,
+                        ']' => depth -= 1,
+                        ',' if depth == 0 => parts += 1,
+                        ',' if rest.contains('{') => cur_vec += 1,
+                        _ => {}
+                    }
+                }
+                assert_eq!(ins.operands.len(), parts, "{f}:{}: {stmt}", ins.ptx_line);
+                let parsed_vecs: Vec<usize> = ins
+                    .operands
+                    .iter()
+                    .filter_map(|o| match o {
+                        Operand::Vector(v) => Some(v.len()),
+                        _ => None,
+                    })
+                    .collect();
+                assert_eq!(parsed_vecs, vec_elems, "{f}:{}: {stmt}", ins.ptx_line);
+            }
+        }
+    }
+}
