@@ -1387,7 +1387,7 @@ impl<'a> Launch<'a> {
         tid: u16,
         pc: usize,
     ) -> AccessErr {
-        let _ = tid;
+        let _ = (tid, pc);
         let who = if other == u16::MAX {
             "several threads".to_string()
         } else {
@@ -1597,8 +1597,154 @@ impl<'a> Launch<'a> {
         part: u32,
         mop: &super::mma_glue::MatrixOp,
     ) -> EmuResult<()> {
-        let _ = (blk, wi, pcu, part);
-        match *mop {}
+        use super::mma_glue::MatrixOp;
+        let prog = self.prog;
+        let widx = blk.warps[wi].index;
+        if part != u32::MAX {
+            let l = part.trailing_zeros() as usize;
+            return Err(self.report(
+                "synccheck",
+                CudaCode::LaunchFailed,
+                blk,
+                widx,
+                l,
+                pcu,
+                &format!(
+                    "a warp-wide matrix instruction executed by lanes {} only (all 32 lanes must)",
+                    lanes_str(part)
+                ),
+            ));
+        }
+        let gather = |w: &Warp, v: &[Src]| -> Vec<u32> {
+            let mut out = vec![0u32; 32 * v.len()];
+            for lane in 0..32 {
+                for (i, s) in v.iter().enumerate() {
+                    out[lane * v.len() + i] = self.src_val(w, *s, lane) as u32;
+                }
+            }
+            out
+        };
+        let scatter = |w: &mut Warp, d: &[u32], vals: &[u32]| {
+            for lane in 0..32 {
+                for (i, r) in d.iter().enumerate() {
+                    w.regs[*r as usize * 32 + lane] =
+                        u64::from(vals[lane * d.len() + i]) & prog.reg_mask[*r as usize];
+                }
+            }
+        };
+        match mop {
+            MatrixOp::Mma { m, d, a, b, c } => {
+                let w = &blk.warps[wi];
+                let (av, bv, cv) = (gather(w, a), gather(w, b), gather(w, c));
+                let mut dv = vec![0u32; 32 * d.len()];
+                m.exec(&av, &bv, &cv, &mut dv);
+                scatter(&mut blk.warps[wi], d, &dv);
+            }
+            MatrixOp::Wmma { w: op, d, a, b, c } => {
+                let w = &blk.warps[wi];
+                let (av, bv, cv) = (gather(w, a), gather(w, b), gather(w, c));
+                let mut dv = vec![0u32; 32 * d.len()];
+                if let Err(e) = op.exec(&av, &bv, &cv, &mut dv) {
+                    return Err(self.report(
+                        "wmma",
+                        CudaCode::IllegalInstruction,
+                        blk,
+                        widx,
+                        0,
+                        pcu,
+                        &e,
+                    ));
+                }
+                scatter(&mut blk.warps[wi], d, &dv);
+            }
+            MatrixOp::Load {
+                ls,
+                space,
+                addr,
+                stride,
+                ..
+            }
+            | MatrixOp::Store {
+                ls,
+                space,
+                addr,
+                stride,
+                ..
+            } => {
+                let is_load = matches!(mop, MatrixOp::Load { .. });
+                let w = &blk.warps[wi];
+                let base = self.addr_val(w, addr, 0);
+                let st = stride
+                    .map(|s| self.src_val(w, s, 0))
+                    .unwrap_or(super::mma::WMMA_DEFAULT_STRIDE);
+                for lane in 1..32 {
+                    let b2 = self.addr_val(w, addr, lane);
+                    let s2 = stride.map(|s| self.src_val(w, s, lane)).unwrap_or(st);
+                    if b2 != base || s2 != st {
+                        return Err(self.report("synccheck", CudaCode::LaunchFailed, blk, widx, lane, pcu, &format!("wmma address/stride differ across the warp (lane 0: {:#x}/{}, lane {}: {:#x}/{})", base, st, lane, b2, s2)));
+                    }
+                }
+                if self.ck.memcheck {
+                    if let Err(e) = ls.check_alignment(base, st) {
+                        return Err(self.report(
+                            "memcheck",
+                            CudaCode::MisalignedAddress,
+                            blk,
+                            widx,
+                            0,
+                            pcu,
+                            &e,
+                        ));
+                    }
+                }
+                let frag = ls.frag;
+                let eb = frag.ty.bytes();
+                let per = frag.per_reg();
+                let nregs = frag.regs();
+                let elems = frag.elems();
+                let mut vals = vec![0u32; 32 * nregs];
+                if !is_load {
+                    if let MatrixOp::Store { srcs, .. } = mop {
+                        vals = gather(&blk.warps[wi], srcs);
+                    }
+                }
+                for lane in 0..32 {
+                    for e in 0..elems {
+                        let a = ls.element_addr(lane, e, base, st);
+                        let reg = e / per;
+                        let sh = (e % per) * 8 * eb;
+                        let mut buf = [0u8; 64];
+                        let kind = if is_load {
+                            AccessKind::Read
+                        } else {
+                            let v = vals[lane * nregs + reg] >> sh;
+                            for (k, byte) in buf.iter_mut().enumerate().take(eb) {
+                                *byte = (v >> (8 * k)) as u8;
+                            }
+                            AccessKind::Write
+                        };
+                        if let Err(er) =
+                            self.access(blk, wi, lane, pcu, *space, a, eb, &mut buf, kind)
+                        {
+                            return Err(
+                                self.report(er.checker, er.code, blk, widx, lane, pcu, &er.detail)
+                            );
+                        }
+                        if is_load {
+                            let mut v = 0u32;
+                            for (k, byte) in buf.iter().enumerate().take(eb) {
+                                v |= u32::from(*byte) << (8 * k);
+                            }
+                            vals[lane * nregs + reg] |= v << sh;
+                        }
+                    }
+                }
+                if let MatrixOp::Load { dsts, .. } = mop {
+                    scatter(&mut blk.warps[wi], dsts, &vals);
+                }
+            }
+        }
+        Ok(())
     }
 }
 
