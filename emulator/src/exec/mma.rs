@@ -378,6 +378,43 @@ pub struct WmmaLoadStore {
     pub space: Option<crate::ptx::ir::Space>,
 }
 
+/// The default `stride` of m16n16k16 (the leading dimension, 16, for every matrix and layout).
+pub const WMMA_DEFAULT_STRIDE: u64 = 16;
+
+impl WmmaLoadStore {
+    /// Address of element `e` of lane `lane`'s fragment for base address `base` and `stride`
+    /// (in elements; [`WMMA_DEFAULT_STRIDE`] when the instruction has none).
+    pub fn element_addr(&self, lane: usize, e: usize, base: u64, stride: u64) -> u64 {
+        let (r, c) = self.frag.element(lane, e);
+        base.wrapping_add(wmma_offset(self.layout, stride, r, c) * self.frag.ty.bytes() as u64)
+    }
+
+    /// The manual's alignment rule ("Matrix Storage for WMMA"): the start of every row (or
+    /// column) must be aligned to the fragment's size in bytes, so the base address and
+    /// `stride * element bytes` must both be multiples of it. An error names the violation.
+    pub fn check_alignment(&self, base: u64, stride: u64) -> Result<(), String> {
+        let frag_bytes = (self.frag.regs() * 4) as u64;
+        if base % frag_bytes != 0 {
+            return Err(format!(
+                "wmma address {base:#x} is not aligned to the fragment size ({frag_bytes} bytes)"
+            ));
+        }
+        let stride_bytes = stride * self.frag.ty.bytes() as u64;
+        if stride_bytes % frag_bytes != 0 {
+            return Err(format!(
+                "wmma stride {stride} ({stride_bytes} bytes) is not a multiple of the fragment size \
+                 ({frag_bytes} bytes)"
+            ));
+        }
+        if stride < WMMA_DEFAULT_STRIDE {
+            return Err(format!(
+                "wmma stride {stride} is below the leading dimension {WMMA_DEFAULT_STRIDE}"
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// A decoded `wmma.mma`: D(f32) = A * B + C(f32), A and B of `ab`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct WmmaMma {
@@ -978,6 +1015,43 @@ mod tests {
             }
         }
         regs
+    }
+
+    #[test]
+    fn wmma_addresses_and_alignment() {
+        let Some(Wmma::Load(a)) =
+            Wmma::parse("wmma.load.a.sync.aligned.row.m16n16k16.shared.f16").unwrap()
+        else {
+            panic!()
+        };
+        let Some(Wmma::Load(b)) =
+            Wmma::parse("wmma.load.b.sync.aligned.col.m16n16k16.bf16").unwrap()
+        else {
+            panic!()
+        };
+        // f16 fragments are 32 bytes: p and 2*stride must be multiples of 32.
+        assert!(a.check_alignment(0x1000, 16).is_ok());
+        assert!(a.check_alignment(0x1010, 16).is_err());
+        assert!(a.check_alignment(0x1000, 24).is_err());
+        assert!(a.check_alignment(0x1000, 32).is_ok());
+        assert!(a.check_alignment(0x1000, 8).is_err());
+        // bf16 fragments are 16 bytes.
+        assert!(b.check_alignment(0x1010, 24).is_ok());
+        // Element addresses: row-major A at (r, c) is base + 2*(r*stride + c).
+        for lane in [0, 7, 31] {
+            for e in 0..16 {
+                let (r, c) = a.frag.element(lane, e);
+                assert_eq!(
+                    a.element_addr(lane, e, 0x100, 40),
+                    0x100 + 2 * (r as u64 * 40 + c as u64)
+                );
+                let (r, c) = b.frag.element(lane, e % 8);
+                assert_eq!(
+                    b.element_addr(lane, e % 8, 0x200, 24),
+                    0x200 + 2 * (c as u64 * 24 + r as u64)
+                );
+            }
+        }
     }
 
     #[test]
