@@ -33,7 +33,12 @@ fn memcheck_catches_out_by_one_read() {
     let x = gpu.upload(&(0..n).map(|i| i as f32).collect::<Vec<f32>>());
     let y = gpu.filled(128, 0f32);
     // one block of 128 threads; `i <= n` lets thread 64 read x[64], 4 * 64 = 256 bytes past x
-    let res = gpu.try_launch("oob_read", [1, 1, 1], [128, 1, 1], &[ptr(x), ptr(y), int(n as i32)]);
+    let res = gpu.try_launch(
+        "oob_read",
+        [1, 1, 1],
+        [128, 1, 1],
+        &[ptr(x), ptr(y), int(n as i32)],
+    );
     checker_named(&res, "memcheck");
     let line = marked_line(FILE, "oob");
     assert_report(
@@ -56,7 +61,12 @@ fn memcheck_passes_the_last_element() {
     let mut gpu = Gpu::load("broken");
     let x = gpu.upload(&(0..64).map(|i| i as f32).collect::<Vec<f32>>());
     let y = gpu.filled(128, -1f32);
-    gpu.launch("oob_read", [1, 1, 1], [128, 1, 1], &[ptr(x), ptr(y), int(63)]);
+    gpu.launch(
+        "oob_read",
+        [1, 1, 1],
+        [128, 1, 1],
+        &[ptr(x), ptr(y), int(63)],
+    );
     let out: Vec<f32> = gpu.download(y, 128);
     for i in 0..128 {
         let want = if i < 64 { 2.0 * i as f32 } else { -1.0 };
@@ -72,9 +82,17 @@ fn racecheck_catches_missing_syncthreads() {
     let x = gpu.upload(&(0..64).map(|i| i as f32 * 0.5).collect::<Vec<f32>>());
     let y = gpu.filled(64, 0f32);
     // 64 threads = 2 warps: thread i reads s[63 - i], written by a thread of the other warp
-    let res = gpu.try_launch("race_missing_sync", [1, 1, 1], [64, 1, 1], &[ptr(x), ptr(y)]);
+    let res = gpu.try_launch(
+        "race_missing_sync",
+        [1, 1, 1],
+        [64, 1, 1],
+        &[ptr(x), ptr(y)],
+    );
     checker_named(&res, "racecheck");
-    let (w, r) = (marked_line(FILE, "race_write"), marked_line(FILE, "race_read"));
+    let (w, r) = (
+        marked_line(FILE, "race_write"),
+        marked_line(FILE, "race_read"),
+    );
     assert_report(
         res,
         &Expect {
@@ -131,7 +149,10 @@ fn initcheck_catches_uninitialised_global_read() {
     // 32 floats allocated, only the first 16 written
     let x = gpu.alloc_raw(128);
     gpu.m
-        .write(x, &to_bytes(&(0..16).map(|i| i as f32).collect::<Vec<f32>>()))
+        .write(
+            x,
+            &to_bytes(&(0..16).map(|i| i as f32).collect::<Vec<f32>>()),
+        )
         .unwrap();
     let y = gpu.filled(32, 0f32);
     let res = gpu.try_launch("copy_f32", [1, 1, 1], [32, 1, 1], &[ptr(x), ptr(y)]);
@@ -169,7 +190,12 @@ fn synccheck_catches_divergent_barrier() {
     let lim = gpu.upload(&[40i32]);
     let y = gpu.filled(64, 0f32);
     // threads 0..39 reach the barrier, 40..63 (lanes 8..31 of warp 1) never do
-    let res = gpu.try_launch("divergent_barrier", [1, 1, 1], [64, 1, 1], &[ptr(lim), ptr(y)]);
+    let res = gpu.try_launch(
+        "divergent_barrier",
+        [1, 1, 1],
+        [64, 1, 1],
+        &[ptr(lim), ptr(y)],
+    );
     checker_named(&res, "synccheck");
     let line = marked_line(FILE, "barrier");
     assert_report(
@@ -191,7 +217,12 @@ fn synccheck_passes_a_uniform_barrier() {
     let mut gpu = Gpu::load("broken");
     let lim = gpu.upload(&[64i32]);
     let y = gpu.filled(64, 0f32);
-    gpu.launch("divergent_barrier", [1, 1, 1], [64, 1, 1], &[ptr(lim), ptr(y)]);
+    gpu.launch(
+        "divergent_barrier",
+        [1, 1, 1],
+        [64, 1, 1],
+        &[ptr(lim), ptr(y)],
+    );
     assert_eq!(gpu.download::<f32>(y, 64), vec![2.0; 64]);
 }
 
@@ -202,7 +233,12 @@ fn memcheck_catches_misaligned_load() {
     let mut gpu = Gpu::load("broken");
     let base = gpu.upload(&vec![7u8; 512]);
     let y = gpu.filled(64, 0f32);
-    let res = gpu.try_launch("misaligned_load", [1, 1, 1], [64, 1, 1], &[ptr(base), ptr(y)]);
+    let res = gpu.try_launch(
+        "misaligned_load",
+        [1, 1, 1],
+        [64, 1, 1],
+        &[ptr(base), ptr(y)],
+    );
     checker_named(&res, "memcheck");
     let line = marked_line(FILE, "misaligned");
     assert_report(
@@ -250,4 +286,106 @@ fn memcheck_catches_use_after_free() {
             addr: Some(&|a| a >= x && a < x + 128),
         },
     );
+}
+
+// ---- synccheck: collectives with absent lanes ----
+
+#[test]
+fn synccheck_catches_shfl_naming_exited_lanes() {
+    let mut gpu = Gpu::load("broken");
+    // lanes 16..31 get negative input and return before the full-warp shuffle
+    let input: Vec<i32> = (0..32).map(|l| if l < 16 { l } else { -1 }).collect();
+    let pin = gpu.upload(&input);
+    let out = gpu.filled(32, 0i32);
+    let res = gpu.try_launch(
+        "shfl_exited_lanes",
+        [1, 1, 1],
+        [32, 1, 1],
+        &[ptr(pin), ptr(out)],
+    );
+    checker_named(&res, "synccheck");
+    let line = marked_line(FILE, "shfl_exited");
+    assert_report(
+        res,
+        &Expect {
+            code: CudaCode::LaunchFailed,
+            kernel: "shfl_exited_lanes",
+            file: FILE,
+            lines: &[line],
+            block: [0, 0, 0],
+            threads: &|t| t[0] < 32 && t[1] == 0 && t[2] == 0,
+            addr: None,
+        },
+    );
+}
+
+#[test]
+fn synccheck_passes_shfl_when_no_lane_exits() {
+    let mut gpu = Gpu::load("broken");
+    let input: Vec<i32> = (0..32).map(|l| 100 + l).collect();
+    let pin = gpu.upload(&input);
+    let out = gpu.filled(32, 0i32);
+    gpu.launch(
+        "shfl_exited_lanes",
+        [1, 1, 1],
+        [32, 1, 1],
+        &[ptr(pin), ptr(out)],
+    );
+    // every lane reads lane 0's in[0] = 100
+    assert_eq!(gpu.download::<i32>(out, 32), vec![100; 32]);
+}
+
+#[test]
+fn synccheck_catches_full_mask_shfl_split_across_branches() {
+    let mut gpu = Gpu::load("broken");
+    // even lanes take one branch, odd lanes the other; each branch's shfl names all 32 lanes
+    let input: Vec<i32> = (0..32)
+        .map(|l| if l % 2 == 0 { -1 - l } else { l })
+        .collect();
+    let pin = gpu.upload(&input);
+    let out = gpu.filled(64, 0i32);
+    let res = gpu.try_launch("shfl_split", [1, 1, 1], [32, 1, 1], &[ptr(pin), ptr(out)]);
+    checker_named(&res, "synccheck");
+    let (a, b) = (
+        marked_line(FILE, "shfl_split_a"),
+        marked_line(FILE, "shfl_split_b"),
+    );
+    assert_report(
+        res,
+        &Expect {
+            code: CudaCode::LaunchFailed,
+            kernel: "shfl_split",
+            file: FILE,
+            lines: &[a, b],
+            block: [0, 0, 0],
+            threads: &|t| t[0] < 32 && t[1] == 0 && t[2] == 0,
+            addr: None,
+        },
+    );
+}
+
+// ---- memcheck: a host pointer ----
+
+#[test]
+fn memcheck_catches_host_pointer() {
+    let host: Vec<f32> = (0..32).map(|i| i as f32).collect();
+    let hp = host.as_ptr() as u64;
+    let mut gpu = Gpu::load("broken");
+    let y = gpu.filled(32, 0f32);
+    let res = gpu.try_launch("copy_f32", [1, 1, 1], [32, 1, 1], &[ptr(hp), ptr(y)]);
+    checker_named(&res, "memcheck");
+    let line = marked_line(FILE, "copy_read");
+    assert_report(
+        res,
+        &Expect {
+            code: CudaCode::IllegalAddress,
+            kernel: "copy_f32",
+            file: FILE,
+            lines: &[line],
+            block: [0, 0, 0],
+            threads: &|t| t[0] < 32 && t[1] == 0 && t[2] == 0,
+            addr: Some(&|a| a >= hp && a < hp + 128),
+        },
+    );
+    drop(host);
 }

@@ -38,7 +38,12 @@ fn nested_branches_and_loops_reconverge_for_shfl() {
     let pin = gpu.upload(&input);
     let pside = gpu.filled(64, 0i32);
     let pout = gpu.filled(64, i32::MIN);
-    gpu.launch("nested_diverge", [1, 1, 1], [64, 1, 1], &[ptr(pin), ptr(pside), ptr(pout)]);
+    gpu.launch(
+        "nested_diverge",
+        [1, 1, 1],
+        [64, 1, 1],
+        &[ptr(pin), ptr(pside), ptr(pout)],
+    );
     let side: Vec<i32> = gpu.download(pside, 64);
     let out: Vec<i32> = gpu.download(pout, 64);
 
@@ -62,7 +67,12 @@ fn nested_branches_and_loops_reconverge_for_shfl() {
         let lane = tid & 31;
         assert_eq!(side[tid], arm(&input, tid).1, "arm taken by tid {tid}");
         let src = (tid & !31) | ((lane + 1) & 31);
-        assert_eq!(out[tid], value(src), "tid {tid} reads lane {}", (lane + 1) & 31);
+        assert_eq!(
+            out[tid],
+            value(src),
+            "tid {tid} reads lane {}",
+            (lane + 1) & 31
+        );
     }
 }
 
@@ -72,7 +82,12 @@ fn lane_dependent_loop_then_butterfly_reduce() {
     let mut gpu = Gpu::load("diverge");
     let plim = gpu.upload(&lim);
     let pout = gpu.filled(64, 0i32);
-    gpu.launch("loop_then_reduce", [1, 1, 1], [64, 1, 1], &[ptr(plim), ptr(pout)]);
+    gpu.launch(
+        "loop_then_reduce",
+        [1, 1, 1],
+        [64, 1, 1],
+        &[ptr(plim), ptr(pout)],
+    );
     let out: Vec<i32> = gpu.download(pout, 64);
     // sum over lanes of l (l + 1) / 2 = 31 * 32 * 33 / 6 = 5456, in every lane of both warps
     assert_eq!(out, vec![5456; 64]);

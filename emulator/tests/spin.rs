@@ -16,14 +16,21 @@ fn run_spin(seed: Option<u64>) -> Result<Vec<u32>, String> {
         let flag = gpu.filled(1, 0u32);
         let out = gpu.filled(3, 0xdead_beefu32);
         let r = gpu
-            .try_launch("spin_wait", [4, 1, 1], [64, 1, 1], &[ptr(counter), ptr(flag), ptr(out)])
+            .try_launch(
+                "spin_wait",
+                [4, 1, 1],
+                [64, 1, 1],
+                &[ptr(counter), ptr(flag), ptr(out)],
+            )
             .map(|_| gpu.download::<u32>(out, 3))
             .map_err(|e| e.to_string());
         let _ = tx.send(r);
     });
     match rx.recv_timeout(Duration::from_secs(120)) {
         Ok(r) => r,
-        Err(_) => Err("the spin-wait did not finish within 120 s: blocks are not interleaved".into()),
+        Err(_) => {
+            Err("the spin-wait did not finish within 120 s: blocks are not interleaved".into())
+        }
     }
 }
 

@@ -78,3 +78,30 @@ extern "C" __global__ void misaligned_load(const char* base, float* y)
     float v = p[i]; // BUG:misaligned
     y[i] = v;
 }
+
+// synccheck, a collective naming exited lanes: lanes whose in[lane] < 0 (the host makes that
+// lanes 16..31) return; the rest shuffle with a full-warp membermask.
+extern "C" __global__ void shfl_exited_lanes(const int* in, int* out)
+{
+    unsigned lane = threadIdx.x & 31;
+    if (in[lane] < 0)
+        return;
+    int v = __shfl_sync(0xffffffffu, in[lane], 0); // BUG:shfl_exited
+    out[lane] = v;
+}
+
+// synccheck, a collective whose lanes are stuck elsewhere: the two halves of the warp reach two
+// different shfl.sync instructions, each naming the whole warp.
+extern "C" __global__ void shfl_split(const int* in, int* out)
+{
+    unsigned lane = threadIdx.x & 31;
+    int v;
+    if (in[lane] < 0) {
+        v = __shfl_sync(0xffffffffu, in[lane], 1); // BUG:shfl_split_a
+        out[lane + 32] = 1;
+    } else {
+        v = __shfl_sync(0xffffffffu, in[lane] * 3, 2); // BUG:shfl_split_b
+        out[lane + 32] = 2;
+    }
+    out[lane] = v;
+}
