@@ -180,6 +180,8 @@ pub struct Inst {
     pub guard: Option<(u32, bool)>,
     pub op: Op,
     pub loc: Option<ir::Loc>,
+    /// Where the function holding `loc` was inlined (when the parser recorded it).
+    pub call_site: Option<ir::Loc>,
     pub ptx_line: u32,
 }
 
@@ -212,16 +214,23 @@ impl Program {
         let Some(inst) = self.insts.get(pc) else {
             return "<end of kernel>".into();
         };
-        match inst.loc {
-            Some(l) if l.line != 0 => {
-                let file = self
-                    .files
-                    .iter()
-                    .find(|(i, _)| *i == l.file)
-                    .map(|(_, p)| p.as_str())
-                    .unwrap_or("<unknown file>");
-                format!("{}:{} (PTX line {})", file, l.line, inst.ptx_line)
-            }
+        let pos = |l: ir::Loc| {
+            let file = self
+                .files
+                .iter()
+                .find(|(i, _)| *i == l.file)
+                .map(|(_, p)| p.as_str())
+                .unwrap_or("<unknown file>");
+            format!("{}:{}", file, l.line)
+        };
+        match (inst.loc, inst.call_site) {
+            (Some(l), Some(c)) if l.line != 0 && c.line != 0 => format!(
+                "{} (inlined code at {}) (PTX line {})",
+                pos(c),
+                pos(l),
+                inst.ptx_line
+            ),
+            (Some(l), _) if l.line != 0 => format!("{} (PTX line {})", pos(l), inst.ptx_line),
             _ => format!("PTX line {}", inst.ptx_line),
         }
     }
@@ -405,8 +414,10 @@ fn parse_space(t: &str) -> Option<MemSpace> {
 pub fn lower_kernel(
     module: &ir::Module,
     kernel: &ir::Kernel,
+    kernel_index: usize,
     layout: &ModuleLayout,
 ) -> EmuResult<Program> {
+    let call_sites = module.call_sites.get(kernel_index);
     // Parameters.
     let mut param_off = Vec::new();
     let mut params = Vec::new();
@@ -489,7 +500,7 @@ pub fn lower_kernel(
     };
     let mut insts = Vec::with_capacity(kernel.body.len());
     let mut has_matrix = false;
-    for inst in &kernel.body {
+    for (i, inst) in kernel.body.iter().enumerate() {
         let op = lower_inst(&ctx, inst)?;
         if matches!(op, Op::Matrix(_)) {
             has_matrix = true;
@@ -502,6 +513,7 @@ pub fn lower_kernel(
             guard,
             op,
             loc: inst.loc,
+            call_site: call_sites.and_then(|c| c.get(i).copied().flatten()),
             ptx_line: inst.ptx_line,
         });
     }

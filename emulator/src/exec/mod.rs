@@ -312,8 +312,8 @@ impl Machine {
         let layout = lower::ModuleLayout { var_addr };
         let mut progs = Vec::new();
         if fail.is_none() {
-            for k in &module.kernels {
-                match lower::lower_kernel(&module, k, &layout) {
+            for (ki, k) in module.kernels.iter().enumerate() {
+                match lower::lower_kernel(&module, k, ki, &layout) {
                     Ok(p) => progs.push(p),
                     Err(e) => {
                         fail = Some(e);

@@ -168,9 +168,10 @@ fn load_real_modules() {
         let text = std::fs::read_to_string(&path).unwrap();
         let module = parse_ptx(&text).unwrap();
         // Lower kernel by kernel to collect every failure.
-        for k in &module.kernels {
+        for (ki, k) in module.kernels.iter().enumerate() {
             let mut one = module.clone();
             one.kernels = vec![k.clone()];
+            one.call_sites = module.call_sites.get(ki).cloned().into_iter().collect();
             kernels += 1;
             let mut m = machine();
             if let Err(e) = m.load_module(one) {

@@ -271,6 +271,10 @@ pub struct Module {
     /// Module-scope variables.
     pub vars: Vec<VarDecl>,
     pub kernels: Vec<Kernel>,
+    /// ADDITION (engine): the `inlined_at F L C` of each instruction's `.loc`, as
+    /// `call_sites[kernel index][instruction index]` (`None`: not inlined). Empty when the
+    /// parser does not record them; the interpreter then reports the innermost position only.
+    pub call_sites: Vec<Vec<Option<Loc>>>,
 }
 
 impl Module {
