@@ -8,6 +8,8 @@
 //! Codes: memcheck out of bounds and use after free -> 700 ILLEGAL_ADDRESS, misaligned -> 716
 //! MISALIGNED_ADDRESS, initcheck and racecheck -> 700 (the emulator's choice; compute-sanitizer
 //! reports these without a code of their own), synccheck -> 719 LAUNCH_FAILED.
+// Matrix and lane loops read best with explicit indices.
+#![allow(clippy::needless_range_loop)]
 mod common;
 use common::*;
 use lora_kernels_emulator::exec::CudaCode;

@@ -3,6 +3,8 @@
 //! `.sync` collective that needs the lanes it names back together. Under the PTX ISA's
 //! independent thread scheduling a `shfl.sync`/`bar.warp.sync` waits for every lane of its
 //! membermask, so these only finish (with the right values) if the emulator reconverges.
+// Matrix and lane loops read best with explicit indices.
+#![allow(clippy::needless_range_loop)]
 mod common;
 use common::*;
 

@@ -17,6 +17,8 @@
 //! The matrices are one-hot (each output picks exactly one element, so D decodes which element
 //! landed where) and coded (each element encodes its row and column), plus dense small-integer
 //! matrices whose products and sums are exact in f32. The accumulator C is never zero.
+// Matrix and lane loops read best with explicit indices.
+#![allow(clippy::needless_range_loop)]
 mod common;
 use common::*;
 

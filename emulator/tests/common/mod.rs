@@ -88,6 +88,21 @@ impl Gpu {
         self.m.launch(f, grid, block, 0, params).map(|_| ())
     }
 
+    /// Launches with `dyn_shared` bytes of dynamic shared memory.
+    pub fn try_launch_dyn(
+        &mut self,
+        name: &str,
+        grid: [u32; 3],
+        block: [u32; 3],
+        dyn_shared: u32,
+        params: &[Vec<u8>],
+    ) -> Result<(), EmuError> {
+        let f = self.func(name);
+        self.m
+            .launch(f, grid, block, dyn_shared, params)
+            .map(|_| ())
+    }
+
     /// Launches and panics with the emulator's message on failure.
     pub fn launch(&mut self, name: &str, grid: [u32; 3], block: [u32; 3], params: &[Vec<u8>]) {
         if let Err(e) = self.try_launch(name, grid, block, params) {
