@@ -290,3 +290,151 @@ fn float_fma_rounding_ftz_nan_compares() {
         .collect();
     assert!(bad.is_empty(), "{} wrong:\n{}", bad.len(), bad.join("\n"));
 }
+
+const MISC_PTX: &str = r#"
+.version 8.0
+.target sm_80
+.address_size 64
+
+.visible .entry misc_edges(
+    .param .u64 out
+)
+{
+    .reg .f32 %f<30>;
+    .reg .f64 %fd<20>;
+    .reg .b16 %rs<10>;
+    .reg .b32 %r<20>;
+    .reg .b64 %rd<20>;
+    .reg .pred %p<4>;
+    ld.param.u64 %rd1, [out];
+    cvta.to.global.u64 %rd1, %rd1;
+
+    // cvt.rni.f32.f32: round to an integral value, ties to even, in floating point
+    mov.f32 %f1, 0f40200000;           // 2.5
+    cvt.rni.f32.f32 %f2, %f1;          // 2.0 = 0x40000000
+    mov.f32 %f3, 0fC0200000;           // -2.5
+    cvt.rni.f32.f32 %f4, %f3;          // -2.0 = 0xC0000000
+    mov.f32 %f5, 0f40600000;           // 3.5
+    cvt.rni.f32.f32 %f6, %f5;          // 4.0 = 0x40800000
+    mov.f32 %f7, 0fBECCCCCD;           // -0.4
+    cvt.rni.f32.f32 %f8, %f7;          // -0.0 = 0x80000000
+    mov.f32 %f9, 0f7149F2CA;           // 1e30 (already integral)
+    cvt.rni.f32.f32 %f10, %f9;         // 0x7149F2CA
+    st.global.f32 [%rd1], %f2;
+    st.global.f32 [%rd1+4], %f4;
+    st.global.f32 [%rd1+8], %f6;
+    st.global.f32 [%rd1+12], %f8;
+    st.global.f32 [%rd1+16], %f10;
+
+    // 16-bit: cvt.rn.f32.s16, cvt.s16.s8 (sign-extends the low byte), shr.s16, mul.wide.u16
+    mov.b16 %rs1, 0x8000;
+    cvt.rn.f32.s16 %f11, %rs1;         // -32768.0 = 0xC7000000
+    mov.b16 %rs2, 0x1280;
+    cvt.s16.s8 %rs3, %rs2;             // low byte 0x80 -> 0xFF80
+    shr.s16 %rs4, %rs1, 3;             // 0x8000 >> 3 arithmetic = 0xF000
+    mov.b16 %rs5, 0xFFFF;
+    mul.wide.u16 %r1, %rs5, %rs5;      // 65535^2 = 0xFFFE0001
+    cvt.u32.u16 %r2, %rs3;
+    cvt.u32.u16 %r3, %rs4;
+    st.global.f32 [%rd1+20], %f11;
+    st.global.u32 [%rd1+24], %r2;
+    st.global.u32 [%rd1+28], %r3;
+    st.global.u32 [%rd1+32], %r1;
+
+    // f64 -> f32 rounding; f32 -> f64 exact; div.rn.f64
+    mov.f64 %fd1, 0d3FF0000010000000;  // 1 + 2^-24: tie -> 1.0
+    cvt.rn.f32.f64 %f12, %fd1;
+    mov.f64 %fd2, 0d3FF0000010000001;  // just above: 1 + 2^-23 = 0x3F800001
+    cvt.rn.f32.f64 %f13, %fd2;
+    mov.f64 %fd3, 0d7E37E43C8800759C;  // 1e300 -> +Inf
+    cvt.rn.f32.f64 %f14, %fd3;
+    mov.f64 %fd4, 0d3690000000000000;  // 2^-150: tie between 0 (even) and 2^-149 -> 0
+    cvt.rn.f32.f64 %f15, %fd4;
+    mov.f64 %fd5, 0d3698000000000000;  // 1.5 * 2^-150 = 0.75 * 2^-149 -> 2^-149 = 0x00000001
+    cvt.rn.f32.f64 %f16, %fd5;
+    st.global.f32 [%rd1+36], %f12;
+    st.global.f32 [%rd1+40], %f13;
+    st.global.f32 [%rd1+44], %f14;
+    st.global.f32 [%rd1+48], %f15;
+    st.global.f32 [%rd1+52], %f16;
+    mov.f32 %f17, 0f00000001;
+    cvt.f64.f32 %fd6, %f17;            // 2^-149 = 0x36A0000000000000
+    mov.f64 %fd7, 0d3FF0000000000000;
+    mov.f64 %fd8, 0d4008000000000000;  // 3.0
+    div.rn.f64 %fd9, %fd7, %fd8;       // 1/3 = 0x3FD5555555555555
+    add.f64 %fd10, %fd9, %fd9;         // 2/3 = 0x3FE5555555555555
+    st.global.f64 [%rd1+56], %fd6;
+    st.global.f64 [%rd1+64], %fd9;
+    st.global.f64 [%rd1+72], %fd10;
+
+    // rcp.rn.f32 and abs.f32
+    mov.f32 %f18, 0f40400000;          // 3.0
+    rcp.rn.f32 %f19, %f18;             // 0x3EAAAAAB
+    mov.f32 %f20, 0f80000000;          // -0
+    rcp.rn.f32 %f21, %f20;             // -Inf = 0xFF800000
+    abs.f32 %f22, %f20;                // +0
+    mov.f32 %f23, 0fC0400000;          // -3
+    abs.f32 %f24, %f23;                // 3 = 0x40400000
+    st.global.f32 [%rd1+80], %f19;
+    st.global.f32 [%rd1+84], %f21;
+    st.global.f32 [%rd1+88], %f22;
+    st.global.f32 [%rd1+92], %f24;
+
+    // 64-bit division
+    mov.u64 %rd2, -7;
+    mov.u64 %rd3, 2;
+    div.s64 %rd4, %rd2, %rd3;          // -3
+    div.u64 %rd5, %rd2, %rd3;          // (2^64 - 7) / 2 = 0x7FFFFFFFFFFFFFFC
+    st.global.u64 [%rd1+96], %rd4;
+    st.global.u64 [%rd1+104], %rd5;
+    ret;
+}
+"#;
+
+#[test]
+fn rounding_to_integral_16_bit_f64_rcp_abs_div64() {
+    let mut gpu = Gpu::from_text(MISC_PTX);
+    let out = gpu.filled(28, 0xaaaa_aaaau32);
+    gpu.launch("misc_edges", [1, 1, 1], [1, 1, 1], &[ptr(out)]);
+    let w: Vec<u32> = gpu.download(out, 28);
+    let q = |i: usize| (w[i] as u64) | ((w[i + 1] as u64) << 32);
+    let words: [(usize, u32, &str); 22] = [
+        (0, 0x4000_0000, "cvt.rni.f32.f32 2.5"),
+        (1, 0xC000_0000, "cvt.rni.f32.f32 -2.5"),
+        (2, 0x4080_0000, "cvt.rni.f32.f32 3.5"),
+        (3, 0x8000_0000, "cvt.rni.f32.f32 -0.4 -> -0"),
+        (4, 0x7149_F2CA, "cvt.rni.f32.f32 1e30"),
+        (5, 0xC700_0000, "cvt.rn.f32.s16 -32768"),
+        (6, 0xFF80, "cvt.s16.s8 of 0x1280"),
+        (7, 0xF000, "shr.s16 0x8000 by 3"),
+        (8, 0xFFFE_0001, "mul.wide.u16 65535^2"),
+        (9, 0x3F80_0000, "cvt.rn.f32.f64 tie at 1 + 2^-24"),
+        (10, 0x3F80_0001, "cvt.rn.f32.f64 just above the tie"),
+        (11, 0x7F80_0000, "cvt.rn.f32.f64 1e300 -> Inf"),
+        (12, 0x0000_0000, "cvt.rn.f32.f64 2^-150 tie -> 0"),
+        (13, 0x0000_0001, "cvt.rn.f32.f64 0.75 * 2^-149 -> 2^-149"),
+        (20, 0x3EAA_AAAB, "rcp.rn.f32 3"),
+        (21, 0xFF80_0000, "rcp.rn.f32 -0 = -Inf"),
+        (22, 0x0000_0000, "abs.f32 -0"),
+        (23, 0x4040_0000, "abs.f32 -3"),
+        (14, 0x0000_0000, "cvt.f64.f32 2^-149: low word"),
+        (15, 0x36A0_0000, "cvt.f64.f32 2^-149: high word"),
+        (16, 0x5555_5555, "div.rn.f64 1/3: low word"),
+        (17, 0x3FD5_5555, "div.rn.f64 1/3: high word"),
+    ];
+    let mut bad: Vec<String> = words
+        .iter()
+        .filter(|(i, v, _)| w[*i] != *v)
+        .map(|(i, v, why)| format!("word {i} ({why}): got {:#010x}, want {v:#010x}", w[*i]))
+        .collect();
+    if q(18) != 0x3FE5_5555_5555_5555 {
+        bad.push(format!("add.f64 1/3 + 1/3: got {:#018x}", q(18)));
+    }
+    if q(24) as i64 != -3 {
+        bad.push(format!("div.s64 -7 / 2: got {:#018x}", q(24)));
+    }
+    if q(26) != 0x7FFF_FFFF_FFFF_FFFC {
+        bad.push(format!("div.u64 (2^64 - 7) / 2: got {:#018x}", q(26)));
+    }
+    assert!(bad.is_empty(), "{} wrong:\n{}", bad.len(), bad.join("\n"));
+}
