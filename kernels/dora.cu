@@ -53,9 +53,9 @@ __device__ __forceinline__ float weight_value(const DoraRowParams &p, const floa
         float absmax;
         if (w.nested) {
             const uint8_t aq = reinterpret_cast<const uint8_t *>(w.absmax)[block];
-            absmax = reinterpret_cast<const float *>(w.nested_code)[aq] *
-                         reinterpret_cast<const float *>(w.nested_absmax)[block / w.nested_blocksize] +
-                     w.offset;
+            absmax = __fadd_rn(__fmul_rn(reinterpret_cast<const float *>(w.nested_code)[aq],
+                                         reinterpret_cast<const float *>(w.nested_absmax)[block / w.nested_blocksize]),
+                               w.offset);  // two roundings, as the reference (no FMA)
         } else {
             absmax = reinterpret_cast<const float *>(w.absmax)[block];
         }
@@ -160,10 +160,13 @@ template <typename T> __device__ void dora_rows(const DoraRowParams &p) {
         // Every lane of the row knows amax now; the codes are written in a second sweep (the old codes
         // of this element are read just before they are overwritten, by the same thread).
         if (writes) {  // uniform over the block: every thread meets the sweep's barriers
+            // bitsandbytes' CPU quantiser (int8::reference::quantize_rowwise): scale = f32(f32(1 / amax) * 127),
+            // code = round-half-even(f32(h * scale)); explicit roundings, no contraction. The clamp never
+            // acts on finite values (|h * scale| <= 127 up to rounding); an all-zero row gets codes 0.
             int8_t *out_cb = reinterpret_cast<int8_t *>(p.out_cb);
-            const float scale = 127.0f / amax;
+            const float scale = __fmul_rn(__fdiv_rn(1.0f, amax), 127.0f);
             sweep([&](int col, float v) {  // visits rows inside W only
-                const float q = amax == 0.0f ? 0.0f : fminf(fmaxf(rintf(as_f16(v) * scale), -127.0f), 127.0f);
+                const float q = amax == 0.0f ? 0.0f : fminf(fmaxf(rintf(__fmul_rn(as_f16(v), scale)), -127.0f), 127.0f);
                 out_cb[(size_t)row * p.k + col] = (int8_t)q;
             });
             // Every lane of the row has read the old scale (inside the sweep, which ends in a block

@@ -126,16 +126,17 @@ typedef struct Quant4Params {
     LoraGemvEpilogue lora;
 } Quant4Params;
 
-/* The 4-bit quantiser (kernels/quant4.cu), as bitsandbytes quantises:
- *   quant4_quantize_T       one block per absmax block: absmax = max |x| (f32 [blocks] into `absmax`),
- *                           y = x * (1 / max(absmax, 1e-38)) (true division in a partial last block),
- *                           clamped to [-1, 1], coded (NF4: thresholds at the code midpoints; FP4:
- *                           bitsandbytes' decision tree), packed first element high; an odd element
- *                           count pads the last byte with the code of 0.
- *   quant4_nested_offset    one block: offset = mean(absmax) (f64 sum) into `offset`.
- *   quant4_nested_quantize  one block per nested block of 256: (absmax - offset) / its absmax coded to
- *                           the nearest of the 256-entry dynamic map, into `nested_codes` (u8 [blocks])
- *                           and `nested_absmax` (f32). */
+/* The 4-bit quantiser (kernels/quant4.cu), as bitsandbytes' CPU backend quantises
+ * (src/quant4/reference.rs has the exact steps):
+ *   quant4_quantize_T       one block per absmax block: absmax = max |x| (NaN if any x is; f32
+ *                           [blocks] into `absmax`), y = x * f32(1 / max(absmax, 1e-38)) (true division
+ *                           in a partial last block), clamped to [-1, 1], coded by bucket search over
+ *                           the code table sorted by value (`code`), packed first element high; an odd
+ *                           element count pads the last byte with the code of 0.
+ *   quant4_nested_quantize  one block per nested block of 256: absmax - offset (the host computes the
+ *                           offset, the mean absmax, into `offset`), scaled by its block's absmax and
+ *                           coded through bitsandbytes' 65536-point grid against the 256-entry dynamic
+ *                           map, into `nested_codes` (u8 [blocks]) and `nested_absmax` (f32). */
 #define QUANT4_NESTED_BLOCKSIZE 256
 typedef enum Quant4Type { QUANT4_NF4 = 0, QUANT4_FP4 = 1 } Quant4Type;
 typedef struct Quant4QuantizeParams {
@@ -155,7 +156,7 @@ typedef struct Quant4QuantizeParams {
     int32_t blocksize;
     int32_t blocks;
     int32_t quant_type;
-    /* The 16-entry code table of quant_type (NF4's thresholds are its midpoints). */
+    /* The 16-entry code table of quant_type (the kernel sorts it and takes the midpoints). */
     float code[16];
 } Quant4QuantizeParams;
 

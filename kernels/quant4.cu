@@ -4,8 +4,10 @@
 //   quant4_linear_T      y[r, j] = sum_c x[r, c] * code[q_(j,c)] * absmax(j, c) + bias[j]
 // absmax is plain f32 per block, or double-quantised: nested_code[u8] * nested_absmax[block / 256] + offset.
 //
-//   quant4_quantize_T and quant4_nested_*: the quantiser (see Quant4QuantizeParams), byte-exact with
-//   the CPU reference: one block per absmax block, then the double quantisation of the absmax.
+//   quant4_quantize_T and quant4_nested_quantize: the quantiser (see Quant4QuantizeParams), byte-exact
+//   with the CPU reference (bitsandbytes' CPU backend, src/quant4/reference.rs): one block per absmax
+//   block, then the double quantisation of the absmax (the host computes the offset in between).
+//   Every rounding step is an explicit __f*_rn intrinsic, so no FMA contraction changes a result.
 //
 // How the work is split. Dequantize: one thread per packed byte (two elements). Linear (the GEMV path
 // for decode, any m): one warp per output row j, 8 rows per block; each lane walks the row's packed
@@ -32,7 +34,8 @@ __device__ __forceinline__ float block_absmax(const Quant4Weights &w, long long 
         const uint8_t q = reinterpret_cast<const uint8_t *>(w.absmax)[block];
         const float *nested_code = reinterpret_cast<const float *>(w.nested_code);
         const float *nested_absmax = reinterpret_cast<const float *>(w.nested_absmax);
-        return nested_code[q] * nested_absmax[block / w.nested_blocksize] + w.offset;
+        // Multiply, then add: two roundings, as bitsandbytes' dequantize_blockwise + offset (no FMA).
+        return __fadd_rn(__fmul_rn(nested_code[q], nested_absmax[block / w.nested_blocksize]), w.offset);
     }
     return reinterpret_cast<const float *>(w.absmax)[block];
 }
@@ -112,66 +115,90 @@ template <typename T> __device__ void linear(const Quant4Params &p) {
     }
 }
 
-// The 4-bit code of y in [-1, 1] (see quantize_value in src/quant4/reference.rs).
-__device__ __forceinline__ uint8_t quantize_value(int quant_type, const float *code, float y) {
-    if (quant_type == QUANT4_NF4) {
-        uint8_t q = 0;
+// ---- The quantiser: bitsandbytes' CPU backend, step for step as src/quant4/reference.rs ----
+
+// Block max of |x| over the raw bits: for non-negative floats the unsigned order is the float order,
+// and a NaN (all-ones exponent, non-zero mantissa) ranks above +Inf, so the max is NaN as soon as one
+// element is (torch's max propagates NaN; fmaxf would drop it).
+__device__ __forceinline__ unsigned int block_max_bits(unsigned int v, unsigned int *scratch) {
 #pragma unroll
-        for (int i = 0; i < 15; ++i) q += y > (code[i] + code[i + 1]) / 2.0f;
-        return q;
+    for (int off = 16; off > 0; off /= 2) v = max(v, __shfl_xor_sync(0xffffffffu, v, off));
+    __syncthreads();  // scratch is free
+    if (threadIdx.x % 32 == 0) scratch[threadIdx.x / 32] = v;
+    __syncthreads();
+    v = scratch[0];
+#pragma unroll
+    for (int w = 1; w < kThreads / 32; ++w) v = max(v, scratch[w]);
+    return v;
+}
+
+// The bucket search of the code table (reference::Bucketizer): order[] lists the table's indices in
+// increasing value (a stable rank: FP4's two zeros in index order), mids[] the 15 f32 midpoints of
+// neighbours; the code of y is order[number of midpoints that are not >= y] (NaN: past the last).
+struct Buckets {
+    float code[16];
+    float mids[15];
+    int order[16];
+};
+
+// Fills b from the 16-entry table; ends on a barrier.
+__device__ void build_buckets(const float *table, Buckets &b) {
+    if (threadIdx.x < 16) b.code[threadIdx.x] = table[threadIdx.x];
+    __syncthreads();
+    if (threadIdx.x < 16) {
+        const int i = threadIdx.x;
+        const float c = b.code[i];
+        int rank = 0;
+        for (int j = 0; j < 16; ++j) rank += (b.code[j] < c || (b.code[j] == c && j < i)) ? 1 : 0;
+        b.order[rank] = i;
     }
-    const float a = fabsf(y);
-    uint8_t m;
-    if (a > 0.29166667f) {
-        m = a > 0.583333f ? (a > 0.8333333f ? 0b011 : 0b010) : (a > 0.4166667f ? 0b101 : 0b100);
-    } else if (a > 0.0859375f) {
-        m = a > 0.20833333f ? 0b111 : 0b110;
-    } else {
-        m = a > 0.00260417f ? 0b001 : 0b000;
-    }
-    return m | (y < 0.0f ? 8 : 0);
+    __syncthreads();
+    if (threadIdx.x < 15) b.mids[threadIdx.x] = __fdiv_rn(__fadd_rn(b.code[b.order[threadIdx.x]], b.code[b.order[threadIdx.x + 1]]), 2.0f);
+    __syncthreads();
+}
+
+__device__ __forceinline__ uint8_t bucket_code(const Buckets &b, float y) {
+    int below = 0;
+#pragma unroll
+    for (int i = 0; i < 15; ++i) below += !(b.mids[i] >= y) ? 1 : 0;
+    return (uint8_t)b.order[below];
 }
 
 // One absmax block per thread block: pairs of elements (2i, 2i + 1) of the block per thread and step.
+//   absmax = max |x| (NaN if any x is), stored as is;
+//   d = max(absmax, 1e-38) (NaN kept); full block: y = x * f32(1 / d); partial last block: y = x / d;
+//   y clamped to [-1, 1] (NaN kept); code = bucket_code(y).
 template <typename T> __device__ void quantize(const Quant4QuantizeParams &p) {
-    __shared__ float code[16];
-    __shared__ float scratch[kThreads / 32];
-    if (threadIdx.x < 16) code[threadIdx.x] = p.code[threadIdx.x];  // published by block_max's barriers
+    __shared__ Buckets buckets;
+    __shared__ unsigned int scratch[kThreads / 32];
+    build_buckets(p.code, buckets);
     const long long start = (long long)blockIdx.x * p.blocksize;
     const int len = (int)min((long long)p.blocksize, p.numel - start);
     const T *in = reinterpret_cast<const T *>(p.input) + start;
-    float amax = 0.0f;
-    for (int i = threadIdx.x; i < len; i += kThreads) amax = fmaxf(amax, fabsf(Element<T>::to_f32(in[i])));
-    amax = block_max<kThreads>(amax, scratch);
+    unsigned int bits = 0;
+    for (int i = threadIdx.x; i < len; i += kThreads) bits = max(bits, __float_as_uint(Element<T>::to_f32(in[i])) & 0x7fffffffu);
+    bits = block_max_bits(bits, scratch);
+    const float amax = bits > 0x7f800000u ? __uint_as_float(0x7fc00000u) : __uint_as_float(bits);
     if (threadIdx.x == 0) reinterpret_cast<float *>(p.absmax)[blockIdx.x] = amax;
     const bool full = len == p.blocksize;
-    const float inv = 1.0f / fmaxf(amax, 1e-38f);
+    const float denom = isnan(amax) ? amax : fmaxf(amax, 1e-38f);
+    const float recip = __fdiv_rn(1.0f, denom);
     auto code_of = [&](int i) -> uint8_t {
-        if (i >= len) return quantize_value(p.quant_type, code, 0.0f);  // the pad of an odd count
+        if (i >= len) return bucket_code(buckets, 0.0f);  // the pad of an odd count
         const float v = Element<T>::to_f32(in[i]);
-        const float y = full ? v * inv : __fdiv_rn(v, fmaxf(amax, 1e-38f));
-        return quantize_value(p.quant_type, code, fminf(fmaxf(y, -1.0f), 1.0f));
+        float y = full ? __fmul_rn(v, recip) : __fdiv_rn(v, denom);
+        y = y < -1.0f ? -1.0f : (y > 1.0f ? 1.0f : y);
+        return bucket_code(buckets, y);
     };
     uint8_t *packed = reinterpret_cast<uint8_t *>(p.packed) + start / 2;  // blocksize is even
     for (int b = threadIdx.x; 2 * b < len; b += kThreads) packed[b] = (uint8_t)((code_of(2 * b) << 4) | code_of(2 * b + 1));
 }
 
-// offset = mean(absmax): one block, f64 partial sums.
-__device__ void nested_offset(const Quant4QuantizeParams &p) {
-    __shared__ double sums[kThreads];
-    const float *absmax = reinterpret_cast<const float *>(p.absmax);
-    double sum = 0.0;
-    for (int i = threadIdx.x; i < p.blocks; i += kThreads) sum += absmax[i];
-    sums[threadIdx.x] = sum;
-    __syncthreads();
-    for (int half = kThreads / 2; half > 0; half /= 2) {
-        if (threadIdx.x < half) sums[threadIdx.x] += sums[threadIdx.x + half];
-        __syncthreads();
-    }
-    if (threadIdx.x == 0) *reinterpret_cast<float *>(p.offset) = (float)(sums[0] / p.blocks);
-}
-
-// One nested block of 256 absmax values per thread block, one value per thread.
+// One nested block of 256 absmax values per thread block, one value per thread, as bitsandbytes' C++
+// CPU kernel (reference::double_quantize): v = absmax - offset (the host computed the offset and
+// checked every absmax is finite); a = max |v| over the block (the nested absmax; 0 gives code 0);
+// y = clamp(v * f32(1 / a), -1, 1); grid point j = trunc(fma(f32((y + 1) * 0.5), 65535, 0.5)); the
+// code is the number of map midpoints 0.5 * (m[i] + m[i + 1]) below g_j = f32(f32(2j) / 65535) - 1.
 static_assert(kThreads == QUANT4_NESTED_BLOCKSIZE, "one thread per nested value and map entry");
 __device__ void nested_quantize(const Quant4QuantizeParams &p) {
     __shared__ float map[256];
@@ -179,18 +206,24 @@ __device__ void nested_quantize(const Quant4QuantizeParams &p) {
     map[threadIdx.x] = reinterpret_cast<const float *>(p.nested_code)[threadIdx.x];
     const int i = blockIdx.x * QUANT4_NESTED_BLOCKSIZE + threadIdx.x;
     const float offset = *reinterpret_cast<const float *>(p.offset);
-    const float v = i < p.blocks ? reinterpret_cast<const float *>(p.absmax)[i] - offset : 0.0f;
+    const float v = i < p.blocks ? __fsub_rn(reinterpret_cast<const float *>(p.absmax)[i], offset) : 0.0f;
     const float amax = block_max<kThreads>(fabsf(v), scratch);  // its barriers also publish map[]
     if (threadIdx.x == 0) reinterpret_cast<float *>(p.nested_absmax)[blockIdx.x] = amax;
     if (i >= p.blocks) return;
-    const float y = __fdiv_rn(v, fmaxf(amax, 1e-38f));
-    // The code is the number of midpoints below y: binary search for the first midpoint >= y.
-    int lo = 0, hi = 255;  // midpoints t_j = (map[j] + map[j + 1]) / 2, j < 255
-    while (lo < hi) {
-        const int mid = (lo + hi) / 2;
-        if (y > (map[mid] + map[mid + 1]) / 2.0f) lo = mid + 1; else hi = mid;
+    uint8_t code = 0;
+    if (amax != 0.0f) {
+        const float recip = __fdiv_rn(1.0f, amax);
+        const float y = fminf(fmaxf(__fmul_rn(v, recip), -1.0f), 1.0f);
+        const int j = (int)__fmaf_rn(__fmul_rn(__fadd_rn(y, 1.0f), 0.5f), 65535.0f, 0.5f);  // truncates
+        const float g = __fadd_rn(-1.0f, __fdiv_rn(__int2float_rn(2 * j), 65535.0f));
+        int lo = 0, hi = 255;  // the first midpoint >= g: the count of those below
+        while (lo < hi) {
+            const int mid = (lo + hi) / 2;
+            if (__fmul_rn(0.5f, __fadd_rn(map[mid], map[mid + 1])) < g) lo = mid + 1; else hi = mid;
+        }
+        code = (uint8_t)lo;
     }
-    reinterpret_cast<uint8_t *>(p.nested_codes)[i] = (uint8_t)lo;
+    reinterpret_cast<uint8_t *>(p.nested_codes)[i] = code;
 }
 
 }  // namespace
@@ -198,7 +231,6 @@ __device__ void nested_quantize(const Quant4QuantizeParams &p) {
 extern "C" __global__ void __launch_bounds__(kThreads) quant4_quantize_f32(const Quant4QuantizeParams p) { quantize<float>(p); }
 extern "C" __global__ void __launch_bounds__(kThreads) quant4_quantize_f16(const Quant4QuantizeParams p) { quantize<__half>(p); }
 extern "C" __global__ void __launch_bounds__(kThreads) quant4_quantize_bf16(const Quant4QuantizeParams p) { quantize<__nv_bfloat16>(p); }
-extern "C" __global__ void __launch_bounds__(kThreads) quant4_nested_offset(const Quant4QuantizeParams p) { nested_offset(p); }
 extern "C" __global__ void __launch_bounds__(kThreads) quant4_nested_quantize(const Quant4QuantizeParams p) { nested_quantize(p); }
 
 #define QUANT4_ENTRIES(SUFFIX, T)                                                                              \

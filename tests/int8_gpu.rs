@@ -4,10 +4,9 @@
 //! Prints `SKIPPED: no CUDA device` without a GPU; fails instead with `LORA_KERNELS_REQUIRE_GPU=1`.
 mod common;
 
-use common::{f64s, Rng};
+use common::{f64s, rel_error, Rng};
 use half::{bf16, f16};
 use lora_kernels::dora::reference as dora;
-use lora_kernels::golden::rel_error;
 use lora_kernels::int8::reference;
 use lora_kernels::linear::QuantizedWeight;
 use lora_kernels::{Element, Gpu, LoraAdapter, LoraShape};
@@ -76,16 +75,62 @@ fn int8_bf16() {
     }
 }
 
-/// The GPU row-wise quantiser equals the CPU reference code for code (one all-zero row included), and
-/// the GPU dequantisation equals the reference bit for bit.
+/// A random weight [n, k] with LLM.int8's hard rows planted (where n has room): an all-zero row; one
+/// repeated value; a power-of-two absmax with exact multiples of 1/64 (the scale 63.5 is exact);
+/// halves and quarters of a random f16 absmax, exact ties 63.5 and 31.75 in real arithmetic that the
+/// two-rounding scale pushes to either side; values just above and below zero; an f16-subnormal
+/// absmax (2^-20).
+fn adversarial<T: Element>(rng: &mut Rng, n: usize, k: usize) -> Vec<T> {
+    let mut w: Vec<T> = rng.vec(n * k, 0.1);
+    let s = half::f16::from_f64(0.2 + 0.2 * rng.uniform().abs()).to_f64();
+    let rows: Vec<Vec<f64>> = vec![
+        vec![0.0; k],
+        vec![rng.uniform() * 0.3; k],
+        (0..k)
+            .map(|i| {
+                if i == 0 {
+                    2.0
+                } else {
+                    (i % 128) as f64 / 64.0 - 1.0
+                }
+            })
+            .collect(),
+        (0..k)
+            .map(|i| match i % 4 {
+                0 => s,
+                1 => s / 2.0,
+                2 => -s / 2.0,
+                _ => s / 4.0,
+            })
+            .collect(),
+        (0..k)
+            .map(|i| [0.5, 1e-6, -1e-6, 6e-8, -6e-8, 0.0, -0.0][i % 7])
+            .collect(),
+        (0..k)
+            .map(|i| 2f64.powi(-20) * [1.0, -0.5, 0.25, -0.75][i % 4])
+            .collect(),
+    ];
+    for (r, row) in rows.into_iter().enumerate().take(n) {
+        for (c, v) in row.into_iter().enumerate() {
+            w[r * k + c] = T::from_f64(v);
+        }
+    }
+    w
+}
+
+/// The GPU row-wise quantiser equals the CPU reference code for code on random shapes with the
+/// adversarial rows, and the GPU dequantisation equals the reference bit for bit; NaN, ±Inf and values
+/// beyond the f16 range are an error on both.
 fn quantize<T: Element>(gpu: &Gpu, seed: u64) {
     let s = gpu.stream();
     let mut rng = Rng::new(seed);
-    for &(n, k) in &[(1usize, 1usize), (17, 100), (96, 4096), (300, 257)] {
-        let mut w: Vec<T> = rng.vec(n * k, 0.1);
-        if n > 1 {
-            w[k..2 * k].fill(T::from_f64(0.0)); // row 1: SCB 0, codes 0
-        }
+    let mut shapes = vec![(1usize, 1usize), (17, 100), (96, 4096), (300, 257), (6, 7)];
+    for _ in 0..5 {
+        shapes.push((rng.range(1, 90), rng.range(1, 700)));
+    }
+    for (n, k) in shapes {
+        println!("quantize n {n} k {k} {}", T::DTYPE);
+        let w: Vec<T> = adversarial(&mut rng, n, k);
         let want = reference::quantize_rowwise(&w, [n, k]).unwrap();
         let dev = gpu.quantize_int8(&s.clone_htod(&w).unwrap(), k, n).unwrap();
         let got = gpu.download_int8(&dev).unwrap();
@@ -101,6 +146,17 @@ fn quantize<T: Element>(gpu: &Gpu, seed: u64) {
                 .all(|(a, b)| a.to_f64().to_bits() == b.to_f64().to_bits()),
             "dequantize n {n} k {k}"
         );
+        let mut bads = vec![f64::NAN, f64::INFINITY, f64::NEG_INFINITY];
+        if T::DTYPE != lora_kernels::DType::F16 {
+            bads.push(70000.0); // beyond f16: Inf after Int8Params' rounding
+        }
+        for bad in bads {
+            let mut w = w.clone();
+            w[(n * k) / 2] = T::from_f64(bad);
+            assert!(reference::quantize_rowwise(&w, [n, k]).is_err(), "{bad}");
+            let e = gpu.quantize_int8(&s.clone_htod(&w).unwrap(), k, n);
+            assert!(e.is_err(), "{bad} must be an error on the GPU");
+        }
     }
 }
 
@@ -161,6 +217,17 @@ fn merge<T: Element>(gpu: &Gpu, seed: u64) {
             gpu.merge_adapter_int8(&mut dev, dev_adapter, f, true)
                 .unwrap();
             let got = gpu.download_int8(&dev).unwrap();
+            // The requantisation bit for bit: the same merge on the dense dequantised weight (the same
+            // f32 arithmetic on the GPU, rounded to T), quantised by the CPU reference.
+            let mut dense = s.clone_htod(&w_t).unwrap();
+            gpu.merge_adapter(&mut dense, dev_adapter, f, k, n, true)
+                .unwrap();
+            let dense_merged = s.clone_dtoh(&dense).unwrap();
+            assert_eq!(
+                got,
+                reference::quantize_rowwise(&dense_merged, [n, k]).unwrap(),
+                "requantised merge, bit for bit"
+            );
             assert!(
                 got.cb
                     .iter()
@@ -176,6 +243,16 @@ fn merge<T: Element>(gpu: &Gpu, seed: u64) {
             assert_ne!(got.cb, q.cb, "the merge changed the codes");
             gpu.unmerge_adapter_int8(&mut dev, dev_adapter, f, true)
                 .unwrap();
+            let mut dense = s
+                .clone_htod(&reference::dequantize_to::<T>(&got).unwrap())
+                .unwrap();
+            gpu.unmerge_adapter(&mut dense, dev_adapter, f, k, n, true)
+                .unwrap();
+            assert_eq!(
+                gpu.download_int8(&dev).unwrap(),
+                reference::quantize_rowwise(&s.clone_dtoh(&dense).unwrap(), [n, k]).unwrap(),
+                "requantised unmerge, bit for bit"
+            );
             let back: Vec<f64> = reference::dequantize(&gpu.download_int8(&dev).unwrap())
                 .unwrap()
                 .iter()
@@ -196,6 +273,13 @@ fn merge<T: Element>(gpu: &Gpu, seed: u64) {
 fn int8_quantize_f32() {
     if let Some(gpu) = common::gpu() {
         quantize::<f32>(&gpu, 34);
+    }
+}
+
+#[test]
+fn int8_quantize_f16() {
+    if let Some(gpu) = common::gpu() {
+        quantize::<f16>(&gpu, 40);
     }
 }
 

@@ -1,14 +1,14 @@
 //! The 4-bit kernels against the CPU reference: dequantisation bit for bit, the DoRA norm read
 //! straight from the codes, and the dequant-on-the-fly product on random shapes (odd sizes, k a
 //! multiple of 32 or not, blocksizes 32 to 4096, NF4 and FP4, plain and double-quantised absmax, m
-//! from 1 past the 8-row GEMV into the tiled kernel). Prints `SKIPPED: no CUDA device` without a GPU;
+//! from 1 past the 8-row GEMV into the tiled kernel), and the quantiser bit for bit against the
+//! reference on adversarial blocks (ties, zeros, subnormal absmax, NaN, ±Inf). Prints `SKIPPED: no CUDA device` without a GPU;
 //! fails instead with `LORA_KERNELS_REQUIRE_GPU=1`.
 mod common;
 
-use common::{f64s, Rng};
+use common::{f64s, rel_error, Rng};
 use half::{bf16, f16};
 use lora_kernels::dora::reference as dora;
-use lora_kernels::golden::rel_error;
 use lora_kernels::linear::QuantizedWeight;
 use lora_kernels::quant4::{reference, Absmax, QuantType};
 use lora_kernels::{Element, Gpu, LoraAdapter};
@@ -127,59 +127,164 @@ fn quant4_bf16() {
     }
 }
 
-/// The GPU quantiser against the CPU reference: packed bytes and plain absmax bit for bit (a zero
-/// block and an odd element count included); double-quantised codes within one step (the offset's f64
-/// sum runs in another order), scales to f32 rounding.
+/// The same absmax, bit for bit (NaN included).
+fn same_absmax(a: &Absmax, b: &Absmax) -> bool {
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    match (a, b) {
+        (Absmax::Plain(x), Absmax::Plain(y)) => bits(x) == bits(y),
+        (
+            Absmax::Nested {
+                codes: c1,
+                nested_absmax: n1,
+                nested_code: m1,
+                nested_blocksize: b1,
+                offset: o1,
+            },
+            Absmax::Nested {
+                codes: c2,
+                nested_absmax: n2,
+                nested_code: m2,
+                nested_blocksize: b2,
+                offset: o2,
+            },
+        ) => {
+            c1 == c2
+                && bits(n1) == bits(n2)
+                && bits(m1) == bits(m2)
+                && b1 == b2
+                && o1.to_bits() == o2.to_bits()
+        }
+        _ => false,
+    }
+}
+
+/// A random weight with bitsandbytes' hard cases planted block by block (each where the weight has
+/// room): an all-zero block; one repeated value; a subnormal absmax (f32 and bf16; f16 values that
+/// small round to f16 subnormals or 0); values on, just above and just below every code midpoint of
+/// `qt` against a power-of-two absmax (so the scaled value is exact in f32); values just above and
+/// below zero; and, with `non_finite`, a block holding NaN and one holding +Inf and -Inf.
+fn adversarial<T: Element>(
+    rng: &mut Rng,
+    len: usize,
+    blocksize: usize,
+    qt: QuantType,
+    non_finite: bool,
+) -> Vec<T> {
+    let mut w: Vec<T> = rng.vec(len, 0.1);
+    let mids = *reference::Bucketizer::new(qt.code()).midpoints();
+    let down = |v: f32| {
+        f32::from_bits(if v > 0.0 {
+            v.to_bits() - 1
+        } else {
+            v.to_bits() + 1
+        })
+    };
+    let up = |v: f32| {
+        f32::from_bits(if v >= 0.0 {
+            v.to_bits() + 1
+        } else {
+            v.to_bits() - 1
+        })
+    };
+    let mut near = Vec::new();
+    for &t in &mids {
+        if t != 0.0 {
+            near.extend([t * 0.5, up(t) * 0.5, down(t) * 0.5]);
+        }
+    }
+    let tiny = [
+        0.25f32, 1e-30, -1e-30, 1e-45, -1e-45, 0.0, -0.0, 1e-4, -1e-4,
+    ];
+    let repeated = rng.uniform() as f32 * 0.3;
+    let mut blocks: Vec<Vec<f32>> = vec![
+        vec![0.0; blocksize],
+        vec![repeated; blocksize],
+        (0..blocksize)
+            .map(|i| {
+                if i == 0 {
+                    5e-39
+                } else {
+                    (rng.uniform() * 5e-39) as f32
+                }
+            })
+            .collect(),
+        tiny.to_vec(),
+    ];
+    // Each block of near-midpoint values leads with the absmax 0.5 (x · (1 / 0.5) is exact).
+    for chunk in near.chunks(blocksize - 1) {
+        blocks.push(std::iter::once(0.5).chain(chunk.iter().copied()).collect());
+    }
+    if non_finite {
+        blocks.push(vec![0.1, f32::NAN, -0.2]);
+        blocks.push(vec![0.1, f32::INFINITY, -0.2, f32::NEG_INFINITY]);
+    }
+    for (b, values) in blocks.into_iter().enumerate() {
+        let start = b * blocksize;
+        if start >= len {
+            break;
+        }
+        for (i, v) in values.into_iter().take(blocksize).enumerate() {
+            if start + i < len {
+                w[start + i] = T::from_f64(v as f64);
+            }
+        }
+    }
+    w
+}
+
+/// The GPU quantiser against the CPU reference, packed bytes and absmax bit for bit (NaN included),
+/// on random shapes (odd element counts, partial last blocks) with the adversarial blocks above;
+/// with double quantisation a NaN or infinite weight is an error on both.
 fn quantizer<T: Element>(gpu: &Gpu, seed: u64) {
     let s = gpu.stream();
     let mut rng = Rng::new(seed);
-    for &(n, k, blocksize, qt, dq) in &[
-        (7usize, 33usize, 32usize, QuantType::Nf4, false),
+    let mut cases: Vec<Case> = vec![
+        (7, 33, 32, QuantType::Nf4, false),
+        (7, 33, 32, QuantType::Fp4, false),
         (64, 128, 64, QuantType::Fp4, false),
         (96, 256, 64, QuantType::Nf4, true),
         (33, 4096, 4096, QuantType::Fp4, true),
         (300, 512, 128, QuantType::Nf4, true),
-    ] {
+        (1, 1, 32, QuantType::Fp4, false),
+    ];
+    for _ in 0..6 {
+        let blocksize = 32 << rng.range(0, 4);
+        let qt = if rng.range(0, 1) == 0 {
+            QuantType::Nf4
+        } else {
+            QuantType::Fp4
+        };
+        cases.push((
+            rng.range(1, 70),
+            rng.range(1, 300),
+            blocksize,
+            qt,
+            rng.range(0, 1) == 1,
+        ));
+    }
+    for (n, k, blocksize, qt, dq) in cases {
         println!(
             "quantise n {n} k {k} blocksize {blocksize} {qt:?} double_quant {dq} {}",
             T::DTYPE
         );
-        let mut w: Vec<T> = rng.vec(n * k, 0.1);
-        w[..blocksize.min(n * k)].fill(T::from_f64(0.0)); // an all-zero block
+        let w: Vec<T> = adversarial(&mut rng, n * k, blocksize, qt, !dq);
         let want = reference::quantize(&w, [n, k], blocksize, qt, dq).unwrap();
         let dev = gpu
             .quantize_quant4(&s.clone_htod(&w).unwrap(), [n, k], blocksize, qt, dq)
             .unwrap();
         let got = gpu.download_quant4(&dev).unwrap();
         assert_eq!(got.packed, want.packed, "packed bytes");
-        match (&got.absmax, &want.absmax) {
-            (Absmax::Plain(g), Absmax::Plain(w)) => assert_eq!(g, w, "absmax"),
-            (
-                Absmax::Nested {
-                    codes: gc,
-                    nested_absmax: ga,
-                    offset: go,
-                    ..
-                },
-                Absmax::Nested {
-                    codes: wc,
-                    nested_absmax: wa,
-                    offset: wo,
-                    ..
-                },
-            ) => {
-                assert!((go - wo).abs() <= 1e-6 * wo.abs(), "offset {go} vs {wo}");
-                assert!(
-                    gc.iter()
-                        .zip(wc)
-                        .all(|(a, b)| (*a as i32 - *b as i32).abs() <= 1),
-                    "codes"
-                );
-                let g64: Vec<f64> = ga.iter().map(|&v| v as f64).collect();
-                let w64: Vec<f64> = wa.iter().map(|&v| v as f64).collect();
-                assert!(rel_error(&g64, &w64) < 1e-5, "nested absmax");
-            }
-            _ => panic!("absmax kinds differ"),
+        assert!(same_absmax(&got.absmax, &want.absmax), "absmax");
+        if dq && n * k > 6 * blocksize {
+            // NaN and ±Inf with double quantisation: no defined code, an error on both paths.
+            let mut bad = w.clone();
+            bad[6 * blocksize] = T::from_f64(f64::NAN);
+            assert!(reference::quantize(&bad, [n, k], blocksize, qt, true).is_err());
+            let e = gpu.quantize_quant4(&s.clone_htod(&bad).unwrap(), [n, k], blocksize, qt, true);
+            assert!(e.is_err(), "NaN with double quantisation must be an error");
+            bad[6 * blocksize] = T::from_f64(f64::INFINITY);
+            let e = gpu.quantize_quant4(&s.clone_htod(&bad).unwrap(), [n, k], blocksize, qt, true);
+            assert!(e.is_err(), "Inf with double quantisation must be an error");
         }
     }
 }
@@ -188,6 +293,13 @@ fn quantizer<T: Element>(gpu: &Gpu, seed: u64) {
 fn quant4_quantize_f32() {
     if let Some(gpu) = common::gpu() {
         quantizer::<f32>(&gpu, 24);
+    }
+}
+
+#[test]
+fn quant4_quantize_f16() {
+    if let Some(gpu) = common::gpu() {
+        quantizer::<f16>(&gpu, 26);
     }
 }
 

@@ -383,9 +383,12 @@ impl Gpu {
 
     /// Merges an adapter into an LLM.int8 W in place the way peft merges into bitsandbytes' 8-bit
     /// layer: each row is dequantised (`T(CB · SCB / 127)`), updated (`f ⊙ (W + s·B·A)`, or
-    /// `W + s·B·A` without a factor), rounded to `T`, and requantised row-wise (new SCB = row absmax
-    /// of the f16 values, CB = round-half-even(v · 127 / SCB)), one launch (each row is read twice,
-    /// the second time from L2). `safe` as for [`Gpu::merge_adapter`]. `T` is the layer's dtype.
+    /// `W + s·B·A` without a factor, in f32), rounded to `T`, and requantised row-wise exactly as
+    /// [`crate::int8::reference::quantize_rowwise`] does (new SCB = row absmax of the f16 values,
+    /// CB = round-half-even(f32(v · f32(f32(1 / SCB) · 127)))), each row read twice, the second time
+    /// from L2. A non-finite result (after rounding to f16) has no int8 code, so it is always checked,
+    /// whatever `safe` says: a counting pass first (the stream synchronises), an error and W
+    /// unchanged if any. `T` is the layer's dtype.
     pub fn merge_adapter_int8<T, S>(
         &self,
         weight: &mut Int8Device,
@@ -397,11 +400,13 @@ impl Gpu {
         T: Element,
         S: DevicePtr<T>,
     {
-        self.update_int8::<T, S>(weight, adapter, factor, safe, DoraRowOp_DORA_ROW_MERGE)
+        let _ = safe; // int8 results are always checked (above)
+        self.update_int8::<T, S>(weight, adapter, factor, DoraRowOp_DORA_ROW_MERGE)
     }
 
-    /// Undoes [`Gpu::merge_adapter_int8`] (`W / f − s·B·A`, requantised). Requantisation is lossy:
-    /// the round trip restores W to within the int8 rounding of the merged and unmerged rows.
+    /// Undoes [`Gpu::merge_adapter_int8`] (`W / f − s·B·A`, requantised, non-finite results an error
+    /// as there). Requantisation is lossy: the round trip restores W to within the int8 rounding of the
+    /// merged and unmerged rows.
     pub fn unmerge_adapter_int8<T, S>(
         &self,
         weight: &mut Int8Device,
@@ -413,12 +418,15 @@ impl Gpu {
         T: Element,
         S: DevicePtr<T>,
     {
-        self.update_int8::<T, S>(weight, adapter, factor, safe, DoraRowOp_DORA_ROW_UNMERGE)
+        let _ = safe; // int8 results are always checked (merge_adapter_int8)
+        self.update_int8::<T, S>(weight, adapter, factor, DoraRowOp_DORA_ROW_UNMERGE)
     }
 
-    /// Row-wise int8 quantisation of a dense W `[n, k]` on the GPU, as bitsandbytes' `Int8Params`
-    /// does it (and [`crate::int8::reference::quantize_rowwise`]): values rounded to f16, SCB = row
-    /// absmax, CB = round-half-even(W · 127 / SCB); an all-zero row gets SCB 0 and codes 0.
+    /// Row-wise int8 quantisation of a dense W `[n, k]` on the GPU, code for code as
+    /// [`crate::int8::reference::quantize_rowwise`] (bitsandbytes' `Int8Params` on its CPU backend):
+    /// values rounded to f16, SCB = row absmax, CB = round-half-even(f32(W · f32(f32(1 / SCB) · 127)));
+    /// an all-zero row gets SCB 0 and codes 0. A NaN or infinite value (after rounding to f16) is an
+    /// error: a counting pass runs first and the stream synchronises once.
     pub fn quantize_int8<T, W>(&self, weight: &W, k: usize, n: usize) -> Result<Int8Device>
     where
         T: Element,
@@ -447,7 +455,7 @@ impl Gpu {
                 b_len: 0,
                 scale: 0.0,
             };
-            self.launch_rows::<T>(&RowPass {
+            let pass = RowPass {
                 requantize: Some((cb, scb)),
                 ..RowPass::raw(
                     LinearWeight::Dense(w),
@@ -458,7 +466,17 @@ impl Gpu {
                     n,
                     DoraRowOp_DORA_ROW_MERGE,
                 )
-            })?;
+            };
+            let bad = self.count_non_finite::<T>(pass)?;
+            if bad > 0 {
+                return Err(invalid(
+                    "weight",
+                    "finite values within the f16 range (LLM.int8 rounds the weight to f16; a NaN \
+                     or infinite value has no int8 code)",
+                    format!("{bad} non-finite values"),
+                ));
+            }
+            self.launch_rows::<T>(&pass)?;
         }
         Ok(out)
     }
@@ -468,7 +486,6 @@ impl Gpu {
         weight: &mut Int8Device,
         adapter: LoraAdapter<'_, S>,
         factor: Option<&DoraFactor>,
-        safe: bool,
         op: DoraRowOp,
     ) -> Result<()> {
         let [n, k] = weight.shape();
@@ -481,7 +498,20 @@ impl Gpu {
             requantize: Some((cb, scb)),
             ..RowPass::new(LinearWeight::Int8 { cb, scb }, a, b, &adapter, k, n, op)
         };
-        self.update_pass::<T>(pass, factor, safe)
+        // Always checked: a non-finite value has no int8 code (bitsandbytes' result is undefined).
+        self.update_pass::<T>(pass, factor, true)
+    }
+
+    /// Runs `pass` as a counting pass (nothing written) and returns the number of non-finite results.
+    /// Synchronises the stream.
+    fn count_non_finite<T: Element>(&self, pass: RowPass) -> Result<u32> {
+        let stream = self.stream().clone();
+        let mut count = stream.alloc_zeros::<u32>(1)?;
+        {
+            let (counter, _gc) = count.device_ptr_mut(&stream);
+            self.launch_rows::<T>(&RowPass { counter, ..pass })?;
+        }
+        Ok(stream.clone_dtoh(&count)?[0])
     }
 
     /// Runs a MERGE or UNMERGE pass with `factor`; with `safe`, first a counting pass (nothing
@@ -508,12 +538,7 @@ impl Gpu {
             ..pass
         };
         if safe {
-            let mut count = stream.alloc_zeros::<u32>(1)?;
-            {
-                let (counter, _gc) = count.device_ptr_mut(&stream);
-                self.launch_rows::<T>(&RowPass { counter, ..pass })?;
-            }
-            let bad = stream.clone_dtoh(&count)?[0];
+            let bad = self.count_non_finite::<T>(pass)?;
             if bad > 0 {
                 return Err(invalid(
                     "weight",

@@ -124,11 +124,12 @@ impl Gpu {
     }
 
     /// Quantises W `[n, k]` (row-major, `T`) to bitsandbytes' 4-bit format on the GPU, byte for byte
-    /// as [`super::reference::quantize`] does (and so as bitsandbytes does, see there for the one
-    /// documented difference: an all-zero block): absmax per `blocksize` elements of the flattened
-    /// weight, codes packed first element high, and with `double_quant` the absmax quantised to 8 bits
-    /// in blocks of 256 against the dynamic map, plus the offset (the mean absmax, which is read back
-    /// to the host: double quantisation synchronises the stream once).
+    /// as [`super::reference::quantize`] does (bitsandbytes' CPU backend; its docs say how that differs
+    /// from bitsandbytes' CUDA kernels): absmax per `blocksize` elements of the flattened weight, codes
+    /// packed first element high, NaN and ±Inf weights treated as bitsandbytes treats them. With
+    /// `double_quant` the absmax is read back to the host for the offset (the stream synchronises once;
+    /// a NaN or infinite weight is then an error, as in the reference), and quantised to 8 bits in
+    /// blocks of 256 against the dynamic map.
     pub fn quantize_quant4<T: Element, W: DevicePtr<T>>(
         &self,
         weight: &W,
@@ -182,14 +183,22 @@ impl Gpu {
             )?;
         }
         let (absmax, nested_absmax, nested_code, offset) = if double_quant {
+            // The offset on the host, by the reference's own function (so the mean is the same f64 sum
+            // rounded once), which also rejects a non-finite absmax (a NaN or infinite weight).
+            let absmax_host: Vec<f32> = s
+                .clone_dtoh(&absmax_f32)?
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect();
+            let offset = super::reference::absmax_offset(&absmax_host)?;
             let map = super::reference::dynamic_map();
             let nested_code = s.clone_htod(&map)?;
-            let mut offset = s.alloc_zeros::<f32>(1)?;
+            let offset_dev = s.clone_htod(&[offset])?;
             let mut codes = s.alloc_zeros::<u8>(blocks)?;
             let mut nested_absmax = s.alloc_zeros::<f32>(nested_blocks)?;
             {
                 let (a, _ga) = absmax_f32.device_ptr(&s);
-                let (o, _go) = offset.device_ptr_mut(&s);
+                let (o, _go) = offset_dev.device_ptr(&s);
                 let (c, _gc) = nested_code.device_ptr(&s);
                 let (q, _gq) = codes.device_ptr_mut(&s);
                 let (na, _gn) = nested_absmax.device_ptr_mut(&s);
@@ -201,10 +210,8 @@ impl Gpu {
                     nested_absmax: na,
                     ..params
                 };
-                self.launch_quantize("quant4_nested_offset", &nested, 1)?;
                 self.launch_quantize("quant4_nested_quantize", &nested, nested_blocks)?;
             }
-            let offset = s.clone_dtoh(&offset)?[0];
             (codes, Some(nested_absmax), Some(nested_code), offset)
         } else {
             (absmax_f32, None, None, 0.0)

@@ -73,9 +73,8 @@ impl Bucketizer {
     /// The search over `code` (16 entries, any order).
     pub fn new(code: &[f32; 16]) -> Self {
         let order = sorted_order(code);
-        let midpoints = std::array::from_fn(|i| {
-            (code[order[i] as usize] + code[order[i + 1] as usize]) / 2.0
-        });
+        let midpoints =
+            std::array::from_fn(|i| (code[order[i] as usize] + code[order[i + 1] as usize]) / 2.0);
         Bucketizer { order, midpoints }
     }
 
@@ -364,7 +363,11 @@ mod tests {
         assert_eq!(t[7], 0.039_790_15);
         assert_eq!(t[14], 0.861_478_45);
         assert_eq!(FP4_CODE[1], 0.005_208_333_5);
-        assert_eq!(FP4_CODE[8].to_bits(), 0, "bitsandbytes' FP4 entry 8 is +0.0");
+        assert_eq!(
+            FP4_CODE[8].to_bits(),
+            0,
+            "bitsandbytes' FP4 entry 8 is +0.0"
+        );
         // FP4 in increasing value: -1, -2/3, -1/2, -1/3, -1/4, -1/6, -1/192, 0 (code 0), 0 (code 8),
         // 1/192, 1/6, 1/4, 1/3, 1/2, 2/3, 1.
         assert_eq!(
@@ -521,9 +524,8 @@ mod tests {
     #[test]
     fn dynamic_map_is_the_serialised_one() {
         let dir = crate::golden::golden_dir();
-        let case =
-            crate::golden::GoldenCase::load(&dir.join("fp4_bf16_bs64_dq_wide.safetensors"))
-                .unwrap();
+        let case = crate::golden::GoldenCase::load(&dir.join("fp4_bf16_bs64_dq_wide.safetensors"))
+            .unwrap();
         let theirs: Vec<f32> = case.values("nested_code").unwrap();
         let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
         assert_eq!(bits(&dynamic_map()), bits(&theirs));
