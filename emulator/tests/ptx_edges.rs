@@ -438,3 +438,51 @@ fn rounding_to_integral_16_bit_f64_rcp_abs_div64() {
     }
     assert!(bad.is_empty(), "{} wrong:\n{}", bad.len(), bad.join("\n"));
 }
+
+/// Issue 10: "An instruction or directive it does not implement fails `cuModuleLoadData` with
+/// an error that names the form and the kernel. Nothing is ever skipped silently." ldmatrix and
+/// cp.async are valid sm_80 PTX that the crate does not use.
+#[test]
+fn unsupported_instruction_fails_load_naming_form_and_kernel() {
+    for (form, operands) in [
+        (
+            "ldmatrix.sync.aligned.m8n8.x4.shared.b16",
+            "{%r1, %r2, %r3, %r4}, [%rd2]",
+        ),
+        ("cp.async.ca.shared.global", "[%rd2], [%rd1], 16"),
+    ] {
+        let ptx = format!(
+            r#"
+.version 8.0
+.target sm_80
+.address_size 64
+
+.visible .entry uses_unsupported(
+    .param .u64 out
+)
+{{
+    .reg .b32 %r<5>;
+    .reg .b64 %rd<3>;
+    ld.param.u64 %rd1, [out];
+    mov.u64 %rd2, 0;
+    {form} {operands};
+    ret;
+}}
+"#
+        );
+        let module = lora_kernels_emulator::ptx::parse_ptx(&ptx)
+            .unwrap_or_else(|e| panic!("{form}: the parser should accept it: {e}"));
+        let mut m = lora_kernels_emulator::exec::Machine::new(Default::default());
+        match m.load_module(module) {
+            Ok(_) => panic!("{form}: load_module accepted an unsupported instruction"),
+            Err(e) => {
+                assert!(e.message.contains(form), "{form} not named: {}", e.message);
+                assert!(
+                    e.message.contains("uses_unsupported"),
+                    "kernel not named: {}",
+                    e.message
+                );
+            }
+        }
+    }
+}
