@@ -391,3 +391,135 @@ fn memcheck_catches_host_pointer() {
     );
     drop(host);
 }
+
+// ---- racecheck: the other hazards, and __syncwarp's reach ----
+
+fn race_expect(
+    res: Result<(), lora_kernels_emulator::exec::EmuError>,
+    kernel: &str,
+    lines: &[u32],
+) {
+    checker_named(&res, "racecheck");
+    assert_report(
+        res,
+        &Expect {
+            code: CudaCode::IllegalAddress,
+            kernel,
+            file: FILE,
+            lines,
+            block: [0, 0, 0],
+            threads: &|t| t[0] < 64 && t[1] == 0 && t[2] == 0,
+            addr: None,
+        },
+    );
+}
+
+#[test]
+fn racecheck_catches_write_after_read() {
+    let mut gpu = Gpu::load("broken");
+    let y = gpu.filled(64, 0f32);
+    let res = gpu.try_launch("race_war", [1, 1, 1], [64, 1, 1], &[ptr(y)]);
+    let lines = [
+        marked_line(FILE, "war_read"),
+        marked_line(FILE, "war_write"),
+    ];
+    race_expect(res, "race_war", &lines);
+}
+
+#[test]
+fn racecheck_catches_write_after_write() {
+    let mut gpu = Gpu::load("broken");
+    let y = gpu.filled(32, 0f32);
+    let res = gpu.try_launch("race_waw", [1, 1, 1], [64, 1, 1], &[ptr(y)]);
+    race_expect(res, "race_waw", &[marked_line(FILE, "waw")]);
+}
+
+#[test]
+fn racecheck_catches_cross_warp_access_ordered_only_by_syncwarp() {
+    let mut gpu = Gpu::load("broken");
+    let y = gpu.filled(64, 0f32);
+    let res = gpu.try_launch("race_across_syncwarp", [1, 1, 1], [64, 1, 1], &[ptr(y)]);
+    let lines = [marked_line(FILE, "sw_write"), marked_line(FILE, "sw_read")];
+    race_expect(res, "race_across_syncwarp", &lines);
+}
+
+#[test]
+fn racecheck_accepts_in_warp_exchange_after_syncwarp() {
+    let mut gpu = Gpu::load("broken");
+    let y = gpu.filled(64, -1f32);
+    gpu.launch("syncwarp_in_warp", [1, 1, 1], [64, 1, 1], &[ptr(y)]);
+    let want: Vec<f32> = (0..64u32)
+        .map(|i| ((i & !31) | (31 - (i & 31))) as f32)
+        .collect();
+    assert_eq!(gpu.download::<f32>(y, 64), want);
+}
+
+// ---- memcheck: before the start, and atomics ----
+
+#[test]
+fn memcheck_catches_write_before_the_allocation() {
+    let mut gpu = Gpu::load("broken");
+    let x = gpu.filled(32, 0f32);
+    // off = -1: thread 0 writes x[-1], 4 bytes before x
+    let res = gpu.try_launch(
+        "oob_write_before",
+        [1, 1, 1],
+        [32, 1, 1],
+        &[ptr(x), int(-1)],
+    );
+    checker_named(&res, "memcheck");
+    assert_report(
+        res,
+        &Expect {
+            code: CudaCode::IllegalAddress,
+            kernel: "oob_write_before",
+            file: FILE,
+            lines: &[marked_line(FILE, "oob_before")],
+            block: [0, 0, 0],
+            threads: &|t| t == [0, 0, 0],
+            addr: Some(&|a| a == x - 4),
+        },
+    );
+    // off = 0 is clean
+    let mut gpu = Gpu::load("broken");
+    let x = gpu.filled(32, 0f32);
+    gpu.launch("oob_write_before", [1, 1, 1], [32, 1, 1], &[ptr(x), int(0)]);
+    assert_eq!(gpu.download::<f32>(x, 32), vec![1.0; 32]);
+}
+
+#[test]
+fn memcheck_catches_atomic_past_the_end() {
+    let mut gpu = Gpu::load("broken");
+    let cnt = gpu.filled(8, 0u32);
+    let res = gpu.try_launch("atomic_oob", [1, 1, 1], [4, 1, 1], &[ptr(cnt), int(8)]);
+    checker_named(&res, "memcheck");
+    assert_report(
+        res,
+        &Expect {
+            code: CudaCode::IllegalAddress,
+            kernel: "atomic_oob",
+            file: FILE,
+            lines: &[marked_line(FILE, "atomic_oob")],
+            block: [0, 0, 0],
+            threads: &|t| t[0] < 4 && t[1] == 0 && t[2] == 0,
+            addr: Some(&|a| a == cnt + 32),
+        },
+    );
+    // idx = 7 is clean: 4 threads add 1 to cnt[7]
+    let mut gpu = Gpu::load("broken");
+    let cnt = gpu.filled(8, 0u32);
+    gpu.launch("atomic_oob", [1, 1, 1], [4, 1, 1], &[ptr(cnt), int(7)]);
+    assert_eq!(gpu.download::<u32>(cnt, 8), vec![0, 0, 0, 0, 0, 0, 0, 4]);
+}
+
+// ---- initcheck: memset counts as a write ----
+
+#[test]
+fn initcheck_accepts_memset_memory() {
+    let mut gpu = Gpu::load("broken");
+    let x = gpu.alloc_raw(128);
+    gpu.m.memset8(x, 0, 128).unwrap();
+    let y = gpu.alloc_raw(128);
+    gpu.launch("copy_f32", [1, 1, 1], [32, 1, 1], &[ptr(x), ptr(y)]);
+    assert_eq!(gpu.download::<f32>(y, 32), vec![0.0; 32]);
+}

@@ -105,3 +105,64 @@ extern "C" __global__ void shfl_split(const int* in, int* out)
     }
     out[lane] = v;
 }
+
+// racecheck, write after read: thread i reads s[(i + 1) % 64], then writes s[i]; thread i + 1's
+// write of s[i + 1] is not separated from thread i's read by a barrier.
+extern "C" __global__ void race_war(float* y)
+{
+    __shared__ float s[64];
+    unsigned i = threadIdx.x;
+    s[i] = (float)i;
+    __syncthreads();
+    float v = s[(i + 1) % 64]; // BUG:war_read
+    s[i] = v * 2.0f; // BUG:war_write
+    __syncthreads();
+    y[i] = s[i];
+}
+
+// racecheck, write after write: threads 2k and 2k + 1 both write s[k].
+extern "C" __global__ void race_waw(float* y)
+{
+    __shared__ float s[32];
+    unsigned i = threadIdx.x;
+    s[i / 2] = (float)i; // BUG:waw
+    __syncthreads();
+    if (i < 32)
+        y[i] = s[i];
+}
+
+// __syncwarp orders the lanes of one warp only: thread i reads s[63 - i], written by the other
+// warp, with only a __syncwarp between: a race. (The in-warp twin below is clean.)
+extern "C" __global__ void race_across_syncwarp(float* y)
+{
+    __shared__ float s[64];
+    unsigned i = threadIdx.x;
+    s[i] = (float)i; // BUG:sw_write
+    __syncwarp();
+    float v = s[63 - i]; // BUG:sw_read
+    y[i] = v;
+}
+
+// Clean: thread i reads s[w*32 + (31 - lane)], written by a lane of its own warp, after
+// __syncwarp.
+extern "C" __global__ void syncwarp_in_warp(float* y)
+{
+    __shared__ float s[64];
+    unsigned i = threadIdx.x;
+    s[i] = (float)i;
+    __syncwarp();
+    float v = s[(i & ~31u) | (31 - (i & 31))];
+    y[i] = v;
+}
+
+// memcheck, a write one element before the allocation (x[-1], in the leading redzone).
+extern "C" __global__ void oob_write_before(float* x, int off)
+{
+    x[(int)threadIdx.x + off] = 1.0f; // BUG:oob_before
+}
+
+// memcheck, an atomic past the end: atomicAdd(&cnt[idx], 1) with idx = n.
+extern "C" __global__ void atomic_oob(unsigned* cnt, int idx)
+{
+    atomicAdd(&cnt[idx], 1u); // BUG:atomic_oob
+}
