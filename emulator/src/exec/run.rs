@@ -118,6 +118,8 @@ struct Block {
 
 struct Pools {
     shared: Vec<(Vec<u8>, Vec<u32>, Vec<RaceCell>)>,
+    /// Register files of finished warps.
+    regs: Vec<Vec<u64>>,
 }
 
 #[inline]
@@ -336,7 +338,13 @@ impl<'a> Launch<'a> {
             .map(|w| {
                 let n = (nthreads - w * 32).min(32);
                 Warp {
-                    regs: vec![0; nregs * 32],
+                    regs: match pools.regs.pop() {
+                        Some(mut r) if r.len() == nregs * 32 => {
+                            r.fill(0);
+                            r
+                        }
+                        _ => vec![0; nregs * 32],
+                    },
                     pc: [0; 32],
                     valid: if n == 32 { u32::MAX } else { (1u32 << n) - 1 },
                     exited: 0,
@@ -388,7 +396,10 @@ impl<'a> Launch<'a> {
             .map_err(|_| EmuError::new(CudaCode::InvalidValue, "grid too large"))?;
         let resident_max = self.resident_max.clamp(1, total.max(1));
         let mut rng = Rng(self.seed.unwrap_or(0) ^ 0x9E37_79B9_7F4A_7C15 | 1);
-        let mut pools = Pools { shared: Vec::new() };
+        let mut pools = Pools {
+            shared: Vec::new(),
+            regs: Vec::new(),
+        };
         let mut resident: Vec<Block> = Vec::new();
         let mut next = 0u32;
         let mut order_b: Vec<usize> = Vec::new();
@@ -438,6 +449,7 @@ impl<'a> Launch<'a> {
                 if resident[i].live_warps == 0 {
                     let b = resident.swap_remove(i);
                     pools.shared.push((b.shared, b.sh_init, b.race));
+                    pools.regs.extend(b.warps.into_iter().map(|w| w.regs));
                     self.since_progress = 0;
                     progress = true;
                 } else {
@@ -575,23 +587,34 @@ impl<'a> Launch<'a> {
         if w.waiting != 0 {
             let l = w.waiting.trailing_zeros() as usize;
             let pc = w.pc[l] as usize;
-            let mut where_ = Vec::new();
-            for o in bits(live & !w.waiting) {
-                where_.push(format!(
-                    "lane {} at {} (bar.sync)",
-                    o,
-                    self.prog.location(w.pc[o] as usize)
-                ));
-            }
-            for o in bits(w.waiting) {
-                if w.pc[o] as usize != pc {
-                    where_.push(format!(
-                        "lane {} waits at {}",
-                        o,
-                        self.prog.location(w.pc[o] as usize)
-                    ));
+            // Group the other lanes by where they are.
+            let mut groups: Vec<(u32, u32, bool)> = Vec::new();
+            for o in bits(live) {
+                let opc = w.pc[o];
+                let waits = w.waiting & (1 << o) != 0;
+                if waits && opc as usize == pc {
+                    continue;
+                }
+                match groups.iter_mut().find(|g| g.0 == opc && g.2 == waits) {
+                    Some(g) => g.1 |= 1 << o,
+                    None => groups.push((opc, 1 << o, waits)),
                 }
             }
+            let where_: Vec<String> = groups
+                .iter()
+                .map(|&(opc, lanes, waits)| {
+                    format!(
+                        "lanes {} {} {}",
+                        lanes_str(lanes),
+                        if waits {
+                            "wait at another collective at"
+                        } else {
+                            "wait at bar.sync at"
+                        },
+                        self.prog.location(opc as usize)
+                    )
+                })
+                .collect();
             let e =
                 self.report(
                     "synccheck",

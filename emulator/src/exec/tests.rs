@@ -434,3 +434,34 @@ fn missing_barrier_race_and_fixed() {
     assert!(e.message.contains("test_kernels.cu:50"), "{e}");
     assert!(e.message.contains("test_kernels.cu:52"), "{e}");
 }
+
+#[test]
+fn speed_of_a_memory_bound_kernel() {
+    let mut m = machine();
+    let md = load(&mut m, &vadd_ptx(false));
+    let f = m.get_function(md, "vadd").unwrap();
+    let n = 1usize << 18;
+    let a: Vec<f32> = (0..n).map(|i| i as f32).collect();
+    let da = put_f32(&mut m, &a);
+    let db = put_f32(&mut m, &a);
+    let dc = m.alloc(n as u64 * 4).unwrap();
+    let t = std::time::Instant::now();
+    let stats = m
+        .launch(
+            f,
+            [(n / 256) as u32, 1, 1],
+            [256, 1, 1],
+            0,
+            &[u64p(da), u64p(db), u64p(dc), u32p(n as u32)],
+        )
+        .unwrap();
+    let dt = t.elapsed().as_secs_f64();
+    eprintln!(
+        "vector add: {} warp instructions in {:.3} s: {:.1} M lane-instructions/s",
+        stats.warp_instructions,
+        dt,
+        stats.warp_instructions as f64 * 32.0 / dt / 1e6
+    );
+    let c = get_f32(&mut m, dc, n);
+    assert!(c.iter().enumerate().all(|(i, x)| *x == 2.0 * i as f32));
+}
