@@ -231,22 +231,77 @@ pub fn f32_to(fmt: Fmt, x: f32, rnd: Rnd) -> u32 {
 
 /// `cvt.rn.f16.f32` and friends: f32 -> f16 bits.
 pub fn f32_to_f16(x: f32, rnd: Rnd) -> u16 {
+    if rnd == Rnd::Rn {
+        return f32_to_f16_rn(x);
+    }
     f32_to(Fmt::F16, x, rnd) as u16
 }
 
 /// f32 -> bf16 bits.
 pub fn f32_to_bf16(x: f32, rnd: Rnd) -> u16 {
+    if rnd == Rnd::Rn {
+        return f32_to_bf16_rn(x);
+    }
     f32_to(Fmt::Bf16, x, rnd) as u16
 }
 
-/// f16 bits -> f32 (exact; NaN gives the canonical f32 NaN).
-pub fn f16_to_f32(bits: u16) -> f32 {
-    let v = Fmt::F16.to_f64(bits as u32);
-    if v.is_nan() {
-        f32::from_bits(Fmt::F32.canonical_nan())
-    } else {
-        v as f32
+/// Round-to-nearest-even f32 -> f16 on the bits (the fast path of [`round_f64`]; the tests
+/// check the two agree).
+#[inline]
+pub fn f32_to_f16_rn(x: f32) -> u16 {
+    let bits = x.to_bits();
+    let sign = ((bits >> 16) & 0x8000) as u16;
+    let abs = bits & 0x7FFF_FFFF;
+    if abs > 0x7F80_0000 {
+        return 0x7FFF; // canonical NaN
     }
+    if abs >= 0x477F_F000 {
+        // >= 65520, the tie between 65504 and 65536 (even: Inf), and Inf itself.
+        return sign | 0x7C00;
+    }
+    if abs >= 0x3880_0000 {
+        // Normal f16: round the 13 dropped bits to nearest even, then rebias 127 -> 15.
+        let r = abs + 0xFFF + ((abs >> 13) & 1);
+        return sign | ((r >> 13) - (112 << 10)) as u16;
+    }
+    // Below 2^-14: adding 0.5 (whose ulp is 2^-24, the f16 subnormal quantum) rounds to
+    // nearest even in the FPU; what remains above 0.5 is the subnormal significand (0x400 is
+    // the smallest normal's encoding, which is right).
+    let f = f32::from_bits(abs) + 0.5;
+    sign | (f.to_bits() - 0x3F00_0000) as u16
+}
+
+/// Round-to-nearest-even f32 -> bf16 on the bits.
+#[inline]
+pub fn f32_to_bf16_rn(x: f32) -> u16 {
+    let bits = x.to_bits();
+    if bits & 0x7FFF_FFFF > 0x7F80_0000 {
+        return 0x7FFF; // canonical NaN
+    }
+    // Adding 0x7FFF plus the kept lsb rounds the 16 dropped bits to nearest even; a carry out
+    // of the largest finite value lands on Inf.
+    ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16) as u16
+}
+
+/// f16 bits -> f32 (exact; NaN gives the canonical f32 NaN).
+#[inline]
+pub fn f16_to_f32(bits: u16) -> f32 {
+    let sign = ((bits & 0x8000) as u32) << 16;
+    let exp = ((bits >> 10) & 0x1F) as u32;
+    let man = (bits & 0x3FF) as u32;
+    if exp == 0x1F {
+        return if man == 0 {
+            f32::from_bits(sign | 0x7F80_0000)
+        } else {
+            f32::from_bits(Fmt::F32.canonical_nan())
+        };
+    }
+    if exp == 0 {
+        // Zero or subnormal: man * 2^-24, exact in f32.
+        let mag = man as f32 * f32::from_bits(0x3380_0000);
+        return f32::from_bits(sign | mag.to_bits());
+    }
+    f32::from_bits(sign | ((exp + 112) << 23) | (man << 13))
 }
 
 /// bf16 bits -> f32 (exact; NaN gives the canonical f32 NaN).
@@ -601,6 +656,31 @@ mod tests {
             }
             bits += 4097;
         }
+        // The bit-level fast paths agree with the generic rounder on the sweep and at every
+        // f16/bf16 tie and its neighbours.
+        let mut bits: u32 = 0;
+        while bits < 0xFF80_0000 {
+            for b in [
+                bits,
+                bits | 0x1000,
+                bits | 0x0FFF,
+                bits | 0x8000,
+                bits | 0x7FFF,
+            ] {
+                let x = f32::from_bits(b);
+                assert_eq!(
+                    f32_to_f16_rn(x) as u32,
+                    round_f64(x as f64, 0, Fmt::F16, Rnd::Rn),
+                    "{b:#x}"
+                );
+                assert_eq!(
+                    f32_to_bf16_rn(x) as u32,
+                    round_f64(x as f64, 0, Fmt::Bf16, Rnd::Rn),
+                    "{b:#x}"
+                );
+            }
+            bits += 8191;
+        }
         // Every f16 converts back exactly.
         for h in 0..=0xFFFFu16 {
             let f = f16_to_f32(h);
@@ -608,6 +688,8 @@ mod tests {
                 assert_eq!(f.to_bits(), 0x7FFF_FFFF);
             } else {
                 assert_eq!(f, half::f16::from_bits(h).to_f32(), "f16 {h:#x}");
+                assert_eq!(f as f64, Fmt::F16.to_f64(h as u32), "f16 {h:#x}");
+                assert_eq!(f.to_bits() >> 31, (h >> 15) as u32, "sign of {h:#x}");
                 assert_eq!(rn16(f), h, "round trip {h:#x}");
             }
         }

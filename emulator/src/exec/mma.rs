@@ -191,9 +191,9 @@ impl Mma {
             MmaKind::F16F32 | MmaKind::Bf16F32 => {
                 let conv = |h: u32| -> f64 {
                     if self.kind == MmaKind::F16F32 {
-                        super::float::Fmt::F16.to_f64(h & 0xFFFF)
+                        super::float::f16_to_f32(h as u16) as f64
                     } else {
-                        super::float::Fmt::Bf16.to_f64(h & 0xFFFF)
+                        super::float::bf16_to_f32(h as u16) as f64
                     }
                 };
                 let mut am = [[0f64; 16]; 16];
