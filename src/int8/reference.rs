@@ -278,7 +278,7 @@ mod tests {
     /// 0.30712890625: 413.50717 · 0.15356445 = 63.500004 → 64 (one division: 63.499996 → 63).
     #[test]
     fn scale_is_reciprocal_times_127() {
-        for (s, want) in [(0.324_462_89f32, 63i8), (0.307_128_9, 64)] {
+        for (s, want) in [(0.324_462_9f32, 63i8), (0.307_128_9, 64)] {
             let s = f16::from_f32(s);
             let half = f16::from_f32(s.to_f32() / 2.0);
             let q = quantize_rowwise(&[s, half, -half, f16::ZERO], [1, 4]).unwrap();

@@ -49,6 +49,7 @@
 use super::{validate_blocksize, Absmax, Quant4Weight, QuantType};
 use crate::error::{invalid, Result};
 use crate::{DType, Element};
+use std::cmp::Ordering;
 
 /// The table's indices in increasing order of value (a stable sort: equal entries, FP4's two zeros,
 /// in index order, as the golden cases show torch's `argsort` leaves them).
@@ -57,7 +58,7 @@ pub fn sorted_order(code: &[f32; 16]) -> [u8; 16] {
     order.sort_by(|&a, &b| {
         code[a as usize]
             .partial_cmp(&code[b as usize])
-            .unwrap_or(std::cmp::Ordering::Equal)
+            .unwrap_or(Ordering::Equal)
     });
     order
 }
@@ -86,7 +87,12 @@ impl Bucketizer {
     /// The table index of scaled value `y` (see the module docs): the number of midpoints not ≥ y
     /// picks the entry in sorted order.
     pub fn code(&self, y: f32) -> u8 {
-        let bucket = self.midpoints.iter().filter(|&&t| !(t >= y)).count();
+        // `t < y`, or unordered (y NaN): torch's lower bound tests `!(t >= y)`.
+        let bucket = self
+            .midpoints
+            .iter()
+            .filter(|&&t| !matches!(t.partial_cmp(&y), Some(Ordering::Greater | Ordering::Equal)))
+            .count();
         self.order[bucket]
     }
 }
@@ -116,15 +122,9 @@ fn clamp_min_scale(absmax: f32) -> f32 {
     }
 }
 
-/// `clamp(y, −1, 1)` with NaN kept.
+/// `clamp(y, −1, 1)` with NaN kept (as `f32::clamp` keeps it).
 fn clamp_unit(y: f32) -> f32 {
-    if y < -1.0 {
-        -1.0
-    } else if y > 1.0 {
-        1.0
-    } else {
-        y
-    }
+    y.clamp(-1.0, 1.0)
 }
 
 /// The scaled values of one block (see the module docs): `x · (1 / max(absmax, 1e-38))` for a full
