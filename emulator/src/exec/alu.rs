@@ -157,6 +157,20 @@ pub enum FOp {
     Copysign,
 }
 
+/// Half-precision operations (always round-to-nearest-even: `.rn` is the only rounding the
+/// manual offers for them).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HOp {
+    Add,
+    Sub,
+    Mul,
+    Fma,
+    Neg,
+    Abs,
+    Min { nan: bool },
+    Max { nan: bool },
+}
+
 /// `testp` properties.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TestP {
@@ -353,6 +367,16 @@ pub enum AluOp {
     F64 {
         op: FOp,
         rnd: Rnd,
+    },
+    /// f16/bf16 arithmetic (`add sub mul fma neg abs min max`), packed `x2` forms applying
+    /// the operation to both halves independently.
+    Half {
+        op: HOp,
+        bf: bool,
+        x2: bool,
+        ftz: bool,
+        sat: bool,
+        relu: bool,
     },
     Testp {
         prop: TestP,
@@ -842,6 +866,26 @@ impl AluOp {
             }
             F32 { op, rnd, ftz, sat } => b32(eval_f32(op, rnd, ftz, sat, src)),
             F64 { op, rnd } => eval_f64(op, rnd, src).to_bits(),
+            Half {
+                op,
+                bf,
+                x2,
+                ftz,
+                sat,
+                relu,
+            } => {
+                let h = |sh: u32| {
+                    let g = |i: usize| ((src[i] >> sh) & 0xFFFF) as u16;
+                    let b = if src.len() > 1 { g(1) } else { 0 };
+                    let c = if src.len() > 2 { g(2) } else { 0 };
+                    eval_half(op, bf, ftz, sat, relu, g(0), b, c) as u64
+                };
+                if x2 {
+                    h(0) | (h(16) << 16)
+                } else {
+                    h(0)
+                }
+            }
             Testp { prop, f64 } => {
                 let x = if f64 {
                     f64_of(src[0])
@@ -1081,6 +1125,95 @@ fn eval_f32(op: FOp, rnd: Rnd, ftz: bool, sat: bool, src: &[u64]) -> f32 {
         if r == 0.0 {
             r = 0.0;
         }
+    }
+    r
+}
+
+/// One f16/bf16 operation: exact operands in f64, the exact result as (value, residual sign)
+/// by error-free transformations, rounded once to nearest even. NaN results are canonical.
+#[allow(clippy::too_many_arguments)]
+fn eval_half(op: HOp, bf: bool, ftz: bool, sat: bool, relu: bool, a: u16, b: u16, c: u16) -> u16 {
+    let fmt = if bf { Fmt::Bf16 } else { Fmt::F16 };
+    // Exponent field mask: a nonzero value with a zero exponent field is subnormal.
+    let emask: u16 = if bf { 0x7F80 } else { 0x7C00 };
+    let flush = |h: u16| {
+        if ftz && h & emask == 0 {
+            h & 0x8000
+        } else {
+            h
+        }
+    };
+    let (a, b, c) = (flush(a), flush(b), flush(c));
+    let v = |h: u16| fmt.to_f64(h as u32);
+    let r = match op {
+        HOp::Neg => return a ^ 0x8000,
+        HOp::Abs => return a & 0x7FFF,
+        HOp::Add | HOp::Sub => {
+            let y = if op == HOp::Sub { -v(b) } else { v(b) };
+            let x = v(a);
+            let (s, e) = float::two_sum(x, y);
+            if s.is_nan() || (x + y).is_nan() {
+                fmt.canonical_nan()
+            } else if s == 0.0 && e == 0.0 {
+                // Exact zero: -0 only for (-0) + (-0).
+                if x.is_sign_negative() && y.is_sign_negative() {
+                    0x8000
+                } else {
+                    0
+                }
+            } else if !s.is_finite() {
+                float::round_f64(x + y, 0, fmt, Rnd::Rn)
+            } else {
+                float::round_f64(s, float::sgn(e), fmt, Rnd::Rn)
+            }
+        }
+        HOp::Mul => float::round_f64(v(a) * v(b), 0, fmt, Rnd::Rn),
+        HOp::Fma => {
+            let (p, z) = (v(a) * v(b), v(c)); // the product is exact in f64
+            let (s, e) = float::two_sum(p, z);
+            if (p + z).is_nan() {
+                fmt.canonical_nan()
+            } else if !s.is_finite() {
+                float::round_f64(p + z, 0, fmt, Rnd::Rn)
+            } else if s == 0.0 && e == 0.0 {
+                if p.is_sign_negative() && z.is_sign_negative() {
+                    0x8000
+                } else {
+                    0
+                }
+            } else {
+                float::round_f64(s, float::sgn(e), fmt, Rnd::Rn)
+            }
+        }
+        HOp::Min { nan } | HOp::Max { nan } => {
+            let m = fminmax(v(a), v(b), matches!(op, HOp::Max { .. }), nan);
+            if m.is_nan() {
+                fmt.canonical_nan()
+            } else {
+                // The result is one of the operands, exactly.
+                float::round_f64(m, 0, fmt, Rnd::Rn)
+            }
+        }
+    } as u16;
+    let mut r = flush(r);
+    let is_nan = (r & 0x7FFF) as u32 > fmt.inf();
+    if relu && (is_nan || r & 0x8000 != 0) {
+        // .relu: negative results (and -0) become +0; NaN stays the canonical NaN.
+        r = if is_nan {
+            fmt.canonical_nan() as u16
+        } else {
+            0
+        };
+    }
+    if sat {
+        let x = v(r);
+        r = if is_nan || x <= 0.0 {
+            0
+        } else if x >= 1.0 {
+            float::round_f64(1.0, 0, fmt, Rnd::Rn) as u16
+        } else {
+            r
+        };
     }
     r
 }
@@ -1471,6 +1604,9 @@ pub fn lower(
             let t = one_type()?;
             match t {
                 Type::F32 | Type::F64 => lower_float(base, t, &flags, srcs, &mut b, &err)?,
+                Type::F16 | Type::F16x2 | Type::Bf16 | Type::Bf16x2 => {
+                    lower_half(base, t, &flags, srcs, &mut b, &err)?
+                }
                 _ => {
                     let (w, s) = int_type(t)
                         .filter(|&(w, _)| w >= 16)
@@ -1959,6 +2095,66 @@ fn lower_float(
             ftz,
             sat,
         }
+    })
+}
+
+fn lower_half(
+    base: &str,
+    t: Type,
+    flags: &[&str],
+    srcs: &[Operand],
+    b: &mut Builder,
+    err: &dyn Fn(&str) -> String,
+) -> Result<AluOp, String> {
+    let bf = matches!(t, Type::Bf16 | Type::Bf16x2);
+    let x2 = matches!(t, Type::F16x2 | Type::Bf16x2);
+    let (mut rn, mut ftz, mut sat, mut relu, mut nan) = (false, false, false, false, false);
+    for f in flags {
+        match *f {
+            "rn" => rn = true,
+            "ftz" => ftz = true,
+            "sat" => sat = true,
+            "relu" => relu = true,
+            "NaN" => nan = true,
+            _ => return Err(err(&format!("modifier .{f}"))),
+        }
+    }
+    let (op, n) = match base {
+        "add" => (HOp::Add, 2),
+        "sub" => (HOp::Sub, 2),
+        "mul" => (HOp::Mul, 2),
+        "fma" if rn => (HOp::Fma, 3),
+        "neg" => (HOp::Neg, 1),
+        "abs" => (HOp::Abs, 1),
+        "min" => (HOp::Min { nan }, 2),
+        "max" => (HOp::Max { nan }, 2),
+        _ => return Err(err("half-precision operation")),
+    };
+    let ok = match op {
+        HOp::Add | HOp::Sub | HOp::Mul => !relu && !nan,
+        HOp::Fma => !(nan || (relu && sat)),
+        HOp::Neg | HOp::Abs => !rn && !sat && !relu && !nan,
+        HOp::Min { .. } | HOp::Max { .. } => !rn && !sat,
+    };
+    if !ok || (bf && ftz) {
+        return Err(err("modifiers"));
+    }
+    if srcs.len() != n {
+        return Err(err("source operand count"));
+    }
+    for o in srcs {
+        if matches!(o, Operand::F32(_) | Operand::F64(_)) {
+            return Err(err("float immediate for a half-precision operand"));
+        }
+        b.push(o, Ctx::Bits)?;
+    }
+    Ok(AluOp::Half {
+        op,
+        bf,
+        x2,
+        ftz,
+        sat,
+        relu,
     })
 }
 
@@ -2742,6 +2938,9 @@ mod tests {
             ("cvt.rn.bf16x2.f32", 2),
             ("max.f32", 2),
             ("prmt.b32", 3),
+            ("add.f16x2", 2),
+            ("fma.rn.bf16x2", 3),
+            ("setp.geu.f32", 2),
         ];
         let mut seed = 0x9E37_79B9_7F4A_7C15u64;
         let mut next = move || {
@@ -2796,5 +2995,50 @@ mod tests {
         i.eval_warp(&mut src, &mut dst);
         assert_eq!((dst[0][0], dst[1][0]), (1, 0));
         assert_eq!((dst[0][5], dst[1][5]), (0, 0));
+    }
+
+    #[test]
+    fn half_precision_arithmetic() {
+        // f16: 1 + 2^-11 ties to 1.0 (even); (1 + 2^-10) + 2^-11 ties up to 1 + 2^-9.
+        assert_eq!(run("add.f16", &[0x3C00, 0x1000]), 0x3C00);
+        assert_eq!(run("add.rn.f16", &[0x3C01, 0x1000]), 0x3C02);
+        assert_eq!(run("sub.f16", &[0x4000, 0x3C00]), 0x3C00);
+        assert_eq!(run("sub.f16", &[0x3C00, 0x3C00]), 0x0000);
+        assert_eq!(run("mul.f16", &[0x4000, 0xC200]), 0xC600); // 2 * -3 = -6
+        assert_eq!(run("mul.f16", &[0x7BFF, 0x4000]), 0x7C00); // overflow to Inf
+        assert_eq!(run("add.f16", &[0x7C00, 0xFC00]), 0x7FFF); // Inf - Inf: canonical NaN
+        assert_eq!(run("add.f16", &[0x7C00, 0x3C00]), 0x7C00);
+        // fma is fused: (1 + 2^-10)^2 - (1 + 2^-9) = 2^-20 exactly (the f16 subnormal
+        // 0x0010); a product rounded first (to 1 + 2^-9) would give 0.
+        assert_eq!(run("fma.rn.f16", &[0x3C01, 0x3C01, 0xBC02]), 0x0010);
+        // (1 + 2^-10)^2 - 1 = 2^-9 + 2^-20 is a tie in f16 and goes to even, 2^-9.
+        assert_eq!(run("fma.rn.f16", &[0x3C01, 0x3C01, 0xBC00]), 0x1800);
+        assert_eq!(run("fma.rn.f16", &[0x3C01, 0x3C01, 0x0000]), 0x3C02);
+        assert_eq!(run("fma.rn.relu.f16", &[0x3C00, 0xC000, 0x3C00]), 0); // 1*-2+1 < 0
+        assert_eq!(run("fma.rn.sat.f16", &[0x4000, 0x4000, 0x0000]), 0x3C00); // 4 -> 1
+                                                                              // Packed: each half independently.
+        assert_eq!(run("add.f16x2", &[0x3C00_4000, 0x3C00_3C00]), 0x4000_4200);
+        assert_eq!(
+            run("fma.rn.f16x2", &[0x4000_3C00, 0x4000_4000, 0x3C00_0000]),
+            0x4500_4000
+        );
+        assert_eq!(run("neg.f16x2", &[0x3C00_BC00]), 0xBC00_3C00);
+        assert_eq!(run("abs.bf16", &[0xBF80]), 0x3F80);
+        // bf16: 1 + 2^-8 ties to 1 (even); 1.5 * 2 + 0.25 = 3.25 (0x4050).
+        assert_eq!(run("add.rn.bf16", &[0x3F80, 0x3B80]), 0x3F80);
+        assert_eq!(run("fma.rn.bf16", &[0x3FC0, 0x4000, 0x3E80]), 0x4050);
+        assert_eq!(
+            run("fma.rn.bf16x2", &[0x3FC0_3F80, 0x4000_4000, 0x3E80_0000]),
+            0x4050_4000
+        );
+        // min/max NaN rules and signed zeros.
+        assert_eq!(run("max.f16", &[0x7E00, 0x3C00]), 0x3C00);
+        assert_eq!(run("max.NaN.f16", &[0x7E00, 0x3C00]), 0x7FFF);
+        assert_eq!(run("min.f16", &[0x0000, 0x8000]), 0x8000);
+        assert_eq!(run("max.bf16x2", &[0x3F80_BF80, 0x4000_C000]), 0x4000_BF80);
+        // .ftz flushes f16 subnormals (0x0001 = 2^-24).
+        assert_eq!(run("add.f16", &[0x0001, 0x0001]), 0x0002);
+        assert_eq!(run("add.ftz.f16", &[0x0001, 0x0001]), 0x0000);
+        assert!(lower("fma.f16", &[reg(0), reg(1), reg(2), reg(3)], |_| Type::B16).is_err());
     }
 }

@@ -353,7 +353,7 @@ pub fn canon64(x: f64) -> f64 {
 
 /// Sign of a residual as -1, 0, +1.
 #[inline]
-fn sgn(r: f64) -> i8 {
+pub(crate) fn sgn(r: f64) -> i8 {
     if r > 0.0 {
         1
     } else if r < 0.0 {
@@ -365,7 +365,7 @@ fn sgn(r: f64) -> i8 {
 
 /// TwoSum: s = fl(a + b), e = (a + b) - s exactly (no overflow).
 #[inline]
-fn two_sum(a: f64, b: f64) -> (f64, f64) {
+pub(crate) fn two_sum(a: f64, b: f64) -> (f64, f64) {
     let s = a + b;
     let bb = s - a;
     let e = (a - (s - bb)) + (b - bb);
