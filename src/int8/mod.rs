@@ -7,7 +7,10 @@
 //! `kernels/linear.cu` above), LLM.int8 with its outlier threshold ([`crate::Gpu::int8_linear_llm`],
 //! IMMA tensor cores), [`crate::Gpu::quantized_lora_forward`], the DoRA norm from CB and SCB
 //! ([`crate::Gpu::dora_factor_quantized`]) and merging by requantising
-//! ([`crate::Gpu::merge_adapter_int8`]). The GPU paths are compiled only so far (not yet run on a GPU).
+//! ([`crate::Gpu::merge_adapter_int8`]). The GPU paths have not yet run on a GPU; the quantiser and
+//! the requantising merge run on the crate's PTX emulator in `cargo test`, code for code with
+//! [`reference::quantize_rowwise`] (bitsandbytes' CPU backend: see [`reference`](mod@reference) for the
+//! arithmetic and for where the crate follows bitsandbytes' CUDA kernels instead).
 pub(crate) mod gpu;
 pub mod reference;
 

@@ -7,7 +7,10 @@
 //! (the quantiser), [`crate::Gpu::quant4_dequantize`], [`crate::Gpu::quant4_linear`] (GEMV up to 8
 //! rows in `kernels/quant4.cu`, the tiled tensor-core kernel of `kernels/linear.cu` above),
 //! [`crate::Gpu::quantized_lora_forward`] (QLoRA) and the DoRA norm straight from the codes
-//! ([`crate::Gpu::dora_factor_quantized`]). The GPU paths are compiled only so far (not yet run on a GPU).
+//! ([`crate::Gpu::dora_factor_quantized`]). The GPU paths have not yet run on a GPU; the quantiser,
+//! dequantisation and products run on the crate's PTX emulator in `cargo test`, the quantiser byte for
+//! byte with [`reference::quantize`] (bitsandbytes' CPU backend; its docs give the arithmetic and how
+//! bitsandbytes' CUDA kernels differ).
 pub(crate) mod gpu;
 pub mod reference;
 
