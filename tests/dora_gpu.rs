@@ -4,10 +4,9 @@
 //! `LORA_KERNELS_REQUIRE_GPU=1`.
 mod common;
 
-use common::{f64s, Rng};
+use common::{f64s, rel_error, Rng};
 use half::{bf16, f16};
 use lora_kernels::dora::reference;
-use lora_kernels::golden::rel_error;
 use lora_kernels::lora::reference::linear;
 use lora_kernels::{Element, Error, Gpu, LoraAdapter, LoraShape};
 

@@ -20,6 +20,10 @@ use lora_kernels::lora::reference;
 use lora_kernels::quant4::{self, Absmax, Quant4Weight, QuantType};
 use lora_kernels::{DType, Element, Gpu, LoraAdapter, LoraShape, Result};
 
+/// The case whose device outputs [`common::dump`] writes (`LORA_KERNELS_DUMP_DIR`; the GPU check
+/// compares the GPU's with the emulator's).
+static DUMPING: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
+
 /// Outcome of one case on one target: the worst relative error and the tolerance it met or missed.
 struct Check {
     worst: f64,
@@ -39,6 +43,9 @@ impl Check {
         }
     }
     fn compare(&mut self, what: &str, out: &[f64], reference: &[f64], tol: f64) {
+        if let Some(case) = DUMPING.lock().unwrap_or_else(|e| e.into_inner()).as_deref() {
+            common::dump(&format!("{case}.{what}"), out, Some(tol));
+        }
         let err = rel_error(out, reference);
         self.worst = self.worst.max(err);
         if err.is_nan() || err > tol {
@@ -829,6 +836,8 @@ fn main() {
         };
         for (target, g) in targets {
             let head = format!("case {} ({}) on {target}", case.name, case.kind);
+            *DUMPING.lock().unwrap_or_else(|e| e.into_inner()) =
+                g.is_some().then(|| case.name.clone());
             match run(&case, g) {
                 None => {
                     println!("{head}: skipped: {} not supported yet", case.kind);

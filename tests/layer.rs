@@ -5,8 +5,9 @@
 //! `SKIPPED: no CUDA device` without a GPU; they fail instead with `LORA_KERNELS_REQUIRE_GPU=1`.
 mod common;
 
+use common::rel_error;
 use half::{bf16, f16};
-use lora_kernels::golden::{golden_dir, rel_error, AdapterModel, GoldenCase};
+use lora_kernels::golden::{golden_dir, AdapterModel, GoldenCase};
 use lora_kernels::int8::Int8Weight;
 use lora_kernels::layer::{BaseWeight, DeviceLayerAdapter, Layer, LayerAdapter, ReferenceLayer};
 use lora_kernels::peft::PeftAdapter;

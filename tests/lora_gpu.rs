@@ -3,9 +3,8 @@
 //! Prints `SKIPPED: no CUDA device` without a GPU; fails instead with `LORA_KERNELS_REQUIRE_GPU=1`.
 mod common;
 
-use common::{f64s, Rng};
+use common::{f64s, rel_error, Rng};
 use half::{bf16, f16};
-use lora_kernels::golden::rel_error;
 use lora_kernels::lora::reference;
 use lora_kernels::{Element, Gpu, LoraAdapter, LoraShape};
 

@@ -116,6 +116,70 @@ pub fn gpu() -> Option<Gpu> {
     open_gpu().unwrap_or_else(|e| panic!("{e}"))
 }
 
+/// [`lora_kernels::golden::rel_error`], and with `LORA_KERNELS_DUMP_DIR` set, `out` is also written
+/// there (see [`dump`]): the GPU check runs the tests on the GPU and on the emulator and compares.
+pub fn rel_error(out: &[f64], reference: &[f64]) -> f64 {
+    let label = {
+        thread_local!(static COUNT: std::cell::Cell<u32> = const { std::cell::Cell::new(0) });
+        let n = COUNT.with(|c| {
+            c.set(c.get() + 1);
+            c.get()
+        });
+        let thread = std::thread::current();
+        format!("{}.{n}", thread.name().unwrap_or("main"))
+    };
+    dump(&label, out, None);
+    lora_kernels::golden::rel_error(out, reference)
+}
+
+/// With `LORA_KERNELS_DUMP_DIR` set: writes `values` (little-endian f64) to
+/// `<dir>/<binary>/<label>.f64` and a line `<binary>/<label>\t<len>\t<tol or ->` to
+/// `<dir>/manifest.tsv`; `scripts/compare-dumps.py` compares two such folders. Labels are made of
+/// the test's thread name and a per-thread count, so one binary run twice on the same inputs
+/// writes the same files.
+pub fn dump(label: &str, values: &[f64], tol: Option<f64>) {
+    use std::io::Write as _;
+    static MANIFEST: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let Some(dir) = std::env::var_os("LORA_KERNELS_DUMP_DIR") else {
+        return;
+    };
+    let exe = std::env::current_exe().ok();
+    let stem = exe
+        .as_ref()
+        .and_then(|e| e.file_stem())
+        .map(|s| s.to_string_lossy().to_string())
+        .unwrap_or_else(|| "test".into());
+    // Cargo's test binaries end in `-<16 hex>`.
+    let binary = match stem.rsplit_once('-') {
+        Some((name, hash)) if hash.len() == 16 && hash.bytes().all(|b| b.is_ascii_hexdigit()) => {
+            name
+        }
+        _ => stem.as_str(),
+    };
+    let safe: String = label
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "._-".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let folder = std::path::Path::new(&dir).join(binary);
+    std::fs::create_dir_all(&folder).expect("LORA_KERNELS_DUMP_DIR is writable");
+    let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+    std::fs::write(folder.join(format!("{safe}.f64")), bytes).expect("dump written");
+    let _guard = MANIFEST.lock().unwrap_or_else(|e| e.into_inner());
+    let mut manifest = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(std::path::Path::new(&dir).join("manifest.tsv"))
+        .expect("manifest.tsv");
+    let tol = tol.map_or("-".to_string(), |t| format!("{t:e}"));
+    writeln!(manifest, "{binary}/{safe}\t{}\t{tol}", values.len()).expect("manifest written");
+}
+
 /// Widens to f64.
 pub fn f64s<T: Element>(v: &[T]) -> Vec<f64> {
     v.iter().map(|x| x.to_f64()).collect()
