@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds, on a machine without a GPU, everything the GPU check needs into one git-ignored folder
 # (default gpu-bundle/): the release GPU test, bench and example binaries (kernels required, no
-# spills; as bin.tar.xz), the golden data, the peers' baseline script and scripts/gpu-check.sh.
+# spills; as bin.tar.xz), the PTX emulator library (emulator/, for gpu-check.sh's `emulator` part),
+# the golden data, the peers' baseline script, scripts/gpu-check.sh and scripts/compare-dumps.py.
 #
 #   scripts/gpu-bundle.sh [DIR]
 # then, on the GPU machine, from the repository root: bash gpu-bundle/gpu-check.sh
@@ -10,10 +11,11 @@ cd "$(dirname "$0")/.."
 dir="${1:-gpu-bundle}"
 eval "$(scripts/install-cuda-toolchain.sh)"
 export LORA_KERNELS_REQUIRE_KERNELS=1 LORA_KERNELS_DENY_SPILLS=1
-# The GPU machines are Hopper (H100/H200): SASS for sm_90a only keeps the bundle small (the default
-# build's other targets are compiled, spill-checked and embedded by every normal build). A target
-# folder of its own keeps the two builds from recompiling each other.
-export CUDA_COMPUTE_CAP="${CUDA_COMPUTE_CAP:-90a}"
+# The GPU machines are Hopper (H100/H200): SASS for sm_90a keeps the bundle small (the default
+# build's other targets are compiled, spill-checked and embedded by every normal build); sm_80 comes
+# along so that the fatbin's PTX entry is compute_80, the PTX the emulator runs (it reports sm_80).
+# A target folder of its own keeps the two builds from recompiling each other.
+export CUDA_COMPUTE_CAP="${CUDA_COMPUTE_CAP:-90a,80}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-target/gpu-bundle}"
 cargo build --release --tests --benches --examples
 rm -rf "$dir" && mkdir -p "$dir/bin"
@@ -41,6 +43,12 @@ tar -C "$dir" -cf - bin | xz -9 -T0 >"$dir/bin.tar.xz"
 rm -rf "$dir/bin"
 cp -r tests/data/golden "$dir/golden"
 cp scripts/gpu-check.sh "$dir/gpu-check.sh"
+cp scripts/compare-dumps.py "$dir/compare-dumps.py"
+# The emulator cdylib (a dev-dependency: the test build above made it); never beside the binaries,
+# so the GPU steps cannot pick it up.
+mkdir -p "$dir/emulator"
+cp "$CARGO_TARGET_DIR/release/deps/liblora_kernels_emulator.so" "$dir/emulator/"
+strip "$dir/emulator/liblora_kernels_emulator.so"
 if [ -f ../shared/gpu/peer_baseline.py ]; then cp ../shared/gpu/peer_baseline.py "$dir/"; fi
 # bitsandbytes' wheel (43 MB, the version the golden cases came from), so the peers' baseline times its
 # 4-bit and 8-bit layers on the same card; LORA_KERNELS_BUNDLE_BNB=0 leaves it out.

@@ -2,10 +2,18 @@
 # The GPU check, run on the GPU machine from the folder scripts/gpu-bundle.sh made:
 # device and driver info; every GPU test with GPU tests required; compute-sanitizer memcheck and
 # racecheck over the GPU tests at small sizes; the benchmark sweep; the peers' baseline (peft, cuBLAS)
-# in the same run. Full logs go to $OUT (default ./gpu-check-out); a short table comes last.
-# One refused tool (sanitizer "Device not supported") is reported and the rest carries on.
+# in the same run; the PTX emulator against the GPU on the same inputs. Full logs go to $OUT (default
+# ./gpu-check-out); a short table comes last. One refused tool (sanitizer "Device not supported") is
+# reported and the rest carries on.
 #
-#   bash gpu-check.sh [all|tests|sanitize|bench]     (default: all)
+#   bash gpu-check.sh [all|tests|sanitize|bench|emulator]     (default: all)
+#
+# `emulator`: the golden runner and the GPU tests once on the GPU and once on the emulator
+# (LORA_KERNELS_EMULATOR=1, the bundle's emulator/liblora_kernels_emulator.so), each writing every
+# compared output (LORA_KERNELS_DUMP_DIR), then compare-dumps.py: bit for bit, or the relative
+# difference where the two may differ (mma accumulation order, .approx); a failure where the golden
+# check is exact or an output is missing. Every other step runs with LORA_KERNELS_EMULATOR=0, so the
+# GPU steps never fall back to the emulator.
 #
 # A device call may run 10 minutes at most: `tests` then `sanitize bench` fit two calls. No step starts
 # once GPU_CHECK_BUDGET_S seconds (default 540) have passed; skipped steps are listed as such.
@@ -41,7 +49,7 @@ for d in $(python3 -c 'import site,glob; print(" ".join(sorted({p.rsplit("/",1)[
     libdirs="$libdirs:$d"
 done
 export LD_LIBRARY_PATH="$libdirs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-export LORA_KERNELS_GOLDEN_DIR="$here/golden" LORA_KERNELS_REQUIRE_GPU=1
+export LORA_KERNELS_GOLDEN_DIR="$here/golden" LORA_KERNELS_REQUIRE_GPU=1 LORA_KERNELS_EMULATOR=0
 say "== device"
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv 2>&1 | tee -a "$log"
 say "libcuda: $(ldconfig -p | grep 'libcuda.so.1' | sed -n 1p || echo 'not in ldconfig')"
@@ -64,7 +72,7 @@ step() { # name, timeout, command...
     [ $rc -ne 0 ] && verdict="FAIL (rc $rc)"
     [ $rc -eq 124 ] && verdict="TIMEOUT after ${limit}s"
     if grep -q "Device not supported\|LibraryNotLoaded" "$out/step.log"; then verdict="REFUSED by the machine"; fi
-    summary+=("$(printf '%-28s %-24s %4ss  %s' "$name" "$verdict" $((SECONDS - t0)) "$(grep -E '^(golden:|test result:|=+ (ERROR SUMMARY|RACECHECK SUMMARY))' "$out/step.log" | tail -n 2 | tr '\n' ' ')")")
+    summary+=("$(printf '%-28s %-24s %4ss  %s' "$name" "$verdict" $((SECONDS - t0)) "$(grep -E '^(golden:|test result:|emulator vs GPU:|=+ (ERROR SUMMARY|RACECHECK SUMMARY))' "$out/step.log" | tail -n 2 | tr '\n' ' ')")")
     say "-- $name: $verdict"
 }
 
@@ -115,6 +123,30 @@ fi
 if [ -f "$here/peer_baseline.py" ]; then
     PYTHONUNBUFFERED=1 step "peers (peft, cuBLAS)" 150 python3 "$here/peer_baseline.py" --quick --out "$out/peer.json"
     cp "$out/step.log" "$out/peer.log"
+fi
+fi
+if wants emulator; then
+emu_lib="$here/emulator/liblora_kernels_emulator.so"
+if [ -f "$emu_lib" ]; then
+    dumps="${TMPDIR:-/tmp}/lora-kernels-dumps"
+    # cudarc tries libcuda.so before libcuda.so.1: a folder first on LD_LIBRARY_PATH with both names
+    # pointing at the emulator keeps the real driver out of the emulator's runs.
+    shim="$dumps/libcuda-shim"
+    rm -rf "$dumps" && mkdir -p "$shim"
+    ln -s "$emu_lib" "$shim/libcuda.so" && ln -s "$emu_lib" "$shim/libcuda.so.1"
+    gpu_env=(env LORA_KERNELS_DUMP_DIR="$dumps/gpu")
+    emu_env=(env LORA_KERNELS_DUMP_DIR="$dumps/emulator" LORA_KERNELS_EMULATOR=1
+        LORA_KERNELS_EMULATOR_LIB="$emu_lib" LD_LIBRARY_PATH="$shim:$LD_LIBRARY_PATH")
+    step "golden (gpu, dumps)" 60 "${gpu_env[@]}" "$bin/golden"
+    step "golden (emulator, dumps)" 240 "${emu_env[@]}" "$bin/golden"
+    for t in lora_gpu dora_gpu quant4_gpu int8_gpu mixed_gpu linear_gpu layer; do
+        step "$t (gpu, dumps)" 60 "${gpu_env[@]}" "$bin/$t" --test-threads=1
+        step "$t (emulator, dumps)" 240 "${emu_env[@]}" "$bin/$t"
+    done
+    step "emulator vs gpu" 60 python3 "$here/compare-dumps.py" "$dumps/gpu" "$dumps/emulator"
+else
+    say "-- emulator: no $emu_lib in the bundle"
+    summary+=("$(printf '%-28s %-24s' "emulator vs gpu" "SKIPPED (no emulator)")")
 fi
 fi
 rm -f "$out/step.log"
