@@ -20,6 +20,9 @@ import sys
 def manifest(folder):
     entries = {}
     path = os.path.join(folder, "manifest.tsv")
+    if not os.path.isfile(path):
+        print("no outputs in %s (no %s)" % (folder, path))
+        return entries
     with open(path) as f:
         for line in f:
             parts = line.rstrip("\n").split("\t")
