@@ -85,11 +85,7 @@ fn constant_and_device_variables_with_initialisers_persist() {
         // gcounter starts at 5 and each launch's 32 threads add 1 after reading it
         let g = 5 + 32 * launch;
         for i in 0..32 {
-            assert_eq!(
-                o[i as usize],
-                ctable[i & 3] * 100 + g,
-                "launch {launch}, out[{i}]"
-            );
+            assert_eq!(o[i], ctable[i & 3] * 100 + g, "launch {launch}, out[{i}]");
         }
         assert_eq!(gpu.download::<f32>(fout, 3), vec![0.5, -1.5, 2.25]);
     }

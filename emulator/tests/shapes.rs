@@ -27,7 +27,7 @@ fn three_dimensional_ids_and_laneid() {
                             assert_eq!(rec[2], 8 | 4 << 8 | 3 << 16, "ntid of record {g}");
                             assert_eq!(
                                 rec[3],
-                                lin % 32 | 3 << 8 | 2 << 16 | 2 << 24,
+                                (lin % 32) | 3 << 8 | 2 << 16 | 2 << 24,
                                 "laneid/nctaid {g}"
                             );
                             g += 1;
