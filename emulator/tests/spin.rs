@@ -50,3 +50,29 @@ fn cross_block_spin_wait_completes_with_random_schedules() {
         assert_eq!(out[1], 0x600d, "seed {seed}");
     }
 }
+
+/// The same kernel with a grid of one block: nobody ever sets the flag, so block 0 spins
+/// forever. The emulator must end the launch with an error that names the kernel (its hang
+/// detector) instead of hanging the test binary.
+#[test]
+fn spin_wait_that_can_never_finish_is_reported() {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut gpu = Gpu::load("spin");
+        let counter = gpu.filled(1, 0u32);
+        let flag = gpu.filled(1, 0u32);
+        let out = gpu.filled(3, 0u32);
+        let r = gpu.try_launch(
+            "spin_wait",
+            [1, 1, 1],
+            [64, 1, 1],
+            &[ptr(counter), ptr(flag), ptr(out)],
+        );
+        let _ = tx.send(r);
+    });
+    match rx.recv_timeout(Duration::from_secs(120)) {
+        Ok(Ok(())) => panic!("a spin-wait on a flag nobody sets completed"),
+        Ok(Err(e)) => assert!(e.message.contains("spin_wait"), "kernel not named: {e}"),
+        Err(_) => panic!("the launch hung for 120 s: no hang detector fired"),
+    }
+}
