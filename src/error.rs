@@ -8,10 +8,10 @@ pub enum Error {
     #[error("no CUDA device: {0}")]
     NoDevice(String),
 
-    /// The crate was built without nvcc, so it carries no GPU kernels.
+    /// The crate was built without nvcc and without the committed PTX, so it lacks a GPU kernel.
     #[error(
-        "the GPU kernels were not compiled into this build (nvcc was not found when it was built); \
-         install the compiler with scripts/install-cuda-toolchain.sh and rebuild"
+        "the GPU kernels are not in this build (no nvcc and no committed ptx/*.ptx when it was \
+         built); install the compiler with scripts/install-cuda-toolchain.sh and rebuild"
     )]
     KernelsNotBuilt,
 

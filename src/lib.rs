@@ -21,8 +21,9 @@
 //! - [`golden`]: reading the golden cases computed by the real peft and bitsandbytes.
 //!
 //! Kernels are compiled by `build.rs` from `kernels/*.cu` into an embedded fatbin; a build without
-//! nvcc still compiles, and GPU calls then return [`Error::KernelsNotBuilt`]. Creating a [`Gpu`] on a
-//! machine without a driver or device returns [`Error::NoDevice`].
+//! nvcc embeds the committed PTX (`ptx/*.ptx`), which the driver JIT-compiles, and only a kernel
+//! with neither makes GPU calls return [`Error::KernelsNotBuilt`]. Creating a [`Gpu`] on a machine
+//! without a driver or device returns [`Error::NoDevice`].
 //!
 //! ```no_run
 //! use half::bf16;
