@@ -23,6 +23,12 @@ impl AluOp {
     pub fn eval(&self, src: &[u64], dst: &mut [u64]) {
         self.inner.eval(src, dst)
     }
+
+    /// All 32 lanes: `src[i][lane]`, `dst[i][lane]` (see `alu::AluInst::eval_warp`).
+    #[inline(always)]
+    pub fn eval_warp(&self, src: &mut [[u64; 32]], dst: &mut [[u64; 32]]) {
+        self.inner.eval_warp(src, dst)
+    }
 }
 
 /// Lowers an ALU instruction; `Ok(None)` when the opcode is not an ALU op.

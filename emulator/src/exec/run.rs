@@ -787,22 +787,57 @@ impl<'a> Launch<'a> {
         match &inst.op {
             Op::Alu(a) => {
                 let w = &mut blk.warps[wi];
-                let mut sv = [0u64; 8];
-                let mut dv = [0u64; 8];
                 let ns = a.srcs.len();
                 let nd = a.dsts.len();
-                for l in bits(exec) {
+                if exec.count_ones() >= 12 {
+                    // The whole warp at once (ALU ops are pure: inactive lanes' results are
+                    // computed and dropped).
+                    let mut sv = [[0u64; 32]; 8];
+                    let mut dv = [[0u64; 32]; 8];
                     for (i, s) in a.srcs.iter().enumerate() {
-                        sv[i] = match *s {
-                            Src::Reg(r) => w.regs[r as usize * 32 + l],
-                            Src::NotReg(r) => w.regs[r as usize * 32 + l] ^ 1,
-                            Src::Imm(v) => v,
-                        };
+                        match *s {
+                            Src::Reg(r) => sv[i]
+                                .copy_from_slice(&w.regs[r as usize * 32..r as usize * 32 + 32]),
+                            Src::NotReg(r) => {
+                                for (l, v) in sv[i].iter_mut().enumerate() {
+                                    *v = w.regs[r as usize * 32 + l] ^ 1;
+                                }
+                            }
+                            Src::Imm(v) => sv[i] = [v; 32],
+                        }
                     }
-                    a.eval(&sv[..ns], &mut dv[..nd]);
+                    a.eval_warp(&mut sv[..ns], &mut dv[..nd]);
                     for (i, d) in a.dsts.iter().enumerate() {
                         if let Some(d) = *d {
-                            w.regs[d as usize * 32 + l] = dv[i] & prog.reg_mask[d as usize];
+                            let mask = prog.reg_mask[d as usize];
+                            let row = &mut w.regs[d as usize * 32..d as usize * 32 + 32];
+                            if exec == u32::MAX {
+                                for (r, v) in row.iter_mut().zip(dv[i].iter()) {
+                                    *r = *v & mask;
+                                }
+                            } else {
+                                for l in bits(exec) {
+                                    row[l] = dv[i][l] & mask;
+                                }
+                            }
+                        }
+                    }
+                } else {
+                    let mut sv = [0u64; 8];
+                    let mut dv = [0u64; 8];
+                    for l in bits(exec) {
+                        for (i, s) in a.srcs.iter().enumerate() {
+                            sv[i] = match *s {
+                                Src::Reg(r) => w.regs[r as usize * 32 + l],
+                                Src::NotReg(r) => w.regs[r as usize * 32 + l] ^ 1,
+                                Src::Imm(v) => v,
+                            };
+                        }
+                        a.eval(&sv[..ns], &mut dv[..nd]);
+                        for (i, d) in a.dsts.iter().enumerate() {
+                            if let Some(d) = *d {
+                                w.regs[d as usize * 32 + l] = dv[i] & prog.reg_mask[d as usize];
+                            }
                         }
                     }
                 }
