@@ -202,7 +202,8 @@ pub struct Instruction {
     /// The full dotted opcode as written, e.g. `"ld.global.nc.v4.u32"`.
     pub opcode: String,
     pub operands: Vec<Operand>,
-    /// The innermost `.loc` in force (the `inlined_at` part is dropped); `None` before any `.loc`.
+    /// The innermost `.loc` in force (its `inlined_at` chain is in [`Module::call_sites`] and
+    /// [`Module::inline_chains`]); `None` before any `.loc`.
     pub loc: Option<Loc>,
     /// The source line of the PTX text (1-based), for error messages.
     pub ptx_line: u32,
@@ -275,6 +276,15 @@ pub struct Module {
     /// `call_sites[kernel index][instruction index]` (`None`: not inlined). Empty when the
     /// parser does not record them; the interpreter then reports the innermost position only.
     pub call_sites: Vec<Vec<Option<Loc>>>,
+    /// ADDITION (parser): the whole inlining chain of each instruction's `.loc`, as
+    /// `inline_chains[kernel index][instruction index]`, indexed like [`Module::call_sites`]:
+    /// the call sites from the innermost (the `.loc`'s own `inlined_at`, the same as
+    /// `call_sites`) to the outermost last (a position in the kernel's own body); `None`: not
+    /// inlined. nvcc nests inlining (`.loc 1 83 9, ..., inlined_at 1 518 5` inside a function
+    /// that is itself inlined: an earlier `.loc 1 518 5, ..., inlined_at 1 574 85`), so the
+    /// parser follows each call site to the latest `.loc` at that position in the same kernel.
+    /// Chains are shared (`Arc`) by the instructions of one `.loc`. Empty when not recorded.
+    pub inline_chains: Vec<Vec<Option<std::sync::Arc<[Loc]>>>>,
 }
 
 impl Module {

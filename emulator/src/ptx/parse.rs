@@ -10,9 +10,28 @@
 //! - symbols (parameters, kernel variables, module variables) become [`SymbolRef`]s;
 //! - special registers (`%tid.x`, `%laneid`, ...) become [`Special`]s.
 //!
+//! Names. The PTX ISA (section "Identifiers") allows `[a-zA-Z][a-zA-Z0-9_$]*` and
+//! `[_$%][a-zA-Z0-9_$]+`: the `%` of nvcc's registers is a convention, not a requirement, and
+//! user inline asm writes `{ .reg .pred p; setp.ne.u32 p, ...; @p ... }`. So a register may
+//! have any identifier as its name, and a plain name in an operand is resolved in this order:
+//! 1. a register, innermost `{ }` scope first (registers are variables of the `.reg` state
+//!    space, scoped like other variables: an inner declaration shadows);
+//! 2. a symbol: the kernel's parameters and variables, then the module's variables (a
+//!    register may shadow a module variable, as an inner scope's variable would);
+//! 3. otherwise a label (a branch target), resolved at the end of the kernel.
+//!
+//! To keep that unambiguous, a register may not take the name of one of the kernel's
+//! parameters or variables (nor the other way round): they are declared in the same function
+//! scope. A label may not take the name of a register visible where it is defined. `_` alone
+//! is the sink, never a register. Special registers keep their `%` (`tid.x` is not one).
+//! Opcodes are never confused with names: a statement starts with an opcode, a label
+//! (`name:`), a guard (`@p`) or a directive, and names only ever appear as operands.
+//!
 //! Opcodes are kept verbatim; the interpreter decides what they mean. `.loc` gives each
-//! instruction its source position (the first `file line column`; `function_name` and
-//! `inlined_at` are parsed and dropped). `.pragma` is ignored, `.section` blocks (the DWARF
+//! instruction its source position (the first `file line column`) and, when inlined, its
+//! call sites: the `inlined_at F L C` goes to [`Module::call_sites`] and the whole chain
+//! (that position's own `inlined_at`, and so on, outermost last) to [`Module::inline_chains`].
+//! `function_name` is parsed and dropped. `.pragma` is ignored, `.section` blocks (the DWARF
 //! strings nvcc emits with `-lineinfo`) are skipped.
 //!
 //! Rejected with a [`ParseError`] (never a panic): `.func` definitions and declarations, `call`,
@@ -22,6 +41,7 @@ mod lexer;
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::Arc;
 
 use super::ir::{
     AddrBase, EntryDirectives, Instruction, Kernel, Loc, Module, Operand, ParamDecl, ParseError,
@@ -35,6 +55,9 @@ const MAX_REGS: usize = 1 << 20;
 const MAX_INIT_BYTES: u64 = 1 << 24;
 /// Deepest nesting of `{ ... }` in an initialiser.
 const MAX_INIT_DEPTH: u32 = 16;
+/// Longest `inlined_at` chain kept (nvcc's deepest in the crate's PTX is 8); a longer one keeps
+/// its innermost call sites. A guard against `.loc`s that name themselves as their call site.
+const MAX_INLINE_DEPTH: usize = 64;
 
 /// Parses a PTX module's text.
 pub fn parse_ptx(text: &str) -> Result<Module, ParseError> {
@@ -215,6 +238,9 @@ impl Scope<'_> {
     }
 }
 
+/// An inlining chain: call sites, innermost first; `None` when not inlined.
+type Chain = Option<Arc<[Loc]>>;
+
 /// A branch target to resolve once the kernel's labels are known.
 struct Fixup<'a> {
     instr: usize,
@@ -231,12 +257,52 @@ struct KernelCtx<'a> {
     labels: FxMap<&'a str, u32>,
     fixups: Vec<Fixup<'a>>,
     loc: Option<Loc>,
+    /// The inlining chain of the current `.loc` (innermost call site first).
+    chain: Chain,
+    /// The chain of the latest `.loc` at each (file, line, column) of this kernel.
+    chain_at: FxMap<(u32, u32, u32), Chain>,
+    /// Per instruction: the immediate call site and the whole chain.
+    call_sites: Vec<Option<Loc>>,
+    inline_chains: Vec<Chain>,
 }
 
 impl<'a> KernelCtx<'a> {
     fn lookup_reg(&self, name: &str) -> Option<RegId> {
         let split = split_index(name);
         self.scopes.iter().rev().find_map(|s| s.get(name, split))
+    }
+
+    /// Whether `name` is a register of any open scope (a single name or in a range).
+    fn is_reg(&self, name: &str) -> bool {
+        self.lookup_reg(name).is_some()
+    }
+
+    /// Makes `loc` (with its `inlined_at`, if any) the current position. The call site's own
+    /// context is that of the latest `.loc` at the call site's position in this kernel: nvcc
+    /// (like LLVM's NVPTX back end) emits a call site's `.loc` before the inlined code's.
+    fn set_loc(&mut self, loc: Loc, inlined_at: Option<Loc>) {
+        self.loc = Some(loc);
+        let chain = inlined_at.map(|site| {
+            let key = (site.file, site.line, site.column);
+            let outer = self.chain_at.get(&key).cloned().flatten();
+            let outer: &[Loc] = outer.as_deref().unwrap_or(&[]);
+            let keep = outer.len().min(MAX_INLINE_DEPTH - 1);
+            // Reuse the current chain when it is the same (runs of `.loc`s in one function).
+            match &self.chain {
+                Some(c) if c.len() == keep + 1 && c[0] == site && c[1..] == outer[..keep] => {
+                    c.clone()
+                }
+                _ => {
+                    let mut v = Vec::with_capacity(keep + 1);
+                    v.push(site);
+                    v.extend_from_slice(&outer[..keep]);
+                    Arc::from(v)
+                }
+            }
+        });
+        self.chain_at
+            .insert((loc.file, loc.line, loc.column), chain.clone());
+        self.chain = chain;
     }
 }
 
@@ -338,6 +404,19 @@ impl<'a> Parser<'a> {
         }
     }
 
+    /// A name token: `%name` or a plain identifier (see the module doc).
+    fn expect_name(&mut self, what: &str) -> Result<Token<'a>, ParseError> {
+        let t = self.lx.next()?;
+        if matches!(t.kind, Tok::Reg | Tok::Ident) {
+            Ok(t)
+        } else {
+            self.err(
+                t,
+                format_args!("expected {what}, found {}", Self::describe(t)),
+            )
+        }
+    }
+
     /// A number token as an unsigned integer.
     fn uint(&mut self, what: &str) -> Result<u64, ParseError> {
         let t = self.lx.next()?;
@@ -420,7 +499,9 @@ impl<'a> Parser<'a> {
                     self.module.address_size = v;
                 }
                 ".file" => self.file_directive()?,
-                ".loc" => self.loc_directive()?,
+                ".loc" => {
+                    self.loc_directive()?;
+                }
                 ".pragma" => self.pragma()?,
                 ".section" => self.skip_section()?,
                 _ => {
@@ -463,11 +544,13 @@ impl<'a> Parser<'a> {
         Ok(())
     }
 
-    /// `.loc F L C [, function_name LABEL[+imm]] [, inlined_at F L C]`; sets the current loc.
-    fn loc_directive(&mut self) -> Result<(), ParseError> {
+    /// `.loc F L C [, function_name LABEL[+imm]] [, inlined_at F L C]`; sets the current loc
+    /// and returns it with its `inlined_at` (the last one, should there be two).
+    fn loc_directive(&mut self) -> Result<(Loc, Option<Loc>), ParseError> {
         let file = self.u32("a `.loc` file index")?;
         let line = self.u32("a `.loc` line")?;
         let column = self.u32("a `.loc` column")?;
+        let mut inlined_at = None;
         while self.lx.eat(b',')? {
             let attr = self.expect_kind(Tok::Ident, "`function_name` or `inlined_at`")?;
             match attr.text {
@@ -478,9 +561,10 @@ impl<'a> Parser<'a> {
                     }
                 }
                 "inlined_at" => {
-                    self.uint("a file index")?;
-                    self.uint("a line")?;
-                    self.uint("a column")?;
+                    let file = self.u32("an `inlined_at` file index")?;
+                    let line = self.u32("an `inlined_at` line")?;
+                    let column = self.u32("an `inlined_at` column")?;
+                    inlined_at = Some(Loc { file, line, column });
                 }
                 _ => {
                     return self.err(
@@ -490,8 +574,9 @@ impl<'a> Parser<'a> {
                 }
             }
         }
-        self.loc = Some(Loc { file, line, column });
-        Ok(())
+        let loc = Loc { file, line, column };
+        self.loc = Some(loc);
+        Ok((loc, inlined_at))
     }
 
     /// `.pragma "..." [, "..."];` (ignored).
@@ -818,6 +903,10 @@ impl<'a> Parser<'a> {
             labels: FxMap::default(),
             fixups: Vec::new(),
             loc: None,
+            chain: None,
+            chain_at: FxMap::default(),
+            call_sites: Vec::new(),
+            inline_chains: Vec::new(),
         };
         self.loc = None;
         if self.lx.eat(b'(')? && !self.lx.eat(b')')? {
@@ -900,6 +989,8 @@ impl<'a> Parser<'a> {
             }
         }
         self.module.kernels.push(k.kernel);
+        self.module.call_sites.push(k.call_sites);
+        self.module.inline_chains.push(k.inline_chains);
         Ok(())
     }
 
@@ -982,6 +1073,12 @@ impl<'a> Parser<'a> {
                 Tok::Directive => self.body_directive(k, t)?,
                 Tok::Ident => {
                     if self.lx.eat(b':')? {
+                        if k.is_reg(t.text) {
+                            return self.err(
+                                t,
+                                format_args!("label `{}` has the name of a register", t.text),
+                            );
+                        }
                         let at = k.kernel.body.len() as u32;
                         if k.labels.insert(t.text, at).is_some() {
                             return self.err(t, format_args!("label `{}` defined twice", t.text));
@@ -992,7 +1089,7 @@ impl<'a> Parser<'a> {
                 }
                 Tok::Punct(b'@') => {
                     let neg = self.lx.eat(b'!')?;
-                    let r = self.expect_kind(Tok::Reg, "a guard predicate register")?;
+                    let r = self.expect_name("a guard predicate register")?;
                     let Some(id) = k.lookup_reg(r.text) else {
                         return self.err(r, format_args!("undeclared register `{}`", r.text));
                     };
@@ -1022,8 +1119,8 @@ impl<'a> Parser<'a> {
         match t.text {
             ".reg" => self.reg_decl(k),
             ".loc" => {
-                self.loc_directive()?;
-                k.loc = self.loc;
+                let (loc, inlined_at) = self.loc_directive()?;
+                k.set_loc(loc, inlined_at);
                 Ok(())
             }
             ".pragma" => self.pragma(),
@@ -1049,6 +1146,12 @@ impl<'a> Parser<'a> {
                 for (name, var, tok) in self.var_decl(space_tok, space, is_extern)? {
                     if k.syms.contains_key(name) {
                         return self.err(tok, format_args!("`{name}` declared twice"));
+                    }
+                    if k.is_reg(name) {
+                        return self.err(
+                            tok,
+                            format_args!("variable `{name}` has the name of a register"),
+                        );
                     }
                     k.syms
                         .insert(name, SymbolRef::KernelVar(k.kernel.vars.len() as u32));
@@ -1083,9 +1186,18 @@ impl<'a> Parser<'a> {
             },
         };
         loop {
-            let r = self.expect_kind(Tok::Reg, "a register name")?;
-            if r.text.contains(['.', ':']) || special(r.text).is_some() {
+            let r = self.expect_name("a register name")?;
+            if r.text.contains(['.', ':']) || special(r.text).is_some() || r.text == "_" {
                 return self.err(r, format_args!("bad register name `{}`", r.text));
+            }
+            if k.syms.contains_key(r.text) {
+                return self.err(
+                    r,
+                    format_args!(
+                        "register `{}` has the name of a parameter or variable of the kernel",
+                        r.text
+                    ),
+                );
             }
             let scope_idx = k.scopes.len() - 1;
             if self.lx.eat(b'<')? {
@@ -1184,6 +1296,8 @@ impl<'a> Parser<'a> {
             loc: k.loc,
             ptx_line: op.line,
         });
+        k.call_sites.push(k.chain.as_ref().map(|c| c[0]));
+        k.inline_chains.push(k.chain.clone());
         Ok(())
     }
 
@@ -1201,6 +1315,19 @@ impl<'a> Parser<'a> {
         }
         let id = self.reg(k, t)?;
         Ok(Operand::Reg(id))
+    }
+
+    /// A register (or special register) operand at token `t`, or a pair `a|b`.
+    fn reg_or_pair(&mut self, k: &KernelCtx<'a>, t: Token<'a>) -> Result<Operand, ParseError> {
+        let first = self.reg_operand(k, t)?;
+        if self.lx.eat(b'|')? {
+            let r2 = self.expect_name("a register after `|`")?;
+            let (Operand::Reg(a), b) = (first, self.reg(k, r2)?) else {
+                return self.err(t, "a special register in a register pair");
+            };
+            return Ok(Operand::RegPair(a, b));
+        }
+        Ok(first)
     }
 
     /// A signed number (`-` allowed) starting at token `t`.
@@ -1246,19 +1373,10 @@ impl<'a> Parser<'a> {
     ) -> Result<Operand, ParseError> {
         let t = self.lx.next()?;
         match t.kind {
-            Tok::Reg => {
-                let first = self.reg_operand(k, t)?;
-                if self.lx.eat(b'|')? {
-                    let r2 = self.expect_kind(Tok::Reg, "a register after `|`")?;
-                    let (Operand::Reg(a), b) = (first, self.reg(k, r2)?) else {
-                        return self.err(t, "a special register in a register pair");
-                    };
-                    return Ok(Operand::RegPair(a, b));
-                }
-                Ok(first)
-            }
+            Tok::Reg => self.reg_or_pair(k, t),
+            Tok::Ident if t.text != "_" && k.is_reg(t.text) => self.reg_or_pair(k, t),
             Tok::Punct(b'!') => {
-                let r = self.expect_kind(Tok::Reg, "a register after `!`")?;
+                let r = self.expect_name("a register after `!`")?;
                 Ok(Operand::NotReg(self.reg(k, r)?))
             }
             Tok::Punct(b'-') | Tok::Num => Ok(Self::num_operand(self.signed_num(t)?)),
@@ -1274,6 +1392,7 @@ impl<'a> Parser<'a> {
                             r => r,
                         },
                         Tok::Ident if e.text == "_" => Operand::Sink,
+                        Tok::Ident => Operand::Reg(self.reg(k, e)?),
                         Tok::Punct(b'-') | Tok::Num => Self::num_operand(self.signed_num(e)?),
                         _ => {
                             return self.err(
@@ -1302,9 +1421,13 @@ impl<'a> Parser<'a> {
                         }
                         (AddrBase::Reg(self.reg(k, b)?), 0i64)
                     }
-                    Tok::Ident => match self.symbol(k, b.text) {
-                        Some(s) => (AddrBase::Symbol(s), 0),
-                        None => return self.err(b, format_args!("unknown symbol `{}`", b.text)),
+                    Tok::Ident => match (k.lookup_reg(b.text), self.symbol(k, b.text)) {
+                        (Some(r), _) => (AddrBase::Reg(r), 0),
+                        (None, Some(s)) => (AddrBase::Symbol(s), 0),
+                        (None, None) => {
+                            return self
+                                .err(b, format_args!("unknown symbol or register `{}`", b.text))
+                        }
                     },
                     Tok::Num | Tok::Punct(b'-') => match self.signed_num(b)? {
                         Num::Int(v) => (AddrBase::Absolute, v),

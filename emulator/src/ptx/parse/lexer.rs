@@ -3,7 +3,8 @@
 //! Token classes, following the PTX ISA's lexical rules (section "Syntax"):
 //! - identifiers `[A-Za-z_$][A-Za-z0-9_$]*`, with `.word` and `::word` continuations kept in the
 //!   same token, so that an opcode (`ld.global.nc.v4.u32`) or a special register (`%tid.x`) is
-//!   one token; a leading `%` makes it a register token;
+//!   one token; a leading `%` makes it a register token (a plain identifier may name a
+//!   register too: the parser resolves names, see its module doc);
 //! - directives `.word` (with `::word` continuations, e.g. `.shared::cta`), without further dots,
 //!   so `.ptr.global.align` is three tokens;
 //! - numbers starting with a digit: the text is kept and interpreted by the parser (decimal,

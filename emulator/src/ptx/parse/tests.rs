@@ -306,7 +306,7 @@ fn every_operand_form() {
 }
 
 #[test]
-fn loc_is_the_first_position_and_inlined_at_is_dropped() {
+fn loc_is_the_first_position_and_inlined_at_goes_to_the_call_sites() {
     let k = kernel(
         ".entry k()\n{\n\tnop;\n\t.loc\t1 56 82\n\tnop;\n\
          \t.loc\t1 22 5, function_name $L__info_string0, inlined_at 1 56 82\n\tnop;\n\
@@ -315,6 +315,13 @@ fn loc_is_the_first_position_and_inlined_at_is_dropped() {
     let locs: Vec<_> = k.body.iter().map(|i| i.loc).collect();
     let l = |file, line, column| Some(Loc { file, line, column });
     assert_eq!(locs, vec![None, l(1, 56, 82), l(1, 22, 5), l(2, 7, 0)]);
+    let m = parse(
+        ".entry k()\n{\n\tnop;\n\t.loc\t1 56 82\n\tnop;\n\
+         \t.loc\t1 22 5, function_name $L__info_string0, inlined_at 1 56 82\n\tnop;\n\
+         \t.loc 2 7 0\n\tnop;\n}\n",
+    )
+    .unwrap();
+    assert_eq!(m.call_sites, vec![vec![None, None, l(1, 56, 82), None]]);
     // The next kernel starts without a loc.
     let m = parse(".entry a()\n{\n.loc 1 2 3\nret;\n}\n.entry b()\n{\nret;\n}\n").unwrap();
     assert_eq!(m.kernels[0].body[0].loc, l(1, 2, 3));
@@ -494,6 +501,347 @@ fn rejected_constructs_name_themselves() {
         .contains(".version"));
     assert!(parse_ptx(".version 9.0\n.entry k()\n{\nret;\n}\n").is_err());
     assert!(parse_ptx(".version 9\n.target sm_80\n").is_err());
+}
+
+#[test]
+fn register_names_without_percent() {
+    // The PTX ISA's identifiers: `[a-zA-Z][a-zA-Z0-9_$]*` or `[_$%][a-zA-Z0-9_$]+`.
+    let m = parse(
+        ".global .u32 gq;\n\
+         .visible .entry plain_names(.param .u64 out)\n{\n\
+         .reg .b32 q, r_1, $x, add, gq;\n.reg .b64 addr;\n.reg .pred p;\n.reg .b32 v<3>;\n\
+         ld.param.u64 addr, [out];\n\
+         cvta.to.global.u64 addr, addr;\n\
+         mov.u32 q, 41;\n\
+         add.u32 r_1, q, 1;\n\
+         setp.eq.u32 p, r_1, 42;\n\
+         @p st.global.u32 [addr], r_1;\n\
+         { .reg .pred p; setp.ne.u32 p, q, 41; @!p st.global.u32 [addr+4], q; }\n\
+         @p bra done;\n\
+         shfl.sync.idx.b32 v0|p, q, 0, 31, -1;\n\
+         selp.b32 v1, 1, 0, !p;\n\
+         st.global.v2.u32 [addr-8], {v2, _};\n\
+         add.u32 add, add, $x;\n\
+         mov.u32 gq, gq;\n\
+         mov.b64 addr, out;\n\
+         done:\n\
+         ret;\n}\n",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let k = &m.kernels[0];
+    use Operand::*;
+    let r = |n: &str| reg(k, n);
+    let names: Vec<_> = k.regs.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(
+        names,
+        ["q", "r_1", "$x", "add", "gq", "addr", "p", "v0", "v1", "v2", "p"]
+    );
+    let outer_p = RegId(6);
+    let inner_p = RegId(10);
+    let b = &k.body;
+    let addr = |offset| Address {
+        base: AddrBase::Reg(r("addr")),
+        offset,
+    };
+    assert_eq!(
+        b[0].operands,
+        vec![
+            Reg(r("addr")),
+            Address {
+                base: AddrBase::Symbol(SymbolRef::Param(0)),
+                offset: 0
+            }
+        ]
+    );
+    assert_eq!(b[1].operands, vec![Reg(r("addr")), Reg(r("addr"))]);
+    assert_eq!(b[3].operands, vec![Reg(r("r_1")), Reg(r("q")), Int(1)]);
+    assert_eq!(b[5].guard, Some((outer_p, false)));
+    assert_eq!(b[5].operands, vec![addr(0), Reg(r("r_1"))]);
+    // The inner scope's p is a fresh register, and gone after the scope.
+    assert_eq!(b[6].operands[0], Reg(inner_p));
+    assert_eq!(b[7].guard, Some((inner_p, true)));
+    assert_eq!(b[7].operands, vec![addr(4), Reg(r("q"))]);
+    assert_eq!(b[8].guard, Some((outer_p, false)));
+    assert_eq!(b[8].operands, vec![Label(15)]);
+    assert_eq!(b[9].operands[0], RegPair(r("v0"), outer_p));
+    assert_eq!(b[10].operands[3], NotReg(outer_p));
+    assert_eq!(
+        b[11].operands,
+        vec![addr(-8), Vector(vec![Reg(r("v2")), Sink])]
+    );
+    // A register may be named like an opcode, and shadows a module variable of its name.
+    assert_eq!(b[12].opcode, "add.u32");
+    assert_eq!(
+        b[12].operands,
+        vec![Reg(r("add")), Reg(r("add")), Reg(r("$x"))]
+    );
+    assert_eq!(b[13].operands, vec![Reg(r("gq")), Reg(r("gq"))]);
+    // Symbols are still symbols.
+    assert_eq!(b[14].operands[1], Symbol(SymbolRef::Param(0)));
+    assert_eq!(b.len(), 16);
+
+    // Ambiguous or malformed names are errors.
+    let cases: &[(&str, &str)] = &[
+        (
+            ".entry k(.param .u64 out)\n{\n.reg .b64 out;\nret;\n}\n",
+            "register `out` has the name of a parameter",
+        ),
+        (
+            ".entry k()\n{\n.shared .b8 s[4];\n.reg .b32 s;\nret;\n}\n",
+            "register `s` has the name of a parameter or variable",
+        ),
+        (
+            ".entry k()\n{\n.reg .b32 s;\n.shared .b8 s[4];\nret;\n}\n",
+            "variable `s` has the name of a register",
+        ),
+        (
+            ".entry k()\n{\n.reg .b32 q;\nq:\nret;\n}\n",
+            "label `q` has the name of a register",
+        ),
+        (
+            ".entry k()\n{\n.reg .b32 _;\nret;\n}\n",
+            "bad register name `_`",
+        ),
+        (
+            ".entry k()\n{\n.reg .b32 a.b;\nret;\n}\n",
+            "bad register name",
+        ),
+        (".entry k()\n{\n.reg .b32 q, q;\nret;\n}\n", "twice"),
+        (
+            ".entry k()\n{\n.reg .b32 q;\n{ .reg .b32 t; }\nmov.b32 q, t;\n}\n",
+            "unknown label or symbol `t`",
+        ),
+        (
+            ".entry k()\n{\n.reg .b32 q;\nmov.b32 {q, t}, 0;\n}\n",
+            "undeclared register `t`",
+        ),
+        (
+            ".entry k()\n{\n.reg .b32 q;\nld.u32 q, [nosuch];\n}\n",
+            "unknown symbol or register `nosuch`",
+        ),
+        (
+            ".entry k()\n{\n.reg .b32 q;\n@q ret;\n}\n",
+            "guard `q` is not a predicate",
+        ),
+        (".entry k()\n{\n@p ret;\n}\n", "undeclared register `p`"),
+    ];
+    for (src, want) in cases {
+        let e = err(src);
+        assert!(e.contains(want), "{src:?}: got {e:?}, want {want:?}");
+    }
+}
+
+#[test]
+fn inlined_at_chains_follow_each_call_site_to_its_own_loc() {
+    // As nvcc nests it (see ptx/lora_forward.ptx): the kernel's line 574 calls a function at
+    // line 518, which calls one at line 83, which calls a header function (file 2).
+    let m = parse(
+        ".entry k()\n{\n\
+         .loc 1 574 85\nnop;\n\
+         .loc 1 518 5, function_name $L__info_string0, inlined_at 1 574 85\nnop;\n\
+         .loc 1 83 9, function_name $L__info_string1, inlined_at 1 518 5\nnop;\nnop;\n\
+         .loc 2 373 9, function_name $L__info_string2+4, inlined_at 1 83 9\nnop;\n\
+         .loc 1 0 5\nnop;\n\
+         .loc 1 600 3\n\
+         .loc 1 518 5, function_name $L__info_string0, inlined_at 1 600 3\n\
+         .loc 1 83 9, function_name $L__info_string1, inlined_at 1 518 5\nnop;\n\
+         .loc 1 7 7, function_name $L__info_string3, inlined_at 1 999 1\nnop;\n\
+         ret;\n}\n\
+         .entry k2()\n{\n\
+         .loc 1 83 9, function_name $L__info_string1, inlined_at 1 518 5\nret;\n}\n",
+    )
+    .unwrap();
+    let l = |file, line, column| Loc { file, line, column };
+    let chains: Vec<Option<Vec<Loc>>> = m.inline_chains[0]
+        .iter()
+        .map(|c| c.as_deref().map(<[Loc]>::to_vec))
+        .collect();
+    let (c574, c518, c83, c600) = (l(1, 574, 85), l(1, 518, 5), l(1, 83, 9), l(1, 600, 3));
+    assert_eq!(
+        chains,
+        vec![
+            None,
+            Some(vec![c574]),
+            Some(vec![c518, c574]),
+            Some(vec![c518, c574]),
+            Some(vec![c83, c518, c574]),
+            None,
+            // The same function inlined at another call site: the latest `.loc` counts.
+            Some(vec![c518, c600]),
+            // A call site without a `.loc` of its own ends the chain.
+            Some(vec![l(1, 999, 1)]),
+            Some(vec![l(1, 999, 1)]),
+        ]
+    );
+    assert_eq!(
+        m.call_sites[0],
+        chains
+            .iter()
+            .map(|c| c.as_ref().map(|c| c[0]))
+            .collect::<Vec<_>>()
+    );
+    // The instructions of one `.loc` share its chain.
+    let c = &m.inline_chains[0];
+    assert!(std::sync::Arc::ptr_eq(
+        c[2].as_ref().unwrap(),
+        c[3].as_ref().unwrap()
+    ));
+    // One entry per kernel and instruction; each kernel starts afresh.
+    assert_eq!(m.call_sites.len(), 2);
+    assert_eq!(m.inline_chains.len(), 2);
+    for (i, k) in m.kernels.iter().enumerate() {
+        assert_eq!(m.call_sites[i].len(), k.body.len());
+        assert_eq!(m.inline_chains[i].len(), k.body.len());
+    }
+    assert_eq!(m.inline_chains[1][0].as_deref(), Some(&[c518][..]));
+    assert_eq!(m.kernels[1].body[0].loc, Some(c83));
+
+    // A `.loc` that names itself as its call site does not grow a chain without bound.
+    let mut body = String::from(".entry k()\n{\n");
+    for _ in 0..200 {
+        body.push_str(".loc 1 1 1, function_name $L__info_string0, inlined_at 1 1 1\nnop;\n");
+    }
+    body.push_str("}\n");
+    let m = parse(&body).unwrap();
+    let last = m.inline_chains[0].last().unwrap().as_ref().unwrap();
+    assert_eq!(last.len(), MAX_INLINE_DEPTH);
+    assert!(last.iter().all(|&c| c == l(1, 1, 1)));
+
+    // Malformed `inlined_at`s are errors.
+    for (src, want) in [
+        (
+            ".entry k()\n{\n.loc 1 2 3, inlined_at 1 2\nret;\n}\n",
+            "expected an `inlined_at` column",
+        ),
+        (
+            ".entry k()\n{\n.loc 1 2 3, inlined_at 1 99999999999 2\nret;\n}\n",
+            "too large",
+        ),
+        (
+            ".entry k()\n{\n.loc 1 2 3, inlined_to 1 2 3\nret;\n}\n",
+            "unknown `.loc` attribute",
+        ),
+    ] {
+        let e = err(src);
+        assert!(e.contains(want), "{src:?}: got {e:?}, want {want:?}");
+    }
+}
+
+/// The `.loc` lines of the PTX text: (PTX line, position, inlined_at), in order.
+fn loc_lines(text: &str) -> Vec<(u32, Loc, Option<Loc>)> {
+    let num = |s: Option<&str>| s.and_then(|s| s.trim_matches(',').parse::<u32>().ok());
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let Some(rest) = line.trim().strip_prefix(".loc") else {
+            continue;
+        };
+        let mut w = rest.split_whitespace();
+        let pos = |w: &mut std::str::SplitWhitespace| {
+            Some(Loc {
+                file: num(w.next())?,
+                line: num(w.next())?,
+                column: num(w.next())?,
+            })
+        };
+        let at = pos(&mut w).unwrap();
+        let inl = rest
+            .split_once("inlined_at")
+            .map(|(_, t)| pos(&mut t.split_whitespace()).unwrap());
+        out.push((i as u32 + 1, at, inl));
+    }
+    out
+}
+
+#[test]
+fn inline_chains_of_nvcc_ptx_are_consistent_with_its_loc_lines() {
+    // Every link of every chain is a `.loc` of the text (position -> its inlined_at), the
+    // first link is the instruction's own `.loc`'s inlined_at, and the outermost call site is
+    // a `.loc` of the kernel's own body (no inlined_at).
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+    let mut files: Vec<String> = [
+        "dora",
+        "int8",
+        "linear",
+        "lora_forward",
+        "lora_shrink",
+        "mixed_batch",
+        "quant4",
+    ]
+    .iter()
+    .map(|f| format!("{root}/ptx/{f}.ptx"))
+    .collect();
+    files.push(format!("{root}/emulator/tests/kernels/broken.ptx"));
+    let mut deepest = 0;
+    let mut inlined = 0;
+    for path in &files {
+        let text = std::fs::read_to_string(path).unwrap();
+        let m = parse_ptx(&text).unwrap();
+        let locs = loc_lines(&text);
+        for (ki, k) in m.kernels.iter().enumerate() {
+            let end = m.kernels.get(ki + 1).map_or(u32::MAX, |n| n.ptx_line);
+            let mine: Vec<_> = locs
+                .iter()
+                .filter(|(line, _, _)| *line > k.ptx_line && *line < end)
+                .collect();
+            type Key = (u32, u32, u32);
+            let key = |l: Loc| (l.file, l.line, l.column);
+            let links: std::collections::HashSet<(Key, Option<Key>)> = mine
+                .iter()
+                .map(|&&(_, a, b)| (key(a), b.map(key)))
+                .collect();
+            for (ii, inst) in k.body.iter().enumerate() {
+                let own = mine
+                    .iter()
+                    .rev()
+                    .find(|(line, _, _)| *line < inst.ptx_line)
+                    .map(|&&(_, a, b)| (a, b));
+                assert_eq!(inst.loc, own.map(|o| o.0), "{path}:{}", inst.ptx_line);
+                let chain = m.inline_chains[ki][ii].as_deref().unwrap_or(&[]);
+                assert_eq!(chain.first().copied(), own.and_then(|o| o.1));
+                assert_eq!(m.call_sites[ki][ii], chain.first().copied());
+                for w in chain.windows(2) {
+                    assert!(
+                        links.contains(&(key(w[0]), Some(key(w[1])))),
+                        "{path}:{}",
+                        inst.ptx_line
+                    );
+                }
+                if let Some(&outer) = chain.last() {
+                    assert!(
+                        links.contains(&(key(outer), None)),
+                        "{path}:{}",
+                        inst.ptx_line
+                    );
+                    inlined += 1;
+                }
+                deepest = deepest.max(chain.len());
+            }
+        }
+        if path.ends_with("broken.ptx") {
+            // The shfl of `shfl_exited_lanes`: sm_30_intrinsics.hpp:373 inlined at broken.cu:89.
+            let k = m
+                .kernels
+                .iter()
+                .position(|k| k.name.contains("shfl_exited_lanes"))
+                .unwrap();
+            let i = m.kernels[k]
+                .body
+                .iter()
+                .position(|i| i.opcode.starts_with("shfl.sync"))
+                .unwrap();
+            let site = m.call_sites[k][i].unwrap();
+            assert_eq!((site.line, site.column), (89, 5));
+            assert!(m.file(site.file).unwrap().ends_with("broken.cu"));
+            let inner = m.kernels[k].body[i].loc.unwrap();
+            assert!(m
+                .file(inner.file)
+                .unwrap()
+                .ends_with("sm_30_intrinsics.hpp"));
+        }
+    }
+    // nvcc nests up to 8 deep in the crate's kernels.
+    assert_eq!(deepest, 8);
+    assert!(inlined > 50_000, "{inlined}");
 }
 
 /// A tiny deterministic generator (xorshift64*).
