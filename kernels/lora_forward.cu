@@ -41,18 +41,24 @@ constexpr int kNTile = LORA_FORWARD_N_TILE;
 constexpr int kMaxRank = LORA_MAX_LAUNCH_RANK;
 
 // Per element type: K slice staged per step, rank chunk per expand step, whether tensor cores run it,
-// and the row padding that keeps shared-memory accesses conflict-free (and wmma rows 32-byte aligned).
+// the row padding that keeps the expand's shared-memory accesses conflict-free, and the row padding
+// of the shrink's x and A tiles. Those are read by wmma.load, and the PTX ISA (Matrix Storage for
+// WMMA, Address Alignment) requires every row of a wmma operand to start at a multiple of the
+// fragment size, 32 bytes: the row stride in bytes must be a multiple of 32, so 16 halves of padding
+// (8 halves, 144-byte rows, met only CUDA C++'s 16-byte ldm rule; the emulator caught it).
 template <typename T> struct Config {
     static constexpr int kKSlice = 64;
     static constexpr int kRankChunk = 64;
     static constexpr bool kTensorCores = true;
     static constexpr int kPad = 8;
+    static constexpr int kShrinkPad = 16;
 };
 template <> struct Config<float> {
     static constexpr int kKSlice = 32;
     static constexpr int kRankChunk = 64;
     static constexpr bool kTensorCores = false;
     static constexpr int kPad = 1;
+    static constexpr int kShrinkPad = 1;
 };
 
 // Largest padded rank a tile height takes: 64-row tiles (large m) take up to 64, which leaves room
@@ -62,8 +68,8 @@ template <int BM> constexpr int kRankCap = BM == 64 ? 64 : kMaxRank;
 template <typename T, int BM> constexpr int kKSlice = BM == 64 ? 128 : Config<T>::kKSlice;
 
 template <typename T, int BM> struct SharedShrink {
-    T x[BM][kKSlice<T, BM> + Config<T>::kPad];
-    T a[kRankCap<BM>][kKSlice<T, BM> + Config<T>::kPad];
+    T x[BM][kKSlice<T, BM> + Config<T>::kShrinkPad];
+    T a[kRankCap<BM>][kKSlice<T, BM> + Config<T>::kShrinkPad];
 };
 template <typename T, int BM> struct SharedExpand {
     T hidden[BM][kRankCap<BM> + Config<T>::kPad];
@@ -243,8 +249,8 @@ __device__ void shrink_item(const LoraForwardParams &p, SharedShrink<T, BM> &s, 
                         const int fm = f % (BM / 16), fn = f / (BM / 16);
                         wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major> xf;
                         wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::col_major> af;
-                        wmma::load_matrix_sync(xf, &s.x[fm * 16][kk], KS + Config<T>::kPad);
-                        wmma::load_matrix_sync(af, &s.a[fn * 16][kk], KS + Config<T>::kPad);
+                        wmma::load_matrix_sync(xf, &s.x[fm * 16][kk], KS + Config<T>::kShrinkPad);
+                        wmma::load_matrix_sync(af, &s.a[fn * 16][kk], KS + Config<T>::kShrinkPad);
                         wmma::mma_sync(acc[i], xf, af, acc[i]);
                     }
                 }
