@@ -259,20 +259,10 @@ fn run_scale(ptx: Ptx) {
     }
     assert!(got[n as usize..].iter().all(|&v| v == 123.0));
 
-    // Reading past the end of b: memcheck stops the launch with ILLEGAL_ADDRESS.
-    let big = n + 24;
-    let mut launch = stream.launch_builder(&f);
-    launch.arg(&mut dx).arg(&db).arg(&a).arg(&big);
-    let err = unsafe { launch.launch(LaunchConfig::for_num_elems(big)) }.unwrap_err();
-    assert_eq!(err.0, CUresult::CUDA_ERROR_ILLEGAL_ADDRESS, "{err}");
-    let msg = driver_common::last_error();
-    assert!(msg.contains("scale_add"), "{msg}");
-    assert!(
-        msg.contains("scale.cu"),
-        "the report names the source line: {msg}"
-    );
+    // (A launch that memcheck stops is sticky: it would make the context, which every test of
+    // this binary shares, unusable for the others. driver_sticky.rs tests it on its own.)
 
-    // Too many threads per block.
+    // Too many threads per block: an error that leaves the context usable.
     let mut launch = stream.launch_builder(&f);
     launch.arg(&mut dx).arg(&db).arg(&a).arg(&n);
     let cfg = LaunchConfig {
@@ -280,7 +270,9 @@ fn run_scale(ptx: Ptx) {
         block_dim: (2048, 1, 1),
         shared_mem_bytes: 0,
     };
-    assert!(unsafe { launch.launch(cfg) }.is_err());
+    let err = unsafe { launch.launch(cfg) }.unwrap_err();
+    assert_eq!(err.0, CUresult::CUDA_ERROR_INVALID_VALUE, "{err}");
+    assert_eq!(stream.clone_dtoh(&dx).unwrap(), got);
 }
 
 #[test]

@@ -26,6 +26,17 @@
 //!   of the code, and the exported C function [`lora_kernels_emulator_last_error`] for a process
 //!   that loaded the cdylib). A kernel whose launch a checker stops returns the report's CUDA code
 //!   (e.g. 700 `CUDA_ERROR_ILLEGAL_ADDRESS`) from `cuLaunchKernel`.
+//! - Launch failures with one of the codes CUDA documents as leaving the context unusable
+//!   ([`STICKY_CODES`]: 700, 702, 710, 714-719, ...) are sticky, as on a real GPU (a kernel
+//!   stopped midway leaves its memory, e.g. a grid's counters, half-updated): every later call
+//!   in the context (launch, copy, memset, synchronize, module load, alloc, event record, stream
+//!   and event creation, queries) returns the same code, until the primary context is reset
+//!   (`cuDevicePrimaryCtxReset_v2`, or the last `cuDevicePrimaryCtxRelease_v2`). The first
+//!   refused call prints `context is unusable after <code>: <first message>`; every refused
+//!   call keeps that as the thread's last error. Deliberate deviation: teardown calls
+//!   (`cuMemFree_v2`, `cuMemFreeAsync`, `cuStreamDestroy_v2`, `cuEventDestroy_v2`,
+//!   `cuModuleUnload`, and `cuDevicePrimaryCtxRelease_v2`) still succeed, quietly, because
+//!   they run in destructors where an error cannot be handled.
 //! - Occupancy (`cuOccupancyMaxActiveBlocksPerMultiprocessor(WithFlags)`) is
 //!   [`Machine::occupancy`]: the engine keeps that many blocks per SM (times the SM count) of a
 //!   launch resident at once, so the answer and the residency agree by construction. A launch
@@ -186,6 +197,9 @@ fn new_machine() -> Result<Machine, String> {
 struct Fail {
     code: CUresult,
     message: Option<String>,
+    /// Keep the message as the thread's last error without printing it (a refusal by an
+    /// unusable context after the first, see [`Sticky`]).
+    quiet: bool,
 }
 
 impl Fail {
@@ -193,12 +207,14 @@ impl Fail {
         Fail {
             code,
             message: None,
+            quiet: false,
         }
     }
     fn msg(code: CUresult, message: impl Into<String>) -> Fail {
         Fail {
             code,
             message: Some(message.into()),
+            quiet: false,
         }
     }
 }
@@ -224,9 +240,11 @@ pub fn last_error_message() -> Option<String> {
     LAST_ERROR.with(|e| e.borrow().clone())
 }
 
-fn report(function: &str, message: &str) {
+fn report(function: &str, message: &str, print: bool) {
     let line = format!("{function}: {message}");
-    eprintln!("lora-kernels emulator: {line}");
+    if print {
+        eprintln!("lora-kernels emulator: {line}");
+    }
     LAST_ERROR.with(|e| *e.borrow_mut() = Some(line));
 }
 
@@ -237,7 +255,7 @@ fn entry(function: &'static str, f: impl FnOnce() -> Res<()>) -> CUresult {
         Ok(Ok(())) => CUDA_SUCCESS,
         Ok(Err(fail)) => {
             if let Some(m) = fail.message {
-                report(function, &m);
+                report(function, &m, !fail.quiet);
             }
             fail.code
         }
@@ -247,7 +265,7 @@ fn entry(function: &'static str, f: impl FnOnce() -> Res<()>) -> CUresult {
                 .map(|s| s.to_string())
                 .or_else(|| panic.downcast_ref::<String>().cloned())
                 .unwrap_or_else(|| "unknown panic".into());
-            report(function, &format!("internal error (panic): {what}"));
+            report(function, &format!("internal error (panic): {what}"), true);
             CUDA_ERROR_UNKNOWN
         }
     }
@@ -278,6 +296,45 @@ struct Event {
     recorded: bool,
 }
 
+/// The codes after which a context is unusable: CUDA 13.0's `cuda.h` says of each "This leaves
+/// the process in an inconsistent state and any further CUDA work will return the same error"
+/// (of 710 `CUDA_ERROR_ASSERT`: "The context cannot be used anymore, and must be destroyed").
+/// `CUDA_ERROR_CONTAINED`, `ILLEGAL_ADDRESS`, `LAUNCH_TIMEOUT`, `ASSERT`,
+/// `HARDWARE_STACK_ERROR`, `ILLEGAL_INSTRUCTION`, `MISALIGNED_ADDRESS`, `INVALID_ADDRESS_SPACE`,
+/// `INVALID_PC`, `LAUNCH_FAILED`, `TENSOR_MEMORY_LEAK`, `EXTERNAL_DEVICE`.
+pub const STICKY_CODES: &[CUresult] = &[226, 700, 702, 710, 714, 715, 716, 717, 718, 719, 721, 911];
+
+/// The first sticky failure of the context ([`STICKY_CODES`]): until the primary context is
+/// reset, every call in it is refused with this code (teardown calls excepted, see
+/// [`with_ctx_teardown`]).
+struct Sticky {
+    code: CUresult,
+    /// The failure's message, as its call reported it.
+    message: String,
+    /// Whether a refusal has been printed on stderr yet (only the first is).
+    announced: bool,
+}
+
+impl Sticky {
+    /// The failure a call in the unusable context returns: the first failure's code, and a
+    /// message naming it (printed for the first refusal only, kept as the last error always).
+    fn refusal(&mut self) -> Fail {
+        let name = error_entry(self.code).map_or("an unknown code", |e| {
+            e.1.to_str().unwrap_or("an unknown code")
+        });
+        let quiet = self.announced;
+        self.announced = true;
+        Fail {
+            code: self.code,
+            message: Some(format!(
+                "context is unusable after {name} ({}): {}",
+                self.code, self.message
+            )),
+            quiet,
+        }
+    }
+}
+
 /// Everything behind the API, guarded by [`STATE`].
 struct Driver {
     machine: Machine,
@@ -293,6 +350,8 @@ struct Driver {
     limits: HashMap<u32, usize>,
     cache_config: u32,
     ctx_flags: u32,
+    /// Set by a launch that failed with a sticky code; cleared only by a reset.
+    sticky: Option<Sticky>,
 }
 
 impl Driver {
@@ -310,6 +369,18 @@ impl Driver {
             limits: HashMap::new(),
             cache_config: 0,
             ctx_flags: 0,
+            sticky: None,
+        }
+    }
+
+    /// Marks the context unusable when `fail` has a sticky code (the first such failure wins).
+    fn poison(&mut self, fail: &Fail) {
+        if STICKY_CODES.contains(&fail.code) && self.sticky.is_none() {
+            self.sticky = Some(Sticky {
+                code: fail.code,
+                message: fail.message.clone().unwrap_or_default(),
+                announced: false,
+            });
         }
     }
 
@@ -511,8 +582,32 @@ fn current_ctx() -> u64 {
     CTX_STACK.with(|s| s.borrow().last().copied().unwrap_or(0))
 }
 
-/// Runs `f` on the driver when the calling thread has the live primary context current.
+/// Runs `f` on the driver when the calling thread has the live primary context current and
+/// the context is usable (no sticky failure: else the call is refused with its code).
 fn with_ctx<T>(f: impl FnOnce(&mut Driver) -> Res<T>) -> Res<T> {
+    with_current(|d| match d.sticky.as_mut() {
+        Some(s) => Err(s.refusal()),
+        None => f(d),
+    })
+}
+
+/// Runs a teardown call (free, destroy, unload) as [`with_ctx`] does, except in an unusable
+/// context: there it still releases what it names, when that is live, and returns success
+/// either way, quietly. A deliberate deviation from CUDA (which returns the sticky code): cleanup
+/// runs in destructors (cudarc's `Drop` impls), where an error cannot be handled and a panic
+/// would abort the test process, hiding every other test's result.
+fn with_ctx_teardown(f: impl FnOnce(&mut Driver) -> Res<()>) -> Res<()> {
+    with_current(|d| {
+        if d.sticky.is_some() {
+            let _ = f(d);
+            return Ok(());
+        }
+        f(d)
+    })
+}
+
+/// Runs `f` on the driver when the calling thread has the live primary context current.
+fn with_current<T>(f: impl FnOnce(&mut Driver) -> Res<T>) -> Res<T> {
     with_driver(|d| {
         if current_ctx() != CTX_HANDLE {
             return Err(Fail::msg(
@@ -784,7 +879,8 @@ pub unsafe extern "C" fn cuDevicePrimaryCtxRetain(pctx: *mut Handle, dev: CUdevi
     })
 }
 
-/// `cuDevicePrimaryCtxRelease_v2`: the last release resets the machine.
+/// `cuDevicePrimaryCtxRelease_v2`: the last release resets the machine (and clears a sticky
+/// failure). Works in an unusable context too.
 #[no_mangle]
 pub unsafe extern "C" fn cuDevicePrimaryCtxRelease_v2(dev: CUdevice) -> CUresult {
     entry("cuDevicePrimaryCtxRelease_v2", || {
@@ -822,7 +918,8 @@ pub unsafe extern "C" fn cuDevicePrimaryCtxGetState(
     })
 }
 
-/// `cuDevicePrimaryCtxReset_v2`: frees everything the context holds.
+/// `cuDevicePrimaryCtxReset_v2`: frees everything the context holds, and makes a context that
+/// a sticky launch failure left unusable usable again.
 #[no_mangle]
 pub unsafe extern "C" fn cuDevicePrimaryCtxReset_v2(dev: CUdevice) -> CUresult {
     entry("cuDevicePrimaryCtxReset_v2", || {
@@ -1046,11 +1143,12 @@ pub unsafe extern "C" fn cuStreamCreateWithPriority(
     })
 }
 
-/// `cuStreamDestroy_v2`.
+/// `cuStreamDestroy_v2`. Succeeds quietly in an unusable context (see the
+/// module documentation).
 #[no_mangle]
 pub unsafe extern "C" fn cuStreamDestroy_v2(stream: Handle) -> CUresult {
     entry("cuStreamDestroy_v2", || {
-        with_ctx(|d| {
+        with_ctx_teardown(|d| {
             if d.streams.remove(&(stream as u64)) {
                 Ok(())
             } else {
@@ -1172,11 +1270,12 @@ pub unsafe extern "C" fn cuEventRecordWithFlags(
     })
 }
 
-/// `cuEventDestroy_v2`.
+/// `cuEventDestroy_v2`. Succeeds quietly in an unusable context (see the
+/// module documentation).
 #[no_mangle]
 pub unsafe extern "C" fn cuEventDestroy_v2(event: Handle) -> CUresult {
     entry("cuEventDestroy_v2", || {
-        with_ctx(|d| {
+        with_ctx_teardown(|d| {
             event_of(d, event)?;
             d.events.remove(&(event as u64));
             Ok(())
@@ -1283,19 +1382,21 @@ pub unsafe extern "C" fn cuMemAllocAsync(
     })
 }
 
-/// `cuMemFree_v2`: the base of a live allocation; 0 is a no-op.
+/// `cuMemFree_v2`: the base of a live allocation; 0 is a no-op. Succeeds quietly in an unusable context (see the
+/// module documentation).
 #[no_mangle]
 pub unsafe extern "C" fn cuMemFree_v2(dptr: CUdeviceptr) -> CUresult {
     entry("cuMemFree_v2", || {
-        with_ctx(|d| if dptr == 0 { Ok(()) } else { d.free(dptr) })
+        with_ctx_teardown(|d| if dptr == 0 { Ok(()) } else { d.free(dptr) })
     })
 }
 
-/// `cuMemFreeAsync`: freed at once; 0 is a no-op.
+/// `cuMemFreeAsync`: freed at once; 0 is a no-op. Succeeds quietly in an unusable context (see the
+/// module documentation).
 #[no_mangle]
 pub unsafe extern "C" fn cuMemFreeAsync(dptr: CUdeviceptr, stream: Handle) -> CUresult {
     entry("cuMemFreeAsync", || {
-        with_ctx(|d| {
+        with_ctx_teardown(|d| {
             d.check_stream(stream)?;
             if dptr == 0 {
                 Ok(())
@@ -1717,11 +1818,12 @@ pub unsafe extern "C" fn cuModuleGetFunction(
     })
 }
 
-/// `cuModuleUnload`: its function handles become invalid.
+/// `cuModuleUnload`: its function handles become invalid. Succeeds quietly in an unusable context (see the
+/// module documentation).
 #[no_mangle]
 pub unsafe extern "C" fn cuModuleUnload(module: Handle) -> CUresult {
     entry("cuModuleUnload", || {
-        with_ctx(|d| {
+        with_ctx_teardown(|d| {
             let key = module as u64;
             let m = d.modules.get(&key).ok_or_else(|| {
                 Fail::msg(
@@ -2027,10 +2129,14 @@ pub unsafe extern "C" fn cuLaunchKernel(
                 params.push(unsafe { std::slice::from_raw_parts(p, size as usize) }.to_vec());
             }
             let id = func.id;
-            let stats = d
-                .machine
-                .launch(id, grid, block, shared_bytes, &params)
-                .map_err(|e| Fail::msg(e.code as u32, format!("kernel `{name}`: {e}")))?;
+            let stats = match d.machine.launch(id, grid, block, shared_bytes, &params) {
+                Ok(stats) => stats,
+                Err(e) => {
+                    let fail = Fail::msg(e.code as u32, format!("kernel `{name}`: {e}"));
+                    d.poison(&fail);
+                    return Err(fail);
+                }
+            };
             WARP_INSTRUCTIONS.fetch_add(stats.warp_instructions, Ordering::Relaxed);
             MMA_INSTRUCTIONS.fetch_add(stats.mma_instructions, Ordering::Relaxed);
             Ok(())
@@ -2222,5 +2328,8 @@ mod tests {
             assert!(!e.2.to_bytes().is_empty());
         }
         assert!(error_entry(12345).is_none());
+        for &code in STICKY_CODES {
+            assert!(error_entry(code).is_some(), "sticky code {code}");
+        }
     }
 }
