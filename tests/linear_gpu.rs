@@ -12,8 +12,9 @@ use lora_kernels::dora::reference as dora;
 use lora_kernels::lora::reference;
 use lora_kernels::{DType, Element, Gpu, LoraAdapter, LoraShape};
 
+/// The small problems only: `LORA_KERNELS_SMALL=1` or on the emulator ([`common::small_shapes`]).
 fn small() -> bool {
-    std::env::var("LORA_KERNELS_SMALL").is_ok_and(|v| v == "1")
+    common::small_shapes()
 }
 
 fn shapes(rng: &mut Rng) -> Vec<LoraShape> {

@@ -45,10 +45,11 @@ fn host_adapters<T>(p: &Problem<T>) -> Vec<LoraAdapter<'_, [T]>> {
         .collect()
 }
 
-/// `LORA_KERNELS_SMALL=1` (as under compute-sanitizer) skips the problems larger than this.
+/// `LORA_KERNELS_SMALL=1` (as under compute-sanitizer) and the emulator skip the problems larger
+/// than this ([`common::small_shapes`]).
 fn too_big_for_small_runs(p: &Problem<impl Element>) -> bool {
     let LoraShape { m, k, n } = p.shape;
-    std::env::var("LORA_KERNELS_SMALL").is_ok_and(|v| v == "1") && m * (k + n) > 400_000
+    common::small_shapes() && m * (k + n) > 400_000
 }
 
 /// Runs `p` on the GPU (out of place and in place) and compares both with the CPU reference.

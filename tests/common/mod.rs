@@ -180,6 +180,13 @@ pub fn dump(label: &str, values: &[f64], tol: Option<f64>) {
     writeln!(manifest, "{binary}/{safe}\t{}\t{tol}", values.len()).expect("manifest written");
 }
 
+/// Whether the GPU tests keep to their small problems: `LORA_KERNELS_SMALL=1` (as under
+/// compute-sanitizer), or on the emulator, which interprets every instruction (the large problems
+/// take it minutes each; every kernel path keeps small and odd-sized problems).
+pub fn small_shapes() -> bool {
+    std::env::var("LORA_KERNELS_SMALL").is_ok_and(|v| v == "1") || driver::on_emulator()
+}
+
 /// Widens to f64.
 pub fn f64s<T: Element>(v: &[T]) -> Vec<f64> {
     v.iter().map(|x| x.to_f64()).collect()
