@@ -505,10 +505,7 @@ pub fn lower_kernel(
         if matches!(op, Op::Matrix(_)) {
             has_matrix = true;
         }
-        let guard = match inst.guard {
-            Some((r, neg)) => Some((r.0, neg)),
-            None => None,
-        };
+        let guard = inst.guard.map(|(r, neg)| (r.0, neg));
         insts.push(Inst {
             guard,
             op,
@@ -881,7 +878,7 @@ fn lower_inst(ctx: &Ctx, inst: &ir::Instruction) -> EmuResult<Op> {
                 });
             }
             match alu_glue::lower(&inst.opcode, &resolved, |r| ctx.reg_type(r)) {
-                Ok(Some(a)) => Ok(a).map(Op::Alu),
+                Ok(Some(a)) => Ok(Op::Alu(a)),
                 Ok(None) => Err(unsupported("unknown or unsupported instruction")),
                 Err(e) => Err(bad(&e)),
             }

@@ -172,7 +172,7 @@ impl DeviceMemory {
     #[inline]
     fn find(&mut self, addr: u64, size: u64) -> Result<(usize, usize), Fault> {
         if let Some(a) = self.allocs.get(self.last) {
-            if addr >= a.base && addr.wrapping_add(size) <= a.base + a.size && addr >= a.base {
+            if addr >= a.base && addr - a.base <= a.size && size <= a.size - (addr - a.base) {
                 return Ok((self.last, (addr - a.base) as usize));
             }
         }
@@ -180,7 +180,7 @@ impl DeviceMemory {
         if i > 0 {
             let a = &self.allocs[i - 1];
             if addr < a.base + a.size {
-                if addr + size <= a.base + a.size {
+                if size <= a.base + a.size - addr {
                     self.last = i - 1;
                     return Ok((i - 1, (addr - a.base) as usize));
                 }
@@ -363,6 +363,12 @@ mod tests {
             })
         );
         assert_eq!(m.load(0x1000, 1, false, &mut out), Err(Fault::Unmapped));
+        // A wrapping address must not hit the cached allocation.
+        m.load(a, 1, false, &mut out).unwrap();
+        assert_eq!(
+            m.load(u64::MAX - 1, 4, false, &mut out),
+            Err(Fault::Unmapped)
+        );
         assert!(m.free(a));
         assert!(!m.free(a));
         assert_eq!(

@@ -411,8 +411,8 @@ impl Machine {
         let mut n = (c.max_threads_per_sm / (warps * 32)).min(c.max_blocks_per_sm);
         let shared = p.dyn_shared_offset + u64::from(dynamic_shared_bytes);
         let shared = shared.max(p.shared_bytes);
-        if shared > 0 {
-            n = n.min((u64::from(c.shared_per_sm) / shared) as u32);
+        if let Some(q) = u64::from(c.shared_per_sm).checked_div(shared) {
+            n = n.min(q as u32);
         }
         let regs = (p.nregs as u32).clamp(16, 255) * warps * 32;
         if regs > 0 {

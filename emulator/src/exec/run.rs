@@ -267,6 +267,7 @@ impl<'a> Launch<'a> {
     }
 
     /// A report: printed to stderr and returned as the launch's error.
+    #[allow(clippy::too_many_arguments)]
     fn report(
         &self,
         checker: &str,
