@@ -3,10 +3,39 @@
 //!
 //! CONTRACT (used by `driver`): the public items of this file keep these signatures.
 //!
-//! - [`memory`]: device memory, redzones, shadow state.
-//! - [`lower`]: kernels into their executable form.
-//! - [`run`]: the SIMT scheduler, collectives, barriers and the checkers (its module docs say
+//! - [`memory`]: device memory, redzones, shadow state, the address map.
+//! - [`lower`]: kernels into their executable form (`load_module` lowers every kernel once;
+//!   anything neither the engine nor `alu::lower` knows fails the load, naming the opcode, the
+//!   kernel and the PTX line).
+//! - `run`: the SIMT scheduler, collectives, barriers and the checkers (its module docs say
 //!   exactly what the racecheck and synccheck model).
+//! - `alu` (per-lane arithmetic), `float` (rounding), `mma` (warp matrix math and the wmma
+//!   layout): the semantics, called by the engine.
+//!
+//! # Checker reports
+//! Every report fails the launch with an [`EmuError`] (memcheck: `IllegalAddress` 700 or
+//! `MisalignedAddress` 716; initcheck and racecheck: 700; synccheck, deadlock and hang:
+//! `LaunchFailed` 719) whose message reads
+//! `CHECKER: WHAT in kernel K block (x,y,z) thread (x,y,z) at FILE:LINE (PTX line N)`, and is
+//! printed to stderr as `========= emulator ...`.
+//! - memcheck: accesses outside every live allocation (4 KiB redzones between allocations),
+//!   inside a freed one (addresses are never reused), outside the device ranges (host
+//!   pointers, null), not a multiple of the access size (vectors: of the whole vector), past the
+//!   block's shared memory, the thread's local memory or the parameter buffer, stores to the
+//!   parameter buffer; wmma pointers not 32-byte aligned or strides not a multiple of 16 bytes.
+//! - initcheck: reads of global bytes never written by the host, a memset, a copy or a kernel,
+//!   of shared bytes not written by this block (shared memory starts unwritten for every block),
+//!   and of local bytes not written by the thread. Module `.global`/`.const` variables count as
+//!   written (static storage is zero-initialised). Registers are not tracked.
+//! - racecheck: shared memory only, see `run`.
+//! - synccheck: see `run`. Turning a checker off skips its reports (memcheck off still fails
+//!   an access that lies in no memory at all: there is nothing to read).
+//!
+//! # What is not modelled
+//! Weak memory ordering (every access is immediately visible: membar/fence are no-ops), races
+//! on global memory, races hidden by a named barrier with a thread count (any completed
+//! barrier ends the block's epoch), the values a `shfl` reads from a lane outside the
+//! membermask (its current register value), timing (`%clock` counts warp instructions).
 use crate::ptx::ir;
 
 pub mod alu;
