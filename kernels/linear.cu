@@ -46,9 +46,10 @@ template <typename T> struct SharedTiles {
 __device__ __forceinline__ float quant4_absmax(const Quant4Weights &w, long long block) {
     if (w.nested) {
         const uint8_t q = reinterpret_cast<const uint8_t *>(w.absmax)[block];
-        return reinterpret_cast<const float *>(w.nested_code)[q] *
-                   reinterpret_cast<const float *>(w.nested_absmax)[block / w.nested_blocksize] +
-               w.offset;
+        // Multiply, then add, each rounded (no FMA): the absmax bitsandbytes rebuilds, as quant4.cu.
+        return __fadd_rn(__fmul_rn(reinterpret_cast<const float *>(w.nested_code)[q],
+                                   reinterpret_cast<const float *>(w.nested_absmax)[block / w.nested_blocksize]),
+                         w.offset);
     }
     return reinterpret_cast<const float *>(w.absmax)[block];
 }
