@@ -31,6 +31,8 @@
 //! - synccheck: see `run`. Turning a checker off skips its reports (memcheck off still fails
 //!   an access that lies in no memory at all: there is nothing to read).
 //!
+//! With `LORA_KERNELS_EMULATOR_STATS=1` every launch prints its counts and rates to stderr.
+//!
 //! # What is not modelled
 //! Weak memory ordering (every access is immediately visible: membar/fence are no-ops), races
 //! on global memory, races hidden by a named barrier with a thread count (any completed
@@ -545,7 +547,26 @@ impl Machine {
             self.hang_limit_steps,
             resident,
         );
-        l.run()
+        let t0 = std::time::Instant::now();
+        let r = l.run();
+        if let Ok(st) = &r {
+            if std::env::var_os("LORA_KERNELS_EMULATOR_STATS").is_some_and(|v| v != "0") {
+                let dt = t0.elapsed().as_secs_f64().max(1e-9);
+                eprintln!(
+                    "emulator stats: {} grid {:?} block {:?}: {} warp instructions ({:.2} M/s), \
+                     {} matrix instructions ({:.0}/s), {:.3} s",
+                    p.name,
+                    grid,
+                    block,
+                    st.warp_instructions,
+                    st.warp_instructions as f64 / dt / 1e6,
+                    st.mma_instructions,
+                    st.mma_instructions as f64 / dt,
+                    dt
+                );
+            }
+        }
+        r
     }
 
     fn config_reqntid(&self, p: &lower::Program, block: [u32; 3]) -> Option<EmuError> {
