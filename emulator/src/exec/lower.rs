@@ -180,7 +180,8 @@ pub struct Inst {
     pub guard: Option<(u32, bool)>,
     pub op: Op,
     pub loc: Option<ir::Loc>,
-    /// Where the function holding `loc` was inlined (when the parser recorded it).
+    /// Where the kernel's own body called the (inlined) function holding `loc`, when the parser
+    /// recorded it.
     pub call_site: Option<ir::Loc>,
     pub ptx_line: u32,
 }
@@ -418,6 +419,7 @@ pub fn lower_kernel(
     layout: &ModuleLayout,
 ) -> EmuResult<Program> {
     let call_sites = module.call_sites.get(kernel_index);
+    let chains = module.inline_chains.get(kernel_index);
     // Parameters.
     let mut param_off = Vec::new();
     let mut params = Vec::new();
@@ -510,7 +512,13 @@ pub fn lower_kernel(
             guard,
             op,
             loc: inst.loc,
-            call_site: call_sites.and_then(|c| c.get(i).copied().flatten()),
+            // The outermost call site (a line of the kernel's own body) when the chain is
+            // known, else the immediate one.
+            call_site: chains
+                .and_then(|c| c.get(i))
+                .and_then(|c| c.as_ref())
+                .and_then(|c| c.last().copied())
+                .or_else(|| call_sites.and_then(|c| c.get(i).copied().flatten())),
             ptx_line: inst.ptx_line,
         });
     }

@@ -172,6 +172,7 @@ fn load_real_modules() {
             let mut one = module.clone();
             one.kernels = vec![k.clone()];
             one.call_sites = module.call_sites.get(ki).cloned().into_iter().collect();
+            one.inline_chains = module.inline_chains.get(ki).cloned().into_iter().collect();
             kernels += 1;
             let mut m = machine();
             if let Err(e) = m.load_module(one) {
