@@ -204,7 +204,13 @@ fn dense_weight(gpu: &Gpu, layer: &Layer<f32>) -> Vec<f32> {
 fn gpu_layer_follows_peft_states() {
     let Some(gpu) = common::gpu() else { return };
     for folder in ["adapter_lora", "adapter_dora"] {
-        for name in ["layers.0.q_proj", "layers.0.up_proj", "layers.1.down_proj"] {
+        // The DoRA adapter adapts layer 0 only.
+        let down = if folder == "adapter_lora" {
+            "layers.1.down_proj"
+        } else {
+            "layers.0.down_proj"
+        };
+        for name in ["layers.0.q_proj", "layers.0.up_proj", down] {
             let (mut cpu, x, want) = module_layer(folder, name);
             let mut layer = gpu_module_layer(&gpu, folder, name);
             let m = 3;
