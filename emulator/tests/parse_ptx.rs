@@ -77,7 +77,9 @@ fn every_kernel_of_every_file_parses() {
         }
         total += m.kernels.len();
     }
-    assert_eq!(total, 66);
+    // The crate's kernels as of the quantiser rework (quant4_nested_offset went to the host): update
+    // when a kernel entry is added or removed.
+    assert_eq!(total, 65);
 }
 
 /// Counts instructions and registers from the text, independently of the parser: every

@@ -1035,8 +1035,15 @@ mod tests {
         assert!(a.check_alignment(0x1000, 24).is_err());
         assert!(a.check_alignment(0x1000, 32).is_ok());
         assert!(a.check_alignment(0x1000, 8).is_err());
-        // bf16 fragments are 16 bytes.
+        // The manual's example, worked for the strides kernels/lora_forward.cu used: 72 halves are
+        // 144 bytes, not a multiple of 32 (rows would start 16 bytes off the fragment size), so it
+        // is rejected although CUDA C++'s ldm rule (a multiple of 16 bytes) allows it; 80 halves
+        // (160 bytes = 5 * 32) are accepted.
+        assert!(a.check_alignment(0x1000, 72).is_err());
+        assert!(a.check_alignment(0x1000, 80).is_ok());
+        // bf16 fragments are 16 bytes (4 .b32 registers): 72 bf16 are 144 = 9 * 16 bytes.
         assert!(b.check_alignment(0x1010, 24).is_ok());
+        assert!(b.check_alignment(0x1000, 72).is_ok());
         // Element addresses: row-major A at (r, c) is base + 2*(r*stride + c).
         for lane in [0, 7, 31] {
             for e in 0..16 {

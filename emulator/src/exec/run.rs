@@ -1744,7 +1744,7 @@ impl<'a> Launch<'a> {
                     }
                 }
                 if self.ck.memcheck {
-                    if let Err(e) = wmma_alignment(ls.frag.ty.bytes() as u64, base, st) {
+                    if let Err(e) = ls.check_alignment(base, st) {
                         return Err(self.report(
                             "memcheck",
                             CudaCode::MisalignedAddress,
@@ -1805,29 +1805,6 @@ impl<'a> Launch<'a> {
         }
         Ok(())
     }
-}
-
-/// The alignment rule of `wmma.load`/`wmma.store` (CUDA C++ Programming Guide, "Warp Matrix
-/// Functions": the pointer must be 256-bit aligned and `ldm` a multiple of 16 bytes, i.e. of
-/// 8 `__half` or 4 `float` elements; the stride is at least the leading dimension 16).
-fn wmma_alignment(elem_bytes: u64, base: u64, stride: u64) -> Result<(), String> {
-    if base % 32 != 0 {
-        return Err(format!(
-            "wmma address {base:#x} is not 256-bit (32-byte) aligned"
-        ));
-    }
-    if (stride * elem_bytes) % 16 != 0 {
-        return Err(format!(
-            "wmma stride {stride} ({} bytes) is not a multiple of 16 bytes",
-            stride * elem_bytes
-        ));
-    }
-    if stride < super::mma::WMMA_DEFAULT_STRIDE {
-        return Err(format!(
-            "wmma stride {stride} is below the leading dimension 16"
-        ));
-    }
-    Ok(())
 }
 
 fn unreachable_generic() -> Result<(), AccessErr> {
