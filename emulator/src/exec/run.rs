@@ -278,22 +278,9 @@ impl<'a> Launch<'a> {
         pc: usize,
         detail: &str,
     ) -> EmuError {
-        let t = self.tid3(warp * 32 + lane as u32);
-        let msg = format!(
-            "{}: {} in kernel {} block ({},{},{}) thread ({},{},{}) at {}",
-            checker,
-            detail,
-            self.prog.name,
-            blk.ctaid[0],
-            blk.ctaid[1],
-            blk.ctaid[2],
-            t[0],
-            t[1],
-            t[2],
-            self.prog.location(pc)
-        );
-        eprintln!("========= emulator {}", msg);
-        EmuError::new(code, msg)
+        let e = self.quiet_report(checker, code, blk, warp, lane, pc, detail);
+        eprintln!("========= emulator {}", e.message);
+        e
     }
 
     /// A report kept for later (not printed yet).
@@ -828,11 +815,7 @@ impl<'a> Launch<'a> {
                     let mut dv = [0u64; 8];
                     for l in bits(exec) {
                         for (i, s) in a.srcs.iter().enumerate() {
-                            sv[i] = match *s {
-                                Src::Reg(r) => w.regs[r as usize * 32 + l],
-                                Src::NotReg(r) => w.regs[r as usize * 32 + l] ^ 1,
-                                Src::Imm(v) => v,
-                            };
+                            sv[i] = self.src_val(w, *s, l);
                         }
                         a.eval(&sv[..ns], &mut dv[..nd]);
                         for (i, d) in a.dsts.iter().enumerate() {
@@ -878,7 +861,7 @@ impl<'a> Launch<'a> {
                 for l in bits(exec) {
                     let a = self.addr_val(&blk.warps[wi], addr, l);
                     let mut buf = [0u8; 64];
-                    if let Err(e) = self.access(
+                    self.access_reported(
                         blk,
                         wi,
                         l,
@@ -888,24 +871,11 @@ impl<'a> Launch<'a> {
                         total,
                         &mut buf,
                         AccessKind::Read,
-                    ) {
-                        return Err(self.report(
-                            e.checker,
-                            e.code,
-                            blk,
-                            blk.warps[wi].index,
-                            l,
-                            pcu,
-                            &e.detail,
-                        ));
-                    }
+                    )?;
                     let w = &mut blk.warps[wi];
                     for (i, d) in dsts.iter().enumerate() {
                         let Some(d) = d else { continue };
-                        let mut v = 0u64;
-                        for k in 0..size {
-                            v |= u64::from(buf[i * size + k]) << (8 * k);
-                        }
+                        let mut v = le_read(&buf[i * size..(i + 1) * size]);
                         if *signed && size < 8 {
                             let sh = 64 - 8 * size as u32;
                             v = (((v << sh) as i64) >> sh) as u64;
@@ -930,12 +900,10 @@ impl<'a> Launch<'a> {
                         let w = &blk.warps[wi];
                         for (i, s) in srcs.iter().enumerate() {
                             let v = self.src_val(w, *s, l);
-                            for k in 0..size {
-                                buf[i * size + k] = (v >> (8 * k)) as u8;
-                            }
+                            le_write(v, &mut buf[i * size..(i + 1) * size]);
                         }
                     }
-                    if let Err(e) = self.access(
+                    self.access_reported(
                         blk,
                         wi,
                         l,
@@ -945,17 +913,7 @@ impl<'a> Launch<'a> {
                         total,
                         &mut buf,
                         AccessKind::Write,
-                    ) {
-                        return Err(self.report(
-                            e.checker,
-                            e.code,
-                            blk,
-                            blk.warps[wi].index,
-                            l,
-                            pcu,
-                            &e.detail,
-                        ));
-                    }
+                    )?;
                 }
                 advance(&mut blk.warps[wi], m);
             }
@@ -975,7 +933,7 @@ impl<'a> Launch<'a> {
                     let bv = self.src_val(&blk.warps[wi], *b, l);
                     let cv = c.map(|c| self.src_val(&blk.warps[wi], c, l)).unwrap_or(0);
                     let mut buf = [0u8; 64];
-                    if let Err(e) = self.access(
+                    self.access_reported(
                         blk,
                         wi,
                         l,
@@ -985,22 +943,9 @@ impl<'a> Launch<'a> {
                         size,
                         &mut buf,
                         AccessKind::Atomic(*op, *ty, bv, cv),
-                    ) {
-                        return Err(self.report(
-                            e.checker,
-                            e.code,
-                            blk,
-                            blk.warps[wi].index,
-                            l,
-                            pcu,
-                            &e.detail,
-                        ));
-                    }
+                    )?;
                     if let Some(d) = dst {
-                        let mut v = 0u64;
-                        for (k, byte) in buf.iter().enumerate().take(size) {
-                            v |= u64::from(*byte) << (8 * k);
-                        }
+                        let v = le_read(&buf[..size]);
                         blk.warps[wi].regs[*d as usize * 32 + l] = v & prog.reg_mask[*d as usize];
                     }
                 }
@@ -1020,11 +965,7 @@ impl<'a> Launch<'a> {
                     _ => 0,
                 };
                 for l in bits(exec) {
-                    let v = match *src {
-                        Src::Reg(r) => w.regs[r as usize * 32 + l],
-                        Src::NotReg(r) => w.regs[r as usize * 32 + l] ^ 1,
-                        Src::Imm(v) => v,
-                    };
+                    let v = self.src_val(w, *src, l);
                     let r = if *to {
                         v.wrapping_sub(window)
                     } else {
@@ -1153,6 +1094,34 @@ impl<'a> Launch<'a> {
             Some(r) => w.regs[r as usize * 32 + lane].wrapping_add(a.offset),
             None => a.offset,
         }
+    }
+
+    /// [`Self::access`], with a failure turned into the launch's report (printed, returned).
+    #[allow(clippy::too_many_arguments)]
+    fn access_reported(
+        &mut self,
+        blk: &mut Block,
+        wi: usize,
+        lane: usize,
+        pc: usize,
+        space: MemSpace,
+        addr: u64,
+        size: usize,
+        buf: &mut [u8],
+        kind: AccessKind,
+    ) -> EmuResult<()> {
+        self.access(blk, wi, lane, pc, space, addr, size, buf, kind)
+            .map_err(|e| {
+                self.report(
+                    e.checker,
+                    e.code,
+                    blk,
+                    blk.warps[wi].index,
+                    lane,
+                    pc,
+                    &e.detail,
+                )
+            })
     }
 
     /// One lane's access of `size` bytes at `addr` in `space`: reads into / writes from `buf`
@@ -1573,11 +1542,7 @@ impl<'a> Launch<'a> {
                 let w = &mut blk.warps[wi];
                 let mut av = [0u64; 32];
                 for (l, v) in av.iter_mut().enumerate() {
-                    *v = match *a {
-                        Src::Reg(r) => w.regs[r as usize * 32 + l],
-                        Src::NotReg(r) => w.regs[r as usize * 32 + l] ^ 1,
-                        Src::Imm(x) => x,
-                    };
+                    *v = self.src_val(w, *a, l);
                 }
                 let mut out = [(0u64, false); 32];
                 for l in bits(part) {
@@ -1777,23 +1742,13 @@ impl<'a> Launch<'a> {
                             AccessKind::Read
                         } else {
                             let v = vals[lane * nregs + reg] >> sh;
-                            for (k, byte) in buf.iter_mut().enumerate().take(eb) {
-                                *byte = (v >> (8 * k)) as u8;
-                            }
+                            le_write(u64::from(v), &mut buf[..eb]);
                             AccessKind::Write
                         };
-                        if let Err(er) =
-                            self.access(blk, wi, lane, pcu, *space, a, eb, &mut buf, kind)
-                        {
-                            return Err(
-                                self.report(er.checker, er.code, blk, widx, lane, pcu, &er.detail)
-                            );
-                        }
+                        self.access_reported(blk, wi, lane, pcu, *space, a, eb, &mut buf, kind)?;
                         if is_load {
-                            let mut v = 0u32;
-                            for (k, byte) in buf.iter().enumerate().take(eb) {
-                                v |= u32::from(*byte) << (8 * k);
-                            }
+                            // Elements are at most 4 bytes.
+                            let v = le_read(&buf[..eb]) as u32;
                             vals[lane * nregs + reg] |= v << sh;
                         }
                     }
@@ -1839,10 +1794,7 @@ fn advance(w: &mut Warp, m: u32) {
 /// Applies an atomic to `cell` (little endian), leaving the old value in `old`.
 fn atomic(cell: &mut [u8], op: AtomOp, ty: AtomTy, b: u64, c: u64, old: &mut [u8]) {
     let n = cell.len();
-    let mut v = 0u64;
-    for (k, byte) in cell.iter().enumerate() {
-        v |= u64::from(*byte) << (8 * k);
-    }
+    let v = le_read(cell);
     old[..n].copy_from_slice(cell);
     let m = if n >= 8 {
         u64::MAX
@@ -1901,7 +1853,21 @@ fn atomic(cell: &mut [u8], op: AtomOp, ty: AtomTy, b: u64, c: u64, old: &mut [u8
             }
         }
     } & m;
-    for (k, byte) in cell.iter_mut().enumerate() {
-        *byte = (r >> (8 * k)) as u8;
+    le_write(r, cell);
+}
+
+/// The little-endian value of `bytes` (at most 8).
+fn le_read(bytes: &[u8]) -> u64 {
+    let mut v = 0u64;
+    for (k, byte) in bytes.iter().enumerate() {
+        v |= u64::from(*byte) << (8 * k);
+    }
+    v
+}
+
+/// Writes the low `bytes.len()` bytes (at most 8) of `v` to `bytes`, little endian.
+fn le_write(v: u64, bytes: &mut [u8]) {
+    for (k, byte) in bytes.iter_mut().enumerate() {
+        *byte = (v >> (8 * k)) as u8;
     }
 }
