@@ -440,6 +440,15 @@ impl<'a> Parser<'a> {
         }
     }
 
+    /// The value after `.align` (the directive `t`): a power of two.
+    fn alignment(&mut self, t: Token<'a>) -> Result<u32, ParseError> {
+        let a = self.u32("an alignment")?;
+        if a == 0 || !a.is_power_of_two() {
+            return self.err(t, format_args!("alignment {a} is not a power of two"));
+        }
+        Ok(a)
+    }
+
     // ----------------------------------------------------------------------------------------
     // Module level
     // ----------------------------------------------------------------------------------------
@@ -684,10 +693,7 @@ impl<'a> Parser<'a> {
             self.lx.next()?;
             match t.text {
                 ".align" => {
-                    let a = self.u32("an alignment")?;
-                    if a == 0 || !a.is_power_of_two() {
-                        return self.err(t, format_args!("alignment {a} is not a power of two"));
-                    }
+                    let a = self.alignment(t)?;
                     align = a;
                 }
                 ".v2" => vec = 2,
@@ -1011,10 +1017,7 @@ impl<'a> Parser<'a> {
             self.lx.next()?;
             match t.text {
                 ".align" => {
-                    let a = self.u32("an alignment")?;
-                    if a == 0 || !a.is_power_of_two() {
-                        return self.err(t, format_args!("alignment {a} is not a power of two"));
-                    }
+                    let a = self.alignment(t)?;
                     // After `.ptr`, `.align` is the pointee's alignment.
                     if !after_ptr {
                         align = a;
