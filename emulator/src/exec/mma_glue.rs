@@ -98,10 +98,10 @@ pub fn lower(ctx: MatrixCtxOwned, inst: &ir::Instruction) -> Result<MatrixOp, St
     match mma::Wmma::parse(&inst.opcode)? {
         Some(mma::Wmma::Load(ls)) => {
             let space = space_of(ls.space);
-            let stride = match ops.get(2) {
-                Some(o) => Some(ctx.src(o).ok_or("bad stride")?),
-                None => None,
-            };
+            let stride = ops
+                .get(2)
+                .map(|o| ctx.src(o).ok_or("bad stride"))
+                .transpose()?;
             Ok(MatrixOp::Load {
                 ls,
                 space,
@@ -115,10 +115,10 @@ pub fn lower(ctx: MatrixCtxOwned, inst: &ir::Instruction) -> Result<MatrixOp, St
         }
         Some(mma::Wmma::Store(ls)) => {
             let space = space_of(ls.space);
-            let stride = match ops.get(2) {
-                Some(o) => Some(ctx.src(o).ok_or("bad stride")?),
-                None => None,
-            };
+            let stride = ops
+                .get(2)
+                .map(|o| ctx.src(o).ok_or("bad stride"))
+                .transpose()?;
             Ok(MatrixOp::Store {
                 ls,
                 space,
