@@ -1426,6 +1426,14 @@ impl Builder<'_> {
         format!("unsupported instruction form `{}`: {why}", self.form)
     }
 
+    /// [`Self::push`] of each of `ops`, in order, all read in `ctx`.
+    fn push_all(&mut self, ops: &[Operand], ctx: Ctx) -> Result<(), String> {
+        for o in ops {
+            self.push(o, ctx)?;
+        }
+        Ok(())
+    }
+
     fn push(&mut self, o: &Operand, ctx: Ctx) -> Result<(), String> {
         let i = self.src.len();
         if i >= 8 {
@@ -1626,9 +1634,7 @@ pub fn lower(
             only(&["lo", "hi"])?;
             let n = if base == "mad24" { 3 } else { 2 };
             nsrc(n)?;
-            for o in srcs {
-                b.push(o, Ctx::Bits)?;
-            }
+            b.push_all(srcs, Ctx::Bits)?;
             match (base, hi) {
                 ("mul24", false) => AluOp::Mul24Lo { s },
                 ("mul24", true) => AluOp::Mul24Hi { s },
@@ -1640,9 +1646,7 @@ pub fn lower(
             only(&[])?;
             let (w, s) = int_type(one_type()?).ok_or_else(|| err("type"))?;
             nsrc(3)?;
-            for o in srcs {
-                b.push(o, Ctx::Bits)?;
-            }
+            b.push_all(srcs, Ctx::Bits)?;
             AluOp::Sad { w, s }
         }
         "and" | "or" | "xor" | "not" | "cnot" => {
@@ -1657,9 +1661,7 @@ pub fn lower(
                 2
             };
             nsrc(n)?;
-            for o in srcs {
-                b.push(o, Ctx::Bits)?;
-            }
+            b.push_all(srcs, Ctx::Bits)?;
             match base {
                 "and" => AluOp::And { w },
                 "or" => AluOp::Or { w },
@@ -1711,9 +1713,7 @@ pub fn lower(
                 .filter(|&(w, _)| w == 32 || w == 64)
                 .ok_or_else(|| err("type"))?;
             nsrc(if base == "bfe" { 3 } else { 4 })?;
-            for o in srcs {
-                b.push(o, Ctx::Bits)?;
-            }
+            b.push_all(srcs, Ctx::Bits)?;
             if base == "bfe" {
                 AluOp::Bfe { w, s }
             } else {
@@ -1735,9 +1735,7 @@ pub fn lower(
                 _ => return Err(err("mode")),
             };
             nsrc(3)?;
-            for o in srcs {
-                b.push(o, Ctx::Bits)?;
-            }
+            b.push_all(srcs, Ctx::Bits)?;
             AluOp::Prmt { mode }
         }
         "lop3" => {
@@ -1746,9 +1744,7 @@ pub fn lower(
                 return Err(err("type"));
             }
             nsrc(4)?;
-            for o in srcs {
-                b.push(o, Ctx::Bits)?;
-            }
+            b.push_all(srcs, Ctx::Bits)?;
             AluOp::Lop3
         }
         "shf" => {
@@ -1767,9 +1763,7 @@ pub fn lower(
             };
             only(&["l", "r", "wrap", "clamp"])?;
             nsrc(3)?;
-            for o in srcs {
-                b.push(o, Ctx::Bits)?;
-            }
+            b.push_all(srcs, Ctx::Bits)?;
             AluOp::Shf { left, clamp }
         }
         "selp" => {
@@ -1887,9 +1881,7 @@ pub fn lower(
                 NumTy::F64 => Ctx::F64,
                 _ => Ctx::Bits,
             };
-            for o in srcs {
-                b.push(o, ctx)?;
-            }
+            b.push_all(srcs, ctx)?;
             AluOp::Cvt(c)
         }
         _ => return Ok(None),
@@ -1932,9 +1924,7 @@ fn lower_int(
     if srcs.len() != n {
         return Err(err("source operand count"));
     }
-    for o in srcs {
-        b.push(o, Ctx::Bits)?;
-    }
+    b.push_all(srcs, Ctx::Bits)?;
     let f: Vec<&str> = flags.to_vec();
     let op = match (base, f.as_slice()) {
         ("add", []) => AluOp::Add { w },
@@ -1999,9 +1989,7 @@ fn lower_float(
         return Err(err("source operand count"));
     }
     let ctx = if is64 { Ctx::F64 } else { Ctx::F32 };
-    for o in srcs {
-        b.push(o, ctx)?;
-    }
+    b.push_all(srcs, ctx)?;
     let r = rnd.unwrap_or(Rnd::Rn);
     let plain = |ok: bool| if ok { Ok(()) } else { Err(err("modifiers")) };
     let op = match base {
