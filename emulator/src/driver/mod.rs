@@ -591,6 +591,14 @@ fn with_ctx<T>(f: impl FnOnce(&mut Driver) -> Res<T>) -> Res<T> {
     })
 }
 
+/// [`with_ctx`] for a call on `stream`: refused unless the stream is live (or a default one).
+fn with_stream<T>(stream: Handle, f: impl FnOnce(&mut Driver) -> Res<T>) -> Res<T> {
+    with_ctx(|d| {
+        d.check_stream(stream)?;
+        f(d)
+    })
+}
+
 /// Runs a teardown call (free, destroy, unload) as [`with_ctx`] does, except in an unusable
 /// context: there it still releases what it names, when that is live, and returns success
 /// either way, quietly. A deliberate deviation from CUDA (which returns the sticky code): cleanup
@@ -1183,10 +1191,7 @@ pub unsafe extern "C" fn cuStreamWaitEvent(
     _flags: c_uint,
 ) -> CUresult {
     entry("cuStreamWaitEvent", || {
-        with_ctx(|d| {
-            d.check_stream(stream)?;
-            event_of(d, event).map(|_| ())
-        })
+        with_stream(stream, |d| event_of(d, event).map(|_| ()))
     })
 }
 
@@ -1245,8 +1250,7 @@ pub unsafe extern "C" fn cuEventCreate(event: *mut Handle, flags: c_uint) -> CUr
 }
 
 unsafe fn event_record(event: Handle, stream: Handle) -> Res<()> {
-    with_ctx(|d| {
-        d.check_stream(stream)?;
+    with_stream(stream, |d| {
         event_of(d, event)?.recorded = true;
         Ok(())
     })
@@ -1374,10 +1378,7 @@ pub unsafe extern "C" fn cuMemAllocAsync(
         if dptr.is_null() {
             return Err(Fail::code(CUDA_ERROR_INVALID_VALUE));
         }
-        let a = with_ctx(|d| {
-            d.check_stream(stream)?;
-            d.alloc(bytes as u64)
-        })?;
+        let a = with_stream(stream, |d| d.alloc(bytes as u64))?;
         unsafe { put(dptr, a) }
     })
 }
@@ -1504,10 +1505,7 @@ pub unsafe extern "C" fn cuMemsetD8Async(
     stream: Handle,
 ) -> CUresult {
     entry("cuMemsetD8Async", || {
-        with_ctx(|d| {
-            d.check_stream(stream)?;
-            d.memset(dst, &[value], count)
-        })
+        with_stream(stream, |d| d.memset(dst, &[value], count))
     })
 }
 
@@ -1532,10 +1530,7 @@ pub unsafe extern "C" fn cuMemsetD16Async(
     stream: Handle,
 ) -> CUresult {
     entry("cuMemsetD16Async", || {
-        with_ctx(|d| {
-            d.check_stream(stream)?;
-            d.memset(dst, &value.to_le_bytes(), count)
-        })
+        with_stream(stream, |d| d.memset(dst, &value.to_le_bytes(), count))
     })
 }
 
@@ -1556,10 +1551,7 @@ pub unsafe extern "C" fn cuMemsetD32Async(
     stream: Handle,
 ) -> CUresult {
     entry("cuMemsetD32Async", || {
-        with_ctx(|d| {
-            d.check_stream(stream)?;
-            d.memset(dst, &value.to_le_bytes(), count)
-        })
+        with_stream(stream, |d| d.memset(dst, &value.to_le_bytes(), count))
     })
 }
 
@@ -1584,10 +1576,7 @@ pub unsafe extern "C" fn cuMemcpyHtoDAsync_v2(
     stream: Handle,
 ) -> CUresult {
     entry("cuMemcpyHtoDAsync_v2", || {
-        with_ctx(|d| {
-            d.check_stream(stream)?;
-            unsafe { d.htod(dst, src, bytes) }
-        })
+        with_stream(stream, |d| unsafe { d.htod(dst, src, bytes) })
     })
 }
 
@@ -1612,10 +1601,7 @@ pub unsafe extern "C" fn cuMemcpyDtoHAsync_v2(
     stream: Handle,
 ) -> CUresult {
     entry("cuMemcpyDtoHAsync_v2", || {
-        with_ctx(|d| {
-            d.check_stream(stream)?;
-            unsafe { d.dtoh(dst, src, bytes) }
-        })
+        with_stream(stream, |d| unsafe { d.dtoh(dst, src, bytes) })
     })
 }
 
@@ -1638,17 +1624,13 @@ pub unsafe extern "C" fn cuMemcpyDtoDAsync_v2(
     stream: Handle,
 ) -> CUresult {
     entry("cuMemcpyDtoDAsync_v2", || {
-        with_ctx(|d| {
-            d.check_stream(stream)?;
-            d.dtod(dst, src, bytes)
-        })
+        with_stream(stream, |d| d.dtod(dst, src, bytes))
     })
 }
 
 // ---------------------------------------------------------------- modules
 
-/// The fatbin container's magic.
-const FATBIN_MAGIC: u32 = 0xBA55_ED50;
+use crate::ptx::fatbin::FATBIN_MAGIC;
 /// The fatbin wrapper's magic (`__fatBinC_Wrapper_t`: magic, version, data pointer, unused).
 const FATBIN_WRAPPER_MAGIC: u32 = 0x4662_43B1;
 /// The largest fatbin accepted (a sanity bound on the header's payload size).
@@ -2051,8 +2033,7 @@ pub unsafe extern "C" fn cuLaunchKernel(
     extra: *mut *mut c_void,
 ) -> CUresult {
     entry("cuLaunchKernel", || {
-        with_ctx(|d| {
-            d.check_stream(stream)?;
+        with_stream(stream, |d| {
             let func = d.func(f)?;
             let name = func.name.clone();
             let bad =
