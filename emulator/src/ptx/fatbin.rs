@@ -90,22 +90,21 @@ pub fn fatbin_size(header: &[u8]) -> Option<u64> {
     hs.checked_add(size)
 }
 
+/// The `N` bytes of `b` at `at`; `None` past the end.
+fn bytes_at<const N: usize>(b: &[u8], at: usize) -> Option<[u8; N]> {
+    b.get(at..at.checked_add(N)?)?.try_into().ok()
+}
+
 fn read_u16(b: &[u8], at: usize) -> Option<u16> {
-    Some(u16::from_le_bytes(
-        b.get(at..at.checked_add(2)?)?.try_into().ok()?,
-    ))
+    bytes_at(b, at).map(u16::from_le_bytes)
 }
 
 fn read_u32(b: &[u8], at: usize) -> Option<u32> {
-    Some(u32::from_le_bytes(
-        b.get(at..at.checked_add(4)?)?.try_into().ok()?,
-    ))
+    bytes_at(b, at).map(u32::from_le_bytes)
 }
 
 fn read_u64(b: &[u8], at: usize) -> Option<u64> {
-    Some(u64::from_le_bytes(
-        b.get(at..at.checked_add(8)?)?.try_into().ok()?,
-    ))
+    bytes_at(b, at).map(u64::from_le_bytes)
 }
 
 /// One PTX entry found in a fatbin.
