@@ -2,6 +2,8 @@
 //! absolute path, then cudarc's `dlopen("libcuda.so.1")` binds to it.
 mod driver_common;
 
+use driver_common::{data, floats};
+
 use cudarc::driver::sys::{CUdevice_attribute, CUevent_flags, CUresult};
 use cudarc::driver::{result, CudaContext, DevicePtr, DriverError, LaunchConfig, PushKernelArg};
 use cudarc::nvrtc::Ptx;
@@ -10,26 +12,6 @@ use std::sync::Arc;
 fn ctx() -> Arc<CudaContext> {
     driver_common::emulator();
     CudaContext::new(0).expect("CudaContext::new(0) on the emulator")
-}
-
-/// Reproducible non-zero test data.
-fn data(len: usize, seed: u32) -> Vec<u32> {
-    let mut s = seed.wrapping_mul(2_654_435_761) | 1;
-    (0..len)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 17;
-            s ^= s << 5;
-            s
-        })
-        .collect()
-}
-
-fn floats(len: usize, seed: u32) -> Vec<f32> {
-    data(len, seed)
-        .into_iter()
-        .map(|v| (v % 2001) as f32 / 250.0 - 4.0)
-        .collect()
 }
 
 #[test]

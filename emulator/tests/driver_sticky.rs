@@ -6,6 +6,8 @@
 //! unusable would fail every test running beside it.
 mod driver_common;
 
+use driver_common::floats;
+
 use cudarc::driver::sys::{self, CUresult};
 use cudarc::driver::{
     result, CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, DriverError, LaunchConfig,
@@ -17,19 +19,6 @@ use std::sync::Arc;
 const SCALE_PTX: &str = include_str!("driver_data/scale.ptx");
 const N: u32 = 1000;
 const A: f32 = 1.75;
-
-/// Reproducible non-zero floats in [-4, 4].
-fn floats(len: usize, seed: u32) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(2_654_435_761) | 1;
-    (0..len)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 17;
-            s ^= s << 5;
-            (s % 2001) as f32 / 250.0 - 4.0
-        })
-        .collect()
-}
 
 /// A stream, `scale_add`, and its inputs on the device.
 struct Setup {

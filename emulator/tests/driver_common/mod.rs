@@ -53,3 +53,24 @@ pub fn last_error() -> String {
         String::from_utf8(buf).expect("UTF-8 message")
     }
 }
+
+/// Reproducible non-zero test data (xorshift32).
+pub fn data(len: usize, seed: u32) -> Vec<u32> {
+    let mut s = seed.wrapping_mul(2_654_435_761) | 1;
+    (0..len)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 17;
+            s ^= s << 5;
+            s
+        })
+        .collect()
+}
+
+/// Reproducible non-zero floats in [-4, 4] (from [`data`]).
+pub fn floats(len: usize, seed: u32) -> Vec<f32> {
+    data(len, seed)
+        .into_iter()
+        .map(|v| (v % 2001) as f32 / 250.0 - 4.0)
+        .collect()
+}
