@@ -440,6 +440,16 @@ impl<'a> Parser<'a> {
         }
     }
 
+    /// The next token when it is a directive (consumed); `None` (nothing consumed) otherwise.
+    fn next_directive(&mut self) -> Result<Option<Token<'a>>, ParseError> {
+        let t = self.lx.peek()?;
+        if t.kind != Tok::Directive {
+            return Ok(None);
+        }
+        self.lx.next()?;
+        Ok(Some(t))
+    }
+
     /// The value after `.align` (the directive `t`): a power of two.
     fn alignment(&mut self, t: Token<'a>) -> Result<u32, ParseError> {
         let a = self.u32("an alignment")?;
@@ -685,17 +695,9 @@ impl<'a> Parser<'a> {
         let mut ty = None;
         let mut vec = 1u32;
         let mut align = 0u32;
-        loop {
-            let t = self.lx.peek()?;
-            if t.kind != Tok::Directive {
-                break;
-            }
-            self.lx.next()?;
+        while let Some(t) = self.next_directive()? {
             match t.text {
-                ".align" => {
-                    let a = self.alignment(t)?;
-                    align = a;
-                }
+                ".align" => align = self.alignment(t)?,
                 ".v2" => vec = 2,
                 ".v4" => vec = 4,
                 ".v8" => vec = 8,
@@ -1009,12 +1011,7 @@ impl<'a> Parser<'a> {
         let mut ty = None;
         let mut align = 0u32;
         let mut after_ptr = false;
-        loop {
-            let t = self.lx.peek()?;
-            if t.kind != Tok::Directive {
-                break;
-            }
-            self.lx.next()?;
+        while let Some(t) = self.next_directive()? {
             match t.text {
                 ".align" => {
                     let a = self.alignment(t)?;
