@@ -568,6 +568,11 @@ fn lower_inst(ctx: &Ctx, inst: &ir::Instruction) -> EmuResult<Op> {
             .and_then(|o| ctx.src(o))
             .ok_or_else(|| bad(&format!("operand {} is not a register or immediate", i + 1)))
     };
+    let addr_at = |i: usize, space: MemSpace| -> EmuResult<Addr> {
+        ops.get(i)
+            .and_then(|o| ctx.addr(o, space))
+            .ok_or_else(|| bad("bad address operand"))
+    };
     match toks[0] {
         "ld" | "ldu" | "st" => {
             let is_st = toks[0] == "st";
@@ -615,14 +620,9 @@ fn lower_inst(ctx: &Ctx, inst: &ir::Instruction) -> EmuResult<Op> {
                 return Err(bad("predicate type in a memory access"));
             }
             let size = ty.size() as u8;
-            let (data_op, addr_op) = if is_st {
-                (ops.get(1), ops.first())
-            } else {
-                (ops.first(), ops.get(1))
-            };
-            let addr = addr_op
-                .and_then(|o| ctx.addr(o, space))
-                .ok_or_else(|| bad("bad address operand"))?;
+            let (data_i, addr_i) = if is_st { (1, 0) } else { (0, 1) };
+            let data_op = ops.get(data_i);
+            let addr = addr_at(addr_i, space)?;
             let data: Vec<&Operand> = match data_op {
                 Some(Operand::Vector(v)) => v.iter().collect(),
                 Some(o) => vec![o],
@@ -726,10 +726,7 @@ fn lower_inst(ctx: &Ctx, inst: &ir::Instruction) -> EmuResult<Op> {
                         .ok_or_else(|| bad("bad destination"))?,
                 )
             };
-            let addr = ops
-                .get(base)
-                .and_then(|o| ctx.addr(o, space))
-                .ok_or_else(|| bad("bad address operand"))?;
+            let addr = addr_at(base, space)?;
             let b = src(base + 1)?;
             let c = if op == AtomOp::Cas {
                 Some(src(base + 2)?)
