@@ -22,7 +22,8 @@
 //!   inside a freed one (addresses are never reused), outside the device ranges (host
 //!   pointers, null), not a multiple of the access size (vectors: of the whole vector), past the
 //!   block's shared memory, the thread's local memory or the parameter buffer, stores to the
-//!   parameter buffer; wmma pointers not 32-byte aligned or strides not a multiple of 16 bytes.
+//!   parameter buffer; wmma rows that do not start at a multiple of the fragment size (the PTX
+//!   ISA's rule in "Matrix Storage for WMMA": base and stride in bytes multiples of it).
 //! - initcheck: reads of global bytes never written by the host, a memset, a copy or a kernel,
 //!   of shared bytes not written by this block (shared memory starts unwritten for every block),
 //!   and of local bytes not written by the thread. Module `.global`/`.const` variables count as
