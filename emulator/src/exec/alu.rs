@@ -15,7 +15,7 @@
 //! # Calling protocol (the engine's side)
 //! [`lower`] turns one instruction into an [`AluInst`] (or `Ok(None)` when the opcode belongs to
 //! the engine: memory, control flow, collectives, `mov` of special registers). Symbols used as
-//! values must already be replaced by [`ir::Operand::Int`] immediates and special registers are
+//! values must already be replaced by [`crate::ptx::ir::Operand::Int`] immediates and special registers are
 //! not accepted here. To run one lane, the engine builds `src[i]` = the bits of `inst.src[i]`
 //! (the register's value or the immediate), calls [`AluInst::eval`] with a `dst` slice of
 //! `inst.dst.len()` entries, and writes `dst[i]` to `inst.dst[i]` where that is `Some` (a `None`

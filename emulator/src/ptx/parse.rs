@@ -1,6 +1,6 @@
 //! The PTX text parser. CONTRACT: `parse_ptx` keeps this signature.
 //!
-//! A hand-written recursive-descent parser over a zero-copy tokenizer ([`lexer`]). It accepts the
+//! A hand-written recursive-descent parser over a zero-copy tokenizer (`parse::lexer`). It accepts the
 //! PTX that nvcc 13 emits for `.entry` kernels (PTX ISA 9.0) and resolves every name:
 //!
 //! - registers (`.reg .f32 %f<277>;` ranges and single names) become [`RegId`]s into one flat
