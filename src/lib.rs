@@ -55,9 +55,12 @@ pub mod int8;
 pub mod layer;
 pub mod linear;
 pub mod lora;
+mod lora_shrink;
+pub mod mixed_batch;
 pub mod peft;
 pub mod quant4;
 pub mod sys;
+mod validate;
 
 mod kernel_images {
     include!(concat!(env!("OUT_DIR"), "/kernel_images.rs"));
@@ -68,3 +71,4 @@ pub use dora::DoraFactor;
 pub use dtype::{DType, Element};
 pub use error::{Error, Result};
 pub use lora::{LoraAdapter, LoraShape, MAX_RANK};
+pub use mixed_batch::MixedAdapters;

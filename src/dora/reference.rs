@@ -1,25 +1,14 @@
 //! CPU references for DoRA: simple loops accumulating in f64, rounded once. The specification the
 //! kernels of `kernels/dora.cu` and the DoRA epilogue of the fused forward are tested against.
-use super::{validate_rows, DORA_NORM_EPS};
+use super::DORA_NORM_EPS;
 use crate::error::{invalid, Result};
-use crate::lora::{validate_bias, validate_lora_forward, AdapterLens, LoraAdapter, LoraShape};
+use crate::lora::reference::{check_finite, delta_row};
+use crate::lora::{LoraAdapter, LoraShape};
+use crate::validate::{validate_bias, validate_lora_forward, validate_rows, AdapterLens};
 use crate::Element;
 
 fn lens<T>(adapter: &LoraAdapter<'_, [T]>) -> AdapterLens {
     AdapterLens::of(std::slice::from_ref(adapter), <[T]>::len)[0]
-}
-
-/// Row `row` of `s·B·A`, in f64.
-fn delta_row<T: Element>(adapter: &LoraAdapter<'_, [T]>, k: usize, row: usize) -> Vec<f64> {
-    let r = adapter.rank;
-    (0..k)
-        .map(|c| {
-            let ba: f64 = (0..r)
-                .map(|j| adapter.lora_b[row * r + j].to_f64() * adapter.lora_a[j * k + c].to_f64())
-                .sum();
-            adapter.scale as f64 * ba
-        })
-        .collect()
 }
 
 /// Row `row` of `W + s·B·A`, in f64.
@@ -182,17 +171,6 @@ pub fn dora_unmerged_weight<T: Element>(
     Ok(out)
 }
 
-fn check_finite<T: Element>(w: &[T], k: usize) -> Result<()> {
-    match w.iter().position(|v| !v.to_f64().is_finite()) {
-        None => Ok(()),
-        Some(pos) => Err(invalid(
-            "weight",
-            "a merge with finite results (safe merge)",
-            format!("a non-finite value at [{}, {}]", pos / k, pos % k),
-        )),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -215,7 +193,7 @@ mod tests {
         let factor = dora_factor(&[1.0f32, 3.0, 1.0], &norm).unwrap();
         assert!(factor.iter().all(|f| f.is_finite()));
         let shape = LoraShape::new(m, k, n);
-        let base = crate::lora::reference::linear(&x, &weight, Some(&bias), shape).unwrap();
+        let base = crate::linear::reference::linear(&x, &weight, Some(&bias), shape).unwrap();
         let y = dora_forward(&x, &base, Some(&bias), adapter, &factor, shape).unwrap();
         assert_eq!(y[1], bias[1]);
         assert_eq!(y[n + 1], bias[1]);

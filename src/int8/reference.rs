@@ -35,7 +35,8 @@
 //!   all-zero row codes 0, as this crate does.
 use super::{Int8Weight, INV_127};
 use crate::error::{invalid, Result};
-use crate::lora::{validate_bias, validate_lora_forward, LoraAdapter, LoraShape};
+use crate::lora::{LoraAdapter, LoraShape};
+use crate::validate::{validate_bias, validate_lora_forward};
 use crate::Element;
 use half::f16;
 
