@@ -46,6 +46,7 @@
 //! ```
 #![warn(missing_docs)]
 
+mod adapter;
 pub mod device;
 pub mod dora;
 pub mod dtype;

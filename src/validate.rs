@@ -1,8 +1,8 @@
 //! Argument checks shared by every kernel family and its CPU reference: one validation per op, run
 //! before anything is launched or computed, so the CPU and GPU paths reject the same inputs with the
 //! same error (naming the argument, what was expected and what came).
+use crate::adapter::{LoraAdapter, LoraShape, MAX_RANK};
 use crate::error::{invalid, Result};
-use crate::lora::{LoraAdapter, LoraShape, MAX_RANK};
 
 /// The lengths of one adapter's buffers, for validation.
 #[derive(Clone, Copy, Debug)]

@@ -2,6 +2,8 @@
 //! kernels of `kernels/dora.cu` and the DoRA epilogue of the fused forward are tested against.
 use super::DORA_NORM_EPS;
 use crate::error::{invalid, Result};
+use crate::int8::reference::{dequantize_to, quantize_rowwise};
+use crate::int8::Int8Weight;
 use crate::lora::reference::{check_finite, delta_row};
 use crate::lora::{LoraAdapter, LoraShape};
 use crate::validate::{validate_bias, validate_lora_forward, validate_rows, AdapterLens};
@@ -171,9 +173,45 @@ pub fn dora_unmerged_weight<T: Element>(
     Ok(out)
 }
 
+/// peft's merge into bitsandbytes' 8-bit layer: W is dequantised to `T`, the adapter is added
+/// (`f ⊙ (W + s·B·A)` with a DoRA factor, `W + s·B·A` without, rounded to `T`), and the result is
+/// quantised row-wise again ([`crate::int8::reference::quantize_rowwise`]; the reference of
+/// [`crate::Gpu::merge_adapter_int8`]). A non-finite result is an error.
+pub fn merge_adapter_int8<T: Element>(
+    weight: &Int8Weight,
+    adapter: LoraAdapter<'_, [T]>,
+    factor: Option<&[f32]>,
+) -> Result<Int8Weight> {
+    requantized(weight, |w, k, n| {
+        dora_merged_weight(w, adapter, factor, k, n)
+    })
+}
+
+/// Undoes [`merge_adapter_int8`]: `W / f − s·B·A` (or `W − s·B·A`) on the dequantised weight, requantised.
+pub fn unmerge_adapter_int8<T: Element>(
+    weight: &Int8Weight,
+    adapter: LoraAdapter<'_, [T]>,
+    factor: Option<&[f32]>,
+) -> Result<Int8Weight> {
+    requantized(weight, |w, k, n| {
+        dora_unmerged_weight(w, adapter, factor, k, n)
+    })
+}
+
+/// `update` applied to the weight dequantised to `T` ([n, k] → [n, k]), quantised row-wise again.
+fn requantized<T: Element>(
+    weight: &Int8Weight,
+    update: impl FnOnce(&[T], usize, usize) -> Result<Vec<T>>,
+) -> Result<Int8Weight> {
+    let [n, k] = weight.shape;
+    let w: Vec<T> = dequantize_to(weight)?;
+    quantize_rowwise(&update(&w, k, n)?, weight.shape)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::int8::reference::{dequantize, dequantize_to, quantize_rowwise};
 
     /// A zero row of W + s·B·A (W row and B row zero) has norm 0, a finite factor, and its output is
     /// the bias exactly.
@@ -294,5 +332,34 @@ mod tests {
             factored[2],
             exact[2]
         );
+    }
+
+    /// Merging into an int8 weight equals merging into its dequantised weight and requantising, and
+    /// unmerging comes back to the original within int8 rounding.
+    #[test]
+    fn merge_requantises_and_unmerge_comes_back() {
+        let (n, k, r) = (5, 40, 3);
+        let w: Vec<f32> = (0..n * k)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) * 0.002)
+            .collect();
+        let a: Vec<f32> = (0..r * k)
+            .map(|i| ((i * 13 % 29) as f32 - 14.0) * 0.01)
+            .collect();
+        let b: Vec<f32> = (0..n * r)
+            .map(|i| ((i * 7 % 11) as f32 - 5.0) * 0.01)
+            .collect();
+        let q = quantize_rowwise(&w, [n, k]).unwrap();
+        let adapter = LoraAdapter::new(&a[..], &b[..], r, 0.5);
+        let merged = merge_adapter_int8(&q, adapter, None).unwrap();
+        let dense: Vec<f32> = dequantize_to(&q).unwrap();
+        let want = dora_merged_weight(&dense, adapter, None, k, n).unwrap();
+        assert_eq!(merged, quantize_rowwise(&want, [n, k]).unwrap());
+        assert_ne!(merged.cb, q.cb, "the adapter moves the codes");
+        let back = dequantize(&unmerge_adapter_int8(&merged, adapter, None).unwrap()).unwrap();
+        let orig = dequantize(&q).unwrap();
+        let step = q.scb.iter().fold(0.0f32, |m, &s| m.max(s)) / 127.0;
+        for (x, y) in back.iter().zip(&orig) {
+            assert!((x - y).abs() <= 2.0 * step, "{x} vs {y}");
+        }
     }
 }
