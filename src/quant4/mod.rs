@@ -331,14 +331,16 @@ impl Quant4Weight {
                 )))
             }
             [one] => one.to_string(),
-            many => return Err(fail(format!(
+            many => {
+                return Err(fail(format!(
                 "expected one quant state (`{state_prefix}bitsandbytes__nf4` or __fp4), got {}: {}",
                 many.len(),
                 many.iter()
                     .map(|k| format!("`{k}`"))
                     .collect::<Vec<_>>()
                     .join(", ")
-            ))),
+            )))
+            }
         };
         let key_type = match &state_key[state_prefix.len()..] {
             "bitsandbytes__nf4" => "nf4",
@@ -479,13 +481,22 @@ impl Quant4Weight {
                     nested_code.len()
                 )));
             }
-            Absmax::Nested {
+            let absmax = Absmax::Nested {
                 codes,
                 nested_absmax,
                 nested_code,
                 nested_blocksize,
                 offset,
+            };
+            let values = absmax.values().map_err(|e| file_error(origin, e))?;
+            if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+                return Err(fail(format!(
+                    "`{prefix}weight.absmax`: block {i} rebuilds to {} (nested_quant_map[code] · \
+                     nested_absmax + nested_offset), expected a finite value",
+                    values[i]
+                )));
             }
+            absmax
         } else {
             let absmax = f32s("weight.absmax", true)?;
             if absmax.len() != blocks {
