@@ -293,6 +293,11 @@ impl PeftAdapter {
         if lora_a.is_empty() {
             return Err(weights_error("no `lora_A.weight` tensors".into()));
         }
+        // Sorted by module name (the keys' order differs where a path extends another: `m.a.x`
+        // sorts before `m` inside `m.a.x.lora_A.weight` and `m.lora_A.weight`).
+        for modules in [&mut lora_a, &mut lora_b, &mut magnitudes] {
+            modules.sort_unstable();
+        }
         let orphans = |tensors: &[&str], suffix: &str| -> Vec<String> {
             tensors
                 .iter()

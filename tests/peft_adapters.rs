@@ -409,3 +409,27 @@ fn from_bytes_reads_what_load_reads() {
         loaded
     );
 }
+
+/// A module whose path extends another's (`q_proj` and `q_proj.a.q_proj`) sorts differently as a module
+/// name than inside its tensor keys; both load.
+#[test]
+fn modules_whose_paths_extend_others_load() {
+    let dir = folder("nested-names", "adapter_lora", |c| {
+        c["rank_pattern"] = json!({})
+    });
+    edit_weights(&dir, |t| {
+        for m in ["layers.1.q_proj", "layers.1.v_proj", "layers.1.up_proj"] {
+            for part in ["lora_A", "lora_B"] {
+                let v = t
+                    .remove(&format!("base_model.model.{m}.{part}.weight"))
+                    .unwrap();
+                let to = m.replace("layers.1.", "layers.0.q_proj.a.");
+                t.insert(format!("base_model.model.{to}.{part}.weight"), v);
+            }
+        }
+    });
+    let a = PeftAdapter::load(&dir).unwrap();
+    assert_eq!(a.modules.len(), 8);
+    assert!(a.module("layers.0.q_proj").is_some());
+    assert!(a.module("layers.0.q_proj.a.q_proj").is_some());
+}
