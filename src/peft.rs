@@ -214,7 +214,7 @@ fn tensor_f32(st: &SafeTensors<'_>, name: &str, path: &Path) -> Result<(Vec<usiz
         return Err(file_error(
             path.display(),
             format!(
-                "tensor `{name}`: expected finite values, got {} at index {i}",
+                "tensor `{name}`: expected finite values, got {:?} at index {i}",
                 values[i]
             ),
         ));

@@ -17,8 +17,17 @@ use std::collections::BTreeMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
 
-/// Mutated inputs per target (five targets).
-const CASES: usize = 400;
+/// Mutated inputs per target (five targets); `FUZZ_LOADERS_CASES` overrides it.
+const CASES: usize = 800;
+
+/// The number of cases, and the seed of target `seed` (`FUZZ_LOADERS_SEED` shifts every seed, to
+/// explore beyond the fixed inputs `cargo test` runs).
+fn budget(seed: u64) -> (usize, Rng) {
+    let env = |name: &str| std::env::var(name).ok().and_then(|v| v.parse::<u64>().ok());
+    let cases = env("FUZZ_LOADERS_CASES").map_or(CASES, |c| c as usize);
+    let shift = env("FUZZ_LOADERS_SEED").unwrap_or(0);
+    (cases, Rng::new(seed.wrapping_add(shift.wrapping_mul(1000))))
+}
 
 /// xorshift64*.
 struct Rng(u64);
@@ -286,7 +295,7 @@ fn mutate_safetensors(rng: &mut Rng, bytes: &[u8], json_tensor: Option<&str>) ->
             return join(&entries, data);
         }
         _ => {
-            if let Some(key) = json_tensor.filter(|k| t.contains_key(*k)) {
+            if let Some(key) = json_tensor.filter(|k| t.get(*k).is_some_and(|e| e.0 == Dtype::U8)) {
                 let entry = t.get_mut(key).unwrap();
                 entry.2 = mutate_json(rng, &entry.2);
                 entry.1 = vec![entry.2.len()];
@@ -420,9 +429,9 @@ fn fuzz_state_dict<T: std::fmt::Debug>(
         run(what, usize::MAX, || load(bytes), check),
         "{what}: the unmutated file must load"
     );
-    let mut rng = Rng::new(seed);
+    let (cases, mut rng) = budget(seed);
     let mut loaded = 0;
-    for case in 0..CASES {
+    for case in 0..cases {
         let mut input = mutate_safetensors(&mut rng, bytes, json_tensor);
         if rng.below(4) == 0 && SafeTensors::deserialize(&input).is_ok() {
             input = mutate_safetensors(&mut rng, &input, json_tensor);
@@ -430,10 +439,10 @@ fn fuzz_state_dict<T: std::fmt::Debug>(
         loaded += run(what, case, || load(&input), check) as usize;
     }
     // Some mutations leave a loadable file (a flipped code bit), most do not.
-    println!("{what}: {loaded} of {CASES} mutated files loaded");
+    println!("{what}: {loaded} of {cases} mutated files loaded");
     assert!(
-        loaded > 0 && loaded < CASES,
-        "{what}: {loaded} of {CASES} loaded"
+        loaded > 0 && loaded < cases,
+        "{what}: {loaded} of {cases} loaded"
     );
 }
 
@@ -487,9 +496,9 @@ fn fuzz_adapter(name: &str, seed: u64) {
         || load(&config, &weights),
         check_adapter
     ));
-    let mut rng = Rng::new(seed);
+    let (cases, mut rng) = budget(seed);
     let mut loaded = 0;
-    for case in 0..CASES {
+    for case in 0..cases {
         let (mut c, mut w) = (config.clone(), weights.clone());
         match rng.below(3) {
             0 => c = mutate_json(&mut rng, &c),
@@ -501,10 +510,10 @@ fn fuzz_adapter(name: &str, seed: u64) {
         }
         loaded += run(name, case, || load(&c, &w), check_adapter) as usize;
     }
-    println!("{name}: {loaded} of {CASES} mutated folders loaded");
+    println!("{name}: {loaded} of {cases} mutated folders loaded");
     assert!(
-        loaded > 0 && loaded < CASES,
-        "{name}: {loaded} of {CASES} loaded"
+        loaded > 0 && loaded < cases,
+        "{name}: {loaded} of {cases} loaded"
     );
 }
 

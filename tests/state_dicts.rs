@@ -326,15 +326,20 @@ fn quant4_errors_name_the_file_key() {
     );
     assert_file_error(
         quant4(&set_f32("base.weight.nested_absmax", 0, -1.0)),
-        "got -1 at index 0",
+        "got -1.0 at index 0",
     );
     assert_file_error(
         quant4(&set_f32("base.weight.quant_map", 3, f32::INFINITY)),
-        "`base.weight.quant_map`: expected finite values, got inf at index 3",
+        "`base.weight.quant_map`: expected values in [-1, 1], got inf at index 3",
     );
     assert_file_error(
         quant4(&set_f32("base.weight.nested_quant_map", 7, f32::NAN)),
         "base.weight.nested_quant_map",
+    );
+    // A code entry beyond ±1 overflows the product with a large absmax.
+    assert_file_error(
+        quant4(&set_f32("base.weight.quant_map", 15, 3e38)),
+        "`base.weight.quant_map`: expected values in [-1, 1], got 3e38 at index 15",
     );
 }
 
@@ -351,12 +356,14 @@ fn int8_values_bitsandbytes_cannot_write_are_errors() {
         edit(&|t| t.get_mut("base.weight").unwrap().2[130] = 0x80),
         "`base.weight`: expected codes in -127..=127 (bitsandbytes' row-wise int8), got -128 at index 130 ([1, 2])",
     );
-    for v in [-1.0, f32::NAN, f32::INFINITY] {
+    // SCB is the row absmax of the weight rounded to f16: 0 to 65504 (3e38 overflows CB · SCB).
+    for v in [-1.0, f32::NAN, f32::INFINITY, 65505.0, 3e38] {
         assert_file_error(
             edit(&set_scb(5, v)),
-            "`base.SCB`: expected finite row absmax values >= 0",
+            &format!("`base.SCB`: expected row absmax values from 0 to 65504 (LLM.int8 quantises the f16 weight), got {v:?} at index 5"),
         );
     }
+    assert!(edit(&set_scb(5, 65504.0)).is_ok());
     // SCB 0 is an all-zero row (bitsandbytes' absmax of zeros): fine with zero codes only.
     assert_file_error(edit(&set_scb(2, 0.0)), "only zero codes in row 2");
     let zero_row = edit(&|t| {

@@ -18,6 +18,9 @@ pub use gpu::Int8Device;
 
 use crate::error::{file_error, invalid, read_safetensors, Result};
 
+/// The largest f16, the largest row absmax (`SCB`) of a weight LLM.int8 rounds to f16.
+const F16_MAX: f32 = 65504.0;
+
 /// bitsandbytes' dequantisation constant, f32(1/127) = 7.874015718698502e-3.
 pub const INV_127: f32 = 1.0 / 127.0;
 
@@ -34,8 +37,8 @@ pub struct Int8Weight {
 
 impl Int8Weight {
     /// Checks that the codes and scales match the shape and are values bitsandbytes' row-wise
-    /// quantisation can produce: codes in −127..=127, every SCB finite and ≥ 0 (the row absmax of an
-    /// f16 weight), and only zero codes in a row whose SCB is 0 (an all-zero row).
+    /// quantisation can produce: codes in −127..=127, every SCB from 0 to 65504 (the row absmax of
+    /// the weight rounded to f16), and only zero codes in a row whose SCB is 0 (an all-zero row).
     pub fn validate(&self) -> Result<()> {
         self.check("weight (CB)", "SCB")
     }
@@ -74,11 +77,11 @@ impl Int8Weight {
                 format!("-128 at index {i} ([{}, {}])", i / k, i % k),
             ));
         }
-        if let Some(r) = self.scb.iter().position(|s| !s.is_finite() || *s < 0.0) {
+        if let Some(r) = self.scb.iter().position(|s| !(0.0..=F16_MAX).contains(s)) {
             return Err(invalid(
                 scb_name,
-                "finite row absmax values >= 0",
-                format!("{} at index {r}", self.scb[r]),
+                "row absmax values from 0 to 65504 (LLM.int8 quantises the f16 weight)",
+                format!("{:?} at index {r}", self.scb[r]),
             ));
         }
         for (r, row) in self.cb.chunks_exact(k).enumerate() {

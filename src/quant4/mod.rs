@@ -271,9 +271,10 @@ impl Quant4Weight {
     /// `weight.quant_state.*` key (two are an error naming both), its JSON with `quant_type`,
     /// `blocksize`, `dtype`, `shape` [n, k] and, when double-quantised (a `nested_offset` or a
     /// `weight.nested_absmax`), all of `nested_blocksize` (a positive integer), `nested_dtype`
-    /// (`"float32"`), `nested_offset` (finite in f32) and both nested tensors. Scales must be finite
-    /// and absmax values ≥ 0. Every problem is an `Error::File` naming the key, what was expected and
-    /// what the file holds; the same bytes always give the same result.
+    /// (`"float32"`), `nested_offset` (finite in f32) and both nested tensors. Absmax values must be
+    /// finite and ≥ 0 (rebuilt nested ones finite), code table entries in [-1, 1]. Every problem is
+    /// an `Error::File` naming the key, what was expected and what the file holds; the same bytes
+    /// always give the same result.
     pub fn from_state_dict(bytes: &[u8], prefix: &str, origin: &str) -> Result<Self> {
         use safetensors::Dtype as StDtype;
         let st = read_safetensors(bytes, origin)?;
@@ -291,24 +292,22 @@ impl Quant4Weight {
             }
             Ok(t)
         };
-        // Finite f32 values (and ≥ 0 where `nonneg`): the first offending index is named.
-        let f32s = |key: &str, nonneg: bool| -> Result<Vec<f32>> {
+        // F32 values, each finite and ≥ 0 (scales) or in [-1, 1] (code tables, whose entries
+        // are scaled by an absmax): the first offending index is named.
+        let f32s = |key: &str, code_table: bool| -> Result<Vec<f32>> {
             let values: Vec<f32> = get(key, StDtype::F32)?
                 .data()
                 .chunks_exact(4)
                 .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
                 .collect();
-            if let Some(i) = values
-                .iter()
-                .position(|v| !v.is_finite() || (nonneg && *v < 0.0))
-            {
-                let want = if nonneg {
-                    "finite values ≥ 0"
-                } else {
-                    "finite values"
-                };
+            let (ok, want): (fn(f32) -> bool, _) = if code_table {
+                (|v| (-1.0..=1.0).contains(&v), "values in [-1, 1]")
+            } else {
+                (|v| v.is_finite() && v >= 0.0, "finite values ≥ 0")
+            };
+            if let Some(i) = values.iter().position(|&v| !ok(v)) {
                 return Err(fail(format!(
-                    "`{prefix}{key}`: expected {want}, got {} at index {i}",
+                    "`{prefix}{key}`: expected {want}, got {:?} at index {i}",
                     values[i]
                 )));
             }
@@ -431,7 +430,7 @@ impl Quant4Weight {
                 packed.len()
             )));
         }
-        let code_v = f32s("weight.quant_map", false)?;
+        let code_v = f32s("weight.quant_map", true)?;
         let code: [f32; 16] = code_v.as_slice().try_into().map_err(|_| {
             fail(format!(
                 "`{prefix}weight.quant_map` has {} values, expected 16",
@@ -465,7 +464,7 @@ impl Quant4Weight {
                 .map(|o| o as f32)
                 .filter(|o| o.is_finite())
                 .ok_or_else(|| bad_field("nested_offset", "a number finite in f32", offset_v))?;
-            let nested_absmax = f32s("weight.nested_absmax", true)?;
+            let nested_absmax = f32s("weight.nested_absmax", false)?;
             let want = blocks.div_ceil(nested_blocksize);
             if nested_absmax.len() != want {
                 return Err(fail(format!(
@@ -474,7 +473,7 @@ impl Quant4Weight {
                     nested_absmax.len()
                 )));
             }
-            let nested_code = f32s("weight.nested_quant_map", false)?;
+            let nested_code = f32s("weight.nested_quant_map", true)?;
             if nested_code.len() != 256 {
                 return Err(fail(format!(
                     "`{prefix}weight.nested_quant_map` has {} values, expected 256",
@@ -491,14 +490,14 @@ impl Quant4Weight {
             let values = absmax.values().map_err(|e| file_error(origin, e))?;
             if let Some(i) = values.iter().position(|v| !v.is_finite()) {
                 return Err(fail(format!(
-                    "`{prefix}weight.absmax`: block {i} rebuilds to {} (nested_quant_map[code] · \
+                    "`{prefix}weight.absmax`: block {i} rebuilds to {:?} (nested_quant_map[code] · \
                      nested_absmax + nested_offset), expected a finite value",
                     values[i]
                 )));
             }
             absmax
         } else {
-            let absmax = f32s("weight.absmax", true)?;
+            let absmax = f32s("weight.absmax", false)?;
             if absmax.len() != blocks {
                 return Err(fail(format!(
                     "`{prefix}weight.absmax`: expected {blocks} values (blocks of {blocksize} in \
