@@ -18,7 +18,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 /// One adapted module: A [rank, in_features], B [out_features, rank], the DoRA magnitude `[out]`, its
-/// scale. Values are held as f32 (exact for f32, f16 and bf16 files), all finite.
+/// scale. Values are held as f32 (exact for f32, f16 and bf16 files), NaN and infinity included
+/// (as peft loads them; a safe merge refuses a non-finite result).
 #[derive(Clone, Debug, PartialEq)]
 pub struct ModuleAdapter {
     /// The module's path in the model (`layers.0.q_proj`).
@@ -210,15 +211,6 @@ fn tensor_f32(st: &SafeTensors<'_>, name: &str, path: &Path) -> Result<(Vec<usiz
             ))
         }
     };
-    if let Some(i) = values.iter().position(|v| !v.is_finite()) {
-        return Err(file_error(
-            path.display(),
-            format!(
-                "tensor `{name}`: expected finite values, got {:?} at index {i}",
-                values[i]
-            ),
-        ));
-    }
     Ok((t.shape().to_vec(), values))
 }
 
@@ -245,8 +237,9 @@ impl PeftAdapter {
     /// not a number; patterns that are not objects; a scale that is not finite (or rounds to 0) in
     /// f32; tensors other than `lora_A.weight`, `lora_B.weight` and `lora_magnitude_vector` under
     /// `base_model.model.` (all listed, sorted); a `lora_B` or magnitude without its `lora_A`; a
-    /// magnitude when `use_dora` is false (or none when it is true); shapes that disagree; and
-    /// weights that are not finite.
+    /// magnitude when `use_dora` is false (or none when it is true); and shapes that disagree. NaN and
+    /// infinite weights load as they are (peft loads them): a safe merge refuses a non-finite result,
+    /// and the forwards propagate them.
     pub fn from_bytes(config_json: &[u8], safetensors: &[u8], dir: &Path) -> Result<Self> {
         let config_path = dir.join(CONFIG);
         let weights_path = dir.join(WEIGHTS);

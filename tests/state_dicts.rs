@@ -322,7 +322,7 @@ fn quant4_errors_name_the_file_key() {
     };
     assert_file_error(
         quant4(&set_f32("base.weight.nested_absmax", 0, f32::NAN)),
-        "`base.weight.nested_absmax`: expected finite values ≥ 0, got NaN at index 0",
+        "`base.weight.absmax`: block 0 rebuilds to NaN (nested_quant_map[code] · nested_absmax + nested_offset), expected a finite value",
     );
     assert_file_error(
         quant4(&set_f32("base.weight.nested_absmax", 0, -1.0)),
@@ -356,14 +356,24 @@ fn int8_values_bitsandbytes_cannot_write_are_errors() {
         edit(&|t| t.get_mut("base.weight").unwrap().2[130] = 0x80),
         "`base.weight`: expected codes in -127..=127 (bitsandbytes' row-wise int8), got -128 at index 130 ([1, 2])",
     );
-    // SCB is the row absmax of the weight rounded to f16: 0 to 65504 (3e38 overflows CB · SCB).
-    for v in [-1.0, f32::NAN, f32::INFINITY, 65505.0, 3e38] {
+    // SCB is the row absmax of the weight rounded to f16: 0 to 65504, or +inf / NaN for a row
+    // holding an infinite or NaN weight (3e38 overflows CB · SCB; a negative absmax cannot be).
+    for v in [-1.0, f32::NEG_INFINITY, 65505.0, 3e38] {
         assert_file_error(
             edit(&set_scb(5, v)),
-            &format!("`base.SCB`: expected row absmax values from 0 to 65504 (LLM.int8 quantises the f16 weight), got {v:?} at index 5"),
+            &format!("`base.SCB`: expected row absmax values from 0 to 65504, +inf or NaN (LLM.int8 quantises the f16 weight), got {v:?} at index 5"),
         );
     }
     assert!(edit(&set_scb(5, 65504.0)).is_ok());
+    // A non-finite SCB loads as it is, and row 5 dequantises to NaN / inf (never a finite value).
+    for v in [f32::NAN, f32::INFINITY] {
+        let w = edit(&set_scb(5, v)).unwrap();
+        assert_eq!(w.scb[5].to_bits(), v.to_bits());
+        let k = w.shape[1];
+        let deq = lora_kernels::int8::reference::dequantize(&w).unwrap();
+        assert!(deq[5 * k..6 * k].iter().all(|d| !d.is_finite()));
+        assert!(deq[4 * k..5 * k].iter().all(|d| d.is_finite()));
+    }
     // SCB 0 is an all-zero row (bitsandbytes' absmax of zeros): fine with zero codes only.
     assert_file_error(edit(&set_scb(2, 0.0)), "only zero codes in row 2");
     let zero_row = edit(&|t| {

@@ -41,7 +41,9 @@ pub struct Int8Weight {
 impl Int8Weight {
     /// Checks that the codes and scales match the shape and are values bitsandbytes' row-wise
     /// quantisation can produce: codes in −127..=127, every SCB from 0 to 65504 (the row absmax of
-    /// the weight rounded to f16), and only zero codes in a row whose SCB is 0 (an all-zero row).
+    /// the weight rounded to f16), +inf or NaN (the absmax of a row holding an infinite or NaN weight,
+    /// which dequantises to NaN: such weights load as they are), and only zero codes in a row whose
+    /// SCB is 0 (an all-zero row).
     pub fn validate(&self) -> Result<()> {
         self.check("weight (CB)", "SCB")
     }
@@ -80,10 +82,11 @@ impl Int8Weight {
                 format!("-128 at index {i} ([{}, {}])", i / k, i % k),
             ));
         }
-        if let Some(r) = self.scb.iter().position(|s| !(0.0..=F16_MAX).contains(s)) {
+        let possible = |s: &f32| s.is_nan() || *s == f32::INFINITY || (0.0..=F16_MAX).contains(s);
+        if let Some(r) = self.scb.iter().position(|s| !possible(s)) {
             return Err(invalid(
                 scb_name,
-                "row absmax values from 0 to 65504 (LLM.int8 quantises the f16 weight)",
+                "row absmax values from 0 to 65504, +inf or NaN (LLM.int8 quantises the f16 weight)",
                 format!("{:?} at index {r}", self.scb[r]),
             ));
         }

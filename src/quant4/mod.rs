@@ -273,7 +273,9 @@ impl Quant4Weight {
     /// `blocksize`, `dtype`, `shape` [n, k] and, when double-quantised (a `nested_offset` or a
     /// `weight.nested_absmax`), all of `nested_blocksize` (a positive integer), `nested_dtype`
     /// (`"float32"`), `nested_offset` (finite in f32) and both nested tensors. Absmax values must be
-    /// finite and ≥ 0 (rebuilt nested ones finite), code table entries in [-1, 1]. Every problem is
+    /// ≥ 0; NaN and +inf load (bitsandbytes' absmax of a block holding a NaN or infinite weight, which
+    /// dequantises to NaN / inf), but a double-quantised absmax must rebuild to finite values
+    /// (bitsandbytes defines no codes for a non-finite one). Code table entries are in [-1, 1]. Every problem is
     /// an `Error::File` naming the key, what was expected and what the file holds; the same bytes
     /// always give the same result.
     pub fn from_state_dict(bytes: &[u8], prefix: &str, origin: &str) -> Result<Self> {
@@ -293,8 +295,9 @@ impl Quant4Weight {
             }
             Ok(t)
         };
-        // F32 values, each finite and ≥ 0 (scales) or in [-1, 1] (code tables, whose entries
-        // are scaled by an absmax): the first offending index is named.
+        // F32 values, each ≥ 0 (scales; NaN and +inf are what bitsandbytes writes for a block holding
+        // a NaN or an infinite weight, so they load and dequantise to NaN / inf) or in [-1, 1] (code
+        // tables, whose entries are scaled by an absmax): the first offending index is named.
         let f32s = |key: &str, code_table: bool| -> Result<Vec<f32>> {
             let values: Vec<f32> = get(key, StDtype::F32)?
                 .data()
@@ -304,7 +307,7 @@ impl Quant4Weight {
             let (ok, want): (fn(f32) -> bool, _) = if code_table {
                 (|v| (-1.0..=1.0).contains(&v), "values in [-1, 1]")
             } else {
-                (|v| v.is_finite() && v >= 0.0, "finite values ≥ 0")
+                (|v| v.is_nan() || v >= 0.0, "values ≥ 0 (or NaN)")
             };
             if let Some(i) = values.iter().position(|&v| !ok(v)) {
                 return Err(fail(format!(
