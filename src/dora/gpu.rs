@@ -125,7 +125,7 @@ impl Gpu {
         N: DevicePtrMut<f32>,
     {
         let [n, k] = weight.shape();
-        validate_rows(k, n, n * k, &lens(&adapter), None, None)?;
+        validate_rows(k, n, n.saturating_mul(k), &lens(&adapter), None, None)?;
         let stream = self.stream().clone();
         let (operand, _guards) = weight.operand(&stream);
         self.norm_rows::<T, S, N>(operand, adapter, k, n, norm)
@@ -145,7 +145,14 @@ impl Gpu {
         M: DevicePtr<T>,
     {
         let [n, k] = weight.shape();
-        validate_rows(k, n, n * k, &lens(&adapter), Some(magnitude.len()), None)?;
+        validate_rows(
+            k,
+            n,
+            n.saturating_mul(k),
+            &lens(&adapter),
+            Some(magnitude.len()),
+            None,
+        )?;
         let stream = self.stream().clone();
         let (operand, _guards) = weight.operand(&stream);
         self.factor_rows::<T, S, M>(operand, adapter, magnitude, k, n)

@@ -73,7 +73,7 @@ pub fn dora_forward<T: Element>(
     shape: LoraShape,
 ) -> Result<Vec<T>> {
     let LoraShape { m, k, n } = shape;
-    validate_lora_forward(shape, x.len(), Some(base.len()), m * n, &[lens(&adapter)])?;
+    validate_lora_forward(shape, x.len(), Some(base.len()), None, &[lens(&adapter)])?;
     if factor.len() < n {
         return Err(invalid(
             "factor",

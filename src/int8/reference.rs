@@ -36,7 +36,7 @@
 use super::{Int8Weight, INV_127};
 use crate::error::{invalid, Result};
 use crate::lora::LoraShape;
-use crate::validate::{validate_bias, validate_lora_forward};
+use crate::validate::{at_least, validate_bias, validate_lora_forward};
 use crate::Element;
 use half::f16;
 
@@ -64,13 +64,12 @@ pub fn quantize_rowwise<T: Element>(weight: &[T], shape: [usize; 2]) -> Result<I
     if n == 0 || k == 0 {
         return Err(invalid("shape", "no zero dimension", format!("{shape:?}")));
     }
-    if weight.len() < n * k {
-        return Err(invalid(
-            "weight",
-            format!("at least {} elements ([n={n}, k={k}])", n * k),
-            weight.len(),
-        ));
-    }
+    at_least(
+        "weight",
+        weight.len(),
+        n.checked_mul(k),
+        &format!("[n={n}, k={k}]"),
+    )?;
     let mut cb = Vec::with_capacity(n * k);
     let mut scb = Vec::with_capacity(n);
     for (r, row) in weight[..n * k].chunks(k).enumerate() {
@@ -117,8 +116,9 @@ fn check_linear<T>(
     bias: Option<&[T]>,
     shape: LoraShape,
 ) -> Result<()> {
-    weight.validate()?;
-    let LoraShape { m, k, n } = shape;
+    // The dimensions first: no size is computed before they are known to fit.
+    validate_lora_forward(shape, x.len(), None, None, &[])?;
+    let LoraShape { k, n, .. } = shape;
     if weight.shape != [n, k] {
         return Err(invalid(
             "weight",
@@ -126,7 +126,7 @@ fn check_linear<T>(
             format!("{:?}", weight.shape),
         ));
     }
-    validate_lora_forward(shape, x.len(), None, m * n, &[])?;
+    weight.validate()?;
     validate_bias(bias.map(|b| b.len()), n)?;
     Ok(())
 }
