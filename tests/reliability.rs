@@ -374,3 +374,101 @@ fn huge_dimensions_are_errors_on_the_gpu() {
     let mut layer = gpu_layer(&gpu, &[]);
     assert!(layer.forward(&v, HUGE, None, &mut y).is_err());
 }
+
+/// A NaN norm gives a NaN DoRA factor (peft's `m / norm`), not `m / eps` ≈ 1e12·m; a zero norm still
+/// gives the finite `m / eps`.
+#[test]
+fn dora_factor_propagates_nan() {
+    let f = dora::dora_factor(&[2.0f32, 2.0, 2.0], &[f32::NAN, 0.0, 4.0]).unwrap();
+    assert!(f[0].is_nan(), "{f:?}");
+    assert_eq!(f[1], 2.0 / lora_kernels::dora::DORA_NORM_EPS);
+    assert_eq!(f[2], 0.5);
+    // Through the norm: a NaN in row 1 of W.
+    let mut w = weight();
+    w[K + 3] = f32::NAN;
+    let a = adapter(1, None);
+    let view = LoraAdapter::new(&a.lora_a[..], &a.lora_b[..], R, a.scale);
+    let norm = dora::dora_weight_norm(&w, view, K, N).unwrap();
+    let f = dora::dora_factor(&[1.0f32; N], &norm).unwrap();
+    assert!(
+        f[1].is_nan() && f[0].is_finite() && f[2].is_finite(),
+        "{f:?}"
+    );
+    let Some(gpu) = common::gpu() else { return };
+    let s = gpu.stream();
+    let wd = s.clone_htod(&w).unwrap();
+    let (ad, bd) = (
+        s.clone_htod(&a.lora_a).unwrap(),
+        s.clone_htod(&a.lora_b).unwrap(),
+    );
+    let md = s.clone_htod(&[1.0f32; N]).unwrap();
+    let fd = gpu
+        .dora_factor(&wd, LoraAdapter::new(&ad, &bd, R, a.scale), &md, K, N)
+        .unwrap();
+    let g = s.clone_dtoh(fd.values()).unwrap();
+    assert!(g[1].is_nan(), "GPU factor {g:?}");
+    assert!(
+        common::rel_error(
+            &common::f64s(&[g[0], g[2], g[3]]),
+            &common::f64s(&[f[0], f[2], f[3]])
+        ) < 1e-5
+    );
+}
+
+/// LLM.int8: a row of x holding a NaN or an infinity gives NaN in every output of that row (as the
+/// weight-only product does for NaN), with or without the outlier split; other rows are unchanged.
+#[test]
+fn llm_int8_propagates_nan_and_inf_rows() {
+    let (m, k, n) = (3, 32, 5);
+    let w: Vec<f32> = (0..n * k)
+        .map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0)
+        .collect();
+    let clean: Vec<f32> = (0..m * k)
+        .map(|i| ((i * 13 % 29) as f32 - 14.0) / 7.0)
+        .collect();
+    let q = int8::quantize_rowwise(&w, [n, k]).unwrap();
+    let shape = LoraShape::new(m, k, n);
+    let gpu = common::gpu();
+    for bad in [f32::NAN, f32::INFINITY, -1e6] {
+        for threshold in [0.0f32, 1.5] {
+            let mut x = clean.clone();
+            x[k + 7] = bad; // row 1
+            let want_clean = int8::linear_llm_int8(&clean, &q, None, threshold, shape).unwrap();
+            let y = int8::linear_llm_int8(&x, &q, None, threshold, shape).unwrap();
+            assert!(
+                y[n..2 * n].iter().all(|v| v.is_nan()),
+                "{bad} threshold {threshold}: row 1 {:?}",
+                &y[n..2 * n]
+            );
+            assert_eq!(&y[..n], &want_clean[..n], "row 0 unchanged");
+            assert_eq!(&y[2 * n..], &want_clean[2 * n..], "row 2 unchanged");
+            if bad.is_nan() {
+                let wo = int8::linear_weight_only(&x, &q, None, shape).unwrap();
+                assert!(wo[n..2 * n].iter().all(|v| v.is_nan()));
+            }
+            let Some(gpu) = &gpu else { continue };
+            let s = gpu.stream();
+            let qd = gpu.upload_int8(&q).unwrap();
+            let mut yd = s.alloc_zeros::<f32>(m * n).unwrap();
+            gpu.int8_linear_llm(&s.clone_htod(&x).unwrap(), &qd, None, threshold, m, &mut yd)
+                .unwrap();
+            let g = s.clone_dtoh(&yd).unwrap();
+            assert!(
+                g[n..2 * n].iter().all(|v| v.is_nan()),
+                "GPU {bad} threshold {threshold}: row 1 {:?}",
+                &g[n..2 * n]
+            );
+            let others: Vec<f64> = g[..n]
+                .iter()
+                .chain(&g[2 * n..])
+                .map(|&v| v as f64)
+                .collect();
+            let want: Vec<f64> = y[..n]
+                .iter()
+                .chain(&y[2 * n..])
+                .map(|&v| v as f64)
+                .collect();
+            assert!(common::rel_error(&others, &want) < 1e-3, "GPU other rows");
+        }
+    }
+}

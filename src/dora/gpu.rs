@@ -82,7 +82,8 @@ impl Gpu {
     }
 
     /// The DoRA factor `f = m / max(‖W + s·B·A‖, DORA_NORM_EPS)` (magnitude m, `[n]`), computed in one
-    /// pass over W. Keep it for the forwards of this layer: it only changes when W, A, B or m do.
+    /// pass over W. A NaN in a row of W, A or B gives that row a NaN factor (the max propagates NaN,
+    /// as [`crate::dora::reference::dora_factor`]). Keep it for the forwards of this layer: it only changes when W, A, B or m do.
     pub fn dora_factor<T, W, S, M>(
         &self,
         weight: &W,

@@ -140,6 +140,9 @@ impl Gpu {
     /// the input dtype against their dequantised weights. `threshold` 0 disables the outlier split
     /// (bitsandbytes' default is 6.0). Four launches; the call allocates its scratch (the int8
     /// activations, their scales and the outlier columns).
+    ///
+    /// NaN, as the reference: a row of x holding a NaN or an infinity (after the f16 rounding) gives
+    /// NaN in every output of that row (its scale is NaN); such a value is not an outlier.
     #[allow(clippy::too_many_arguments)]
     pub fn int8_linear_llm<T, X, Y>(
         &self,
