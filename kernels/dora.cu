@@ -140,7 +140,7 @@ template <typename T> __device__ void dora_rows(const DoraRowParams &p) {
                 out[row] = norm;
             } else {
                 const float m = Element<T>::to_f32(reinterpret_cast<const T *>(p.magnitude)[row]);
-                out[row] = m / fmaxf(norm, DORA_NORM_EPS);
+                out[row] = m / (norm < DORA_NORM_EPS ? DORA_NORM_EPS : norm);  // NaN stays NaN (not fmaxf)
             }
         }
         return;
@@ -294,7 +294,7 @@ template <typename T> __device__ void dora_norm_tc(const DoraRowParams &p) {
             out[row] = norm;
         } else {
             const float m = Element<T>::to_f32(reinterpret_cast<const T *>(p.magnitude)[row]);
-            out[row] = m / fmaxf(norm, DORA_NORM_EPS);
+            out[row] = m / (norm < DORA_NORM_EPS ? DORA_NORM_EPS : norm);  // NaN stays NaN (not fmaxf)
         }
     }
 }

@@ -89,14 +89,16 @@ template <typename T> __device__ void llm_outliers(const Int8LlmParams &p) {
     float amax = 0.0f;
     for (int c = threadIdx.x; c < p.k; c += kThreads) {
         const float v = round_to_f16(Element<T>::to_f32(x[c]));
-        if (is_outlier(v, p.threshold)) {
+        if (!(fabsf(v) <= 65504.0f)) {
+            amax = INFINITY;  // NaN or inf (not an outlier): the row's scale becomes NaN below
+        } else if (is_outlier(v, p.threshold)) {
             flags[c] = 1;
         } else {
             amax = fmaxf(amax, fabsf(v));
         }
     }
     amax = block_max<kThreads>(amax, scratch);
-    if (threadIdx.x == 0) reinterpret_cast<float *>(p.sca)[i] = amax;
+    if (threadIdx.x == 0) reinterpret_cast<float *>(p.sca)[i] = amax > 65504.0f ? __int_as_float(0x7fffffff) : amax;
 }
 
 // One block: a block-wide scan of the flags, kThreads columns per step, in increasing order.

@@ -80,6 +80,20 @@ pub(crate) fn at_least(name: &str, len: usize, want: Option<usize>, what: &str) 
     }
 }
 
+/// A buffer of `len` elements must hold exactly `want` (None: the size overflowed); for owned buffers
+/// (a layer's adapters), where a longer buffer would be a mistake whose tail is silently ignored.
+pub(crate) fn exactly(name: &str, len: usize, want: Option<usize>, what: &str) -> Result<()> {
+    match want {
+        Some(w) if len == w => Ok(()),
+        Some(w) => Err(invalid(
+            name,
+            format!("exactly {w} elements ({what})"),
+            format!("{len} elements"),
+        )),
+        None => at_least(name, len, None, what),
+    }
+}
+
 /// Checks an optional bias of `len` elements against n output features.
 pub(crate) fn validate_bias(len: Option<usize>, n: usize) -> Result<()> {
     match len {
@@ -103,12 +117,14 @@ pub(crate) fn validate_dims(dims: &[(&str, usize)]) -> Result<()> {
 
 /// Checks a LoRA forward's arguments: the one validation shared by the CPU and GPU paths.
 ///
-/// Buffers may be longer than needed (views into larger allocations); shorter is an error.
+/// Buffers may be longer than needed (views into larger allocations); shorter is an error. `y_len` is
+/// `None` where the caller allocates y itself (the CPU references): no size is computed before the
+/// dimensions are checked, so huge dimensions are an error, never an overflow.
 pub(crate) fn validate_lora_forward(
     shape: LoraShape,
     x_len: usize,
     base_len: Option<usize>,
-    y_len: usize,
+    y_len: Option<usize>,
     adapters: &[AdapterLens],
 ) -> Result<()> {
     let LoraShape { m, k, n } = shape;
@@ -122,7 +138,9 @@ pub(crate) fn validate_lora_forward(
             &format!("[m={m}, n={n}]"),
         )?;
     }
-    at_least("y", y_len, m.checked_mul(n), &format!("[m={m}, n={n}]"))?;
+    if let Some(y_len) = y_len {
+        at_least("y", y_len, m.checked_mul(n), &format!("[m={m}, n={n}]"))?;
+    }
     for (i, ad) in adapters.iter().enumerate() {
         validate_adapter(&format!("adapters[{i}]"), ad, k, n)?;
     }
@@ -137,13 +155,12 @@ pub(crate) fn validate_base<T>(
     n: usize,
 ) -> Result<()> {
     validate_dims(&[("k", k), ("n", n)])?;
-    if weight_len != n * k {
-        return Err(invalid(
-            "weight",
-            format!("{} elements ([n={n}, k={k}])", n * k),
-            weight_len,
-        ));
-    }
+    exactly(
+        "weight",
+        weight_len,
+        n.checked_mul(k),
+        &format!("[n={n}, k={k}]"),
+    )?;
     if let Some(b) = bias {
         if b.len() != n {
             return Err(invalid("bias", format!("{n} elements"), b.len()));

@@ -1,7 +1,8 @@
 //! The GPU handle: driver probe, context and stream, lazily loaded kernel modules, device limits.
 //!
 //! [`Gpu::new`] never panics on a machine without a GPU: it first looks for the driver library itself
-//! (cudarc panics when `libcuda` is absent) and returns [`Error::NoDevice`].
+//! (cudarc panics when `libcuda` is absent, or lacks `cuInit` or `cuGetErrorString`) and returns
+//! [`Error::NoDevice`].
 use crate::error::{Error, Result};
 use crate::kernel_images;
 use cudarc::driver::{
@@ -46,15 +47,59 @@ impl KernelModule {
     }
 }
 
-/// Whether the CUDA driver library can be loaded on this machine (no device is touched).
+/// The driver library names cudarc tries, in its order (cudarc uses the first that loads).
+const DRIVER_LIBRARIES: &[&str] = &[
+    "libcuda.so",
+    "libcuda.so.13",
+    "libcuda.so.12",
+    "libcuda.so.11",
+    "libcuda.so.10",
+    "libcuda.so.9",
+    "libcuda.so.1",
+    "nvcuda.dll",
+];
+
+/// Entry points cudarc calls without checking that they exist (it panics on a missing one): `cuInit`
+/// when a context is made, `cuGetErrorString` when a driver error is shown.
+const REQUIRED_SYMBOLS: &[&str] = &["cuInit", "cuGetErrorString"];
+
+/// Whether the CUDA driver library can be loaded on this machine and has the entry points cudarc
+/// relies on (no device is touched).
 pub fn driver_present() -> bool {
-    static PRESENT: OnceLock<bool> = OnceLock::new();
-    *PRESENT.get_or_init(|| {
-        ["libcuda.so.1", "libcuda.so", "nvcuda.dll"]
-            .iter()
-            // SAFETY: loading the driver library runs its initialisers, as cudarc itself would.
-            .any(|name| unsafe { libloading::Library::new(*name) }.is_ok())
-    })
+    driver_probe().is_ok()
+}
+
+/// [`probe_driver`] over cudarc's library names, once per process.
+fn driver_probe() -> &'static std::result::Result<(), String> {
+    static PROBE: OnceLock<std::result::Result<(), String>> = OnceLock::new();
+    PROBE.get_or_init(|| probe_driver(DRIVER_LIBRARIES))
+}
+
+/// Loads the first of `names` that loads (as cudarc picks its driver library) and checks that it
+/// exports every [`REQUIRED_SYMBOLS`] entry; the error says which library lacks which symbol, or
+/// that none loaded.
+pub(crate) fn probe_driver(names: &[&str]) -> std::result::Result<(), String> {
+    for name in names {
+        // SAFETY: loading the driver library runs its initialisers, as cudarc itself would.
+        let Ok(lib) = (unsafe { libloading::Library::new(*name) }) else {
+            continue;
+        };
+        for symbol in REQUIRED_SYMBOLS {
+            // SAFETY: the symbol is only looked up, never called.
+            let found = unsafe { lib.get::<*const std::ffi::c_void>(symbol.as_bytes()) };
+            if found.is_err() {
+                return Err(format!(
+                    "the CUDA driver library {name} has no `{symbol}` (not a CUDA driver, or a \
+                     broken one)"
+                ));
+            }
+        }
+        return Ok(());
+    }
+    Err(format!(
+        "the CUDA driver library was not found (tried {})",
+        names.join(", ")
+    ))
 }
 
 /// Whether the kernels were compiled into this build.
@@ -124,12 +169,18 @@ impl std::fmt::Debug for Gpu {
 impl Gpu {
     /// Opens device `ordinal` with a new stream of its own.
     ///
-    /// Returns [`Error::NoDevice`] when the driver library is missing or reports no such device.
+    /// Returns [`Error::NoDevice`] when the driver library is missing or lacks an entry point cudarc
+    /// needs, when it reports no such device, and for an ordinal above `i32::MAX` (the driver's
+    /// device numbers are `int`: such an ordinal names no device, and would otherwise wrap to one).
     pub fn new(ordinal: usize) -> Result<Self> {
-        if !driver_present() {
-            return Err(Error::NoDevice(
-                "the CUDA driver library (libcuda.so.1) was not found".into(),
-            ));
+        if i32::try_from(ordinal).is_err() {
+            return Err(Error::NoDevice(format!(
+                "device {ordinal}: no such device (CUDA device ordinals are at most {})",
+                i32::MAX
+            )));
+        }
+        if let Err(why) = driver_probe() {
+            return Err(Error::NoDevice(why.clone()));
         }
         let ctx = CudaContext::new(ordinal)
             .map_err(|e| Error::NoDevice(format!("device {ordinal}: {e}")))?;
@@ -287,6 +338,26 @@ impl Gpu {
 mod tests {
     use super::*;
     use crate::DType;
+
+    #[test]
+    fn the_driver_probe_needs_the_entry_points_cudarc_calls() {
+        // libm loads but is no CUDA driver: it has no cuInit.
+        let e = probe_driver(&["libm.so.6"]).unwrap_err();
+        assert!(e.contains("libm.so.6") && e.contains("cuInit"), "{e}");
+        let e = probe_driver(&["libdoes-not-exist.so.7"]).unwrap_err();
+        assert!(e.contains("not found"), "{e}");
+        // The first library that loads is the one judged (cudarc takes it).
+        assert!(probe_driver(&["libdoes-not-exist.so.7", "libm.so.6"]).is_err());
+    }
+
+    #[test]
+    fn ordinals_beyond_i32_are_no_device() {
+        // 2^32 + 1 would wrap to device 1 inside cudarc.
+        match Gpu::new((1usize << 32) + 1) {
+            Err(Error::NoDevice(why)) => assert!(why.contains("4294967297"), "{why}"),
+            other => panic!("expected NoDevice, got {other:?}"),
+        }
+    }
 
     #[test]
     fn devices_below_sm80_are_refused_with_a_clear_error() {

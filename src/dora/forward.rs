@@ -34,7 +34,13 @@ impl Gpu {
         S: DevicePtr<T>,
         Y: DevicePtrMut<T>,
     {
-        validate_lora_forward(shape, x.len(), Some(base.len()), y.len(), &[lens(&adapter)])?;
+        validate_lora_forward(
+            shape,
+            x.len(),
+            Some(base.len()),
+            Some(y.len()),
+            &[lens(&adapter)],
+        )?;
         check_factor(factor, shape.n)?;
         validate_bias(bias.map(|b| b.len()), shape.n)?;
         let stream = self.stream().clone();
@@ -72,7 +78,7 @@ impl Gpu {
         S: DevicePtr<T>,
         Y: DevicePtrMut<T>,
     {
-        validate_lora_forward(shape, x.len(), None, y.len(), &[lens(&adapter)])?;
+        validate_lora_forward(shape, x.len(), None, Some(y.len()), &[lens(&adapter)])?;
         check_factor(factor, shape.n)?;
         validate_bias(bias.map(|b| b.len()), shape.n)?;
         let stream = self.stream().clone();
@@ -108,7 +114,7 @@ impl Gpu {
         S: DevicePtr<T>,
         Y: DevicePtrMut<T>,
     {
-        validate_lora_forward(shape, x.len(), None, y.len(), &[lens(&adapter)])?;
+        validate_lora_forward(shape, x.len(), None, Some(y.len()), &[lens(&adapter)])?;
         check_factor(factor, shape.n)?;
         self.linear(x, weight, bias, shape, y)?;
         self.dora_forward_inplace(x, bias, adapter, factor, shape, y)

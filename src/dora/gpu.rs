@@ -82,7 +82,8 @@ impl Gpu {
     }
 
     /// The DoRA factor `f = m / max(‖W + s·B·A‖, DORA_NORM_EPS)` (magnitude m, `[n]`), computed in one
-    /// pass over W. Keep it for the forwards of this layer: it only changes when W, A, B or m do.
+    /// pass over W. A NaN in a row of W, A or B gives that row a NaN factor (the max propagates NaN,
+    /// as [`crate::dora::reference::dora_factor`]). Keep it for the forwards of this layer: it only changes when W, A, B or m do.
     pub fn dora_factor<T, W, S, M>(
         &self,
         weight: &W,
@@ -125,7 +126,7 @@ impl Gpu {
         N: DevicePtrMut<f32>,
     {
         let [n, k] = weight.shape();
-        validate_rows(k, n, n * k, &lens(&adapter), None, None)?;
+        validate_rows(k, n, n.saturating_mul(k), &lens(&adapter), None, None)?;
         let stream = self.stream().clone();
         let (operand, _guards) = weight.operand(&stream);
         self.norm_rows::<T, S, N>(operand, adapter, k, n, norm)
@@ -145,7 +146,14 @@ impl Gpu {
         M: DevicePtr<T>,
     {
         let [n, k] = weight.shape();
-        validate_rows(k, n, n * k, &lens(&adapter), Some(magnitude.len()), None)?;
+        validate_rows(
+            k,
+            n,
+            n.saturating_mul(k),
+            &lens(&adapter),
+            Some(magnitude.len()),
+            None,
+        )?;
         let stream = self.stream().clone();
         let (operand, _guards) = weight.operand(&stream);
         self.factor_rows::<T, S, M>(operand, adapter, magnitude, k, n)

@@ -204,7 +204,7 @@ impl Gpu {
         op: DoraRowOp,
     ) -> Result<()> {
         let [n, k] = weight.shape();
-        validate_rows(k, n, n * k, &lens(&adapter), None, None)?;
+        validate_rows(k, n, n.saturating_mul(k), &lens(&adapter), None, None)?;
         let stream = self.stream().clone();
         let (cb, _gc) = weight.cb.device_ptr_mut(&stream);
         let (scb, _gs) = weight.scb.device_ptr_mut(&stream);

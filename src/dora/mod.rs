@@ -16,6 +16,10 @@
 //! Zero rows: where `‖W + s·B·A‖` is below [`DORA_NORM_EPS`] the norm is taken as that epsilon, so f is
 //! finite (`m / 1e-12`). Such a row of `W + s·B·A` is zero, so its output is the bias (exactly, when the
 //! row's W and B·A are zero; peft divides by zero there and returns inf or NaN).
+//!
+//! NaN: a NaN that goes in comes out. A NaN in W, A or B makes that row's norm NaN, and a NaN norm
+//! gives a NaN factor (the max with the epsilon propagates NaN, as peft's `m / norm` does; it does
+//! not turn into `m / eps`). A negative norm cannot occur (it is a square root).
 mod forward;
 pub(crate) mod gpu;
 mod merge;

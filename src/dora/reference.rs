@@ -46,7 +46,9 @@ pub fn dora_weight_norm<T: Element>(
         .collect())
 }
 
-/// The DoRA factor `f = m / max(norm, DORA_NORM_EPS)` per output row.
+/// The DoRA factor `f = m / max(norm, DORA_NORM_EPS)` per output row. A NaN norm (or magnitude)
+/// gives a NaN factor: the max propagates NaN, as peft's `m / norm` does. Norms are square roots, so
+/// never negative.
 pub fn dora_factor<T: Element>(magnitude: &[T], norm: &[f32]) -> Result<Vec<f32>> {
     if magnitude.len() < norm.len() {
         return Err(invalid(
@@ -58,7 +60,15 @@ pub fn dora_factor<T: Element>(magnitude: &[T], norm: &[f32]) -> Result<Vec<f32>
     Ok(norm
         .iter()
         .zip(magnitude)
-        .map(|(&nv, m)| (m.to_f64() / (nv.max(DORA_NORM_EPS) as f64)) as f32)
+        .map(|(&nv, m)| {
+            // Not f32::max, which returns the other operand for a NaN (m / eps ≈ 1e12·m).
+            let norm = if nv < DORA_NORM_EPS {
+                DORA_NORM_EPS
+            } else {
+                nv
+            };
+            (m.to_f64() / norm as f64) as f32
+        })
         .collect())
 }
 
@@ -73,7 +83,7 @@ pub fn dora_forward<T: Element>(
     shape: LoraShape,
 ) -> Result<Vec<T>> {
     let LoraShape { m, k, n } = shape;
-    validate_lora_forward(shape, x.len(), Some(base.len()), m * n, &[lens(&adapter)])?;
+    validate_lora_forward(shape, x.len(), Some(base.len()), None, &[lens(&adapter)])?;
     if factor.len() < n {
         return Err(invalid(
             "factor",

@@ -8,7 +8,7 @@ use crate::sys::{
     Int8LinearParams, Int8LlmParams, LoraGemvEpilogue, INT8_LLM_BLOCK_M, INT8_LLM_BLOCK_N,
     INT8_THREADS,
 };
-use crate::validate::{validate_bias, validate_lora_forward};
+use crate::validate::{at_least, validate_bias, validate_lora_forward};
 use crate::Element;
 use cudarc::driver::{CudaSlice, CudaView, DevicePtr, DevicePtrMut};
 
@@ -63,13 +63,12 @@ impl Gpu {
         out: &mut O,
     ) -> Result<()> {
         let [n, k] = weight.shape;
-        if out.len() < n * k {
-            return Err(invalid(
-                "out",
-                format!("at least {} elements ([n={n}, k={k}])", n * k),
-                out.len(),
-            ));
-        }
+        at_least(
+            "out",
+            out.len(),
+            n.checked_mul(k),
+            &format!("[n={n}, k={k}]"),
+        )?;
         self.check_dtype(T::DTYPE, "the int8 kernels")?;
         let stream = self.stream().clone();
         let (func, _) = self.kernel(
@@ -141,6 +140,9 @@ impl Gpu {
     /// the input dtype against their dequantised weights. `threshold` 0 disables the outlier split
     /// (bitsandbytes' default is 6.0). Four launches; the call allocates its scratch (the int8
     /// activations, their scales and the outlier columns).
+    ///
+    /// NaN, as the reference: a row of x holding a NaN or an infinity (after the f16 rounding) gives
+    /// NaN in every output of that row (its scale is NaN); such a value is not an outlier.
     #[allow(clippy::too_many_arguments)]
     pub fn int8_linear_llm<T, X, Y>(
         &self,
@@ -157,7 +159,7 @@ impl Gpu {
         Y: DevicePtrMut<T>,
     {
         let [n, k] = weight.shape;
-        validate_lora_forward(LoraShape::new(m, k, n), x.len(), None, y.len(), &[])?;
+        validate_lora_forward(LoraShape::new(m, k, n), x.len(), None, Some(y.len()), &[])?;
         validate_bias(bias.map(|b| b.len()), n)?;
         if !threshold.is_finite() || threshold < 0.0 {
             return Err(invalid("threshold", "a finite number ≥ 0", threshold));

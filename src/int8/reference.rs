@@ -36,7 +36,7 @@
 use super::{Int8Weight, INV_127};
 use crate::error::{invalid, Result};
 use crate::lora::LoraShape;
-use crate::validate::{validate_bias, validate_lora_forward};
+use crate::validate::{at_least, validate_bias, validate_lora_forward};
 use crate::Element;
 use half::f16;
 
@@ -64,13 +64,12 @@ pub fn quantize_rowwise<T: Element>(weight: &[T], shape: [usize; 2]) -> Result<I
     if n == 0 || k == 0 {
         return Err(invalid("shape", "no zero dimension", format!("{shape:?}")));
     }
-    if weight.len() < n * k {
-        return Err(invalid(
-            "weight",
-            format!("at least {} elements ([n={n}, k={k}])", n * k),
-            weight.len(),
-        ));
-    }
+    at_least(
+        "weight",
+        weight.len(),
+        n.checked_mul(k),
+        &format!("[n={n}, k={k}]"),
+    )?;
     let mut cb = Vec::with_capacity(n * k);
     let mut scb = Vec::with_capacity(n);
     for (r, row) in weight[..n * k].chunks(k).enumerate() {
@@ -117,8 +116,9 @@ fn check_linear<T>(
     bias: Option<&[T]>,
     shape: LoraShape,
 ) -> Result<()> {
-    weight.validate()?;
-    let LoraShape { m, k, n } = shape;
+    // The dimensions first: no size is computed before they are known to fit.
+    validate_lora_forward(shape, x.len(), None, None, &[])?;
+    let LoraShape { k, n, .. } = shape;
     if weight.shape != [n, k] {
         return Err(invalid(
             "weight",
@@ -126,7 +126,7 @@ fn check_linear<T>(
             format!("{:?}", weight.shape),
         ));
     }
-    validate_lora_forward(shape, x.len(), None, m * n, &[])?;
+    weight.validate()?;
     validate_bias(bias.map(|b| b.len()), n)?;
     Ok(())
 }
@@ -158,6 +158,11 @@ pub fn linear_weight_only<T: Element>(
 /// are zeroed), int8 × int8 → int32, dequantised with both scales (`· 6.200012e-05`) through an f16
 /// result; with `threshold` > 0 the outlier columns are then added in the input dtype against the
 /// dequantised weight columns: `Y += x[:, cols] · (CB[:, cols] · SCB / 127)ᵀ`.
+///
+/// NaN: a row of x holding a NaN or an infinity (after the f16 rounding, so also |x| ≥ 65520) gives
+/// NaN in every output of that row, as in bitsandbytes, where the row's absmax is NaN; such a value
+/// is not an outlier, so the other rows are unaffected. (Without this rule the NaN's code would be 0
+/// and the output finite, while [`linear_weight_only`] gives NaN.)
 pub fn linear_llm_int8<T: Element>(
     x: &[T],
     weight: &Int8Weight,
@@ -174,7 +179,7 @@ pub fn linear_llm_int8<T: Element>(
         .iter()
         .map(|v| f16::from_f64(v.to_f64()).to_f32())
         .collect();
-    let outlier = |v: f32| threshold > 0.0 && v.abs() >= threshold;
+    let outlier = |v: f32| v.is_finite() && threshold > 0.0 && v.abs() >= threshold;
     let cols: Vec<usize> = (0..k)
         .filter(|&c| (0..m).any(|i| outlier(xh[i * k + c])))
         .collect();
@@ -182,10 +187,13 @@ pub fn linear_llm_int8<T: Element>(
     let mut sca = vec![0f32; m];
     for i in 0..m {
         let row = &xh[i * k..(i + 1) * k];
-        let amax = row
-            .iter()
-            .filter(|v| !outlier(**v))
-            .fold(0.0f32, |a, v| a.max(v.abs()));
+        let amax = if row.iter().all(|v| v.is_finite()) {
+            row.iter()
+                .filter(|v| !outlier(**v))
+                .fold(0.0f32, |a, v| a.max(v.abs()))
+        } else {
+            f32::NAN // the row's scale, and so its every output, is NaN
+        };
         sca[i] = amax;
         for c in 0..k {
             let v = row[c];

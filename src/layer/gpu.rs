@@ -6,6 +6,7 @@
 //! changes (computed straight from the 4-bit or int8 codes on a quantised base), the mixed batch,
 //! and merge / unmerge (dense in place; int8 by requantising, as peft does with bitsandbytes' 8-bit
 //! layer).
+use super::reference::validate_layer_adapter;
 use super::{ForwardPlan, LayerAdapter, LayerState};
 use crate::device::Gpu;
 use crate::dora::DoraFactor;
@@ -15,8 +16,7 @@ use crate::linear::QuantizedWeight;
 use crate::lora::{LoraAdapter, LoraShape};
 use crate::quant4::{Quant4Device, Quant4Weight};
 use crate::validate::{
-    at_least, validate_adapter, validate_base, validate_bias, validate_dims, validate_lora_forward,
-    AdapterLens,
+    at_least, validate_base, validate_bias, validate_dims, validate_lora_forward, AdapterLens,
 };
 use crate::Element;
 use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut};
@@ -184,7 +184,7 @@ impl<T: Element> Layer<T> {
     }
 
     /// Adds (or replaces) adapter `name`, copying it to the GPU; it is not active until
-    /// [`Self::set_active`] names it.
+    /// [`Self::set_active`] names it. Lengths must be exact: A = rank·k, B = n·rank, magnitude = n.
     pub fn add_adapter(&mut self, name: &str, adapter: &LayerAdapter<T>) -> Result<()> {
         adapter.validate(name, self.k, self.n)?;
         let s = self.gpu.stream();
@@ -201,7 +201,9 @@ impl<T: Element> Layer<T> {
         self.add_device_adapter(name, device)
     }
 
-    /// Adds (or replaces) adapter `name` from buffers already on the GPU (moved in).
+    /// Adds (or replaces) adapter `name` from buffers already on the GPU (moved in). The buffers
+    /// are the adapter's own, so their lengths must be exact, as for [`Self::add_adapter`]:
+    /// A = rank·k, B = n·rank, magnitude = n.
     pub fn add_device_adapter(&mut self, name: &str, adapter: DeviceLayerAdapter<T>) -> Result<()> {
         let lens = AdapterLens {
             rank: adapter.rank,
@@ -209,15 +211,13 @@ impl<T: Element> Layer<T> {
             b_len: adapter.lora_b.len(),
             scale: adapter.scale,
         };
-        validate_adapter(&format!("adapter `{name}`"), &lens, self.k, self.n)?;
-        if let Some(m) = &adapter.magnitude {
-            at_least(
-                &format!("adapter `{name}`.magnitude"),
-                m.len(),
-                Some(self.n),
-                &format!("[n={}]", self.n),
-            )?;
-        }
+        validate_layer_adapter(
+            name,
+            &lens,
+            adapter.magnitude.as_ref().map(|m| m.len()),
+            self.k,
+            self.n,
+        )?;
         self.state.add(name, adapter.magnitude.is_some())?;
         let device = StoredAdapter {
             a: adapter.lora_a,
@@ -248,23 +248,7 @@ impl<T: Element> Layer<T> {
 
     /// The DoRA factor of adapter `name` over the current W (None for a LoRA adapter).
     fn compute_factor(&self, name: &str) -> Result<Option<DoraFactor>> {
-        let adapter = &self.adapters[name];
-        let Some(m) = &adapter.magnitude else {
-            return Ok(None);
-        };
-        let view = adapter.view();
-        let factor = match &self.base {
-            BaseWeight::Dense(w) => self.gpu.dora_factor(w, view, m, self.k, self.n)?,
-            BaseWeight::Quant4(q) => {
-                self.gpu
-                    .dora_factor_quantized(QuantizedWeight::Quant4(q), view, m)?
-            }
-            BaseWeight::Int8(q) => {
-                self.gpu
-                    .dora_factor_quantized(QuantizedWeight::Int8(q), view, m)?
-            }
-        };
-        Ok(Some(factor))
+        factor_over(&self.gpu, &self.base, &self.adapters[name], self.k, self.n)
     }
 
     /// W changed: every cached DoRA factor is stale.
@@ -302,51 +286,83 @@ impl<T: Element> Layer<T> {
     /// `W + s·B·A`, DoRA as `f ⊙ (W + s·B·A)` with f from the current W. A dense W is updated in
     /// place; an int8 W is dequantised, updated and requantised row by row (as peft does with
     /// bitsandbytes' 8-bit layer, so unmerging restores it only to int8 precision); a 4-bit W is an
-    /// error. With `safe`, a non-finite result is an error and W keeps the adapters merged before it.
+    /// error. Merging an adapter that is already merged, or naming one twice, is an error; with
+    /// `safe` (always on an int8 base), a non-finite result is an error. On any error W and the merged
+    /// adapters are as before the call: one adapter is checked before anything is written, several
+    /// are merged into a copy of W swapped in at the end (peft would keep the adapters merged before
+    /// the failing one).
     pub fn merge(&mut self, names: Option<&[&str]>, safe: bool) -> Result<()> {
         let names = self.state.plan_merge(names)?;
-        if matches!(self.base, BaseWeight::Quant4(_)) && !names.is_empty() {
+        if names.is_empty() {
+            return Ok(());
+        }
+        if matches!(self.base, BaseWeight::Quant4(_)) {
             return Err(quant4_merge_error());
         }
+        let checked = safe || matches!(self.base, BaseWeight::Int8(_));
+        // Without a check a merge cannot fail on its values: in place.
+        let mut copy = match names.len() > 1 && checked {
+            true => Some(copy_base(&self.gpu, &self.base)?),
+            false => None,
+        };
+        let mut done = Vec::with_capacity(names.len());
         for name in names {
-            let factor = self.compute_factor(&name)?;
-            let view = self.adapters[&name].view();
-            match &mut self.base {
-                BaseWeight::Dense(w) => {
-                    self.gpu
-                        .merge_adapter(w, view, factor.as_ref(), self.k, self.n, safe)?
-                }
-                BaseWeight::Int8(q) => {
-                    self.gpu
-                        .merge_adapter_int8(q, view, factor.as_ref(), safe)?
-                }
-                BaseWeight::Quant4(_) => return Err(quant4_merge_error()),
-            }
-            self.forget_factors();
+            let adapter = &self.adapters[&name];
+            let base = copy.as_mut().unwrap_or(&mut self.base);
+            let factor = factor_over(&self.gpu, base, adapter, self.k, self.n)?;
+            let update = RowUpdate::Merge { safe };
+            update_base(
+                &self.gpu,
+                base,
+                adapter,
+                factor.as_ref(),
+                self.k,
+                self.n,
+                update,
+            )?;
+            done.push((name, factor));
+        }
+        if let Some(copy) = copy {
+            self.base = copy;
+        }
+        self.forget_factors();
+        for (name, factor) in done {
             self.state.merged_one(name, factor);
         }
         Ok(())
     }
 
     /// peft's `unmerge`: undoes every merged adapter, last merged first, with the factor cached at
-    /// merge time. Unmerging when nothing is merged is an error.
+    /// merge time. Unmerging when nothing is merged is an error, and so is a non-finite result (e.g. a
+    /// DoRA row merged with magnitude 0, which `W / f` cannot undo; checked as by
+    /// [`super::ReferenceLayer::unmerge`], so this synchronises the stream): then W and the merged
+    /// adapters are as before the call (one adapter is checked before anything is written; several
+    /// are undone on a copy of W swapped in at the end).
     pub fn unmerge(&mut self) -> Result<()> {
         self.state.check_unmerge()?;
-        while let Some((name, factor)) = self.state.unmerged_one() {
-            let view = self.adapters[&name].view();
-            match &mut self.base {
-                BaseWeight::Dense(w) => {
-                    self.gpu
-                        .unmerge_adapter(w, view, factor.as_ref(), self.k, self.n, false)?
-                }
-                BaseWeight::Int8(q) => {
-                    self.gpu
-                        .unmerge_adapter_int8(q, view, factor.as_ref(), false)?
-                }
-                BaseWeight::Quant4(_) => return Err(quant4_merge_error()),
-            }
-            self.forget_factors();
+        let entries = self.state.merged_entries();
+        let mut copy = match entries.len() > 1 {
+            true => Some(copy_base(&self.gpu, &self.base)?),
+            false => None,
+        };
+        for (name, factor) in entries.iter().rev() {
+            let base = copy.as_mut().unwrap_or(&mut self.base);
+            let adapter = &self.adapters[name];
+            update_base(
+                &self.gpu,
+                base,
+                adapter,
+                factor.as_ref(),
+                self.k,
+                self.n,
+                RowUpdate::Unmerge,
+            )?;
         }
+        if let Some(copy) = copy {
+            self.base = copy;
+        }
+        self.forget_factors();
+        self.state.unmerged_all();
         Ok(())
     }
 
@@ -361,7 +377,7 @@ impl<T: Element> Layer<T> {
         y: &mut Y,
     ) -> Result<()> {
         let shape = LoraShape::new(m, self.k, self.n);
-        validate_lora_forward(shape, x.len(), None, y.len(), &[])?;
+        validate_lora_forward(shape, x.len(), None, Some(y.len()), &[])?;
         let plan = self.state.plan_forward(m, adapter_names)?;
         match plan {
             ForwardPlan::Disabled { unmerge } => {
@@ -447,6 +463,78 @@ impl<T: Element> Layer<T> {
             }
         }
     }
+}
+
+/// The DoRA factor of `adapter` over `base` (None for a LoRA adapter).
+fn factor_over<T: Element>(
+    gpu: &Gpu,
+    base: &BaseWeight<T>,
+    adapter: &StoredAdapter<T>,
+    k: usize,
+    n: usize,
+) -> Result<Option<DoraFactor>> {
+    let Some(m) = &adapter.magnitude else {
+        return Ok(None);
+    };
+    let view = adapter.view();
+    let factor = match base {
+        BaseWeight::Dense(w) => gpu.dora_factor(w, view, m, k, n)?,
+        BaseWeight::Quant4(q) => gpu.dora_factor_quantized(QuantizedWeight::Quant4(q), view, m)?,
+        BaseWeight::Int8(q) => gpu.dora_factor_quantized(QuantizedWeight::Int8(q), view, m)?,
+    };
+    Ok(Some(factor))
+}
+
+/// Which row pass [`update_base`] runs.
+#[derive(Clone, Copy)]
+enum RowUpdate {
+    /// Merge, with peft's safe check or not (an int8 base is always checked).
+    Merge { safe: bool },
+    /// Unmerge, always checked (as the CPU reference).
+    Unmerge,
+}
+
+/// Merges or unmerges `adapter` into `base` in place; a checked pass writes nothing when it fails.
+fn update_base<T: Element>(
+    gpu: &Gpu,
+    base: &mut BaseWeight<T>,
+    adapter: &StoredAdapter<T>,
+    factor: Option<&DoraFactor>,
+    k: usize,
+    n: usize,
+    update: RowUpdate,
+) -> Result<()> {
+    let view = adapter.view();
+    match (base, update) {
+        (BaseWeight::Dense(w), RowUpdate::Merge { safe }) => {
+            gpu.merge_adapter(w, view, factor, k, n, safe)
+        }
+        (BaseWeight::Dense(w), RowUpdate::Unmerge) => {
+            gpu.unmerge_adapter(w, view, factor, k, n, true)
+        }
+        (BaseWeight::Int8(q), RowUpdate::Merge { safe }) => {
+            gpu.merge_adapter_int8(q, view, factor, safe)
+        }
+        (BaseWeight::Int8(q), RowUpdate::Unmerge) => {
+            gpu.unmerge_adapter_int8(q, view, factor, true)
+        }
+        (BaseWeight::Quant4(_), _) => Err(quant4_merge_error()),
+    }
+}
+
+/// A copy of a dense or int8 base on the GPU, for a merge or unmerge that must not change W when a
+/// later step fails (a 4-bit base is never merged into).
+fn copy_base<T: Element>(gpu: &Gpu, base: &BaseWeight<T>) -> Result<BaseWeight<T>> {
+    let s = gpu.stream();
+    Ok(match base {
+        BaseWeight::Dense(w) => BaseWeight::Dense(s.clone_dtod(w)?),
+        BaseWeight::Int8(q) => BaseWeight::Int8(Int8Device {
+            cb: s.clone_dtod(&q.cb)?,
+            scb: s.clone_dtod(&q.scb)?,
+            shape: q.shape,
+        }),
+        BaseWeight::Quant4(_) => return Err(quant4_merge_error()),
+    })
 }
 
 /// Merging into a 4-bit base is refused: it would need requantising the merged weight to NF4/FP4.

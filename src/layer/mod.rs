@@ -15,6 +15,11 @@
 //!
 //! Merging folds adapters into W in order (merging one twice is an error); unmerging undoes every
 //! merged adapter, last merged first (an error when nothing is merged).
+//!
+//! A call that fails leaves the layer exactly as it was: W, the merged adapters and the active set.
+//! A merge or unmerge of several adapters works on a copy of W, swapped in once every step succeeded
+//! (peft, by contrast, keeps the adapters merged before a failing one). A name given twice to
+//! `set_active` or `merge` is an error naming it.
 use crate::error::{invalid, Result};
 use std::collections::BTreeMap;
 
@@ -91,6 +96,7 @@ impl<F> LayerState<F> {
     }
 
     pub(crate) fn set_active(&mut self, names: &[&str]) -> Result<()> {
+        check_distinct(names.iter().copied())?;
         if let Some(unknown) = names.iter().find(|n| !self.adapters.contains_key(**n)) {
             return Err(invalid(
                 "names",
@@ -124,8 +130,9 @@ impl<F> LayerState<F> {
             Some(n) => n.iter().map(|s| s.to_string()).collect(),
             None => self.active.clone(),
         };
-        for (i, name) in names.iter().enumerate() {
-            if self.is_merged(name) || names[..i].contains(name) {
+        check_distinct(names.iter().map(String::as_str))?;
+        for name in &names {
+            if self.is_merged(name) {
                 return Err(invalid(
                     "names",
                     "adapters that are not merged yet (merging twice)",
@@ -144,6 +151,16 @@ impl<F> LayerState<F> {
         self.merged.push((name, factor));
     }
 
+    /// The merged adapters with their factors, in merge order (an unmerge walks them backwards).
+    pub(crate) fn merged_entries(&self) -> &[(String, Option<F>)] {
+        &self.merged
+    }
+
+    /// Records that every merged adapter was undone (call only once W is restored).
+    pub(crate) fn unmerged_all(&mut self) {
+        self.merged.clear();
+    }
+
     /// The adapter an unmerge undoes next (the last merged), or an error when nothing is merged.
     pub(crate) fn check_unmerge(&self) -> Result<()> {
         if self.merged.is_empty() {
@@ -154,11 +171,6 @@ impl<F> LayerState<F> {
             ));
         }
         Ok(())
-    }
-
-    /// Removes and returns the last merged adapter and its factor.
-    pub(crate) fn unmerged_one(&mut self) -> Option<(String, Option<F>)> {
-        self.merged.pop()
     }
 
     /// The forward for `m` rows with optional per-row adapter names (`None`: peft's `"__base__"`).
@@ -215,6 +227,21 @@ impl<F> LayerState<F> {
     }
 }
 
+/// A list of adapter names must not name one twice: an error naming the duplicate.
+fn check_distinct<'a>(names: impl Iterator<Item = &'a str>) -> Result<()> {
+    let mut seen = std::collections::BTreeSet::new();
+    for name in names {
+        if !seen.insert(name) {
+            return Err(invalid(
+                "names",
+                "distinct adapter names (each at most once)",
+                format!("`{name}` twice"),
+            ));
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -258,12 +285,18 @@ mod tests {
                 unmerge: vec!["a".into(), "b".into()]
             }
         );
-        assert_eq!(s.unmerged_one().map(|(n, _)| n).as_deref(), Some("a"));
-        assert_eq!(s.unmerged_one().map(|(n, _)| n).as_deref(), Some("b"));
+        s.unmerged_all();
         assert!(s.check_unmerge().is_err());
         assert!(
             s.plan_merge(Some(&["b", "b"])).is_err(),
             "the same adapter twice in one merge"
+        );
+        assert!(s.set_active(&["a", "a"]).is_err(), "the same adapter twice");
+        s.set_disabled(false);
+        assert_eq!(
+            s.plan_forward(1, None).unwrap(),
+            ForwardPlan::Active(vec!["b".into(), "a".into()]),
+            "a failed set_active keeps the active set"
         );
     }
 }

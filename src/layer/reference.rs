@@ -1,10 +1,10 @@
 //! The CPU reference of a peft layer over a dense base, built on the crate's CPU references.
 use super::{ForwardPlan, LayerAdapter, LayerState};
 use crate::dora::reference as dora;
-use crate::error::{invalid, Result};
+use crate::error::Result;
 use crate::lora::reference as lora;
 use crate::lora::{LoraAdapter, LoraShape};
-use crate::validate::{validate_adapter, validate_base, AdapterLens};
+use crate::validate::{exactly, validate_adapter, validate_base, AdapterLens};
 use crate::Element;
 use std::collections::BTreeMap;
 
@@ -15,24 +15,55 @@ impl<T> LayerAdapter<T> {
 
     /// Checks A, B, rank, scale and the magnitude against a layer of `k` inputs and `n` outputs.
     pub(crate) fn validate(&self, name: &str, k: usize, n: usize) -> Result<()> {
-        let lens = AdapterLens {
-            rank: self.rank,
-            a_len: self.lora_a.len(),
-            b_len: self.lora_b.len(),
-            scale: self.scale,
-        };
-        validate_adapter(&format!("adapter `{name}`"), &lens, k, n)?;
-        if let Some(m) = &self.magnitude {
-            if m.len() != n {
-                return Err(invalid(
-                    format!("adapter `{name}`.magnitude"),
-                    format!("{n} elements"),
-                    m.len(),
-                ));
-            }
-        }
-        Ok(())
+        validate_layer_adapter(
+            name,
+            &AdapterLens {
+                rank: self.rank,
+                a_len: self.lora_a.len(),
+                b_len: self.lora_b.len(),
+                scale: self.scale,
+            },
+            self.magnitude.as_ref().map(Vec::len),
+            k,
+            n,
+        )
     }
+}
+
+/// Checks a layer adapter's buffers, which it owns: rank and scale as for any adapter, and lengths
+/// exactly A = rank·k, B = n·rank, magnitude = n (a longer buffer is an error, not a view whose tail is
+/// ignored).
+pub(crate) fn validate_layer_adapter(
+    name: &str,
+    lens: &AdapterLens,
+    magnitude_len: Option<usize>,
+    k: usize,
+    n: usize,
+) -> Result<()> {
+    let prefix = format!("adapter `{name}`");
+    validate_adapter(&prefix, lens, k, n)?;
+    let r = lens.rank;
+    exactly(
+        &format!("{prefix}.lora_a"),
+        lens.a_len,
+        r.checked_mul(k),
+        &format!("[rank={r}, k={k}]"),
+    )?;
+    exactly(
+        &format!("{prefix}.lora_b"),
+        lens.b_len,
+        n.checked_mul(r),
+        &format!("[n={n}, rank={r}]"),
+    )?;
+    if let Some(len) = magnitude_len {
+        exactly(
+            &format!("{prefix}.magnitude"),
+            len,
+            Some(n),
+            &format!("[n={n}]"),
+        )?;
+    }
+    Ok(())
 }
 
 /// The CPU reference of a peft LoRA/DoRA layer over a dense base `y = x·Wᵀ + bias`, W `[n, k]`.
@@ -98,55 +129,62 @@ impl<T: Element> ReferenceLayer<T> {
         self.state.merged()
     }
 
-    /// The DoRA factor `m / max(‖W + s·B·A‖, eps)` of adapter `name` over the current W.
-    fn factor(&self, adapter: &LayerAdapter<T>) -> Result<Option<Vec<f32>>> {
+    /// The DoRA factor `m / max(‖W + s·B·A‖, eps)` of `adapter` over `weight`.
+    fn factor(&self, weight: &[T], adapter: &LayerAdapter<T>) -> Result<Option<Vec<f32>>> {
         match &adapter.magnitude {
             None => Ok(None),
             Some(m) => {
-                let norm = dora::dora_weight_norm(&self.weight, adapter.view(), self.k, self.n)?;
+                let norm = dora::dora_weight_norm(weight, adapter.view(), self.k, self.n)?;
                 Ok(Some(dora::dora_factor(m, &norm)?))
             }
         }
     }
 
     /// peft's `merge`: folds `names` (default: the active adapters) into W in order, LoRA as
-    /// `W + s·B·A`, DoRA as `f ⊙ (W + s·B·A)` with f from the current W. Merging an adapter that is
-    /// already merged is an error; with `safe`, a non-finite result is an error and W keeps the adapters
-    /// merged before it (peft checks each adapter as it merges it).
+    /// `W + s·B·A`, DoRA as `f ⊙ (W + s·B·A)` with f from the W merged so far. Merging an adapter that
+    /// is already merged, or naming one twice, is an error; with `safe`, a non-finite result is an
+    /// error. On any error W and the merged adapters are as before the call (the merge runs on a copy
+    /// of W; peft would keep the adapters merged before the failing one).
     pub fn merge(&mut self, names: Option<&[&str]>, safe: bool) -> Result<()> {
-        for name in self.state.plan_merge(names)? {
+        let names = self.state.plan_merge(names)?;
+        let merge = if safe {
+            dora::dora_merged_weight
+        } else {
+            dora::dora_merged_weight_unchecked
+        };
+        let mut weight = self.weight.clone();
+        let mut done = Vec::with_capacity(names.len());
+        for name in names {
             let adapter = &self.adapters[&name];
-            let factor = self.factor(adapter)?;
-            let merge = if safe {
-                dora::dora_merged_weight
-            } else {
-                dora::dora_merged_weight_unchecked
-            };
-            self.weight = merge(
-                &self.weight,
-                adapter.view(),
-                factor.as_deref(),
-                self.k,
-                self.n,
-            )?;
+            let factor = self.factor(&weight, adapter)?;
+            weight = merge(&weight, adapter.view(), factor.as_deref(), self.k, self.n)?;
+            done.push((name, factor));
+        }
+        self.weight = weight;
+        for (name, factor) in done {
             self.state.merged_one(name, factor);
         }
         Ok(())
     }
 
     /// peft's `unmerge`: undoes every merged adapter, last merged first, with the factor cached at
-    /// merge time. Unmerging when nothing is merged is an error.
+    /// merge time. Unmerging when nothing is merged is an error, and so is a non-finite result (e.g. a
+    /// DoRA row merged with magnitude 0, which `W / f` cannot undo): then W and the merged adapters
+    /// are as before the call (the unmerge runs on a copy of W).
     pub fn unmerge(&mut self) -> Result<()> {
         self.state.check_unmerge()?;
-        while let Some((name, factor)) = self.state.unmerged_one() {
-            self.weight = dora::dora_unmerged_weight(
-                &self.weight,
-                self.adapters[&name].view(),
+        let mut weight = self.weight.clone();
+        for (name, factor) in self.state.merged_entries().iter().rev() {
+            weight = dora::dora_unmerged_weight(
+                &weight,
+                self.adapters[name].view(),
                 factor.as_deref(),
                 self.k,
                 self.n,
             )?;
         }
+        self.weight = weight;
+        self.state.unmerged_all();
         Ok(())
     }
 
@@ -178,7 +216,7 @@ impl<T: Element> ReferenceLayer<T> {
             ForwardPlan::Active(names) => {
                 for name in &names {
                     let adapter = &self.adapters[name];
-                    result = match self.factor(adapter)? {
+                    result = match self.factor(&self.weight, adapter)? {
                         None => lora::lora_forward(x, &result, &[adapter.view()], shape)?,
                         Some(factor) => dora::dora_forward(
                             x,

@@ -9,7 +9,7 @@ use crate::lora::{LoraAdapter, LoraShape};
 use crate::lora_shrink::fits_gemv_epilogue;
 use crate::quant4::Quant4Device;
 use crate::sys::{LinearParams, LoraGemvEpilogue, LINEAR_BLOCK_M, LINEAR_BLOCK_N, LINEAR_THREADS};
-use crate::validate::{validate_bias, validate_lora_forward, AdapterLens};
+use crate::validate::{at_least, validate_bias, validate_dims, validate_lora_forward, AdapterLens};
 use crate::Element;
 use cudarc::driver::{CudaView, DevicePtr, DevicePtrMut};
 
@@ -57,13 +57,13 @@ impl Gpu {
         Y: DevicePtrMut<T>,
     {
         let LoraShape { k, n, .. } = shape;
-        if weight.len() < n * k {
-            return Err(invalid(
-                "weight",
-                format!("at least {} elements ([n={n}, k={k}])", n * k),
-                weight.len(),
-            ));
-        }
+        validate_dims(&[("shape.k", k), ("shape.n", n)])?;
+        at_least(
+            "weight",
+            weight.len(),
+            n.checked_mul(k),
+            &format!("[n={n}, k={k}]"),
+        )?;
         let stream = self.stream().clone();
         let (w, _gw) = weight.device_ptr(&stream);
         self.product_with_lora(x, LinearWeight::Dense(w), bias, adapters, shape, y)
@@ -178,7 +178,7 @@ impl Gpu {
             shape,
             x.len(),
             None,
-            y.len(),
+            Some(y.len()),
             &AdapterLens::of(adapters, |s| s.len()),
         )?;
         validate_bias(bias.map(|b| b.len()), shape.n)?;

@@ -1,9 +1,9 @@
 //! The CPU reference of the base layer's product: a dense `x · Wᵀ + bias`, accumulated in f64 and
 //! rounded once (a quantised W is dequantised first by its family's reference: [`crate::quant4`],
 //! [`crate::int8`]).
-use crate::error::{invalid, Result};
+use crate::error::Result;
 use crate::lora::LoraShape;
-use crate::validate::{validate_bias, validate_lora_forward};
+use crate::validate::{at_least, validate_bias, validate_lora_forward};
 use crate::Element;
 
 /// A dense linear layer `x · Wᵀ + bias` for x [m, k], W [n, k]: the base layer the adapters sit on.
@@ -14,14 +14,13 @@ pub fn linear<T: Element>(
     shape: LoraShape,
 ) -> Result<Vec<T>> {
     let LoraShape { m, k, n } = shape;
-    validate_lora_forward(shape, x.len(), None, m * n, &[])?;
-    if weight.len() < n * k {
-        return Err(invalid(
-            "weight",
-            format!("at least {} elements ([n={n}, k={k}])", n * k),
-            weight.len(),
-        ));
-    }
+    validate_lora_forward(shape, x.len(), None, None, &[])?;
+    at_least(
+        "weight",
+        weight.len(),
+        n.checked_mul(k),
+        &format!("[n={n}, k={k}]"),
+    )?;
     validate_bias(bias.map(|b| b.len()), n)?;
     let mut out = Vec::with_capacity(m * n);
     for i in 0..m {

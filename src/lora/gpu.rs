@@ -121,7 +121,7 @@ impl Gpu {
             shape,
             x.len(),
             Some(base.len()),
-            y.len(),
+            Some(y.len()),
             &device_lens(adapters),
         )?;
         let stream = self.stream().clone();
@@ -143,7 +143,7 @@ impl Gpu {
         S: DevicePtr<T>,
         Y: DevicePtrMut<T>,
     {
-        validate_lora_forward(shape, x.len(), None, y.len(), &device_lens(adapters))?;
+        validate_lora_forward(shape, x.len(), None, Some(y.len()), &device_lens(adapters))?;
         self.lora_forward_launch::<T, X, S, Y>(x, None, adapters, shape, y, None)
     }
 

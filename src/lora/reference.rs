@@ -18,7 +18,7 @@ pub fn lora_forward<T: Element>(
     shape: LoraShape,
 ) -> Result<Vec<T>> {
     let LoraShape { m, k, n } = shape;
-    validate_lora_forward(shape, x.len(), Some(base.len()), m * n, &lens(adapters))?;
+    validate_lora_forward(shape, x.len(), Some(base.len()), None, &lens(adapters))?;
     let mut acc: Vec<f64> = base[..m * n].iter().map(|v| v.to_f64()).collect();
     for ad in adapters {
         let r = ad.rank;
@@ -62,7 +62,7 @@ pub fn lora_delta_weight<T: Element>(
     n: usize,
 ) -> Result<Vec<T>> {
     let shape = LoraShape::new(1, k, n);
-    validate_lora_forward(shape, k, None, n, &lens(&[adapter]))?;
+    validate_lora_forward(shape, k, None, Some(n), &lens(&[adapter]))?;
     let r = adapter.rank;
     let mut out = Vec::with_capacity(n * k);
     for row in 0..n {

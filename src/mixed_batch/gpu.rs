@@ -135,7 +135,7 @@ impl Gpu {
         I: DevicePtr<i32>,
         Y: DevicePtrMut<T>,
     {
-        validate_lora_forward(shape, x.len(), Some(base.len()), y.len(), &[])?;
+        validate_lora_forward(shape, x.len(), Some(base.len()), Some(y.len()), &[])?;
         if (shape.k, shape.n) != (adapters.k, adapters.n) {
             return Err(invalid(
                 "adapters",

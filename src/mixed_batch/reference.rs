@@ -20,7 +20,7 @@ pub fn lora_forward_mixed<T: Element>(
         shape,
         x.len(),
         Some(base.len()),
-        m * n,
+        None,
         &AdapterLens::of(adapters, <[T]>::len),
     )?;
     if indices.len() < m {

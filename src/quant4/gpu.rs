@@ -277,14 +277,14 @@ impl Gpu {
         weight: &Quant4Device,
         out: &mut O,
     ) -> Result<()> {
-        let numel = weight.shape[0] * weight.shape[1];
-        if out.len() < numel {
-            return Err(invalid(
-                "out",
-                format!("at least {numel} elements ({:?})", weight.shape),
-                out.len(),
-            ));
-        }
+        let [n, k] = weight.shape;
+        at_least(
+            "out",
+            out.len(),
+            n.checked_mul(k),
+            &format!("[n={n}, k={k}]"),
+        )?;
+        let numel = n * k;
         self.check_dtype(T::DTYPE, "the 4-bit kernels")?;
         let stream = self.stream().clone();
         let (out_ptr, _g) = out.device_ptr_mut(&stream);
