@@ -31,7 +31,7 @@ for line in sys.stdin:
 }
 cargo test --release --no-run --message-format=json 2>/dev/null | executables test \
     | while read -r name exe; do
-        case "$name" in golden|lora_gpu|dora_gpu|quant4_gpu|int8_gpu|mixed_gpu|linear_gpu|layer|errors) cp "$exe" "$dir/bin/$name";; esac
+        case "$name" in golden|lora_gpu|dora_gpu|quant4_gpu|int8_gpu|mixed_gpu|linear_gpu|layer|graphs|errors) cp "$exe" "$dir/bin/$name";; esac
     done
 cargo bench --no-run --message-format=json 2>/dev/null | executables bench \
     | while read -r name exe; do cp "$exe" "$dir/bin/bench_$name"; done

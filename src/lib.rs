@@ -77,5 +77,5 @@ pub use device::Gpu;
 pub use dora::DoraFactor;
 pub use dtype::{DType, Element};
 pub use error::{Error, Result};
-pub use lora::{LoraAdapter, LoraShape, MAX_RANK};
+pub use lora::{LoraAdapter, LoraShape, LoraWorkspace, MAX_RANK};
 pub use mixed_batch::MixedAdapters;

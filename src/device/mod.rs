@@ -6,8 +6,9 @@
 use crate::error::{Error, Result};
 use crate::kernel_images;
 use cudarc::driver::{
-    sys::CUdevice_attribute, CudaContext, CudaFunction, CudaModule, CudaStream, DeviceRepr,
-    LaunchConfig, PushKernelArg,
+    sys::{CUdevice_attribute, CUgraphInstantiate_flags, CUstreamCaptureMode},
+    CudaContext, CudaFunction, CudaGraph, CudaModule, CudaStream, DeviceRepr, LaunchConfig,
+    PushKernelArg,
 };
 use cudarc::nvrtc::Ptx;
 use std::any::{Any, TypeId};
@@ -137,8 +138,31 @@ fn registry() -> &'static ModuleRegistry {
 /// A GPU and the stream this crate launches on.
 ///
 /// Cheap to clone (the state is shared). Kernel modules load on first use, once per CUDA context.
-/// Work is ordered on the handle's stream; scratch buffers (e.g. the fused LoRA forward's counters)
-/// belong to the handle, so use one handle per stream.
+/// Work is ordered on the handle's stream.
+///
+/// # Scratch, streams and CUDA graphs
+/// The fused LoRA forward (and everything built on it: the DoRA forwards, the tiled path of
+/// [`Gpu::linear_lora_forward`], the layer forwards) needs scratch: partial sums, the hidden
+/// `x·Aᵀ`, and a ticket and flags that the launch's blocks share. The mixed batch's prefill needs
+/// each row's hidden. Two launches that use the same scratch must not run at the same time.
+/// - The plain forwards use the handle's own scratch, for its one stream. It grows on demand and
+///   never frees a buffer a launch was given (growing retires the old buffers until the handle
+///   drops), so a graph captured earlier never points at freed memory. While the stream captures
+///   it cannot grow: such a forward fails with [`Error::InvalidArgument`] (`workspace`), so run
+///   each forward once at its largest size before capturing. Replay graphs captured this way on
+///   the handle's stream only (or ordered with it): a replay on another stream running while
+///   the handle's stream runs a forward would share the ticket.
+/// - The `*_with` forwards ([`Gpu::lora_forward_with`], [`Gpu::lora_forward_inplace_with`],
+///   [`Gpu::dora_forward_with`], [`Gpu::dora_forward_inplace_with`]) take a caller-owned
+///   [`LoraWorkspace`](crate::LoraWorkspace), sized once by [`Gpu::lora_workspace`]: they allocate
+///   nothing and fail (never reallocate) when a call needs more. Give each stream (each graph
+///   that may replay concurrently with another) its own workspace, and keep it alive as long as
+///   the graph.
+///
+/// To capture: warm up (a first call at the largest size loads the kernels and sizes the
+/// scratch), then [`Gpu::capture`] the calls. cudarc's event tracking must be off for the capture
+/// (`unsafe { ctx.disable_event_tracking() }`): with it, every buffer access records and waits on
+/// events, and CUDA rejects waits across the capture boundary; order the streams yourself then.
 #[derive(Clone)]
 pub struct Gpu {
     inner: Arc<GpuInner>,
@@ -231,6 +255,38 @@ impl Gpu {
     /// Waits for all work on the handle's stream.
     pub fn synchronize(&self) -> Result<()> {
         Ok(self.inner.stream.synchronize()?)
+    }
+
+    /// Captures the work `f` enqueues on the handle's stream into a CUDA graph (a
+    /// `CU_STREAM_CAPTURE_MODE_THREAD_LOCAL` capture: other threads are unaffected), and
+    /// instantiates it. Replay it with [`CudaGraph::launch`], on the handle's stream; each replay
+    /// reads the buffers' contents at that time, so change inputs in place between replays.
+    ///
+    /// Nothing inside `f` may allocate on, synchronise or read back through the stream (CUDA
+    /// refuses it during capture); run every forward once before, at its largest size (see
+    /// [`Gpu`]). Fails without capturing when cudarc's event tracking is on for the context
+    /// (see [`Gpu`]); when `f` fails, the capture is ended and `f`'s error returned.
+    pub fn capture(&self, f: impl FnOnce() -> Result<()>) -> Result<CudaGraph> {
+        let stream = &self.inner.stream;
+        if stream.context().is_managing_stream_synchronization() {
+            return Err(crate::error::invalid(
+                "context",
+                "cudarc's event tracking off during capture (unsafe { ctx.disable_event_tracking() }): \
+                 its waits on events recorded outside the capture are refused by CUDA",
+                "event tracking on",
+            ));
+        }
+        stream.begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)?;
+        let ran = f();
+        let ended = stream.end_capture(CUgraphInstantiate_flags(0));
+        ran?;
+        ended?.ok_or_else(|| {
+            crate::error::invalid(
+                "capture",
+                "a graph",
+                "no graph (the capture was empty or invalid)",
+            )
+        })
     }
 
     /// The handle's scratch of type `S`, created empty (`S::default()`) on first use and kept for the

@@ -5,7 +5,7 @@ use super::gpu::{check_factor, lens};
 use super::DoraFactor;
 use crate::device::Gpu;
 use crate::error::Result;
-use crate::lora::gpu::DoraEpilogue;
+use crate::lora::gpu::{DoraEpilogue, LoraWorkspace, WorkspaceArg};
 use crate::lora::{LoraAdapter, LoraShape};
 use crate::validate::{validate_bias, validate_lora_forward};
 use crate::Element;
@@ -16,6 +16,9 @@ impl Gpu {
     /// `y = bias + f ⊙ (base − bias + s·(x·Aᵀ)·Bᵀ)` with x [m, k], base and y [m, n], the layer's
     /// bias `[n]` (if any) and its cached factor f. With f = m / ‖W + s·B·A‖ and base = x·Wᵀ + bias this
     /// is peft's eval forward `bias + f ⊙ (x·(W + s·B·A)ᵀ)`.
+    ///
+    /// Scratch comes from the handle's workspace, as for [`Gpu::lora_forward`]; see
+    /// [`Gpu::dora_forward_with`] for a caller-owned one.
     #[allow(clippy::too_many_arguments)]
     pub fn dora_forward<T, X, B, S, Y>(
         &self,
@@ -26,6 +29,52 @@ impl Gpu {
         factor: &DoraFactor,
         shape: LoraShape,
         y: &mut Y,
+    ) -> Result<()>
+    where
+        T: Element,
+        X: DevicePtr<T>,
+        B: DevicePtr<T>,
+        S: DevicePtr<T>,
+        Y: DevicePtrMut<T>,
+    {
+        self.dora_forward_ws(x, base, bias, adapter, factor, shape, y, None)
+    }
+
+    /// [`Gpu::dora_forward`] with the caller's workspace: allocates nothing, fails before
+    /// launching when the call needs more than `workspace` holds (see [`Gpu::lora_forward_with`]).
+    #[allow(clippy::too_many_arguments)]
+    pub fn dora_forward_with<T, X, B, S, Y>(
+        &self,
+        workspace: &mut LoraWorkspace,
+        x: &X,
+        base: &B,
+        bias: Option<&CudaView<'_, T>>,
+        adapter: LoraAdapter<'_, S>,
+        factor: &DoraFactor,
+        shape: LoraShape,
+        y: &mut Y,
+    ) -> Result<()>
+    where
+        T: Element,
+        X: DevicePtr<T>,
+        B: DevicePtr<T>,
+        S: DevicePtr<T>,
+        Y: DevicePtrMut<T>,
+    {
+        self.dora_forward_ws(x, base, bias, adapter, factor, shape, y, Some(workspace))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn dora_forward_ws<T, X, B, S, Y>(
+        &self,
+        x: &X,
+        base: &B,
+        bias: Option<&CudaView<'_, T>>,
+        adapter: LoraAdapter<'_, S>,
+        factor: &DoraFactor,
+        shape: LoraShape,
+        y: &mut Y,
+        workspace: WorkspaceArg<'_>,
     ) -> Result<()>
     where
         T: Element,
@@ -58,6 +107,7 @@ impl Gpu {
             shape,
             y,
             Some(epilogue),
+            workspace,
         )
     }
 
@@ -78,6 +128,47 @@ impl Gpu {
         S: DevicePtr<T>,
         Y: DevicePtrMut<T>,
     {
+        self.dora_forward_inplace_ws(x, bias, adapter, factor, shape, y, None)
+    }
+
+    /// [`Gpu::dora_forward_inplace`] with the caller's workspace (see [`Gpu::lora_forward_with`]).
+    #[allow(clippy::too_many_arguments)]
+    pub fn dora_forward_inplace_with<T, X, S, Y>(
+        &self,
+        workspace: &mut LoraWorkspace,
+        x: &X,
+        bias: Option<&CudaView<'_, T>>,
+        adapter: LoraAdapter<'_, S>,
+        factor: &DoraFactor,
+        shape: LoraShape,
+        y: &mut Y,
+    ) -> Result<()>
+    where
+        T: Element,
+        X: DevicePtr<T>,
+        S: DevicePtr<T>,
+        Y: DevicePtrMut<T>,
+    {
+        self.dora_forward_inplace_ws(x, bias, adapter, factor, shape, y, Some(workspace))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn dora_forward_inplace_ws<T, X, S, Y>(
+        &self,
+        x: &X,
+        bias: Option<&CudaView<'_, T>>,
+        adapter: LoraAdapter<'_, S>,
+        factor: &DoraFactor,
+        shape: LoraShape,
+        y: &mut Y,
+        workspace: WorkspaceArg<'_>,
+    ) -> Result<()>
+    where
+        T: Element,
+        X: DevicePtr<T>,
+        S: DevicePtr<T>,
+        Y: DevicePtrMut<T>,
+    {
         validate_lora_forward(shape, x.len(), None, Some(y.len()), &[lens(&adapter)])?;
         check_factor(factor, shape.n)?;
         validate_bias(bias.map(|b| b.len()), shape.n)?;
@@ -88,7 +179,15 @@ impl Gpu {
             factor: factor_ptr,
             bias: bias_guard.as_ref().map_or(0, |(p, _)| *p),
         };
-        self.lora_forward_launch::<T, X, S, Y>(x, None, &[adapter], shape, y, Some(epilogue))
+        self.lora_forward_launch::<T, X, S, Y>(
+            x,
+            None,
+            &[adapter],
+            shape,
+            y,
+            Some(epilogue),
+            workspace,
+        )
     }
 
     /// The DoRA forward when the caller has no base output: the crate computes it,

@@ -1,6 +1,7 @@
 //! GPU launch of the fused LoRA forward (`kernels/lora_forward.cu`).
 use super::{LoraAdapter, LoraShape};
 use crate::device::{Gpu, KernelModule};
+use crate::error::invalid;
 use crate::error::Result;
 use crate::sys::{
     LoraAdapterSlot, LoraForwardParams, LORA_FORWARD_N_TILE, LORA_FORWARD_THREADS,
@@ -8,14 +9,131 @@ use crate::sys::{
 };
 use crate::validate::{validate_lora_forward, AdapterLens};
 use crate::{DType, Element};
-use cudarc::driver::{result as cu, CudaSlice, DevicePtr, DevicePtrMut};
+use cudarc::driver::sys::CUstreamCaptureStatus;
+use cudarc::driver::{result as cu, CudaSlice, CudaStream, DevicePtr, DevicePtrMut};
+use std::sync::Arc;
 
-/// Scratch memory of the fused forward, owned by a [`Gpu`] handle and reused across calls on its stream.
-pub(crate) struct Workspace {
+/// The fused forward's scratch buffers: the shrink's partial sums, the hidden `x·Aᵀ`, and the
+/// ticket and flag counters (zero between launches: the last block of each launch resets them).
+struct Buffers {
     partials: CudaSlice<f32>,
     hidden: CudaSlice<f32>,
     counters: CudaSlice<u32>,
 }
+
+/// Element counts one launch needs of each buffer.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Lens {
+    partials: usize,
+    hidden: usize,
+    counters: usize,
+}
+
+impl Lens {
+    fn of(plan: &Plan, k_chunks: usize, elem: usize) -> Lens {
+        let m_pad = plan.m_tiles * plan.block_m;
+        Lens {
+            partials: k_chunks * m_pad * plan.rank_pad,
+            hidden: (m_pad * plan.rank_pad * elem).div_ceil(4),
+            counters: 2 + 2 * plan.m_tiles,
+        }
+    }
+
+    fn max(self, o: Lens) -> Lens {
+        Lens {
+            partials: self.partials.max(o.partials),
+            hidden: self.hidden.max(o.hidden),
+            counters: self.counters.max(o.counters),
+        }
+    }
+}
+
+impl Buffers {
+    fn alloc(stream: &Arc<CudaStream>, lens: Lens) -> Result<Buffers> {
+        Ok(Buffers {
+            partials: stream.alloc_zeros::<f32>(lens.partials.max(1))?,
+            hidden: stream.alloc_zeros::<f32>(lens.hidden.max(1))?,
+            counters: stream.alloc_zeros::<u32>(lens.counters.max(1))?,
+        })
+    }
+
+    fn lens(&self) -> Lens {
+        Lens {
+            partials: self.partials.len(),
+            hidden: self.hidden.len(),
+            counters: self.counters.len(),
+        }
+    }
+
+    fn fits(&self, need: Lens) -> bool {
+        let have = self.lens();
+        have.partials >= need.partials
+            && have.hidden >= need.hidden
+            && have.counters >= need.counters
+    }
+}
+
+/// The workspace a [`Gpu`] handle keeps for the plain forwards ([`Gpu::lora_forward`] and
+/// everything built on it). It grows on demand, but a buffer it has handed to a launch is never
+/// freed while the handle lives: growing retires the old buffers (kept until the handle drops),
+/// so a CUDA graph captured earlier still points at live memory. It refuses to grow while the
+/// handle's stream captures.
+#[derive(Default)]
+pub(crate) struct ImplicitWorkspace {
+    current: Option<Buffers>,
+    retired: Vec<Buffers>,
+}
+
+/// A caller-owned workspace of the fused LoRA forward, for the `*_with` forwards
+/// ([`Gpu::lora_forward_with`], [`Gpu::lora_forward_inplace_with`], [`Gpu::dora_forward_with`],
+/// [`Gpu::dora_forward_inplace_with`]).
+///
+/// Made by [`Gpu::lora_workspace`], sized once for every call up to a largest m, k and summed rank;
+/// a forward that uses it allocates nothing and frees nothing, and one that needs more than it was
+/// sized for fails with [`Error::InvalidArgument`](crate::Error::InvalidArgument) (`workspace`)
+/// before anything is launched. Its buffers live as long as the value, so a CUDA graph captured
+/// with it stays valid while the workspace does (drop the graph first).
+///
+/// A launch uses the workspace's counters for the whole kernel: launches that share one workspace
+/// must not run concurrently. Use one workspace per stream (or per graph that may be replayed at
+/// the same time as another), e.g. one for each of two streams that replay graphs side by side.
+/// `&mut` in the forwards serialises the host calls; the device-side rule (no two captured graphs
+/// sharing a workspace replayed concurrently) is the caller's.
+pub struct LoraWorkspace {
+    buffers: Buffers,
+    dtype: DType,
+    max_m: usize,
+    max_k: usize,
+    max_rank: usize,
+}
+
+impl std::fmt::Debug for LoraWorkspace {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoraWorkspace")
+            .field("dtype", &self.dtype)
+            .field("max_m", &self.max_m)
+            .field("max_k", &self.max_k)
+            .field("max_rank", &self.max_rank)
+            .field("bytes", &self.bytes())
+            .finish()
+    }
+}
+
+impl LoraWorkspace {
+    /// Device memory it holds, in bytes.
+    pub fn bytes(&self) -> usize {
+        let l = self.buffers.lens();
+        4 * (l.partials + l.hidden + l.counters)
+    }
+
+    /// The (dtype, max m, max k, max summed rank) it was sized for.
+    pub fn sized_for(&self) -> (DType, usize, usize, usize) {
+        (self.dtype, self.max_m, self.max_k, self.max_rank)
+    }
+}
+
+/// Which scratch a forward uses: the handle's implicit workspace or the caller's.
+pub(crate) type WorkspaceArg<'w> = Option<&'w mut LoraWorkspace>;
 
 /// How one launch splits its work (see the comment at the top of the kernel).
 #[derive(Clone, Copy, Debug)]
@@ -23,6 +141,9 @@ struct Plan {
     block_m: usize,
     rank_pad: usize,
     m_tiles: usize,
+    /// The k split before rounding to whole slices: `k_chunks <= chunk_budget`, and the budget
+    /// grows with k (a workspace sized at the largest k covers every smaller one).
+    chunk_budget: usize,
     k_chunks: usize,
     k_chunk_len: usize,
     n_tiles: usize,
@@ -60,6 +181,7 @@ impl Plan {
             block_m,
             rank_pad,
             m_tiles,
+            chunk_budget: chunks,
             k_chunks,
             k_chunk_len,
             n_tiles,
@@ -97,11 +219,82 @@ struct AdapterAddrs {
 }
 
 impl Gpu {
+    /// A caller-owned workspace for the `*_with` forwards on element type `dtype`, sized for every
+    /// call with at most `max_m` rows, `max_k` input columns and `max_rank` summed rank (ranks of
+    /// one call's adapters added up; launches hold at most 256, so larger sums are sized as 256),
+    /// whatever n. Allocated (zeroed) once, on [`Gpu::stream`]; see [`LoraWorkspace`].
+    pub fn lora_workspace(
+        &self,
+        dtype: DType,
+        max_m: usize,
+        max_k: usize,
+        max_rank: usize,
+    ) -> Result<LoraWorkspace> {
+        for (arg, v) in [("max_m", max_m), ("max_k", max_k), ("max_rank", max_rank)] {
+            if v == 0 {
+                return Err(invalid(arg, "at least 1", v));
+            }
+        }
+        let rank_cap = max_rank.min(LORA_MAX_LAUNCH_RANK as usize);
+        let mut lens = Lens::default();
+        let mut rank_pad = 16;
+        loop {
+            for dora in [false, true] {
+                let mut resident = std::collections::HashMap::new();
+                for m in 1..=max_m {
+                    let shape = LoraShape::new(m, max_k, 1);
+                    let block_m = Plan::new(dtype, shape, rank_pad, 1).block_m;
+                    let r = match resident.get(&block_m) {
+                        Some(&r) => r,
+                        None => {
+                            let r = self.forward_kernel(dtype, block_m, dora)?.1;
+                            resident.insert(block_m, r);
+                            r
+                        }
+                    };
+                    let plan = Plan::new(dtype, shape, rank_pad, r);
+                    lens = lens.max(Lens::of(&plan, plan.chunk_budget, dtype.size()));
+                }
+            }
+            if rank_pad >= rank_cap {
+                break;
+            }
+            rank_pad *= 2;
+        }
+        Ok(LoraWorkspace {
+            buffers: Buffers::alloc(self.stream(), lens)?,
+            dtype,
+            max_m,
+            max_k,
+            max_rank,
+        })
+    }
+
+    /// The fused forward kernel for `dtype`, tile height `block_m`, with or without the DoRA
+    /// epilogue, and its resident blocks.
+    fn forward_kernel(
+        &self,
+        dtype: DType,
+        block_m: usize,
+        dora: bool,
+    ) -> Result<(cudarc::driver::CudaFunction, usize)> {
+        let variant = if dora { "dora_" } else { "" };
+        self.kernel(
+            KernelModule::LoraForward,
+            &format!("lora_forward_{variant}{}_bm{block_m}", dtype.name()),
+            LORA_FORWARD_THREADS,
+        )
+    }
+
     /// `y = base + Σᵢ sᵢ · (x · Aᵢᵀ) · Bᵢᵀ` on the GPU, one fused launch per 256 summed ranks.
     ///
     /// x [m, k], Aᵢ [rᵢ, k], Bᵢ [n, rᵢ], base and y [m, n], row-major, all of element type `T`
     /// (f32, f16, bf16; products accumulate in f32). Buffers may be longer than needed. Every argument is
     /// checked before anything is launched. The call is asynchronous on [`Gpu::stream`].
+    ///
+    /// Scratch comes from the handle's own workspace (see [`Gpu`]: one stream at a time; it grows
+    /// on demand but never while the stream captures a graph). For graphs replayed on several
+    /// streams, or a workspace sized up front, use [`Gpu::lora_forward_with`].
     pub fn lora_forward<T, X, B, S, Y>(
         &self,
         x: &X,
@@ -126,7 +319,67 @@ impl Gpu {
         )?;
         let stream = self.stream().clone();
         let (base_ptr, _base_guard) = base.device_ptr(&stream);
-        self.lora_forward_launch::<T, X, S, Y>(x, Some(base_ptr), adapters, shape, y, None)
+        self.lora_forward_launch::<T, X, S, Y>(x, Some(base_ptr), adapters, shape, y, None, None)
+    }
+
+    /// [`Gpu::lora_forward`] with the caller's workspace: allocates nothing, and fails (before
+    /// launching) when the call needs more scratch than `workspace` was sized for. The way to
+    /// capture the forward into a CUDA graph that may replay on another stream than the handle's,
+    /// or concurrently with other work of the handle (one workspace per concurrent replay).
+    #[allow(clippy::too_many_arguments)]
+    pub fn lora_forward_with<T, X, B, S, Y>(
+        &self,
+        workspace: &mut LoraWorkspace,
+        x: &X,
+        base: &B,
+        adapters: &[LoraAdapter<'_, S>],
+        shape: LoraShape,
+        y: &mut Y,
+    ) -> Result<()>
+    where
+        T: Element,
+        X: DevicePtr<T>,
+        B: DevicePtr<T>,
+        S: DevicePtr<T>,
+        Y: DevicePtrMut<T>,
+    {
+        validate_lora_forward(
+            shape,
+            x.len(),
+            Some(base.len()),
+            Some(y.len()),
+            &device_lens(adapters),
+        )?;
+        let stream = self.stream().clone();
+        let (base_ptr, _base_guard) = base.device_ptr(&stream);
+        self.lora_forward_launch::<T, X, S, Y>(
+            x,
+            Some(base_ptr),
+            adapters,
+            shape,
+            y,
+            None,
+            Some(workspace),
+        )
+    }
+
+    /// [`Gpu::lora_forward_inplace`] with the caller's workspace (see [`Gpu::lora_forward_with`]).
+    pub fn lora_forward_inplace_with<T, X, S, Y>(
+        &self,
+        workspace: &mut LoraWorkspace,
+        x: &X,
+        adapters: &[LoraAdapter<'_, S>],
+        shape: LoraShape,
+        y: &mut Y,
+    ) -> Result<()>
+    where
+        T: Element,
+        X: DevicePtr<T>,
+        S: DevicePtr<T>,
+        Y: DevicePtrMut<T>,
+    {
+        validate_lora_forward(shape, x.len(), None, Some(y.len()), &device_lens(adapters))?;
+        self.lora_forward_launch::<T, X, S, Y>(x, None, adapters, shape, y, None, Some(workspace))
     }
 
     /// In place: `y += Σᵢ sᵢ · (x · Aᵢᵀ) · Bᵢᵀ` (y holds the base output on entry).
@@ -144,12 +397,14 @@ impl Gpu {
         Y: DevicePtrMut<T>,
     {
         validate_lora_forward(shape, x.len(), None, Some(y.len()), &device_lens(adapters))?;
-        self.lora_forward_launch::<T, X, S, Y>(x, None, adapters, shape, y, None)
+        self.lora_forward_launch::<T, X, S, Y>(x, None, adapters, shape, y, None, None)
     }
 
     /// The launches behind the forward, arguments already validated: the `lora` family's entry for the
     /// rest of the crate. With `dora`, the single launch (one adapter) uses the DoRA epilogue
-    /// `y = bias + f ⊙ (base − bias + LoRA term)` (the DoRA forwards of [`crate::dora`]).
+    /// `y = bias + f ⊙ (base − bias + LoRA term)` (the DoRA forwards of [`crate::dora`]). Scratch:
+    /// `workspace`, else the handle's implicit one.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn lora_forward_launch<T, X, S, Y>(
         &self,
         x: &X,
@@ -158,6 +413,7 @@ impl Gpu {
         shape: LoraShape,
         y: &mut Y,
         dora: Option<DoraEpilogue>,
+        mut workspace: WorkspaceArg<'_>,
     ) -> Result<()>
     where
         T: Element,
@@ -221,11 +477,20 @@ impl Gpu {
             } else {
                 y_ptr
             };
-            self.launch_group::<T>(x_ptr, base, y_ptr, group, shape, dora)?;
+            self.launch_group::<T>(
+                x_ptr,
+                base,
+                y_ptr,
+                group,
+                shape,
+                dora,
+                workspace.as_deref_mut(),
+            )?;
         }
         Ok(())
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn launch_group<T: Element>(
         &self,
         x: u64,
@@ -234,17 +499,13 @@ impl Gpu {
         adapters: &[AdapterAddrs],
         shape: LoraShape,
         dora: Option<DoraEpilogue>,
+        workspace: WorkspaceArg<'_>,
     ) -> Result<()> {
         let stream = self.stream().clone();
         let rank_total: usize = adapters.iter().map(|a| a.rank).sum();
         let dtype = T::DTYPE;
         let block_m = Plan::new(dtype, shape, rank_total, 1).block_m;
-        let variant = if dora.is_some() { "dora_" } else { "" };
-        let (func, resident) = self.kernel(
-            KernelModule::LoraForward,
-            &format!("lora_forward_{variant}{}_bm{block_m}", dtype.name()),
-            LORA_FORWARD_THREADS,
-        )?;
+        let (func, resident) = self.forward_kernel(dtype, block_m, dora.is_some())?;
         let plan = Plan::new(dtype, shape, rank_total, resident);
         // The kernel hands out work items by a 32-bit ticket.
         if plan.items() > (u32::MAX / 2) as usize {
@@ -260,35 +521,46 @@ impl Gpu {
         }
 
         let elem = std::mem::size_of::<T>();
-        let m_pad = plan.m_tiles * plan.block_m;
-        let partials_len = plan.k_chunks * m_pad * plan.rank_pad;
-        let hidden_len = (m_pad * plan.rank_pad * elem).div_ceil(4);
-        let counters_len = 2 + 2 * plan.m_tiles;
+        let need = Lens::of(&plan, plan.k_chunks, elem);
 
-        let workspace = self.scratch::<Option<Workspace>>();
-        let mut guard = workspace.lock().unwrap_or_else(|e| e.into_inner());
-        let fits = guard.as_ref().is_some_and(|w| {
-            w.partials.len() >= partials_len
-                && w.hidden.len() >= hidden_len
-                && w.counters.len() >= counters_len
-        });
-        if !fits {
-            let old = guard.take();
-            let grow = |have: Option<usize>, want: usize| have.map_or(want, |h| h.max(want));
-            *guard = Some(Workspace {
-                partials: stream.alloc_zeros::<f32>(grow(
-                    old.as_ref().map(|w| w.partials.len()),
-                    partials_len,
-                ))?,
-                hidden: stream
-                    .alloc_zeros::<f32>(grow(old.as_ref().map(|w| w.hidden.len()), hidden_len))?,
-                counters: stream.alloc_zeros::<u32>(grow(
-                    old.as_ref().map(|w| w.counters.len()),
-                    counters_len,
-                ))?,
-            });
-        }
-        let ws = guard.as_mut().expect("workspace allocated above");
+        // The caller's workspace, or the handle's (held locked until the launch is enqueued).
+        let implicit = self.scratch::<ImplicitWorkspace>();
+        let mut guard;
+        let ws: &mut Buffers = match workspace {
+            Some(w) => {
+                if !Arc::ptr_eq(w.buffers.partials.context(), stream.context()) {
+                    return Err(invalid(
+                        "workspace",
+                        "a workspace of this handle's CUDA context",
+                        "one of another context",
+                    ));
+                }
+                if !w.buffers.fits(need) {
+                    return Err(invalid(
+                        "workspace",
+                        format!(
+                            "a workspace with room for this call ({need:?} elements; make it with \
+                             Gpu::lora_workspace for at least m={}, k={}, rank={rank_total})",
+                            shape.m, shape.k
+                        ),
+                        format!(
+                            "one sized for {:?}, m <= {}, k <= {}, rank <= {} ({:?})",
+                            w.dtype,
+                            w.max_m,
+                            w.max_k,
+                            w.max_rank,
+                            w.buffers.lens()
+                        ),
+                    ));
+                }
+                &mut w.buffers
+            }
+            None => {
+                guard = implicit.lock().unwrap_or_else(|e| e.into_inner());
+                grow_implicit(&mut guard, &stream, need)?;
+                guard.current.as_mut().expect("sized above")
+            }
+        };
         let (partials, _g1) = ws.partials.device_ptr_mut(&stream);
         let (hidden, _g2) = ws.hidden.device_ptr_mut(&stream);
         let (counters, _g3) = ws.counters.device_ptr_mut(&stream);
@@ -346,9 +618,38 @@ impl Gpu {
         };
         let grid = plan.items().min(resident).max(1);
         // SAFETY: every pointer was validated to cover the extents in `params`; the workspace holds
-        // `partials_len`, `hidden_len` and `counters_len` elements and stays alive (stream-ordered free).
+        // `need` elements of each buffer and is never freed while a launch may use it (the caller's
+        // outlives the call, the handle's retires instead of freeing).
         unsafe { self.launch(&func, (grid as u32, 1), LORA_FORWARD_THREADS, &params) }
     }
+}
+
+/// Makes the handle's workspace hold `need`: a larger set of buffers when it does not, the old
+/// ones retired (kept alive: a captured graph may point at them). Refused while the stream
+/// captures (the allocation would become part of the graph, and the growth would free nothing
+/// the graph could rely on): warm up at the largest size before capturing.
+fn grow_implicit(ws: &mut ImplicitWorkspace, stream: &Arc<CudaStream>, need: Lens) -> Result<()> {
+    if ws.current.as_ref().is_some_and(|b| b.fits(need)) {
+        return Ok(());
+    }
+    if stream.capture_status()? != CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_NONE {
+        return Err(invalid(
+            "workspace",
+            "a forward at this size (or larger) before the capture began: the handle's \
+             workspace cannot grow while its stream captures (or pass a Gpu::lora_workspace to \
+             the *_with forwards)",
+            format!(
+                "a capture that needs {need:?} elements, the handle holds {:?}",
+                ws.current.as_ref().map(Buffers::lens).unwrap_or_default()
+            ),
+        ));
+    }
+    let lens = ws.current.as_ref().map_or(need, |b| b.lens().max(need));
+    let new = Buffers::alloc(stream, lens)?;
+    if let Some(old) = ws.current.replace(new) {
+        ws.retired.push(old);
+    }
+    Ok(())
 }
 
 fn device_lens<T, S: DevicePtr<T>>(adapters: &[LoraAdapter<'_, S>]) -> Vec<AdapterLens> {

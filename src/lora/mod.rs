@@ -8,4 +8,6 @@
 pub(crate) mod gpu;
 pub mod reference;
 
+pub use gpu::LoraWorkspace;
+
 pub use crate::adapter::{LoraAdapter, LoraShape, MAX_RANK};

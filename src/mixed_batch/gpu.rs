@@ -11,38 +11,66 @@ use crate::validate::{validate_adapter, validate_lora_forward, AdapterLens};
 /// more rows take the two-phase path (the hidden once per row, then the expand).
 const MIXED_DECODE_ROWS: usize = 16;
 use crate::Element;
+use cudarc::driver::sys::CUstreamCaptureStatus;
 use cudarc::driver::{CudaSlice, CudaStream, DevicePtr, DevicePtrMut};
-use std::marker::PhantomData;
 use std::sync::Arc;
 
 /// The mixed batch's prefill scratch, kept by the handle: each row's hidden (f32, grow-only).
+/// Growing retires the old buffer (kept until the handle drops) instead of freeing it, so a CUDA
+/// graph captured earlier never points at freed memory; it cannot grow while the stream captures.
 #[derive(Default)]
-struct PrefillHidden(Option<CudaSlice<f32>>);
+struct PrefillHidden {
+    current: Option<CudaSlice<f32>>,
+    retired: Vec<CudaSlice<f32>>,
+}
 
 impl PrefillHidden {
     /// At least `len` f32, allocated (or grown) on first need and kept, so later calls at that size
     /// allocate nothing.
     fn at_least(&mut self, stream: &Arc<CudaStream>, len: usize) -> Result<&mut CudaSlice<f32>> {
-        if self.0.as_ref().is_some_and(|h| h.len() < len) {
-            self.0 = None; // freed (stream-ordered) before the larger one is allocated
+        if self.current.as_ref().is_none_or(|h| h.len() < len) {
+            if stream.capture_status()? != CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_NONE {
+                return Err(invalid(
+                    "workspace",
+                    "a mixed-batch forward with this many rows (or more) before the capture \
+                     began: the handle's prefill scratch cannot grow while its stream captures",
+                    format!(
+                        "{len} f32 needed, {} held",
+                        self.current.as_ref().map_or(0, |h| h.len())
+                    ),
+                ));
+            }
+            let new = stream.alloc_zeros::<f32>(len)?;
+            if let Some(old) = self.current.replace(new) {
+                self.retired.push(old);
+            }
         }
-        let hidden = match self.0.take() {
-            Some(h) => h,
-            None => stream.alloc_zeros::<f32>(len)?,
-        };
-        Ok(self.0.insert(hidden))
+        Ok(self.current.as_mut().expect("allocated above"))
     }
 }
 
 /// The adapters a mixed batch picks from, as a table on the GPU (built once, reused by every call:
-/// the forward itself allocates nothing). Borrows the adapters' buffers for `'a`.
-#[derive(Debug)]
+/// the forward itself allocates nothing). Borrows the adapters' buffers for `'a`, and each forward
+/// takes every adapter's A and B through [`DevicePtr::device_ptr`] on its stream, so cudarc's
+/// event tracking orders the forward after a rewrite of an adapter on another stream (and a
+/// later rewrite after the forward), as it does for the other arguments.
 pub struct MixedAdapters<'a, T> {
     slots: CudaSlice<u8>,
+    /// Each adapter's A and B, for the forward's reads.
+    buffers: Vec<[&'a (dyn DevicePtr<T> + Sync); 2]>,
     count: usize,
     k: usize,
     n: usize,
-    _buffers: PhantomData<&'a [T]>,
+}
+
+impl<T> std::fmt::Debug for MixedAdapters<'_, T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MixedAdapters")
+            .field("count", &self.count)
+            .field("k", &self.k)
+            .field("n", &self.n)
+            .finish()
+    }
 }
 
 impl<T> MixedAdapters<'_, T> {
@@ -60,7 +88,7 @@ impl<T> MixedAdapters<'_, T> {
 impl Gpu {
     /// Builds the adapter table of mixed batches over x [m, k] and y [m, n]: every adapter is checked
     /// (rank 1 to 256, finite scale, A [r, k], B [n, r]) and its pointers are uploaded once.
-    pub fn mixed_adapters<'a, T: Element, S: DevicePtr<T>>(
+    pub fn mixed_adapters<'a, T: Element, S: DevicePtr<T> + Sync>(
         &self,
         adapters: &[LoraAdapter<'a, S>],
         k: usize,
@@ -103,12 +131,20 @@ impl Gpu {
         } else {
             stream.clone_htod(&bytes)?
         };
+        let buffers = adapters
+            .iter()
+            .map(|ad| {
+                let a: &'a (dyn DevicePtr<T> + Sync) = ad.lora_a;
+                let b: &'a (dyn DevicePtr<T> + Sync) = ad.lora_b;
+                [a, b]
+            })
+            .collect();
         Ok(MixedAdapters {
             slots,
+            buffers,
             count: adapters.len(),
             k,
             n,
-            _buffers: PhantomData,
         })
     }
 
@@ -118,7 +154,8 @@ impl Gpu {
     /// treated as −1, never read out of bounds. Up to 16 rows: one launch, each block forming its
     /// row's hidden; more rows: a shrink launch (each row's hidden once, into a scratch buffer the
     /// handle keeps) then the expand. Nothing is allocated once the scratch has been sized by a first
-    /// call at that many rows, so warm up before capturing a CUDA graph.
+    /// call at that many rows, so warm up before capturing a CUDA graph (during a capture the
+    /// scratch cannot grow: the call fails instead; see [`Gpu`] for scratch and graphs).
     pub fn lora_forward_mixed<T, X, B, I, Y>(
         &self,
         x: &X,
@@ -169,6 +206,14 @@ impl Gpu {
         let (base_ptr, _gb) = base.device_ptr(&stream);
         let (idx_ptr, _gi) = indices.device_ptr(&stream);
         let (slots, _gs) = adapters.slots.device_ptr(&stream);
+        // The adapters' A and B are read through the table's pointers: take them on this stream
+        // so their last writes are waited for and this read is recorded.
+        let _adapter_guards: Vec<_> = adapters
+            .buffers
+            .iter()
+            .flatten()
+            .map(|buf| buf.device_ptr(&stream).1)
+            .collect();
         let (y_ptr, _gy) = y.device_ptr_mut(&stream);
         let mut params = LoraMixedParams {
             x: x_ptr,

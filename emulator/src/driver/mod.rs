@@ -13,7 +13,8 @@
 //!   (a range must lie inside one allocation) before any memory is touched, and a failing check
 //!   returns `CUDA_ERROR_INVALID_VALUE` with a message.
 //! - Stream work runs when it is enqueued (synchronously, in the calling thread), so streams are
-//!   ordered trivially; events are ordered no-ops. `cuEventElapsedTime(_v2)` returns
+//!   ordered trivially; events are ordered no-ops. A capturing stream records its work instead
+//!   (see `graph.rs` for capture, graphs and the capture rules enforced). `cuEventElapsedTime(_v2)` returns
 //!   `CUDA_ERROR_NOT_SUPPORTED`: the emulator has no device clock, and a made-up time would make
 //!   a benchmark misreport.
 //! - Both allocation paths work: `cuMemAlloc_v2`/`cuMemFree_v2` and, as attribute 115
@@ -62,7 +63,10 @@
 #![allow(non_snake_case, clippy::missing_safety_doc)]
 
 mod errors;
+mod graph;
 pub mod stubs;
+
+use graph::{Capture, Node, Recorded};
 
 use crate::exec::{CheckerConfig, DeviceConfig, FunctionId, FunctionInfo, Machine, ModuleId};
 use std::cell::RefCell;
@@ -124,6 +128,8 @@ const TAG_STREAM: u64 = 0x7e01;
 const TAG_EVENT: u64 = 0x7e02;
 const TAG_MODULE: u64 = 0x7e03;
 const TAG_FUNCTION: u64 = 0x7e04;
+const TAG_GRAPH: u64 = 0x7e05;
+const TAG_GRAPH_EXEC: u64 = 0x7e06;
 /// `CU_STREAM_LEGACY` and `CU_STREAM_PER_THREAD`: always-valid stream handles, like null.
 const STREAM_LEGACY: u64 = 0x1;
 const STREAM_PER_THREAD: u64 = 0x2;
@@ -293,7 +299,8 @@ struct Module {
 /// An event's state.
 struct Event {
     flags: u32,
-    recorded: bool,
+    /// Where its last record happened (in a capture, or on a running stream).
+    recorded: Recorded,
 }
 
 /// The codes after which a context is unusable: CUDA 13.0's `cuda.h` says of each "This leaves
@@ -352,6 +359,11 @@ struct Driver {
     ctx_flags: u32,
     /// Set by a launch that failed with a sticky code; cleared only by a reset.
     sticky: Option<Sticky>,
+    /// Active stream captures, by origin stream (`graph.rs`).
+    captures: HashMap<u64, Capture>,
+    /// Graphs (`CUgraph`) and their executable copies (`CUgraphExec`).
+    graphs: HashMap<u64, Vec<Node>>,
+    execs: HashMap<u64, Vec<Node>>,
 }
 
 impl Driver {
@@ -370,6 +382,9 @@ impl Driver {
             cache_config: 0,
             ctx_flags: 0,
             sticky: None,
+            captures: HashMap::new(),
+            graphs: HashMap::new(),
+            execs: HashMap::new(),
         }
     }
 
@@ -1010,10 +1025,22 @@ pub unsafe extern "C" fn cuCtxGetDevice(device: *mut CUdevice) -> CUresult {
     })
 }
 
-/// `cuCtxSynchronize`: all work already ran.
+/// `cuCtxSynchronize`: all work already ran. While any stream captures: 900, and every capture
+/// is invalidated (the context encompasses the capturing streams).
 #[no_mangle]
 pub unsafe extern "C" fn cuCtxSynchronize() -> CUresult {
-    entry("cuCtxSynchronize", || with_ctx(|_| Ok(())))
+    entry("cuCtxSynchronize", || {
+        with_ctx(|d| {
+            if d.captures.is_empty() {
+                return Ok(());
+            }
+            d.captures.values_mut().for_each(|c| c.invalidated = true);
+            Err(Fail::msg(
+                graph::CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED,
+                "synchronising the context while a stream captures; every capture is invalidated",
+            ))
+        })
+    })
 }
 
 /// `cuCtxGetStreamPriorityRange`: least 0, greatest -5 (priorities are accepted and ignored).
@@ -1158,6 +1185,7 @@ pub unsafe extern "C" fn cuStreamDestroy_v2(stream: Handle) -> CUresult {
     entry("cuStreamDestroy_v2", || {
         with_ctx_teardown(|d| {
             if d.streams.remove(&(stream as u64)) {
+                d.captures.remove(&(stream as u64));
                 Ok(())
             } else {
                 Err(Fail::msg(
@@ -1169,29 +1197,99 @@ pub unsafe extern "C" fn cuStreamDestroy_v2(stream: Handle) -> CUresult {
     })
 }
 
-/// `cuStreamSynchronize`: the stream's work already ran.
+/// `cuStreamSynchronize`: the stream's work already ran; 900 on a capturing stream (which is
+/// invalidated).
 #[no_mangle]
 pub unsafe extern "C" fn cuStreamSynchronize(stream: Handle) -> CUresult {
     entry("cuStreamSynchronize", || {
-        with_ctx(|d| d.check_stream(stream))
+        with_stream(stream, |d| d.refuse_if_capturing(stream))
     })
 }
 
-/// `cuStreamQuery`: always complete.
+/// `cuStreamQuery`: always complete; 900 on a capturing stream (which is invalidated).
 #[no_mangle]
 pub unsafe extern "C" fn cuStreamQuery(stream: Handle) -> CUresult {
-    entry("cuStreamQuery", || with_ctx(|d| d.check_stream(stream)))
+    entry("cuStreamQuery", || {
+        with_stream(stream, |d| d.refuse_if_capturing(stream))
+    })
 }
 
-/// `cuStreamWaitEvent`: ordering is implicit (work runs when enqueued).
+/// `CU_EVENT_WAIT_EXTERNAL` (also `CU_EVENT_RECORD_EXTERNAL`'s value).
+const EVENT_EXTERNAL: u32 = 1;
+
+/// `cuStreamWaitEvent`: ordering is implicit (work runs when enqueued). During capture, the
+/// rules of `graph.rs`: an event of the same capture is a dependency, one never recorded is none,
+/// one recorded outside capture is 905 (unless `CU_EVENT_WAIT_EXTERNAL`), one of another active
+/// capture 902; a non-capturing stream waiting on an event of an active capture (a fork) is not
+/// modelled (801).
 #[no_mangle]
 pub unsafe extern "C" fn cuStreamWaitEvent(
     stream: Handle,
     event: Handle,
-    _flags: c_uint,
+    flags: c_uint,
 ) -> CUresult {
     entry("cuStreamWaitEvent", || {
-        with_stream(stream, |d| event_of(d, event).map(|_| ()))
+        if flags & !EVENT_EXTERNAL != 0 {
+            return Err(Fail::msg(
+                CUDA_ERROR_INVALID_VALUE,
+                format!("wait flags {flags:#x}"),
+            ));
+        }
+        with_stream(stream, |d| {
+            let recorded = event_of(d, event)?.recorded;
+            let s = stream as u64;
+            let mine = d.captures.get(&s).map(|c| (c.id, c.invalidated));
+            let active = |d: &mut Driver, id| d.capture_by_id(id).is_some();
+            match (mine, recorded) {
+                (Some((_, true)), _) => Err(Fail::msg(
+                    graph::CUDA_ERROR_STREAM_CAPTURE_INVALIDATED,
+                    "the stream's capture was invalidated by an earlier error",
+                )),
+                (Some(_), _) if flags & EVENT_EXTERNAL != 0 => Ok(()),
+                (Some(_), Recorded::Never) => Ok(()),
+                (Some((id, _)), Recorded::Capture(e)) if e == id => Ok(()),
+                (Some(_), Recorded::Capture(e)) if active(d, e) => {
+                    d.invalidate(s);
+                    if let Some(c) = d.capture_by_id(e) {
+                        c.invalidated = true;
+                    }
+                    Err(Fail::msg(
+                        graph::CUDA_ERROR_STREAM_CAPTURE_MERGE,
+                        "waiting on an event of another capture would merge two captures; both \
+                         are invalidated",
+                    ))
+                }
+                (Some(_), Recorded::Stream) => {
+                    d.invalidate(s);
+                    Err(Fail::msg(
+                        graph::CUDA_ERROR_STREAM_CAPTURE_ISOLATION,
+                        "waiting, during capture, on an event recorded outside capture (a \
+                         dependency on uncaptured work; use CU_EVENT_WAIT_EXTERNAL); the capture \
+                         is invalidated",
+                    ))
+                }
+                (None, _) if flags & EVENT_EXTERNAL != 0 => Err(Fail::msg(
+                    CUDA_ERROR_INVALID_VALUE,
+                    "CU_EVENT_WAIT_EXTERNAL outside stream capture",
+                )),
+                (None, Recorded::Capture(e)) if active(d, e) => {
+                    if let Some(c) = d.capture_by_id(e) {
+                        c.invalidated = true;
+                    }
+                    Err(Fail::msg(
+                        CUDA_ERROR_NOT_SUPPORTED,
+                        "a stream joining an active capture (a fork by cuStreamWaitEvent) is not \
+                         modelled by the emulator; that capture is invalidated",
+                    ))
+                }
+                (_, Recorded::Capture(_)) => Err(Fail::msg(
+                    CUDA_ERROR_INVALID_VALUE,
+                    "waiting on an event last recorded in a capture that has ended (it stands \
+                     for no work that runs; record it again outside capture)",
+                )),
+                (None, _) => Ok(()),
+            }
+        })
     })
 }
 
@@ -1204,12 +1302,20 @@ pub unsafe extern "C" fn cuStreamGetCtx(stream: Handle, pctx: *mut Handle) -> CU
     })
 }
 
-/// `cuStreamIsCapturing`: never (`CU_STREAM_CAPTURE_STATUS_NONE`).
+/// `cuStreamIsCapturing`: `CU_STREAM_CAPTURE_STATUS_NONE` (0), `ACTIVE` (1) or
+/// `INVALIDATED` (2).
 #[no_mangle]
 pub unsafe extern "C" fn cuStreamIsCapturing(stream: Handle, status: *mut c_uint) -> CUresult {
     entry("cuStreamIsCapturing", || {
-        with_ctx(|d| d.check_stream(stream))?;
-        unsafe { put(status, 0) }
+        let v = with_ctx(|d| {
+            d.check_stream(stream)?;
+            Ok(match d.captures.get(&(stream as u64)) {
+                None => 0,
+                Some(c) if c.invalidated => 2,
+                Some(_) => 1,
+            })
+        })?;
+        unsafe { put(status, v) }
     })
 }
 
@@ -1240,7 +1346,7 @@ pub unsafe extern "C" fn cuEventCreate(event: *mut Handle, flags: c_uint) -> CUr
                 e,
                 Event {
                     flags,
-                    recorded: false,
+                    recorded: Recorded::Never,
                 },
             );
             Ok(e)
@@ -1249,28 +1355,62 @@ pub unsafe extern "C" fn cuEventCreate(event: *mut Handle, flags: c_uint) -> CUr
     })
 }
 
-unsafe fn event_record(event: Handle, stream: Handle) -> Res<()> {
+unsafe fn event_record(event: Handle, stream: Handle, flags: c_uint) -> Res<()> {
+    if flags & !EVENT_EXTERNAL != 0 {
+        return Err(Fail::msg(
+            CUDA_ERROR_INVALID_VALUE,
+            format!("record flags {flags:#x}"),
+        ));
+    }
     with_stream(stream, |d| {
-        event_of(d, event)?.recorded = true;
-        Ok(())
+        event_of(d, event)?;
+        let capture = d
+            .captures
+            .get(&(stream as u64))
+            .map(|c| (c.id, c.invalidated));
+        match capture {
+            Some((_, true)) => Err(Fail::msg(
+                graph::CUDA_ERROR_STREAM_CAPTURE_INVALIDATED,
+                "the stream's capture was invalidated by an earlier error",
+            )),
+            Some(_) if flags & EVENT_EXTERNAL != 0 => {
+                d.enqueue(stream, Node::EventRecord(event as u64))
+            }
+            Some((id, _)) => {
+                event_of(d, event)?.recorded = Recorded::Capture(id);
+                Ok(())
+            }
+            None if flags & EVENT_EXTERNAL != 0 => Err(Fail::msg(
+                CUDA_ERROR_INVALID_VALUE,
+                "CU_EVENT_RECORD_EXTERNAL outside stream capture",
+            )),
+            None => {
+                event_of(d, event)?.recorded = Recorded::Stream;
+                Ok(())
+            }
+        }
     })
 }
 
-/// `cuEventRecord`: marks the event recorded (its work is already done).
+/// `cuEventRecord`: marks the event recorded (its work is already done); on a capturing stream
+/// it becomes an event of that capture.
 #[no_mangle]
 pub unsafe extern "C" fn cuEventRecord(event: Handle, stream: Handle) -> CUresult {
-    entry("cuEventRecord", || unsafe { event_record(event, stream) })
+    entry("cuEventRecord", || unsafe {
+        event_record(event, stream, 0)
+    })
 }
 
-/// `cuEventRecordWithFlags`.
+/// `cuEventRecordWithFlags`: 0, or `CU_EVENT_RECORD_EXTERNAL` (during capture only: an event
+/// record node that records the event when the graph runs).
 #[no_mangle]
 pub unsafe extern "C" fn cuEventRecordWithFlags(
     event: Handle,
     stream: Handle,
-    _flags: c_uint,
+    flags: c_uint,
 ) -> CUresult {
     entry("cuEventRecordWithFlags", || unsafe {
-        event_record(event, stream)
+        event_record(event, stream, flags)
     })
 }
 
@@ -1287,19 +1427,19 @@ pub unsafe extern "C" fn cuEventDestroy_v2(event: Handle) -> CUresult {
     })
 }
 
-/// `cuEventSynchronize`: complete.
+/// `cuEventSynchronize`: complete; an event recorded in a capture is refused (see `graph.rs`).
 #[no_mangle]
 pub unsafe extern "C" fn cuEventSynchronize(event: Handle) -> CUresult {
     entry("cuEventSynchronize", || {
-        with_ctx(|d| event_of(d, event).map(|_| ()))
+        with_ctx(|d| d.refuse_captured_event(event))
     })
 }
 
-/// `cuEventQuery`: complete.
+/// `cuEventQuery`: complete; an event recorded in a capture is refused (see `graph.rs`).
 #[no_mangle]
 pub unsafe extern "C" fn cuEventQuery(event: Handle) -> CUresult {
     entry("cuEventQuery", || {
-        with_ctx(|d| event_of(d, event).map(|_| ()))
+        with_ctx(|d| d.refuse_captured_event(event))
     })
 }
 
@@ -1316,7 +1456,7 @@ unsafe fn elapsed(ms: *mut f32, start: Handle, end: Handle) -> Res<()> {
                     "an event created with CU_EVENT_DISABLE_TIMING has no time",
                 ));
             }
-            if !ev.recorded {
+            if ev.recorded == Recorded::Never {
                 return Err(Fail::msg(
                     CUDA_ERROR_INVALID_HANDLE,
                     "an event that was never recorded has no time",
@@ -1361,7 +1501,10 @@ pub unsafe extern "C" fn cuMemAlloc_v2(dptr: *mut CUdeviceptr, bytes: usize) -> 
         if bytes == 0 {
             return Err(Fail::msg(CUDA_ERROR_INVALID_VALUE, "0 bytes requested"));
         }
-        let a = with_ctx(|d| d.alloc(bytes as u64))?;
+        let a = with_ctx(|d| {
+            d.refuse_unsafe_call("cuMemAlloc_v2")?;
+            d.alloc(bytes as u64)
+        })?;
         unsafe { put(dptr, a) }
     })
 }
@@ -1378,7 +1521,10 @@ pub unsafe extern "C" fn cuMemAllocAsync(
         if dptr.is_null() {
             return Err(Fail::code(CUDA_ERROR_INVALID_VALUE));
         }
-        let a = with_stream(stream, |d| d.alloc(bytes as u64))?;
+        let a = with_stream(stream, |d| {
+            d.refuse_graph_memory(stream, "cuMemAllocAsync")?;
+            d.alloc(bytes as u64)
+        })?;
         unsafe { put(dptr, a) }
     })
 }
@@ -1388,7 +1534,14 @@ pub unsafe extern "C" fn cuMemAllocAsync(
 #[no_mangle]
 pub unsafe extern "C" fn cuMemFree_v2(dptr: CUdeviceptr) -> CUresult {
     entry("cuMemFree_v2", || {
-        with_ctx_teardown(|d| if dptr == 0 { Ok(()) } else { d.free(dptr) })
+        with_ctx_teardown(|d| {
+            d.refuse_unsafe_call("cuMemFree_v2")?;
+            if dptr == 0 {
+                Ok(())
+            } else {
+                d.free(dptr)
+            }
+        })
     })
 }
 
@@ -1399,6 +1552,7 @@ pub unsafe extern "C" fn cuMemFreeAsync(dptr: CUdeviceptr, stream: Handle) -> CU
     entry("cuMemFreeAsync", || {
         with_ctx_teardown(|d| {
             d.check_stream(stream)?;
+            d.refuse_graph_memory(stream, "cuMemFreeAsync")?;
             if dptr == 0 {
                 Ok(())
             } else {
@@ -1492,7 +1646,10 @@ pub unsafe extern "C" fn cuPointerGetAttribute(
 #[no_mangle]
 pub unsafe extern "C" fn cuMemsetD8_v2(dst: CUdeviceptr, value: c_uchar, count: usize) -> CUresult {
     entry("cuMemsetD8_v2", || {
-        with_ctx(|d| d.memset(dst, &[value], count))
+        with_ctx(|d| {
+            d.refuse_unsafe_call("cuMemsetD8_v2")?;
+            d.memset(dst, &[value], count)
+        })
     })
 }
 
@@ -1505,7 +1662,12 @@ pub unsafe extern "C" fn cuMemsetD8Async(
     stream: Handle,
 ) -> CUresult {
     entry("cuMemsetD8Async", || {
-        with_stream(stream, |d| d.memset(dst, &[value], count))
+        let node = Node::Memset {
+            dst,
+            pattern: vec![value],
+            count,
+        };
+        with_stream(stream, |d| d.enqueue(stream, node))
     })
 }
 
@@ -1517,7 +1679,10 @@ pub unsafe extern "C" fn cuMemsetD16_v2(
     count: usize,
 ) -> CUresult {
     entry("cuMemsetD16_v2", || {
-        with_ctx(|d| d.memset(dst, &value.to_le_bytes(), count))
+        with_ctx(|d| {
+            d.refuse_unsafe_call("cuMemsetD16_v2")?;
+            d.memset(dst, &value.to_le_bytes(), count)
+        })
     })
 }
 
@@ -1530,7 +1695,12 @@ pub unsafe extern "C" fn cuMemsetD16Async(
     stream: Handle,
 ) -> CUresult {
     entry("cuMemsetD16Async", || {
-        with_stream(stream, |d| d.memset(dst, &value.to_le_bytes(), count))
+        let node = Node::Memset {
+            dst,
+            pattern: value.to_le_bytes().to_vec(),
+            count,
+        };
+        with_stream(stream, |d| d.enqueue(stream, node))
     })
 }
 
@@ -1538,7 +1708,10 @@ pub unsafe extern "C" fn cuMemsetD16Async(
 #[no_mangle]
 pub unsafe extern "C" fn cuMemsetD32_v2(dst: CUdeviceptr, value: c_uint, count: usize) -> CUresult {
     entry("cuMemsetD32_v2", || {
-        with_ctx(|d| d.memset(dst, &value.to_le_bytes(), count))
+        with_ctx(|d| {
+            d.refuse_unsafe_call("cuMemsetD32_v2")?;
+            d.memset(dst, &value.to_le_bytes(), count)
+        })
     })
 }
 
@@ -1551,7 +1724,12 @@ pub unsafe extern "C" fn cuMemsetD32Async(
     stream: Handle,
 ) -> CUresult {
     entry("cuMemsetD32Async", || {
-        with_stream(stream, |d| d.memset(dst, &value.to_le_bytes(), count))
+        let node = Node::Memset {
+            dst,
+            pattern: value.to_le_bytes().to_vec(),
+            count,
+        };
+        with_stream(stream, |d| d.enqueue(stream, node))
     })
 }
 
@@ -1563,7 +1741,10 @@ pub unsafe extern "C" fn cuMemcpyHtoD_v2(
     bytes: usize,
 ) -> CUresult {
     entry("cuMemcpyHtoD_v2", || {
-        with_ctx(|d| unsafe { d.htod(dst, src, bytes) })
+        with_ctx(|d| {
+            d.refuse_unsafe_call("cuMemcpyHtoD_v2")?;
+            unsafe { d.htod(dst, src, bytes) }
+        })
     })
 }
 
@@ -1576,7 +1757,12 @@ pub unsafe extern "C" fn cuMemcpyHtoDAsync_v2(
     stream: Handle,
 ) -> CUresult {
     entry("cuMemcpyHtoDAsync_v2", || {
-        with_stream(stream, |d| unsafe { d.htod(dst, src, bytes) })
+        let node = Node::Htod {
+            dst,
+            src: src as u64,
+            bytes,
+        };
+        with_stream(stream, |d| d.enqueue(stream, node))
     })
 }
 
@@ -1588,7 +1774,10 @@ pub unsafe extern "C" fn cuMemcpyDtoH_v2(
     bytes: usize,
 ) -> CUresult {
     entry("cuMemcpyDtoH_v2", || {
-        with_ctx(|d| unsafe { d.dtoh(dst, src, bytes) })
+        with_ctx(|d| {
+            d.refuse_unsafe_call("cuMemcpyDtoH_v2")?;
+            unsafe { d.dtoh(dst, src, bytes) }
+        })
     })
 }
 
@@ -1601,7 +1790,12 @@ pub unsafe extern "C" fn cuMemcpyDtoHAsync_v2(
     stream: Handle,
 ) -> CUresult {
     entry("cuMemcpyDtoHAsync_v2", || {
-        with_stream(stream, |d| unsafe { d.dtoh(dst, src, bytes) })
+        let node = Node::Dtoh {
+            dst: dst as u64,
+            src,
+            bytes,
+        };
+        with_stream(stream, |d| d.enqueue(stream, node))
     })
 }
 
@@ -1612,7 +1806,12 @@ pub unsafe extern "C" fn cuMemcpyDtoD_v2(
     src: CUdeviceptr,
     bytes: usize,
 ) -> CUresult {
-    entry("cuMemcpyDtoD_v2", || with_ctx(|d| d.dtod(dst, src, bytes)))
+    entry("cuMemcpyDtoD_v2", || {
+        with_ctx(|d| {
+            d.refuse_unsafe_call("cuMemcpyDtoD_v2")?;
+            d.dtod(dst, src, bytes)
+        })
+    })
 }
 
 /// `cuMemcpyDtoDAsync_v2`: copied at once.
@@ -1624,7 +1823,8 @@ pub unsafe extern "C" fn cuMemcpyDtoDAsync_v2(
     stream: Handle,
 ) -> CUresult {
     entry("cuMemcpyDtoDAsync_v2", || {
-        with_stream(stream, |d| d.dtod(dst, src, bytes))
+        let node = Node::Dtod { dst, src, bytes };
+        with_stream(stream, |d| d.enqueue(stream, node))
     })
 }
 
@@ -2109,20 +2309,41 @@ pub unsafe extern "C" fn cuLaunchKernel(
                 // SAFETY: parameter i's pointer holds `size` bytes (the caller's contract).
                 params.push(unsafe { std::slice::from_raw_parts(p, size as usize) }.to_vec());
             }
-            let id = func.id;
-            let stats = match d.machine.launch(id, grid, block, shared_bytes, &params) {
-                Ok(stats) => stats,
-                Err(e) => {
-                    let fail = Fail::msg(e.code as u32, format!("kernel `{name}`: {e}"));
-                    d.poison(&fail);
-                    return Err(fail);
-                }
+            let node = Node::Kernel {
+                func: f as u64,
+                grid,
+                block,
+                shared: shared_bytes,
+                params,
             };
-            WARP_INSTRUCTIONS.fetch_add(stats.warp_instructions, Ordering::Relaxed);
-            MMA_INSTRUCTIONS.fetch_add(stats.mma_instructions, Ordering::Relaxed);
-            Ok(())
+            d.enqueue(stream, node)
         })
     })
+}
+
+/// Runs kernel `f` now (its launch was checked by `cuLaunchKernel`); a sticky failure poisons
+/// the context.
+fn run_kernel(
+    d: &mut Driver,
+    f: Handle,
+    grid: [u32; 3],
+    block: [u32; 3],
+    shared_bytes: u32,
+    params: &[Vec<u8>],
+) -> Res<()> {
+    let func = d.func(f)?;
+    let (id, name) = (func.id, func.name.clone());
+    let stats = match d.machine.launch(id, grid, block, shared_bytes, params) {
+        Ok(stats) => stats,
+        Err(e) => {
+            let fail = Fail::msg(e.code as u32, format!("kernel `{name}`: {e}"));
+            d.poison(&fail);
+            return Err(fail);
+        }
+    };
+    WARP_INSTRUCTIONS.fetch_add(stats.warp_instructions, Ordering::Relaxed);
+    MMA_INSTRUCTIONS.fetch_add(stats.mma_instructions, Ordering::Relaxed);
+    Ok(())
 }
 
 // ---------------------------------------------------------------- errors
@@ -2224,6 +2445,8 @@ pub const IMPLEMENTED: &[&str] = &[
     "cuStreamWaitEvent",
     "cuStreamGetCtx",
     "cuStreamIsCapturing",
+    "cuStreamBeginCapture_v2",
+    "cuStreamEndCapture",
     "cuEventCreate",
     "cuEventRecord",
     "cuEventRecordWithFlags",
@@ -2262,6 +2485,11 @@ pub const IMPLEMENTED: &[&str] = &[
     "cuOccupancyMaxActiveBlocksPerMultiprocessorWithFlags",
     "cuOccupancyAvailableDynamicSMemPerBlock",
     "cuLaunchKernel",
+    "cuGraphInstantiateWithFlags",
+    "cuGraphLaunch",
+    "cuGraphUpload",
+    "cuGraphExecDestroy",
+    "cuGraphDestroy",
     "cuGetErrorString",
     "cuGetErrorName",
 ];
