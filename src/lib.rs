@@ -18,7 +18,8 @@
 //! - [`layer`]: a peft layer's forward states (disabled, mixed batch, merged, active adapters) over
 //!   a dense, 4-bit or int8 base, on the GPU ([`layer::Layer`]) and as the CPU reference.
 //! - [`peft`]: loading adapters as peft's `save_pretrained` writes them.
-//! - [`golden`]: reading the golden cases computed by the real peft and bitsandbytes.
+//! - `golden` (cargo feature `golden`, off by default; test support, not API): reading the golden
+//!   cases computed by the real peft and bitsandbytes, and the tests' comparators.
 //!
 //! Kernels are compiled by `build.rs` from `kernels/*.cu` into an embedded fatbin; a build without
 //! nvcc embeds the committed PTX (`ptx/*.ptx`), which the driver JIT-compiles, and only a kernel
@@ -50,6 +51,8 @@ pub mod device;
 pub mod dora;
 pub mod dtype;
 pub mod error;
+// Test support (the golden-case reader and comparators), behind the `golden` feature: not API.
+#[cfg(feature = "golden")]
 pub mod golden;
 pub mod int8;
 pub mod layer;

@@ -4,7 +4,7 @@
 //! `LORA_KERNELS_REQUIRE_GPU=1`.
 mod common;
 
-use common::{f64s, rel_error, Rng};
+use common::{f64s, rel_error, tolerance, Rng};
 use half::{bf16, f16};
 use lora_kernels::dora::reference;
 use lora_kernels::lora::reference::linear;
@@ -61,7 +61,7 @@ fn check_layer<T: Element>(gpu: &Gpu, l: &Layer<T>, label: &str) {
         l.bias.is_some(),
         T::DTYPE
     );
-    let tol = T::DTYPE.tolerance();
+    let tol = tolerance(T::DTYPE);
     let host = LoraAdapter::new(&l.lora_a[..], &l.lora_b[..], l.rank, l.scale);
     let (a, b) = (
         s.clone_htod(&l.lora_a).unwrap(),

@@ -13,7 +13,7 @@ use cudarc::driver::{CudaSlice, CudaView};
 use half::{bf16, f16};
 use lora_kernels::dora::reference as dora_reference;
 use lora_kernels::golden::{
-    discover, golden_dir, rel_error, AdapterModel, GoldenCase, ModelLayers,
+    discover, golden_dir, rel_error, tolerance, AdapterModel, GoldenCase, ModelLayers,
 };
 use lora_kernels::int8::{self, Int8Weight};
 use lora_kernels::lora::reference;
@@ -93,7 +93,7 @@ fn lora_case<T: Element>(case: &GoldenCase) -> Result<LoraCase<T>> {
 
 fn lora_cpu<T: Element>(case: &GoldenCase) -> Result<Check> {
     let c = lora_case::<T>(case)?;
-    let tol = T::DTYPE.tolerance();
+    let tol = tolerance(T::DTYPE);
     let mut check = Check::new();
     let adapter = LoraAdapter::new(&c.lora_a[..], &c.lora_b[..], c.rank, c.scale);
     let base = reference::linear(&c.x, &c.weight, c.bias.as_deref(), c.shape)?;
@@ -125,7 +125,7 @@ fn lora_cpu<T: Element>(case: &GoldenCase) -> Result<Check> {
 
 fn lora_gpu<T: Element>(gpu: &Gpu, case: &GoldenCase) -> Result<Check> {
     let c = lora_case::<T>(case)?;
-    let tol = T::DTYPE.tolerance();
+    let tol = tolerance(T::DTYPE);
     let mut check = Check::new();
     let s = gpu.stream();
     let base_golden: Vec<T> = case.values("base_output")?;
@@ -159,7 +159,7 @@ fn dora_case<T: Element>(case: &GoldenCase) -> Result<(LoraCase<T>, Vec<T>)> {
 fn dora_cpu<T: Element>(case: &GoldenCase) -> Result<Check> {
     let (c, magnitude) = dora_case::<T>(case)?;
     let (k, n) = (c.shape.k, c.shape.n);
-    let tol = T::DTYPE.tolerance();
+    let tol = tolerance(T::DTYPE);
     let mut check = Check::new();
     let adapter = LoraAdapter::new(&c.lora_a[..], &c.lora_b[..], c.rank, c.scale);
     let norm = dora_reference::dora_weight_norm(&c.weight, adapter, k, n)?;
@@ -190,7 +190,7 @@ fn dora_cpu<T: Element>(case: &GoldenCase) -> Result<Check> {
 fn dora_gpu<T: Element>(gpu: &Gpu, case: &GoldenCase) -> Result<Check> {
     let (c, magnitude) = dora_case::<T>(case)?;
     let (k, n) = (c.shape.k, c.shape.n);
-    let tol = T::DTYPE.tolerance();
+    let tol = tolerance(T::DTYPE);
     let mut check = Check::new();
     let s = gpu.stream();
     let (x, a, b, w) = (
@@ -291,7 +291,7 @@ fn mixed_batch_cpu<T: Element>(case: &GoldenCase) -> Result<Check> {
         "output",
         &f64s(&out),
         &case.values_f64("output")?,
-        T::DTYPE.tolerance(),
+        tolerance(T::DTYPE),
     );
     Ok(check)
 }
@@ -306,7 +306,7 @@ fn adapter_dir(case: &GoldenCase, gpu: Option<&Gpu>) -> Result<Check> {
         .expect("an adapter_dir case sits in its adapter's folder");
     let model = AdapterModel::load(dir)?;
     let mut layers = ModelLayers::new(&model, gpu)?;
-    let tol = DType::F32.tolerance();
+    let tol = tolerance(DType::F32);
     let mut check = Check::new();
     for name in model.module_names() {
         let input: Vec<f32> = case.values(&format!("{name}.input"))?;
@@ -370,7 +370,7 @@ fn quantized_layer_cpu<T: Element>(
     base_product: impl FnOnce(&[T], Option<&[T]>, LoraShape) -> Result<Vec<T>>,
     output_tol: f64,
 ) -> Result<Check> {
-    let tol = T::DTYPE.tolerance();
+    let tol = tolerance(T::DTYPE);
     let mut check = Check::new();
     check.compare(
         "dequantized_weight",
@@ -459,7 +459,7 @@ fn int8_cpu<T: Element>(case: &GoldenCase) -> Result<Check> {
             key,
             &f64s(&out),
             &case.values_f64(key)?,
-            T::DTYPE.tolerance(),
+            tolerance(T::DTYPE),
         );
     }
     Ok(check)
@@ -598,7 +598,7 @@ fn mixed_batch_gpu<T: Element>(gpu: &Gpu, case: &GoldenCase) -> Result<Check> {
         "output",
         &f64s(&s.clone_dtoh(&y)?),
         &case.values_f64("output")?,
-        T::DTYPE.tolerance(),
+        tolerance(T::DTYPE),
     );
     Ok(check)
 }
@@ -625,7 +625,7 @@ fn int8_gpu<T: Element>(gpu: &Gpu, case: &GoldenCase) -> Result<Check> {
     let got = f64s(&s.clone_dtoh(&y)?);
     let mut check = Check::new();
     for key in ["output_threshold_0", "output_threshold_6"] {
-        check.compare(key, &got, &case.values_f64(key)?, T::DTYPE.tolerance());
+        check.compare(key, &got, &case.values_f64(key)?, tolerance(T::DTYPE));
     }
     Ok(check)
 }
@@ -647,7 +647,7 @@ fn quantized_layer_gpu<T: Element>(
     dense: impl FnOnce() -> Result<CudaSlice<T>>,
     output_tol: f64,
 ) -> Result<Check> {
-    let tol = T::DTYPE.tolerance();
+    let tol = tolerance(T::DTYPE);
     let mut check = Check::new();
     let s = gpu.stream();
     let m = case.shape("x")?[0];

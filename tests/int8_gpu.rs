@@ -4,7 +4,7 @@
 //! Prints `SKIPPED: no CUDA device` without a GPU; fails instead with `LORA_KERNELS_REQUIRE_GPU=1`.
 mod common;
 
-use common::{f64s, rel_error, Rng};
+use common::{f64s, rel_error, tolerance, Rng};
 use half::{bf16, f16};
 use lora_kernels::dora::reference as dora;
 use lora_kernels::int8::reference;
@@ -46,7 +46,7 @@ fn sweep<T: Element>(gpu: &Gpu, seed: u64) {
                 .unwrap();
                 let err = rel_error(&f64s(&s.clone_dtoh(&y).unwrap()), &f64s(&want));
                 assert!(
-                    err <= T::DTYPE.tolerance(),
+                    err <= tolerance(T::DTYPE),
                     "m={m} bias={with_bias}: rel err {err:.3e}"
                 );
             }
@@ -340,7 +340,7 @@ fn llm<T: Element>(gpu: &Gpu, seed: u64) {
                 .unwrap();
             let err = rel_error(&f64s(&s.clone_dtoh(&y).unwrap()), &f64s(&want));
             assert!(
-                err <= T::DTYPE.tolerance(),
+                err <= tolerance(T::DTYPE),
                 "m {m} k {k} n {n} threshold {threshold}: rel err {err:.3e}"
             );
         }

@@ -5,7 +5,7 @@
 //! `SKIPPED: no CUDA device` without a GPU; they fail instead with `LORA_KERNELS_REQUIRE_GPU=1`.
 mod common;
 
-use common::rel_error;
+use common::{rel_error, tolerance};
 use half::{bf16, f16};
 use lora_kernels::golden::{golden_dir, AdapterModel, GoldenCase};
 use lora_kernels::int8::Int8Weight;
@@ -307,7 +307,7 @@ fn gpu_layers_on_quantised_bases_match_peft() {
         layer.forward(&xd, m, None, &mut y).unwrap();
         let want = case.values_f64("output").unwrap();
         // As in the golden CPU path: bitsandbytes' 8-bit base inside peft is ~2 ulps off its own.
-        let tol = T::DTYPE.tolerance() * if int8 { 2.5 } else { 1.0 };
+        let tol = tolerance(T::DTYPE) * if int8 { 2.5 } else { 1.0 };
         let err = rel_error(&common::f64s(&s.clone_dtoh(&y).unwrap()), &want);
         assert!(
             err <= tol,

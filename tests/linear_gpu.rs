@@ -6,7 +6,7 @@
 //! `LORA_KERNELS_REQUIRE_GPU=1`.
 mod common;
 
-use common::{f64s, rel_error, Rng};
+use common::{f64s, rel_error, tolerance, Rng};
 use half::{bf16, f16};
 use lora_kernels::dora::reference as dora;
 use lora_kernels::lora::reference;
@@ -77,7 +77,7 @@ fn dense<T: Element>(gpu: &Gpu, seed: u64) {
             let got = s.clone_dtoh(&yd).unwrap();
             let err = rel_error(&f64s(&got[offset..]), &f64s(&want));
             assert!(
-                err <= T::DTYPE.tolerance(),
+                err <= tolerance(T::DTYPE),
                 "{shape:?} bias {with_bias} offset {offset}: rel err {err:.3e}"
             );
             assert!(
@@ -131,7 +131,7 @@ fn dora_linear<T: Element>(gpu: &Gpu, seed: u64) {
         let err = rel_error(&f64s(&s.clone_dtoh(&y).unwrap()), &f64s(&want));
         // The base is rounded to T before the DoRA epilogue, as peft's base_result is.
         assert!(
-            err <= 2.0 * T::DTYPE.tolerance(),
+            err <= 2.0 * tolerance(T::DTYPE),
             "{shape:?} rank {rank}: rel err {err:.3e}"
         );
     }
@@ -224,7 +224,7 @@ fn with_adapters<T: Element>(gpu: &Gpu, seed: u64) {
             .unwrap();
         let err = rel_error(&f64s(&s.clone_dtoh(&y).unwrap()), &f64s(&want));
         assert!(
-            err <= T::DTYPE.tolerance(),
+            err <= tolerance(T::DTYPE),
             "m {m} k {k} n {n} ranks {ranks:?}: rel err {err:.3e}"
         );
     }
@@ -269,7 +269,7 @@ fn gemv_passes_past_eight_rows() {
         .unwrap();
         let err = rel_error(&f64s(&s.clone_dtoh(&y).unwrap()), &f64s(&want));
         assert!(
-            err <= DType::BF16.tolerance(),
+            err <= tolerance(DType::BF16),
             "{shape:?}: rel err {err:.3e}"
         );
     }

@@ -3,7 +3,7 @@
 //! Prints `SKIPPED: no CUDA device` without a GPU; fails instead with `LORA_KERNELS_REQUIRE_GPU=1`.
 mod common;
 
-use common::{f64s, rel_error, Rng};
+use common::{f64s, rel_error, tolerance, Rng};
 use half::{bf16, f16};
 use lora_kernels::lora::reference;
 use lora_kernels::{Element, Gpu, LoraAdapter, LoraShape};
@@ -78,7 +78,7 @@ fn check<T: Element>(gpu: &Gpu, p: &Problem<T>, label: &str) {
     gpu.lora_forward(&x, &base, &adapters, p.shape, &mut y)
         .unwrap();
     let got = f64s(&s.clone_dtoh(&y).unwrap());
-    let tol = T::DTYPE.tolerance();
+    let tol = tolerance(T::DTYPE);
     let err = rel_error(&got, &expected);
     assert!(
         err <= tol,

@@ -3,7 +3,7 @@
 //! Prints `SKIPPED: no CUDA device` without a GPU; fails instead with `LORA_KERNELS_REQUIRE_GPU=1`.
 mod common;
 
-use common::{f64s, rel_error, Rng};
+use common::{f64s, rel_error, tolerance, Rng};
 use half::{bf16, f16};
 use lora_kernels::lora::reference;
 use lora_kernels::{Element, Gpu, LoraAdapter, LoraShape};
@@ -64,7 +64,7 @@ fn batch<T: Element>(gpu: &Gpu, rng: &mut Rng, m: usize, k: usize, n: usize, ran
     .unwrap();
     let got = s.clone_dtoh(&y).unwrap();
     let err = rel_error(&f64s(&got), &f64s(&want));
-    assert!(err <= T::DTYPE.tolerance(), "rel err {err:.3e}");
+    assert!(err <= tolerance(T::DTYPE), "rel err {err:.3e}");
     for (i, &idx) in ref_indices.iter().enumerate() {
         if idx < 0 {
             assert_eq!(

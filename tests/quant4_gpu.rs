@@ -6,7 +6,7 @@
 //! fails instead with `LORA_KERNELS_REQUIRE_GPU=1`.
 mod common;
 
-use common::{f64s, rel_error, Rng};
+use common::{f64s, rel_error, tolerance, Rng};
 use half::{bf16, f16};
 use lora_kernels::dora::reference as dora;
 use lora_kernels::linear::QuantizedWeight;
@@ -83,7 +83,7 @@ fn check<T: Element>(gpu: &Gpu, rng: &mut Rng, (n, k, blocksize, qt, dq): Case, 
         .unwrap();
         let err = rel_error(&f64s(&s.clone_dtoh(&y).unwrap()), &expected);
         assert!(
-            err <= T::DTYPE.tolerance(),
+            err <= tolerance(T::DTYPE),
             "linear m={m}: rel err {err:.3e}"
         );
     }
@@ -356,7 +356,7 @@ fn qlora<T: Element>(gpu: &Gpu, seed: u64) {
         .unwrap();
         let err = rel_error(&f64s(&s.clone_dtoh(&y).unwrap()), &f64s(&want));
         assert!(
-            err <= T::DTYPE.tolerance(),
+            err <= tolerance(T::DTYPE),
             "qlora m {m} k {k} n {n}: rel err {err:.3e}"
         );
     }

@@ -3,6 +3,8 @@
 #![allow(dead_code)]
 pub mod driver;
 
+#[allow(unused_imports)] // not every test binary compares against a tolerance
+pub use lora_kernels::golden::tolerance;
 use lora_kernels::{Element, Error, Gpu};
 
 /// xorshift64*: reproducible random data without a dependency.
