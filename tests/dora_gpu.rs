@@ -4,7 +4,7 @@
 //! `LORA_KERNELS_REQUIRE_GPU=1`.
 mod common;
 
-use common::{f64s, rel_error, tolerance, Rng};
+use common::{assert_close, f64s, tolerance, Rng};
 use half::{bf16, f16};
 use lora_kernels::dora::reference;
 use lora_kernels::lora::reference::linear;
@@ -44,11 +44,6 @@ fn layer<T: Element>(
             .map(|_| T::from_f64(0.5 + rng.uniform().abs()))
             .collect(),
     }
-}
-
-fn assert_close(label: &str, got: &[f64], want: &[f64], tol: f64) {
-    let err = rel_error(got, want);
-    assert!(err <= tol, "{label}: rel err {err:.3e} > {tol:.0e}");
 }
 
 fn check_layer<T: Element>(gpu: &Gpu, l: &Layer<T>, label: &str) {

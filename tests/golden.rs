@@ -9,6 +9,8 @@
 //! GPU line.
 mod common;
 
+use common::f64s;
+
 use cudarc::driver::{CudaSlice, CudaView};
 use half::{bf16, f16};
 use lora_kernels::dora::reference as dora_reference;
@@ -53,10 +55,6 @@ impl Check {
                 .push(format!("{what}: rel err {err:.3e} > {tol:.0e}"));
         }
     }
-}
-
-fn f64s<T: Element>(v: &[T]) -> Vec<f64> {
-    v.iter().map(|x| x.to_f64()).collect()
 }
 
 /// The pieces of a `lora` case.

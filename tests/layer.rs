@@ -5,7 +5,7 @@
 //! `SKIPPED: no CUDA device` without a GPU; they fail instead with `LORA_KERNELS_REQUIRE_GPU=1`.
 mod common;
 
-use common::{rel_error, tolerance};
+use common::{f64s, rel_error, tolerance};
 use half::{bf16, f16};
 use lora_kernels::golden::{golden_dir, AdapterModel, GoldenCase};
 use lora_kernels::int8::Int8Weight;
@@ -13,10 +13,6 @@ use lora_kernels::layer::{BaseWeight, DeviceLayerAdapter, Layer, LayerAdapter, R
 use lora_kernels::peft::PeftAdapter;
 use lora_kernels::quant4::Quant4Weight;
 use lora_kernels::{Element, Error, Gpu};
-
-fn f64s(v: &[f32]) -> Vec<f64> {
-    v.iter().map(|&x| x as f64).collect()
-}
 
 /// The layer of module `name` of a shipped adapter folder, its input, and peft's output.
 fn module_layer(folder: &str, name: &str) -> (ReferenceLayer<f32>, Vec<f32>, Vec<f64>) {

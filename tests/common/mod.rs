@@ -1,40 +1,15 @@
-//! Helpers shared by the integration tests: a seeded RNG and the GPU gate, which runs the GPU tests on
-//! a real GPU or, where no driver loads, on the PTX emulator ([`driver`]).
-#![allow(dead_code)]
+//! Helpers shared by the integration tests: the seeded RNG ([`rng`], which the benches share), the
+//! comparators ([`f64s`], [`rel_error`], [`assert_close`], [`tolerance`]) and the GPU gate, which runs
+//! the GPU tests on a real GPU or, where no driver loads, on the PTX emulator ([`driver`]).
+// Each test binary uses a part of this module.
+#![allow(dead_code, unused_imports)]
 pub mod driver;
+pub mod rng;
 
-#[allow(unused_imports)] // not every test binary compares against a tolerance
+pub use rng::Rng;
+
 pub use lora_kernels::golden::tolerance;
 use lora_kernels::{Element, Error, Gpu};
-
-/// xorshift64*: reproducible random data without a dependency.
-pub struct Rng(u64);
-
-impl Rng {
-    pub fn new(seed: u64) -> Self {
-        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
-    }
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    /// Uniform in [-1, 1).
-    pub fn uniform(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0
-    }
-    /// Uniform integer in [lo, hi].
-    pub fn range(&mut self, lo: usize, hi: usize) -> usize {
-        lo + (self.next_u64() % (hi - lo + 1) as u64) as usize
-    }
-    /// `len` values uniform in [-amp, amp), rounded to `T`; never all zero.
-    pub fn vec<T: Element>(&mut self, len: usize, amp: f64) -> Vec<T> {
-        (0..len)
-            .map(|_| T::from_f64(self.uniform() * amp))
-            .collect()
-    }
-}
 
 /// Whether GPU tests must run (`LORA_KERNELS_REQUIRE_GPU=1`): then a missing GPU fails the test.
 pub fn gpu_required() -> bool {
@@ -187,6 +162,12 @@ pub fn dump(label: &str, values: &[f64], tol: Option<f64>) {
 /// take it minutes each; every kernel path keeps small and odd-sized problems).
 pub fn small_shapes() -> bool {
     std::env::var("LORA_KERNELS_SMALL").is_ok_and(|v| v == "1") || driver::on_emulator()
+}
+
+/// Asserts that `got` is within relative Frobenius error `tol` of `want` ([`rel_error`]).
+pub fn assert_close(label: &str, got: &[f64], want: &[f64], tol: f64) {
+    let err = rel_error(got, want);
+    assert!(err <= tol, "{label}: rel err {err:.3e} > {tol:.0e}");
 }
 
 /// Widens to f64.
