@@ -161,25 +161,10 @@ fn random_layers<T: Element>(gpu: &Gpu, seed: u64) {
     }
 }
 
-#[test]
-fn dora_random_f32() {
-    if let Some(gpu) = common::gpu() {
-        random_layers::<f32>(&gpu, 11);
-    }
-}
-
-#[test]
-fn dora_random_f16() {
-    if let Some(gpu) = common::gpu() {
-        random_layers::<f16>(&gpu, 12);
-    }
-}
-
-#[test]
-fn dora_random_bf16() {
-    if let Some(gpu) = common::gpu() {
-        random_layers::<bf16>(&gpu, 13);
-    }
+common::gpu_tests! { random_layers:
+    dora_random_f32: f32(11),
+    dora_random_f16: f16(12),
+    dora_random_bf16: bf16(13),
 }
 
 /// A row of W + s·B·A that is zero (W row and B row zero) gives a finite factor and the bias as output.

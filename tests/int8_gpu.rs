@@ -54,25 +54,10 @@ fn sweep<T: Element>(gpu: &Gpu, seed: u64) {
     }
 }
 
-#[test]
-fn int8_f32() {
-    if let Some(gpu) = common::gpu() {
-        sweep::<f32>(&gpu, 31);
-    }
-}
-
-#[test]
-fn int8_f16() {
-    if let Some(gpu) = common::gpu() {
-        sweep::<f16>(&gpu, 32);
-    }
-}
-
-#[test]
-fn int8_bf16() {
-    if let Some(gpu) = common::gpu() {
-        sweep::<bf16>(&gpu, 33);
-    }
+common::gpu_tests! { sweep:
+    int8_f32: f32(31),
+    int8_f16: f16(32),
+    int8_bf16: bf16(33),
 }
 
 /// A random weight [n, k] with LLM.int8's hard rows planted (where n has room): an all-zero row; one
@@ -269,39 +254,15 @@ fn merge<T: Element>(gpu: &Gpu, seed: u64) {
     }
 }
 
-#[test]
-fn int8_quantize_f32() {
-    if let Some(gpu) = common::gpu() {
-        quantize::<f32>(&gpu, 34);
-    }
+common::gpu_tests! { quantize:
+    int8_quantize_f32: f32(34),
+    int8_quantize_f16: f16(40),
+    int8_quantize_bf16: bf16(35),
 }
 
-#[test]
-fn int8_quantize_f16() {
-    if let Some(gpu) = common::gpu() {
-        quantize::<f16>(&gpu, 40);
-    }
-}
-
-#[test]
-fn int8_quantize_bf16() {
-    if let Some(gpu) = common::gpu() {
-        quantize::<bf16>(&gpu, 35);
-    }
-}
-
-#[test]
-fn int8_merge_f32() {
-    if let Some(gpu) = common::gpu() {
-        merge::<f32>(&gpu, 36);
-    }
-}
-
-#[test]
-fn int8_merge_f16() {
-    if let Some(gpu) = common::gpu() {
-        merge::<f16>(&gpu, 37);
-    }
+common::gpu_tests! { merge:
+    int8_merge_f32: f32(36),
+    int8_merge_f16: f16(37),
 }
 
 /// LLM.int8 (int8 × int8 on tensor cores with the outlier split) against the CPU reference of the
@@ -347,16 +308,7 @@ fn llm<T: Element>(gpu: &Gpu, seed: u64) {
     }
 }
 
-#[test]
-fn int8_llm_f16() {
-    if let Some(gpu) = common::gpu() {
-        llm::<f16>(&gpu, 38);
-    }
-}
-
-#[test]
-fn int8_llm_bf16() {
-    if let Some(gpu) = common::gpu() {
-        llm::<bf16>(&gpu, 39);
-    }
+common::gpu_tests! { llm:
+    int8_llm_f16: f16(38),
+    int8_llm_bf16: bf16(39),
 }

@@ -137,39 +137,15 @@ fn dora_linear<T: Element>(gpu: &Gpu, seed: u64) {
     }
 }
 
-#[test]
-fn linear_f32() {
-    if let Some(gpu) = common::gpu() {
-        dense::<f32>(&gpu, 31);
-    }
+common::gpu_tests! { dense:
+    linear_f32: f32(31),
+    linear_f16: f16(32),
+    linear_bf16: bf16(33),
 }
 
-#[test]
-fn linear_f16() {
-    if let Some(gpu) = common::gpu() {
-        dense::<f16>(&gpu, 32);
-    }
-}
-
-#[test]
-fn linear_bf16() {
-    if let Some(gpu) = common::gpu() {
-        dense::<bf16>(&gpu, 33);
-    }
-}
-
-#[test]
-fn dora_forward_linear_f32() {
-    if let Some(gpu) = common::gpu() {
-        dora_linear::<f32>(&gpu, 34);
-    }
-}
-
-#[test]
-fn dora_forward_linear_bf16() {
-    if let Some(gpu) = common::gpu() {
-        dora_linear::<bf16>(&gpu, 35);
-    }
+common::gpu_tests! { dora_linear:
+    dora_forward_linear_f32: f32(34),
+    dora_forward_linear_bf16: bf16(35),
 }
 
 /// The base product with LoRA adapters from x and W (`Gpu::linear_lora_forward`) against the CPU
@@ -230,18 +206,9 @@ fn with_adapters<T: Element>(gpu: &Gpu, seed: u64) {
     }
 }
 
-#[test]
-fn linear_lora_forward_f32() {
-    if let Some(gpu) = common::gpu() {
-        with_adapters::<f32>(&gpu, 36);
-    }
-}
-
-#[test]
-fn linear_lora_forward_bf16() {
-    if let Some(gpu) = common::gpu() {
-        with_adapters::<bf16>(&gpu, 37);
-    }
+common::gpu_tests! { with_adapters:
+    linear_lora_forward_f32: f32(36),
+    linear_lora_forward_bf16: bf16(37),
 }
 
 /// With the crossover raised (`LORA_KERNELS_GEMV_MAX_M`), the GEMV kernels run more than 8 rows in

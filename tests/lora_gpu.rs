@@ -134,25 +134,10 @@ fn random_shapes<T: Element>(gpu: &Gpu, seed: u64) {
     }
 }
 
-#[test]
-fn random_shapes_f32() {
-    if let Some(gpu) = common::gpu() {
-        random_shapes::<f32>(&gpu, 1);
-    }
-}
-
-#[test]
-fn random_shapes_f16() {
-    if let Some(gpu) = common::gpu() {
-        random_shapes::<f16>(&gpu, 2);
-    }
-}
-
-#[test]
-fn random_shapes_bf16() {
-    if let Some(gpu) = common::gpu() {
-        random_shapes::<bf16>(&gpu, 3);
-    }
+common::gpu_tests! { random_shapes:
+    random_shapes_f32: f32(1),
+    random_shapes_f16: f16(2),
+    random_shapes_bf16: bf16(3),
 }
 
 /// More than 256 summed ranks or 8 adapters split into several launches; the sum is still exact.

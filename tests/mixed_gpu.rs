@@ -84,25 +84,10 @@ fn sweep<T: Element>(gpu: &Gpu, seed: u64) {
     batch::<T>(gpu, &mut rng, 200, 64, 513, &[16, 8]);
 }
 
-#[test]
-fn mixed_f32() {
-    if let Some(gpu) = common::gpu() {
-        sweep::<f32>(&gpu, 41);
-    }
-}
-
-#[test]
-fn mixed_f16() {
-    if let Some(gpu) = common::gpu() {
-        sweep::<f16>(&gpu, 42);
-    }
-}
-
-#[test]
-fn mixed_bf16() {
-    if let Some(gpu) = common::gpu() {
-        sweep::<bf16>(&gpu, 43);
-    }
+common::gpu_tests! { sweep:
+    mixed_f32: f32(41),
+    mixed_f16: f16(42),
+    mixed_bf16: bf16(43),
 }
 
 #[test]

@@ -164,6 +164,33 @@ pub fn small_shapes() -> bool {
     std::env::var("LORA_KERNELS_SMALL").is_ok_and(|v| v == "1") || driver::on_emulator()
 }
 
+/// One `#[test]` per dtype for a generic GPU test body `fn body<T: Element>(gpu: &Gpu, args..)`:
+/// each `name: dtype(args..)` defines `#[test] fn name()`, which runs `body::<dtype>(&gpu, args..)`
+/// on the GPU or the emulator ([`gpu`]), or prints why it skips (and fails where the GPU tests must
+/// run, as [`gpu`] does).
+///
+/// ```ignore
+/// common::gpu_tests! { random_shapes:
+///     random_shapes_f32: f32(1),
+///     random_shapes_bf16: bf16(3),
+/// }
+/// ```
+#[allow(unused_macros)]
+macro_rules! gpu_tests {
+    ($body:ident: $($(#[$meta:meta])* $name:ident: $t:ident($($arg:expr),* $(,)?)),+ $(,)?) => {
+        $(
+            $(#[$meta])*
+            #[test]
+            fn $name() {
+                if let Some(gpu) = $crate::common::gpu() {
+                    $body::<$t>(&gpu, $($arg),*);
+                }
+            }
+        )+
+    };
+}
+pub(crate) use gpu_tests;
+
 /// Asserts that `got` is within relative Frobenius error `tol` of `want` ([`rel_error`]).
 pub fn assert_close(label: &str, got: &[f64], want: &[f64], tol: f64) {
     let err = rel_error(got, want);
