@@ -43,7 +43,8 @@ pub(crate) fn lora_cpu<T: Element>(case: &GoldenCase) -> Result<Check> {
     let tol = tolerance(T::DTYPE);
     let mut check = Check::new();
     let adapter = LoraAdapter::new(&c.lora_a[..], &c.lora_b[..], c.rank, c.scale);
-    let base = reference::linear(&c.x, &c.weight, c.bias.as_deref(), c.shape)?;
+    let base =
+        lora_kernels::linear::reference::linear(&c.x, &c.weight, c.bias.as_deref(), c.shape)?;
     check.compare(
         "base_output",
         &f64s(&base),

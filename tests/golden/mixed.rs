@@ -2,7 +2,6 @@
 use crate::common::f64s;
 use crate::Check;
 use lora_kernels::golden::{tolerance, GoldenCase};
-use lora_kernels::lora::reference;
 use lora_kernels::{Element, Gpu, LoraAdapter, LoraShape, Result};
 
 pub(crate) fn mixed_batch_cpu<T: Element>(case: &GoldenCase) -> Result<Check> {
@@ -19,7 +18,12 @@ pub(crate) fn mixed_batch_cpu<T: Element>(case: &GoldenCase) -> Result<Check> {
     } else {
         None
     };
-    let base = reference::linear(&x, &case.values::<T>("weight")?, bias.as_deref(), shape)?;
+    let base = lora_kernels::linear::reference::linear(
+        &x,
+        &case.values::<T>("weight")?,
+        bias.as_deref(),
+        shape,
+    )?;
     let buffers: Vec<(Vec<T>, Vec<T>, usize)> = (0..scalings.len())
         .map(|i| {
             Ok((
@@ -39,7 +43,9 @@ pub(crate) fn mixed_batch_cpu<T: Element>(case: &GoldenCase) -> Result<Check> {
         .iter()
         .map(|&v| v as i32)
         .collect();
-    let out = reference::lora_forward_mixed(&x, &base, &adapters, &indices, shape)?;
+    let out = lora_kernels::mixed_batch::reference::lora_forward_mixed(
+        &x, &base, &adapters, &indices, shape,
+    )?;
     let mut check = Check::new();
     check.compare(
         "output",
@@ -66,7 +72,12 @@ pub(crate) fn mixed_batch_gpu<T: Element>(gpu: &Gpu, case: &GoldenCase) -> Resul
     } else {
         None
     };
-    let base = reference::linear(&x, &case.values::<T>("weight")?, bias.as_deref(), shape)?;
+    let base = lora_kernels::linear::reference::linear(
+        &x,
+        &case.values::<T>("weight")?,
+        bias.as_deref(),
+        shape,
+    )?;
     let mut buffers = Vec::new();
     for i in 0..scalings.len() {
         let a = s.clone_htod(&case.values::<T>(&format!("lora_A.{i}"))?)?;

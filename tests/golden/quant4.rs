@@ -3,7 +3,6 @@ use crate::common::f64s;
 use crate::quantized::{quantized_layer_cpu, quantized_layer_gpu, read_case_bytes};
 use crate::Check;
 use lora_kernels::golden::GoldenCase;
-use lora_kernels::lora::reference;
 use lora_kernels::quant4::{self, Absmax, Quant4Weight, QuantType};
 use lora_kernels::{Element, Gpu, Result};
 
@@ -114,7 +113,7 @@ pub(crate) fn quant4_layer_cpu<T: Element>(case: &GoldenCase) -> Result<Check> {
         weight.shape,
         &f64s(&deq),
         &deq,
-        |x, bias, shape| reference::linear(x, &deq, bias, shape),
+        |x, bias, shape| lora_kernels::linear::reference::linear(x, &deq, bias, shape),
         1.0,
     )
 }
