@@ -5,16 +5,22 @@
 //! and `alpha_pattern` override r and alpha per module.
 //!
 //! Settings the crate does not implement are errors that name the setting: another `peft_type`,
-//! `fan_in_fan_out`, `lora_bias`, and tensors other than A, B and the magnitude.
-use crate::error::{file_error, Result};
+//! `fan_in_fan_out`, `lora_bias`, and tensors other than A, B and the magnitude. Values peft would
+//! fail on or read as something else (`"true"` for a flag, r = 8.5, a pattern that is not an
+//! object, a scale that overflows f32, a `lora_B` without its `lora_A`) are errors too, naming the
+//! file, the key, what was expected and what was there; [`PeftAdapter::from_bytes`] lists them. The
+//! same bytes always give the same result.
+use crate::error::{file_error, json_value, read_safetensors, Result};
+use crate::MAX_RANK;
 use safetensors::{Dtype as StDtype, SafeTensors};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 /// One adapted module: A [rank, in_features], B [out_features, rank], the DoRA magnitude `[out]`, its
-/// scale. Values are held as f32 (exact for f32, f16 and bf16 files).
-#[derive(Clone, Debug)]
+/// scale. Values are held as f32 (exact for f32, f16 and bf16 files), NaN and infinity included
+/// (as peft loads them; a safe merge refuses a non-finite result).
+#[derive(Clone, Debug, PartialEq)]
 pub struct ModuleAdapter {
     /// The module's path in the model (`layers.0.q_proj`).
     pub name: String,
@@ -35,7 +41,7 @@ pub struct ModuleAdapter {
 }
 
 /// A peft LoRA or DoRA adapter folder, loaded.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct PeftAdapter {
     /// The folder it came from.
     pub dir: PathBuf,
@@ -48,15 +54,136 @@ pub struct PeftAdapter {
 }
 
 const PREFIX: &str = "base_model.model.";
+const CONFIG: &str = "adapter_config.json";
+const WEIGHTS: &str = "adapter_model.safetensors";
 
-/// The value of `key` in a `rank_pattern` / `alpha_pattern` map for `module`: peft matches a key
-/// against the module's full path or a dotted suffix of it.
-fn pattern_value(patterns: Option<&Value>, module: &str) -> Option<f64> {
-    let map = patterns?.as_object()?;
-    map.iter()
+/// The settings of `adapter_config.json` the crate reads, checked.
+struct Config {
+    r: usize,
+    alpha: serde_json::Number,
+    use_dora: bool,
+    use_rslora: bool,
+    /// `rank_pattern` (module key → r), sorted by key.
+    rank_pattern: BTreeMap<String, usize>,
+    /// `alpha_pattern` (module key → alpha), sorted by key.
+    alpha_pattern: BTreeMap<String, serde_json::Number>,
+}
+
+/// `items` as `` `a`, `b` `` (at most 8, then how many more), in their (sorted) order.
+fn key_list<'a>(items: impl IntoIterator<Item = &'a str>) -> String {
+    let items: Vec<&str> = items.into_iter().collect();
+    let mut text = items
+        .iter()
+        .take(8)
+        .map(|k| format!("`{k}`"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    if items.len() > 8 {
+        text.push_str(&format!(" and {} more", items.len() - 8));
+    }
+    text
+}
+
+impl Config {
+    /// Reads the settings as peft's `LoraConfig` would use them, refusing what peft would fail on or
+    /// read as something else: `r` a positive integer up to [`MAX_RANK`], `lora_alpha` a number,
+    /// the flags JSON booleans (null or absent = false), the patterns objects (null or absent =
+    /// none).
+    fn parse(config: &Value, path: &Path) -> Result<Self> {
+        let err = |key: &str, what: String| file_error(path.display(), format!("`{key}`: {what}"));
+        let got = |key: &str, expected: &str, v: &Value| {
+            err(key, format!("expected {expected}, got {}", json_value(v)))
+        };
+        let Some(map) = config.as_object() else {
+            return Err(file_error(
+                path.display(),
+                format!(
+                    "expected a JSON object (peft's LoraConfig), got {}",
+                    json_value(config)
+                ),
+            ));
+        };
+        let setting = |key: &str| map.get(key).filter(|v| !v.is_null());
+        let flag = |key: &str| -> Result<bool> {
+            match setting(key) {
+                None => Ok(false),
+                Some(Value::Bool(b)) => Ok(*b),
+                Some(v) => Err(got(key, "true or false (a JSON boolean)", v)),
+            }
+        };
+        let rank = |key: &str, v: &Value| -> Result<usize> {
+            v.as_u64()
+                .and_then(|r| usize::try_from(r).ok())
+                .filter(|r| (1..=MAX_RANK).contains(r))
+                .ok_or_else(|| got(key, &format!("a positive integer up to {MAX_RANK}"), v))
+        };
+        let alpha = |key: &str, v: &Value| -> Result<serde_json::Number> {
+            match v {
+                Value::Number(n) if n.as_f64().is_some_and(f64::is_finite) => Ok(n.clone()),
+                _ => Err(got(key, "a finite number", v)),
+            }
+        };
+        // A pattern's entries in key order (serde_json's map is sorted); none when null or absent.
+        let pattern = |key: &str| -> Result<Vec<(&String, &Value)>> {
+            match setting(key) {
+                None => Ok(Vec::new()),
+                Some(Value::Object(m)) => Ok(m.iter().collect()),
+                Some(v) => Err(got(key, "an object (module name → value)", v)),
+            }
+        };
+
+        match setting("peft_type") {
+            Some(Value::String(t)) if t == "LORA" => {}
+            Some(other) => return Err(got("peft_type", "\"LORA\"", other)),
+            None => return Err(err("peft_type", "missing".into())),
+        }
+        if flag("fan_in_fan_out")? {
+            return Err(err(
+                "fan_in_fan_out",
+                "true is not supported (Conv1D-style weights)".into(),
+            ));
+        }
+        if flag("lora_bias")? {
+            return Err(err(
+                "lora_bias",
+                "true is not supported (a bias on lora_B)".into(),
+            ));
+        }
+        let r = rank(
+            "r",
+            setting("r").ok_or_else(|| err("r", "missing (a positive integer)".into()))?,
+        )?;
+        let lora_alpha = alpha(
+            "lora_alpha",
+            setting("lora_alpha").ok_or_else(|| err("lora_alpha", "missing (a number)".into()))?,
+        )?;
+        let mut rank_pattern = BTreeMap::new();
+        for (k, v) in pattern("rank_pattern")? {
+            rank_pattern.insert(k.clone(), rank(&format!("rank_pattern.{k}"), v)?);
+        }
+        let mut alpha_pattern = BTreeMap::new();
+        for (k, v) in pattern("alpha_pattern")? {
+            alpha_pattern.insert(k.clone(), alpha(&format!("alpha_pattern.{k}"), v)?);
+        }
+        Ok(Config {
+            r,
+            alpha: lora_alpha,
+            use_dora: flag("use_dora")?,
+            use_rslora: flag("use_rslora")?,
+            rank_pattern,
+            alpha_pattern,
+        })
+    }
+}
+
+/// The value of a `rank_pattern` / `alpha_pattern` map for `module`: peft matches a key against the
+/// module's full path or a dotted suffix of it; the longest matching key wins.
+fn pattern_value<'a, T>(patterns: &'a BTreeMap<String, T>, module: &str) -> Option<&'a T> {
+    patterns
+        .iter()
         .filter(|(key, _)| module == key.as_str() || module.ends_with(&format!(".{key}")))
         .max_by_key(|(key, _)| key.len())
-        .and_then(|(_, v)| v.as_f64())
+        .map(|(_, v)| v)
 }
 
 fn tensor_f32(st: &SafeTensors<'_>, name: &str, path: &Path) -> Result<(Vec<usize>, Vec<f32>)> {
@@ -88,93 +215,119 @@ fn tensor_f32(st: &SafeTensors<'_>, name: &str, path: &Path) -> Result<(Vec<usiz
 }
 
 impl PeftAdapter {
-    /// Loads `dir/adapter_config.json` and `dir/adapter_model.safetensors`.
+    /// Loads `dir/adapter_config.json` and `dir/adapter_model.safetensors` (see
+    /// [`PeftAdapter::from_bytes`]).
     pub fn load(dir: &Path) -> Result<Self> {
-        let config_path = dir.join("adapter_config.json");
-        let config_text = std::fs::read_to_string(&config_path)
-            .map_err(|e| file_error(config_path.display(), e))?;
-        let config: Value = serde_json::from_str(&config_text)
-            .map_err(|e| file_error(config_path.display(), format!("not valid JSON: {e}")))?;
-        let setting = |key: &str| config.get(key).filter(|v| !v.is_null());
-        let unsupported =
-            |key: &str, what: &str| file_error(config_path.display(), format!("`{key}`: {what}"));
-
-        match setting("peft_type").and_then(Value::as_str) {
-            Some("LORA") => {}
-            Some(other) => {
-                return Err(unsupported(
-                    "peft_type",
-                    &format!("expected \"LORA\", got {other:?}"),
-                ))
-            }
-            None => return Err(unsupported("peft_type", "missing")),
-        }
-        if setting("fan_in_fan_out").and_then(Value::as_bool) == Some(true) {
-            return Err(unsupported(
-                "fan_in_fan_out",
-                "true is not supported (Conv1D-style weights)",
-            ));
-        }
-        if setting("lora_bias").and_then(Value::as_bool) == Some(true) {
-            return Err(unsupported(
-                "lora_bias",
-                "true is not supported (a bias on lora_B)",
-            ));
-        }
-        let r = setting("r")
-            .and_then(Value::as_f64)
-            .ok_or_else(|| unsupported("r", "missing or not a number"))?;
-        let alpha = setting("lora_alpha")
-            .and_then(Value::as_f64)
-            .ok_or_else(|| unsupported("lora_alpha", "missing or not a number"))?;
-        let use_dora = setting("use_dora")
-            .and_then(Value::as_bool)
-            .unwrap_or(false);
-        let use_rslora = setting("use_rslora")
-            .and_then(Value::as_bool)
-            .unwrap_or(false);
-
-        let weights_path = dir.join("adapter_model.safetensors");
-        let bytes =
+        let config_path = dir.join(CONFIG);
+        let config =
+            std::fs::read(&config_path).map_err(|e| file_error(config_path.display(), e))?;
+        let weights_path = dir.join(WEIGHTS);
+        let weights =
             std::fs::read(&weights_path).map_err(|e| file_error(weights_path.display(), e))?;
-        let st =
-            SafeTensors::deserialize(&bytes).map_err(|e| file_error(weights_path.display(), e))?;
+        Self::from_bytes(&config, &weights, dir)
+    }
 
-        let mut names: Vec<String> = Vec::new();
-        for key in st.names() {
+    /// Reads an adapter from the bytes of its `adapter_config.json` and `adapter_model.safetensors`;
+    /// `dir` is the folder they came from (errors name `dir/adapter_config.json` or
+    /// `dir/adapter_model.safetensors`). The same bytes always give the same result. Errors, each
+    /// naming the file, the key, what was expected and what the file holds: a config that is not a
+    /// JSON object; a `peft_type` other than `"LORA"`; flags (`use_dora`, `use_rslora`,
+    /// `fan_in_fan_out`, `lora_bias`) that are not JSON booleans; `r` or a `rank_pattern` value that
+    /// is not an integer from 1 to [`MAX_RANK`]; `lora_alpha` or an `alpha_pattern` value that is
+    /// not a number; patterns that are not objects; a scale that is not finite (or rounds to 0) in
+    /// f32; tensors other than `lora_A.weight`, `lora_B.weight` and `lora_magnitude_vector` under
+    /// `base_model.model.` (all listed, sorted); a `lora_B` or magnitude without its `lora_A`; a
+    /// magnitude when `use_dora` is false (or none when it is true); and shapes that disagree. NaN and
+    /// infinite weights load as they are (peft loads them): a safe merge refuses a non-finite result,
+    /// and the forwards propagate them.
+    pub fn from_bytes(config_json: &[u8], safetensors: &[u8], dir: &Path) -> Result<Self> {
+        let config_path = dir.join(CONFIG);
+        let weights_path = dir.join(WEIGHTS);
+        let config: Value = serde_json::from_slice(config_json)
+            .map_err(|e| file_error(config_path.display(), format!("not valid JSON: {e}")))?;
+        let config = Config::parse(&config, &config_path)?;
+
+        let st = read_safetensors(safetensors, weights_path.display())?;
+        let weights_error = |message: String| file_error(weights_path.display(), message);
+        let mut keys: Vec<&str> = st.names();
+        keys.sort_unstable();
+        let (mut lora_a, mut lora_b, mut magnitudes) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut no_prefix, mut unsupported) = (Vec::new(), Vec::new());
+        for &key in &keys {
             let Some(rest) = key.strip_prefix(PREFIX) else {
-                return Err(file_error(
-                    weights_path.display(),
-                    format!("unexpected tensor `{key}` (no `{PREFIX}` prefix)"),
-                ));
+                no_prefix.push(key);
+                continue;
             };
             if let Some(module) = rest.strip_suffix(".lora_A.weight") {
-                names.push(module.to_string());
-            } else if rest.ends_with(".lora_B.weight") || rest.ends_with(".lora_magnitude_vector") {
-                // Read with their module's lora_A.
+                lora_a.push(module);
+            } else if let Some(module) = rest.strip_suffix(".lora_B.weight") {
+                lora_b.push(module);
+            } else if let Some(module) = rest.strip_suffix(".lora_magnitude_vector") {
+                magnitudes.push(module);
             } else {
-                return Err(file_error(
-                    weights_path.display(),
-                    format!("unsupported tensor `{key}`"),
-                ));
+                unsupported.push(key);
             }
         }
-        if names.is_empty() {
-            return Err(file_error(
-                weights_path.display(),
-                "no `lora_A.weight` tensors",
-            ));
+        if !no_prefix.is_empty() {
+            return Err(weights_error(format!(
+                "unexpected tensor{} {} (no `{PREFIX}` prefix)",
+                if no_prefix.len() > 1 { "s" } else { "" },
+                key_list(no_prefix)
+            )));
+        }
+        if !unsupported.is_empty() {
+            return Err(weights_error(format!(
+                "unsupported tensor{} {} (expected only `<module>.lora_A.weight`, \
+                 `.lora_B.weight` and `.lora_magnitude_vector`)",
+                if unsupported.len() > 1 { "s" } else { "" },
+                key_list(unsupported)
+            )));
+        }
+        if lora_a.is_empty() {
+            return Err(weights_error("no `lora_A.weight` tensors".into()));
+        }
+        // Sorted by module name (the keys' order differs where a path extends another: `m.a.x`
+        // sorts before `m` inside `m.a.x.lora_A.weight` and `m.lora_A.weight`).
+        for modules in [&mut lora_a, &mut lora_b, &mut magnitudes] {
+            modules.sort_unstable();
+        }
+        let orphans = |tensors: &[&str], suffix: &str| -> Vec<String> {
+            tensors
+                .iter()
+                .filter(|m| lora_a.binary_search(m).is_err())
+                .map(|m| format!("{PREFIX}{m}{suffix}"))
+                .collect()
+        };
+        for (tensors, suffix) in [
+            (&lora_b, ".lora_B.weight"),
+            (&magnitudes, ".lora_magnitude_vector"),
+        ] {
+            let orphans = orphans(tensors, suffix);
+            if !orphans.is_empty() {
+                return Err(weights_error(format!(
+                    "{} without its `lora_A.weight`",
+                    key_list(orphans.iter().map(String::as_str))
+                )));
+            }
+        }
+        if !config.use_dora && !magnitudes.is_empty() {
+            let keys: Vec<String> = magnitudes
+                .iter()
+                .map(|m| format!("{PREFIX}{m}.lora_magnitude_vector"))
+                .collect();
+            return Err(weights_error(format!(
+                "{}: a DoRA magnitude, but `use_dora` in {CONFIG} is false or absent",
+                key_list(keys.iter().map(String::as_str))
+            )));
         }
 
         let mut modules = BTreeMap::new();
-        for name in names {
+        for name in lora_a {
             let (a_shape, lora_a) =
                 tensor_f32(&st, &format!("{PREFIX}{name}.lora_A.weight"), &weights_path)?;
             let (b_shape, lora_b) =
                 tensor_f32(&st, &format!("{PREFIX}{name}.lora_B.weight"), &weights_path)?;
-            let bad_shape = |what: String| {
-                file_error(weights_path.display(), format!("module `{name}`: {what}"))
-            };
+            let bad_shape = |what: String| weights_error(format!("module `{name}`: {what}"));
             if a_shape.len() != 2 || b_shape.len() != 2 {
                 return Err(bad_shape(format!(
                     "lora_A {a_shape:?} and lora_B {b_shape:?} must be matrices"
@@ -186,19 +339,42 @@ impl PeftAdapter {
                     "lora_B is {b_shape:?}, expected [out, {rank}] (rank of lora_A {a_shape:?})"
                 )));
             }
-            let module_r = pattern_value(setting("rank_pattern"), &name).unwrap_or(r);
-            if module_r as usize != rank {
+            if in_features == 0 || out_features == 0 {
+                return Err(bad_shape(format!(
+                    "lora_A {a_shape:?} and lora_B {b_shape:?}: expected no zero dimension"
+                )));
+            }
+            let module_r = pattern_value(&config.rank_pattern, name)
+                .copied()
+                .unwrap_or(config.r);
+            if module_r != rank {
                 return Err(bad_shape(format!(
                     "rank {rank} in the weights, {module_r} in the config"
                 )));
             }
-            let module_alpha = pattern_value(setting("alpha_pattern"), &name).unwrap_or(alpha);
-            let scale = if use_rslora {
-                module_alpha / module_r.sqrt()
+            let module_alpha = pattern_value(&config.alpha_pattern, name).unwrap_or(&config.alpha);
+            let alpha = module_alpha.as_f64().unwrap_or(f64::NAN);
+            let scale = if config.use_rslora {
+                alpha / (module_r as f64).sqrt()
             } else {
-                module_alpha / module_r
+                alpha / module_r as f64
             };
-            let magnitude = if use_dora {
+            let scale32 = scale as f32;
+            if !scale32.is_finite() || (scale32 == 0.0 && alpha != 0.0) {
+                return Err(file_error(
+                    config_path.display(),
+                    format!(
+                        "module `{name}`: lora_alpha {module_alpha} over {} gives the scale \
+                         {scale:e}: expected a finite f32 that is 0 only for alpha 0",
+                        if config.use_rslora {
+                            format!("sqrt(r = {module_r})")
+                        } else {
+                            format!("r = {module_r}")
+                        }
+                    ),
+                ));
+            }
+            let magnitude = if config.use_dora {
                 let (m_shape, m) = tensor_f32(
                     &st,
                     &format!("{PREFIX}{name}.lora_magnitude_vector"),
@@ -214,13 +390,13 @@ impl PeftAdapter {
                 None
             };
             modules.insert(
-                name.clone(),
+                name.to_string(),
                 ModuleAdapter {
-                    name,
+                    name: name.to_string(),
                     rank,
                     in_features,
                     out_features,
-                    scale: scale as f32,
+                    scale: scale32,
                     lora_a,
                     lora_b,
                     magnitude,
@@ -229,8 +405,8 @@ impl PeftAdapter {
         }
         Ok(PeftAdapter {
             dir: dir.to_path_buf(),
-            use_dora,
-            use_rslora,
+            use_dora: config.use_dora,
+            use_rslora: config.use_rslora,
             modules,
         })
     }

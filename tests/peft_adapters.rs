@@ -141,3 +141,302 @@ fn wrong_shapes_are_errors() {
         "{msg}"
     );
 }
+
+/// The tensors of a safetensors file, by name.
+type Tensors = std::collections::BTreeMap<String, (Dtype, Vec<usize>, Vec<u8>)>;
+
+/// Rewrites `dir/adapter_model.safetensors` with `edit` applied to its tensors.
+fn edit_weights(dir: &Path, edit: impl FnOnce(&mut Tensors)) {
+    let path = dir.join("adapter_model.safetensors");
+    let bytes = std::fs::read(&path).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut tensors: Tensors = st
+        .tensors()
+        .into_iter()
+        .map(|(k, v)| (k, (v.dtype(), v.shape().to_vec(), v.data().to_vec())))
+        .collect();
+    edit(&mut tensors);
+    let views: Vec<(String, TensorView<'_>)> = tensors
+        .iter()
+        .map(|(k, (d, s, b))| (k.clone(), TensorView::new(*d, s.clone(), b).unwrap()))
+        .collect();
+    std::fs::write(&path, safetensors::serialize(views, None).unwrap()).unwrap();
+}
+
+/// The error of loading `dir`, checked to be the same on ten more loads (each load iterates its
+/// HashMaps in another order).
+fn same_error(dir: &Path) -> String {
+    let first = file_error(PeftAdapter::load(dir));
+    for _ in 0..10 {
+        assert_eq!(
+            file_error(PeftAdapter::load(dir)),
+            first,
+            "a second load differs"
+        );
+    }
+    first
+}
+
+#[test]
+fn flags_must_be_json_booleans() {
+    for key in ["use_dora", "use_rslora", "fan_in_fan_out", "lora_bias"] {
+        for bad in [json!("true"), json!(0), json!(""), json!([true])] {
+            let dir = folder(&format!("flag-{key}"), "adapter_lora", |c| {
+                c[key] = bad.clone()
+            });
+            let msg = file_error(PeftAdapter::load(&dir));
+            assert!(
+                msg.contains(&format!(
+                    "`{key}`: expected true or false (a JSON boolean), got {bad}"
+                )),
+                "{key} = {bad}: {msg}"
+            );
+        }
+        // null is peft's default, false.
+        let dir = folder(&format!("flag-null-{key}"), "adapter_lora", |c| {
+            c[key] = Value::Null
+        });
+        assert!(PeftAdapter::load(&dir).is_ok(), "{key} = null");
+    }
+}
+
+#[test]
+fn ranks_must_be_positive_integers_up_to_max_rank() {
+    for bad in [
+        json!(0),
+        json!(257),
+        json!(8.5),
+        json!(8.0),
+        json!("8"),
+        json!(-8),
+        json!(1e-320),
+    ] {
+        let dir = folder("bad-r", "adapter_lora", |c| c["r"] = bad.clone());
+        let msg = file_error(PeftAdapter::load(&dir));
+        assert!(
+            msg.contains(&format!(
+                "`r`: expected a positive integer up to 256, got {bad}"
+            )),
+            "r = {bad}: {msg}"
+        );
+        assert!(msg.len() < 200, "{msg}");
+        let dir = folder("bad-rank-pattern", "adapter_lora", |c| {
+            c["rank_pattern"] = json!({ "q_proj": bad.clone() })
+        });
+        let msg = file_error(PeftAdapter::load(&dir));
+        assert!(
+            msg.contains("`rank_pattern.q_proj`: expected a positive integer"),
+            "{msg}"
+        );
+    }
+    // A tiny r is shown as JSON writes it, not as 330 digits.
+    let dir = folder("tiny-r", "adapter_lora", |c| c["r"] = json!(1e-320));
+    assert!(file_error(PeftAdapter::load(&dir)).contains("got 1e-320"));
+}
+
+#[test]
+fn alphas_must_be_numbers_giving_a_finite_scale() {
+    let dir = folder("huge-alpha", "adapter_lora", |c| {
+        c["lora_alpha"] = json!(1e300)
+    });
+    let msg = file_error(PeftAdapter::load(&dir));
+    assert!(
+        msg.contains("adapter_config.json") && msg.contains("scale"),
+        "{msg}"
+    );
+    let dir = folder("huge-alpha-pattern", "adapter_lora", |c| {
+        c["alpha_pattern"] = json!({ "v_proj": 1e300 })
+    });
+    let msg = file_error(PeftAdapter::load(&dir));
+    assert!(msg.contains("v_proj") && msg.contains("scale"), "{msg}");
+    for bad in [json!("16"), json!(true), json!([16])] {
+        let dir = folder("bad-alpha", "adapter_lora", |c| {
+            c["lora_alpha"] = bad.clone()
+        });
+        let msg = file_error(PeftAdapter::load(&dir));
+        assert!(
+            msg.contains(&format!(
+                "`lora_alpha`: expected a finite number, got {bad}"
+            )),
+            "{msg}"
+        );
+        // An alpha_pattern value that is not a number was ignored (the global alpha used).
+        let dir = folder("bad-alpha-pattern", "adapter_lora", |c| {
+            c["alpha_pattern"] = json!({ "q_proj": bad.clone() })
+        });
+        let msg = file_error(PeftAdapter::load(&dir));
+        assert!(
+            msg.contains("`alpha_pattern.q_proj`: expected a finite number"),
+            "{msg}"
+        );
+    }
+}
+
+#[test]
+fn patterns_must_be_objects() {
+    for key in ["rank_pattern", "alpha_pattern"] {
+        for bad in [json!([]), json!("q_proj"), json!(4)] {
+            let dir = folder("bad-pattern", "adapter_lora", |c| c[key] = bad.clone());
+            let msg = file_error(PeftAdapter::load(&dir));
+            assert!(
+                msg.contains(&format!("`{key}`: expected an object")),
+                "{msg}"
+            );
+        }
+        let dir = folder("null-pattern", "adapter_lora", |c| c[key] = Value::Null);
+        assert!(PeftAdapter::load(&dir).is_ok());
+    }
+}
+
+#[test]
+fn a_config_that_is_not_an_object_says_so() {
+    for bad in ["[]", "8", "null", "\"LORA\""] {
+        let dir = folder("not-object", "adapter_lora", |_| {});
+        std::fs::write(dir.join("adapter_config.json"), bad).unwrap();
+        let msg = file_error(PeftAdapter::load(&dir));
+        assert!(
+            msg.contains(&format!(
+                "expected a JSON object (peft's LoraConfig), got {bad}"
+            )),
+            "{msg}"
+        );
+    }
+    let dir = folder("peft-type-number", "adapter_lora", |c| {
+        c["peft_type"] = json!(5)
+    });
+    assert!(file_error(PeftAdapter::load(&dir)).contains("`peft_type`: expected \"LORA\", got 5"));
+}
+
+#[test]
+fn tensors_without_their_lora_a_are_errors() {
+    let dir = folder("orphan-b", "adapter_lora", |_| {});
+    edit_weights(&dir, |t| {
+        t.remove("base_model.model.layers.1.v_proj.lora_A.weight");
+        t.remove("base_model.model.layers.0.q_proj.lora_A.weight");
+    });
+    let msg = same_error(&dir);
+    assert!(
+        msg.contains("`base_model.model.layers.0.q_proj.lora_B.weight`, `base_model.model.layers.1.v_proj.lora_B.weight` without its `lora_A.weight`"),
+        "{msg}"
+    );
+    let dir = folder("orphan-magnitude", "adapter_dora", |_| {});
+    edit_weights(&dir, |t| {
+        t.remove("base_model.model.layers.0.up_proj.lora_A.weight");
+        t.remove("base_model.model.layers.0.up_proj.lora_B.weight");
+    });
+    assert!(same_error(&dir)
+        .contains("`base_model.model.layers.0.up_proj.lora_magnitude_vector` without"));
+    // DoRA weights under a config without use_dora: the magnitudes were silently ignored.
+    for value in [json!(false), Value::Null] {
+        let dir = folder("magnitude-not-dora", "adapter_dora", |c| {
+            c["use_dora"] = value.clone()
+        });
+        let msg = same_error(&dir);
+        assert!(
+            msg.contains("lora_magnitude_vector`")
+                && msg.contains("`use_dora` in adapter_config.json is false"),
+            "{msg}"
+        );
+    }
+}
+
+#[test]
+fn foreign_tensors_are_all_named_in_order_every_time() {
+    let dir = folder("foreign", "adapter_lora", |_| {});
+    edit_weights(&dir, |t| {
+        let a = t["base_model.model.layers.0.q_proj.lora_A.weight"].clone();
+        t.insert(
+            "base_model.model.layers.0.q_proj.lora_embedding_A".into(),
+            a.clone(),
+        );
+        t.insert(
+            "base_model.model.layers.0.q_proj.base_layer.weight".into(),
+            a,
+        );
+    });
+    let msg = same_error(&dir);
+    assert!(
+        msg.contains("unsupported tensors `base_model.model.layers.0.q_proj.base_layer.weight`, `base_model.model.layers.0.q_proj.lora_embedding_A`"),
+        "{msg}"
+    );
+    let dir = folder("no-prefix", "adapter_lora", |_| {});
+    edit_weights(&dir, |t| {
+        let a = t["base_model.model.layers.0.q_proj.lora_A.weight"].clone();
+        t.insert("z.weight".into(), a.clone());
+        t.insert("a.weight".into(), a);
+    });
+    assert!(same_error(&dir)
+        .contains("unexpected tensors `a.weight`, `z.weight` (no `base_model.model.` prefix)"));
+}
+
+#[test]
+fn bad_tensor_headers_and_values_are_named() {
+    let dir = folder("bad-header", "adapter_lora", |_| {});
+    let path = dir.join("adapter_model.safetensors");
+    let bytes = std::fs::read(&path).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let mut header: Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    header["base_model.model.layers.1.up_proj.lora_B.weight"]["shape"] = json!([97, 8]);
+    let text = serde_json::to_vec(&header).unwrap();
+    let mut out = (text.len() as u64).to_le_bytes().to_vec();
+    out.extend(text);
+    out.extend(&bytes[8 + n..]);
+    std::fs::write(&path, out).unwrap();
+    let msg = same_error(&dir);
+    assert!(
+        msg.contains("adapter_model.safetensors: tensor `base_model.model.layers.1.up_proj.lora_B.weight` (F32 [97, 8])"),
+        "{msg}"
+    );
+    // A NaN weight loads as it is (peft loads it; a safe merge refuses its result), every time.
+    let dir = folder("nan-weight", "adapter_lora", |_| {});
+    edit_weights(&dir, |t| {
+        let a = t
+            .get_mut("base_model.model.layers.0.v_proj.lora_A.weight")
+            .unwrap();
+        a.2[12..16].copy_from_slice(&f32::NAN.to_le_bytes());
+    });
+    let once = PeftAdapter::load(&dir).unwrap();
+    let a = &once.modules["layers.0.v_proj"].lora_a;
+    assert!(a[3].is_nan(), "{:?}", &a[..4]);
+    assert_eq!(a.iter().filter(|v| v.is_nan()).count(), 1);
+    assert_eq!(
+        format!("{once:?}"),
+        format!("{:?}", PeftAdapter::load(&dir).unwrap())
+    );
+}
+
+#[test]
+fn from_bytes_reads_what_load_reads() {
+    let dir = golden("adapter_dora");
+    let loaded = PeftAdapter::load(&dir).unwrap();
+    let config = std::fs::read(dir.join("adapter_config.json")).unwrap();
+    let weights = std::fs::read(dir.join("adapter_model.safetensors")).unwrap();
+    assert_eq!(
+        PeftAdapter::from_bytes(&config, &weights, &dir).unwrap(),
+        loaded
+    );
+}
+
+/// A module whose path extends another's (`q_proj` and `q_proj.a.q_proj`) sorts differently as a module
+/// name than inside its tensor keys; both load.
+#[test]
+fn modules_whose_paths_extend_others_load() {
+    let dir = folder("nested-names", "adapter_lora", |c| {
+        c["rank_pattern"] = json!({})
+    });
+    edit_weights(&dir, |t| {
+        for m in ["layers.1.q_proj", "layers.1.v_proj", "layers.1.up_proj"] {
+            for part in ["lora_A", "lora_B"] {
+                let v = t
+                    .remove(&format!("base_model.model.{m}.{part}.weight"))
+                    .unwrap();
+                let to = m.replace("layers.1.", "layers.0.q_proj.a.");
+                t.insert(format!("base_model.model.{to}.{part}.weight"), v);
+            }
+        }
+    });
+    let a = PeftAdapter::load(&dir).unwrap();
+    assert_eq!(a.modules.len(), 8);
+    assert!(a.module("layers.0.q_proj").is_some());
+    assert!(a.module("layers.0.q_proj.a.q_proj").is_some());
+}

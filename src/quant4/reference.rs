@@ -150,7 +150,7 @@ pub fn quantize<T: Element>(
     double_quant: bool,
 ) -> Result<Quant4Weight> {
     validate_blocksize(blocksize)?;
-    let numel = shape[0] * shape[1];
+    let numel = Quant4Weight::numel(shape)?;
     if numel == 0 {
         return Err(invalid("shape", "no zero dimension", format!("{shape:?}")));
     }
@@ -271,8 +271,11 @@ pub fn grid_codes(map: &[f32]) -> Vec<u8> {
 
 /// Double quantisation of the absmax as bitsandbytes' CPU kernel does it (module docs): the offset
 /// ([`absmax_offset`]), then blocks of `nested_blocksize` centred values scaled by their absmax and
-/// coded through the 65 536-point grid against [`dynamic_map`].
+/// coded through the 65 536-point grid against [`dynamic_map`]. A `nested_blocksize` of 0 is an error.
 pub fn double_quantize(absmax: &[f32], nested_blocksize: usize) -> Result<Absmax> {
+    if nested_blocksize == 0 {
+        return Err(invalid("nested_blocksize", "at least 1", 0));
+    }
     let offset = absmax_offset(absmax)?;
     let map = dynamic_map();
     let grid = grid_codes(&map);
@@ -302,8 +305,8 @@ pub fn double_quantize(absmax: &[f32], nested_blocksize: usize) -> Result<Absmax
 /// once (bitsandbytes' `dequantize_4bit`).
 pub fn dequantize<T: Element>(weight: &Quant4Weight) -> Result<Vec<T>> {
     weight.validate()?;
-    let numel = weight.shape[0] * weight.shape[1];
-    let absmax = weight.absmax.values();
+    let numel = Quant4Weight::numel(weight.shape)?;
+    let absmax = weight.absmax.values()?;
     Ok((0..numel)
         .map(|i| {
             let byte = weight.packed[i / 2];
@@ -562,5 +565,32 @@ mod tests {
         assert_eq!(offset, 0.75);
         assert_eq!(nested_absmax, [0.0, 0.0]);
         assert!(codes.iter().all(|&c| c == 0));
+    }
+
+    /// Degenerate arguments are errors, not panics: a nested block size of 0, a shape whose n · k
+    /// overflows (release builds used to wrap it to a small size and return Ok), and nested absmax
+    /// parts that do not fit together when rebuilt.
+    #[test]
+    fn degenerate_arguments_are_errors() {
+        assert!(double_quantize(&[0.5; 4], 0).is_err());
+        let huge = [(1usize << 63) + 1, 2];
+        assert!(quantize(&[0.5f32; 4], huge, 64, QuantType::Nf4, false).is_err());
+        assert!(Quant4Weight::blocks(huge, 64).is_err());
+        assert!(Quant4Weight::blocks([2, 2], 0).is_err());
+        let nested =
+            |nested_blocksize, nested_absmax: Vec<f32>, nested_code: Vec<f32>| Absmax::Nested {
+                codes: vec![255; 3],
+                nested_absmax,
+                nested_code,
+                nested_blocksize,
+                offset: 0.0,
+            };
+        assert!(nested(0, vec![1.0], dynamic_map()).values().is_err());
+        assert!(nested(1, vec![1.0], dynamic_map()).values().is_err());
+        assert!(nested(256, vec![1.0], vec![0.5; 16]).values().is_err());
+        assert_eq!(
+            nested(2, vec![1.0, 2.0], dynamic_map()).values().unwrap(),
+            [1.0, 1.0, 2.0]
+        );
     }
 }
