@@ -31,6 +31,14 @@ impl Rng {
             .map(|_| T::from_f64(self.uniform() * amp))
             .collect()
     }
+    /// Uniform in 0..n (n > 0).
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next_u64() % n as u64) as usize
+    }
+    /// One of `items`, uniformly.
+    pub fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
+        &items[self.below(items.len())]
+    }
     /// `len` random bytes (the top byte of each draw).
     pub fn bytes(&mut self, len: usize) -> Vec<u8> {
         (0..len).map(|_| (self.next_u64() >> 56) as u8).collect()
