@@ -32,15 +32,7 @@ const SHAPES: &[(usize, usize)] = &[(4096, 14336), (8192, 28672)];
 const MS: &[usize] = &[1, 4, 16, 32, 64, 4096];
 
 fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            s ^= s >> 12;
-            s ^= s << 25;
-            s ^= s >> 27;
-            (s.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 56) as u8
-        })
-        .collect()
+    common::Rng::new(seed).bytes(len)
 }
 
 fn nf4(n: usize, k: usize, nested: bool) -> Quant4Weight {

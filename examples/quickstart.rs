@@ -13,7 +13,7 @@
 use half::{bf16, f16};
 use lora_kernels::dora::reference as dora_reference;
 use lora_kernels::golden::{
-    discover, golden_dir, rel_error, AdapterModel, GoldenCase, ModelLayers,
+    discover, golden_dir, rel_error, tolerance, AdapterModel, GoldenCase, ModelLayers,
 };
 use lora_kernels::lora::reference;
 use lora_kernels::{DType, Element, Gpu, LoraAdapter, LoraShape, Result};
@@ -68,7 +68,7 @@ fn run_case<T: Element>(case: &GoldenCase, gpu: Option<&Gpu>) -> Result<(f64, f6
         }
     };
     let got: Vec<f64> = out.iter().map(|v| v.to_f64()).collect();
-    Ok((rel_error(&got, &expected), T::DTYPE.tolerance(), us))
+    Ok((rel_error(&got, &expected), tolerance(T::DTYPE), us))
 }
 
 /// Runs one `dora` case: the factor f = m / ‖W + s·B·A‖ once (the cached norm), then the forward
@@ -162,7 +162,7 @@ fn run_dora_case<T: Element>(case: &GoldenCase, gpu: Option<&Gpu>) -> Result<(f6
         }
     };
     let got: Vec<f64> = out.iter().map(|v| v.to_f64()).collect();
-    Ok((rel_error(&got, &expected), T::DTYPE.tolerance(), us))
+    Ok((rel_error(&got, &expected), tolerance(T::DTYPE), us))
 }
 
 /// Microseconds per call of `f` over `reps` calls, and its last result.
@@ -181,7 +181,7 @@ fn run_adapter_folder(dir: &Path, gpu: Option<&Gpu>) -> Result<usize> {
     let model = AdapterModel::load(dir)?;
     let mut layers = ModelLayers::new(&model, gpu)?;
     let case = &model.expected;
-    let tol = DType::F32.tolerance();
+    let tol = tolerance(DType::F32);
     println!(
         "{}: peft adapter (r {}, {}{}), {} layer(s), f32",
         dir.display(),

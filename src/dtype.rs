@@ -41,16 +41,6 @@ impl DType {
             _ => None,
         }
     }
-
-    /// The relative Frobenius error within which a result in this dtype matches its reference
-    /// (the golden cases' tolerances: the libraries accumulate in their own order).
-    pub fn tolerance(self) -> f64 {
-        match self {
-            DType::F32 => 1e-5,
-            DType::F16 => 2e-3,
-            DType::BF16 => 1e-2,
-        }
-    }
 }
 
 impl fmt::Display for DType {

@@ -22,7 +22,8 @@
 //! - [`layer`]: a peft layer's forward states (disabled, mixed batch, merged, active adapters) over
 //!   a dense, 4-bit or int8 base, on the GPU ([`layer::Layer`]) and as the CPU reference.
 //! - [`peft`]: loading adapters as peft's `save_pretrained` writes them.
-//! - [`golden`]: reading the golden cases computed by the real peft and bitsandbytes.
+//! - `golden` (cargo feature `golden`, off by default; test support, not API): reading the golden
+//!   cases computed by the real peft and bitsandbytes, and the tests' comparators.
 //! - [`device`]: the [`Gpu`] handle; [`sys`]: the parameter structs and constants shared with the
 //!   kernels (bindgen output of `kernels/lora_params.h`).
 //!
@@ -57,6 +58,8 @@ pub mod device;
 pub mod dora;
 pub mod dtype;
 pub mod error;
+// Test support (the golden-case reader and comparators), behind the `golden` feature: not API.
+#[cfg(feature = "golden")]
 pub mod golden;
 pub mod int8;
 pub mod layer;

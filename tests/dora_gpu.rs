@@ -4,7 +4,7 @@
 //! `LORA_KERNELS_REQUIRE_GPU=1`.
 mod common;
 
-use common::{f64s, rel_error, Rng};
+use common::{assert_close, f64s, tolerance, Rng};
 use half::{bf16, f16};
 use lora_kernels::dora::reference;
 use lora_kernels::linear::reference::linear;
@@ -46,11 +46,6 @@ fn layer<T: Element>(
     }
 }
 
-fn assert_close(label: &str, got: &[f64], want: &[f64], tol: f64) {
-    let err = rel_error(got, want);
-    assert!(err <= tol, "{label}: rel err {err:.3e} > {tol:.0e}");
-}
-
 fn check_layer<T: Element>(gpu: &Gpu, l: &Layer<T>, label: &str) {
     let s = gpu.stream();
     let LoraShape { m, k, n } = l.shape;
@@ -61,7 +56,7 @@ fn check_layer<T: Element>(gpu: &Gpu, l: &Layer<T>, label: &str) {
         l.bias.is_some(),
         T::DTYPE
     );
-    let tol = T::DTYPE.tolerance();
+    let tol = tolerance(T::DTYPE);
     let host = LoraAdapter::new(&l.lora_a[..], &l.lora_b[..], l.rank, l.scale);
     let (a, b) = (
         s.clone_htod(&l.lora_a).unwrap(),
@@ -166,25 +161,10 @@ fn random_layers<T: Element>(gpu: &Gpu, seed: u64) {
     }
 }
 
-#[test]
-fn dora_random_f32() {
-    if let Some(gpu) = common::gpu() {
-        random_layers::<f32>(&gpu, 11);
-    }
-}
-
-#[test]
-fn dora_random_f16() {
-    if let Some(gpu) = common::gpu() {
-        random_layers::<f16>(&gpu, 12);
-    }
-}
-
-#[test]
-fn dora_random_bf16() {
-    if let Some(gpu) = common::gpu() {
-        random_layers::<bf16>(&gpu, 13);
-    }
+common::gpu_tests! { random_layers:
+    dora_random_f32: f32(11),
+    dora_random_f16: f16(12),
+    dora_random_bf16: bf16(13),
 }
 
 /// A row of W + s·B·A that is zero (W row and B row zero) gives a finite factor and the bias as output.

@@ -5,6 +5,9 @@
 //! (in the JSON documents and in the safetensors header), huge shapes, dtype changes, removed and
 //! duplicated tensors, NaN and infinite payloads. For every input: no panic, `Ok` only when the
 //! result passes the invariants below, and the same result (value or error message) on a second load.
+mod common;
+
+use common::Rng;
 use lora_kernels::golden::golden_dir;
 use lora_kernels::int8::Int8Weight;
 use lora_kernels::peft::PeftAdapter;
@@ -27,28 +30,6 @@ fn budget(seed: u64) -> (usize, Rng) {
     let cases = env("FUZZ_LOADERS_CASES").map_or(CASES, |c| c as usize);
     let shift = env("FUZZ_LOADERS_SEED").unwrap_or(0);
     (cases, Rng::new(seed.wrapping_add(shift.wrapping_mul(1000))))
-}
-
-/// xorshift64*.
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Self {
-        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
-    }
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    /// Uniform in 0..n (n > 0).
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-    fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
-        &items[self.below(items.len())]
-    }
 }
 
 type Tensors = BTreeMap<String, (Dtype, Vec<usize>, Vec<u8>)>;
@@ -201,7 +182,7 @@ fn mutate_safetensors(rng: &mut Rng, bytes: &[u8], json_tensor: Option<&str>) ->
         1 => return bytes[..rng.below(bytes.len())].to_vec(),
         2 => {
             let mut out = bytes.to_vec();
-            out.extend((0..1 + rng.below(9)).map(|_| rng.next() as u8));
+            out.extend((0..1 + rng.below(9)).map(|_| rng.next_u64() as u8));
             return out;
         }
         3 => {

@@ -4,7 +4,7 @@
 //! Prints `SKIPPED: no CUDA device` without a GPU; fails instead with `LORA_KERNELS_REQUIRE_GPU=1`.
 mod common;
 
-use common::{f64s, rel_error, Rng};
+use common::{f64s, rel_error, tolerance, Rng};
 use half::{bf16, f16};
 use lora_kernels::dora::reference as dora;
 use lora_kernels::int8::reference;
@@ -46,7 +46,7 @@ fn sweep<T: Element>(gpu: &Gpu, seed: u64) {
                 .unwrap();
                 let err = rel_error(&f64s(&s.clone_dtoh(&y).unwrap()), &f64s(&want));
                 assert!(
-                    err <= T::DTYPE.tolerance(),
+                    err <= tolerance(T::DTYPE),
                     "m={m} bias={with_bias}: rel err {err:.3e}"
                 );
             }
@@ -54,25 +54,10 @@ fn sweep<T: Element>(gpu: &Gpu, seed: u64) {
     }
 }
 
-#[test]
-fn int8_f32() {
-    if let Some(gpu) = common::gpu() {
-        sweep::<f32>(&gpu, 31);
-    }
-}
-
-#[test]
-fn int8_f16() {
-    if let Some(gpu) = common::gpu() {
-        sweep::<f16>(&gpu, 32);
-    }
-}
-
-#[test]
-fn int8_bf16() {
-    if let Some(gpu) = common::gpu() {
-        sweep::<bf16>(&gpu, 33);
-    }
+common::gpu_tests! { sweep:
+    int8_f32: f32(31),
+    int8_f16: f16(32),
+    int8_bf16: bf16(33),
 }
 
 /// A random weight [n, k] with LLM.int8's hard rows planted (where n has room): an all-zero row; one
@@ -269,39 +254,15 @@ fn merge<T: Element>(gpu: &Gpu, seed: u64) {
     }
 }
 
-#[test]
-fn int8_quantize_f32() {
-    if let Some(gpu) = common::gpu() {
-        quantize::<f32>(&gpu, 34);
-    }
+common::gpu_tests! { quantize:
+    int8_quantize_f32: f32(34),
+    int8_quantize_f16: f16(40),
+    int8_quantize_bf16: bf16(35),
 }
 
-#[test]
-fn int8_quantize_f16() {
-    if let Some(gpu) = common::gpu() {
-        quantize::<f16>(&gpu, 40);
-    }
-}
-
-#[test]
-fn int8_quantize_bf16() {
-    if let Some(gpu) = common::gpu() {
-        quantize::<bf16>(&gpu, 35);
-    }
-}
-
-#[test]
-fn int8_merge_f32() {
-    if let Some(gpu) = common::gpu() {
-        merge::<f32>(&gpu, 36);
-    }
-}
-
-#[test]
-fn int8_merge_f16() {
-    if let Some(gpu) = common::gpu() {
-        merge::<f16>(&gpu, 37);
-    }
+common::gpu_tests! { merge:
+    int8_merge_f32: f32(36),
+    int8_merge_f16: f16(37),
 }
 
 /// LLM.int8 (int8 × int8 on tensor cores with the outlier split) against the CPU reference of the
@@ -340,23 +301,14 @@ fn llm<T: Element>(gpu: &Gpu, seed: u64) {
                 .unwrap();
             let err = rel_error(&f64s(&s.clone_dtoh(&y).unwrap()), &f64s(&want));
             assert!(
-                err <= T::DTYPE.tolerance(),
+                err <= tolerance(T::DTYPE),
                 "m {m} k {k} n {n} threshold {threshold}: rel err {err:.3e}"
             );
         }
     }
 }
 
-#[test]
-fn int8_llm_f16() {
-    if let Some(gpu) = common::gpu() {
-        llm::<f16>(&gpu, 38);
-    }
-}
-
-#[test]
-fn int8_llm_bf16() {
-    if let Some(gpu) = common::gpu() {
-        llm::<bf16>(&gpu, 39);
-    }
+common::gpu_tests! { llm:
+    int8_llm_f16: f16(38),
+    int8_llm_bf16: bf16(39),
 }

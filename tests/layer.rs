@@ -5,7 +5,7 @@
 //! `SKIPPED: no CUDA device` without a GPU; they fail instead with `LORA_KERNELS_REQUIRE_GPU=1`.
 mod common;
 
-use common::rel_error;
+use common::{f64s, rel_error, tolerance};
 use half::{bf16, f16};
 use lora_kernels::golden::{golden_dir, AdapterModel, GoldenCase};
 use lora_kernels::int8::Int8Weight;
@@ -13,10 +13,6 @@ use lora_kernels::layer::{BaseWeight, DeviceLayerAdapter, Layer, LayerAdapter, R
 use lora_kernels::peft::PeftAdapter;
 use lora_kernels::quant4::Quant4Weight;
 use lora_kernels::{Element, Error, Gpu};
-
-fn f64s(v: &[f32]) -> Vec<f64> {
-    v.iter().map(|&x| x as f64).collect()
-}
 
 /// The layer of module `name` of a shipped adapter folder, its input, and peft's output.
 fn module_layer(folder: &str, name: &str) -> (ReferenceLayer<f32>, Vec<f32>, Vec<f64>) {
@@ -307,7 +303,7 @@ fn gpu_layers_on_quantised_bases_match_peft() {
         layer.forward(&xd, m, None, &mut y).unwrap();
         let want = case.values_f64("output").unwrap();
         // As in the golden CPU path: bitsandbytes' 8-bit base inside peft is ~2 ulps off its own.
-        let tol = T::DTYPE.tolerance() * if int8 { 2.5 } else { 1.0 };
+        let tol = tolerance(T::DTYPE) * if int8 { 2.5 } else { 1.0 };
         let err = rel_error(&common::f64s(&s.clone_dtoh(&y).unwrap()), &want);
         assert!(
             err <= tol,

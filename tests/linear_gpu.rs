@@ -6,7 +6,7 @@
 //! `LORA_KERNELS_REQUIRE_GPU=1`.
 mod common;
 
-use common::{f64s, rel_error, Rng};
+use common::{f64s, rel_error, tolerance, Rng};
 use half::{bf16, f16};
 use lora_kernels::dora::reference as dora;
 use lora_kernels::lora::reference;
@@ -77,7 +77,7 @@ fn dense<T: Element>(gpu: &Gpu, seed: u64) {
             let got = s.clone_dtoh(&yd).unwrap();
             let err = rel_error(&f64s(&got[offset..]), &f64s(&want));
             assert!(
-                err <= T::DTYPE.tolerance(),
+                err <= tolerance(T::DTYPE),
                 "{shape:?} bias {with_bias} offset {offset}: rel err {err:.3e}"
             );
             assert!(
@@ -131,45 +131,21 @@ fn dora_linear<T: Element>(gpu: &Gpu, seed: u64) {
         let err = rel_error(&f64s(&s.clone_dtoh(&y).unwrap()), &f64s(&want));
         // The base is rounded to T before the DoRA epilogue, as peft's base_result is.
         assert!(
-            err <= 2.0 * T::DTYPE.tolerance(),
+            err <= 2.0 * tolerance(T::DTYPE),
             "{shape:?} rank {rank}: rel err {err:.3e}"
         );
     }
 }
 
-#[test]
-fn linear_f32() {
-    if let Some(gpu) = common::gpu() {
-        dense::<f32>(&gpu, 31);
-    }
+common::gpu_tests! { dense:
+    linear_f32: f32(31),
+    linear_f16: f16(32),
+    linear_bf16: bf16(33),
 }
 
-#[test]
-fn linear_f16() {
-    if let Some(gpu) = common::gpu() {
-        dense::<f16>(&gpu, 32);
-    }
-}
-
-#[test]
-fn linear_bf16() {
-    if let Some(gpu) = common::gpu() {
-        dense::<bf16>(&gpu, 33);
-    }
-}
-
-#[test]
-fn dora_forward_linear_f32() {
-    if let Some(gpu) = common::gpu() {
-        dora_linear::<f32>(&gpu, 34);
-    }
-}
-
-#[test]
-fn dora_forward_linear_bf16() {
-    if let Some(gpu) = common::gpu() {
-        dora_linear::<bf16>(&gpu, 35);
-    }
+common::gpu_tests! { dora_linear:
+    dora_forward_linear_f32: f32(34),
+    dora_forward_linear_bf16: bf16(35),
 }
 
 /// The base product with LoRA adapters from x and W (`Gpu::linear_lora_forward`) against the CPU
@@ -224,24 +200,15 @@ fn with_adapters<T: Element>(gpu: &Gpu, seed: u64) {
             .unwrap();
         let err = rel_error(&f64s(&s.clone_dtoh(&y).unwrap()), &f64s(&want));
         assert!(
-            err <= T::DTYPE.tolerance(),
+            err <= tolerance(T::DTYPE),
             "m {m} k {k} n {n} ranks {ranks:?}: rel err {err:.3e}"
         );
     }
 }
 
-#[test]
-fn linear_lora_forward_f32() {
-    if let Some(gpu) = common::gpu() {
-        with_adapters::<f32>(&gpu, 36);
-    }
-}
-
-#[test]
-fn linear_lora_forward_bf16() {
-    if let Some(gpu) = common::gpu() {
-        with_adapters::<bf16>(&gpu, 37);
-    }
+common::gpu_tests! { with_adapters:
+    linear_lora_forward_f32: f32(36),
+    linear_lora_forward_bf16: bf16(37),
 }
 
 /// With the crossover raised (`LORA_KERNELS_GEMV_MAX_M`), the GEMV kernels run more than 8 rows in
@@ -269,7 +236,7 @@ fn gemv_passes_past_eight_rows() {
         .unwrap();
         let err = rel_error(&f64s(&s.clone_dtoh(&y).unwrap()), &f64s(&want));
         assert!(
-            err <= DType::BF16.tolerance(),
+            err <= tolerance(DType::BF16),
             "{shape:?}: rel err {err:.3e}"
         );
     }

@@ -3,7 +3,7 @@
 //! Prints `SKIPPED: no CUDA device` without a GPU; fails instead with `LORA_KERNELS_REQUIRE_GPU=1`.
 mod common;
 
-use common::{f64s, rel_error, Rng};
+use common::{f64s, rel_error, tolerance, Rng};
 use half::{bf16, f16};
 use lora_kernels::lora::reference;
 use lora_kernels::{Element, Gpu, LoraAdapter, LoraShape};
@@ -78,7 +78,7 @@ fn check<T: Element>(gpu: &Gpu, p: &Problem<T>, label: &str) {
     gpu.lora_forward(&x, &base, &adapters, p.shape, &mut y)
         .unwrap();
     let got = f64s(&s.clone_dtoh(&y).unwrap());
-    let tol = T::DTYPE.tolerance();
+    let tol = tolerance(T::DTYPE);
     let err = rel_error(&got, &expected);
     assert!(
         err <= tol,
@@ -134,25 +134,10 @@ fn random_shapes<T: Element>(gpu: &Gpu, seed: u64) {
     }
 }
 
-#[test]
-fn random_shapes_f32() {
-    if let Some(gpu) = common::gpu() {
-        random_shapes::<f32>(&gpu, 1);
-    }
-}
-
-#[test]
-fn random_shapes_f16() {
-    if let Some(gpu) = common::gpu() {
-        random_shapes::<f16>(&gpu, 2);
-    }
-}
-
-#[test]
-fn random_shapes_bf16() {
-    if let Some(gpu) = common::gpu() {
-        random_shapes::<bf16>(&gpu, 3);
-    }
+common::gpu_tests! { random_shapes:
+    random_shapes_f32: f32(1),
+    random_shapes_f16: f16(2),
+    random_shapes_bf16: bf16(3),
 }
 
 /// More than 256 summed ranks or 8 adapters split into several launches; the sum is still exact.

@@ -3,7 +3,7 @@
 //! Prints `SKIPPED: no CUDA device` without a GPU; fails instead with `LORA_KERNELS_REQUIRE_GPU=1`.
 mod common;
 
-use common::{f64s, rel_error, Rng};
+use common::{f64s, rel_error, tolerance, Rng};
 use half::{bf16, f16};
 use lora_kernels::{Element, Gpu, LoraAdapter, LoraShape};
 
@@ -69,7 +69,7 @@ fn batch<T: Element>(gpu: &Gpu, rng: &mut Rng, m: usize, k: usize, n: usize, ran
     .unwrap();
     let got = s.clone_dtoh(&y).unwrap();
     let err = rel_error(&f64s(&got), &f64s(&want));
-    assert!(err <= T::DTYPE.tolerance(), "rel err {err:.3e}");
+    assert!(err <= tolerance(T::DTYPE), "rel err {err:.3e}");
     for (i, &idx) in ref_indices.iter().enumerate() {
         if idx < 0 {
             assert_eq!(
@@ -89,25 +89,10 @@ fn sweep<T: Element>(gpu: &Gpu, seed: u64) {
     batch::<T>(gpu, &mut rng, 200, 64, 513, &[16, 8]);
 }
 
-#[test]
-fn mixed_f32() {
-    if let Some(gpu) = common::gpu() {
-        sweep::<f32>(&gpu, 41);
-    }
-}
-
-#[test]
-fn mixed_f16() {
-    if let Some(gpu) = common::gpu() {
-        sweep::<f16>(&gpu, 42);
-    }
-}
-
-#[test]
-fn mixed_bf16() {
-    if let Some(gpu) = common::gpu() {
-        sweep::<bf16>(&gpu, 43);
-    }
+common::gpu_tests! { sweep:
+    mixed_f32: f32(41),
+    mixed_f16: f16(42),
+    mixed_bf16: bf16(43),
 }
 
 #[test]

@@ -6,7 +6,7 @@
 //! fails instead with `LORA_KERNELS_REQUIRE_GPU=1`.
 mod common;
 
-use common::{f64s, rel_error, Rng};
+use common::{f64s, rel_error, tolerance, Rng};
 use half::{bf16, f16};
 use lora_kernels::dora::reference as dora;
 use lora_kernels::linear::QuantizedWeight;
@@ -83,7 +83,7 @@ fn check<T: Element>(gpu: &Gpu, rng: &mut Rng, (n, k, blocksize, qt, dq): Case, 
         .unwrap();
         let err = rel_error(&f64s(&s.clone_dtoh(&y).unwrap()), &expected);
         assert!(
-            err <= T::DTYPE.tolerance(),
+            err <= tolerance(T::DTYPE),
             "linear m={m}: rel err {err:.3e}"
         );
     }
@@ -106,25 +106,10 @@ fn sweep<T: Element>(gpu: &Gpu, seed: u64) {
     }
 }
 
-#[test]
-fn quant4_f32() {
-    if let Some(gpu) = common::gpu() {
-        sweep::<f32>(&gpu, 21);
-    }
-}
-
-#[test]
-fn quant4_f16() {
-    if let Some(gpu) = common::gpu() {
-        sweep::<f16>(&gpu, 22);
-    }
-}
-
-#[test]
-fn quant4_bf16() {
-    if let Some(gpu) = common::gpu() {
-        sweep::<bf16>(&gpu, 23);
-    }
+common::gpu_tests! { sweep:
+    quant4_f32: f32(21),
+    quant4_f16: f16(22),
+    quant4_bf16: bf16(23),
 }
 
 /// The same absmax, bit for bit (NaN included).
@@ -289,25 +274,10 @@ fn quantizer<T: Element>(gpu: &Gpu, seed: u64) {
     }
 }
 
-#[test]
-fn quant4_quantize_f32() {
-    if let Some(gpu) = common::gpu() {
-        quantizer::<f32>(&gpu, 24);
-    }
-}
-
-#[test]
-fn quant4_quantize_f16() {
-    if let Some(gpu) = common::gpu() {
-        quantizer::<f16>(&gpu, 26);
-    }
-}
-
-#[test]
-fn quant4_quantize_bf16() {
-    if let Some(gpu) = common::gpu() {
-        quantizer::<bf16>(&gpu, 25);
-    }
+common::gpu_tests! { quantizer:
+    quant4_quantize_f32: f32(24),
+    quant4_quantize_f16: f16(26),
+    quant4_quantize_bf16: bf16(25),
 }
 
 /// QLoRA's forward (4-bit base, then the fused LoRA term in place) against the CPU references: the
@@ -356,22 +326,13 @@ fn qlora<T: Element>(gpu: &Gpu, seed: u64) {
         .unwrap();
         let err = rel_error(&f64s(&s.clone_dtoh(&y).unwrap()), &f64s(&want));
         assert!(
-            err <= T::DTYPE.tolerance(),
+            err <= tolerance(T::DTYPE),
             "qlora m {m} k {k} n {n}: rel err {err:.3e}"
         );
     }
 }
 
-#[test]
-fn qlora_forward_bf16() {
-    if let Some(gpu) = common::gpu() {
-        qlora::<bf16>(&gpu, 26);
-    }
-}
-
-#[test]
-fn qlora_forward_f32() {
-    if let Some(gpu) = common::gpu() {
-        qlora::<f32>(&gpu, 27);
-    }
+common::gpu_tests! { qlora:
+    qlora_forward_bf16: bf16(26),
+    qlora_forward_f32: f32(27),
 }

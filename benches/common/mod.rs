@@ -1,21 +1,17 @@
-//! Helpers shared by the benchmarks: random data, CUDA-event timing, the copy-bandwidth ceiling.
+//! Helpers shared by the benchmarks: random data (the tests' generator), CUDA-event timing, the
+//! copy-bandwidth ceiling.
 #![allow(dead_code)]
+#[path = "../../tests/common/rng.rs"]
+mod rng;
+pub use rng::Rng;
+
 use cudarc::driver::{sys::CUevent_flags, CudaStream};
 use half::bf16;
 use std::sync::Arc;
 
-/// `len` bf16 values uniform in [-amp, amp), from a seeded xorshift (never zeros).
+/// `len` bf16 values uniform in [-amp, amp), from the tests' seeded [`Rng`] (never all zero).
 pub fn random_bf16(len: usize, seed: u64, amp: f32) -> Vec<bf16> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            s ^= s >> 12;
-            s ^= s << 25;
-            s ^= s >> 27;
-            let u = (s.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 40) as f32 / (1u64 << 24) as f32;
-            bf16::from_f32((u * 2.0 - 1.0) * amp)
-        })
-        .collect()
+    Rng::new(seed).vec(len, amp as f64)
 }
 
 /// Milliseconds per call of `f`: median over repetitions of `calls` back-to-back calls.

@@ -1,5 +1,10 @@
 //! Golden cases: outputs of the real peft and bitsandbytes, stored as safetensors files
-//! (`tests/data/golden/`, see its README). Used by the golden tests and the quickstart.
+//! (`tests/data/golden/`, see its README), and the comparators the tests hold results to
+//! ([`rel_error`], [`tolerance`]).
+//!
+//! Test support, not part of the crate's API: compiled only with the `golden` cargo feature (off by
+//! default), which the crate's own tests, benches and the quickstart turn on through a self
+//! dev-dependency. Its items may change in any release.
 mod model;
 pub use model::{AdapterModel, ModelLayers};
 
@@ -199,6 +204,16 @@ impl GoldenCase {
                 format!("`scaling` is not a number: {s}"),
             )
         })
+    }
+}
+
+/// The relative Frobenius error ([`rel_error`]) within which a result in `dtype` matches its
+/// reference (the golden cases' tolerances: the libraries accumulate in their own order).
+pub fn tolerance(dtype: DType) -> f64 {
+    match dtype {
+        DType::F32 => 1e-5,
+        DType::F16 => 2e-3,
+        DType::BF16 => 1e-2,
     }
 }
 

@@ -1,38 +1,15 @@
-//! Helpers shared by the integration tests: a seeded RNG and the GPU gate, which runs the GPU tests on
-//! a real GPU or, where no driver loads, on the PTX emulator ([`driver`]).
-#![allow(dead_code)]
+//! Helpers shared by the integration tests: the seeded RNG ([`rng`], which the benches share), the
+//! comparators ([`f64s`], [`rel_error`], [`assert_close`], [`tolerance`]) and the GPU gate, which runs
+//! the GPU tests on a real GPU or, where no driver loads, on the PTX emulator ([`driver`]).
+// Each test binary uses a part of this module.
+#![allow(dead_code, unused_imports)]
 pub mod driver;
+pub mod rng;
 
+pub use rng::Rng;
+
+pub use lora_kernels::golden::tolerance;
 use lora_kernels::{Element, Error, Gpu};
-
-/// xorshift64*: reproducible random data without a dependency.
-pub struct Rng(u64);
-
-impl Rng {
-    pub fn new(seed: u64) -> Self {
-        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
-    }
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    /// Uniform in [-1, 1).
-    pub fn uniform(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0
-    }
-    /// Uniform integer in [lo, hi].
-    pub fn range(&mut self, lo: usize, hi: usize) -> usize {
-        lo + (self.next_u64() % (hi - lo + 1) as u64) as usize
-    }
-    /// `len` values uniform in [-amp, amp), rounded to `T`; never all zero.
-    pub fn vec<T: Element>(&mut self, len: usize, amp: f64) -> Vec<T> {
-        (0..len)
-            .map(|_| T::from_f64(self.uniform() * amp))
-            .collect()
-    }
-}
 
 /// Whether GPU tests must run (`LORA_KERNELS_REQUIRE_GPU=1`): then a missing GPU fails the test.
 pub fn gpu_required() -> bool {
@@ -185,6 +162,39 @@ pub fn dump(label: &str, values: &[f64], tol: Option<f64>) {
 /// take it minutes each; every kernel path keeps small and odd-sized problems).
 pub fn small_shapes() -> bool {
     std::env::var("LORA_KERNELS_SMALL").is_ok_and(|v| v == "1") || driver::on_emulator()
+}
+
+/// One `#[test]` per dtype for a generic GPU test body `fn body<T: Element>(gpu: &Gpu, args..)`:
+/// each `name: dtype(args..)` defines `#[test] fn name()`, which runs `body::<dtype>(&gpu, args..)`
+/// on the GPU or the emulator ([`gpu`]), or prints why it skips (and fails where the GPU tests must
+/// run, as [`gpu`] does).
+///
+/// ```ignore
+/// common::gpu_tests! { random_shapes:
+///     random_shapes_f32: f32(1),
+///     random_shapes_bf16: bf16(3),
+/// }
+/// ```
+#[allow(unused_macros)]
+macro_rules! gpu_tests {
+    ($body:ident: $($(#[$meta:meta])* $name:ident: $t:ident($($arg:expr),* $(,)?)),+ $(,)?) => {
+        $(
+            $(#[$meta])*
+            #[test]
+            fn $name() {
+                if let Some(gpu) = $crate::common::gpu() {
+                    $body::<$t>(&gpu, $($arg),*);
+                }
+            }
+        )+
+    };
+}
+pub(crate) use gpu_tests;
+
+/// Asserts that `got` is within relative Frobenius error `tol` of `want` ([`rel_error`]).
+pub fn assert_close(label: &str, got: &[f64], want: &[f64], tol: f64) {
+    let err = rel_error(got, want);
+    assert!(err <= tol, "{label}: rel err {err:.3e} > {tol:.0e}");
 }
 
 /// Widens to f64.
