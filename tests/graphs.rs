@@ -62,7 +62,7 @@ fn host<T>(ads: &[Adapter<T>]) -> Vec<LoraAdapter<'_, [T]>> {
 }
 
 fn check(label: &str, got: &[bf16], expected: &[bf16]) {
-    let tol = DType::BF16.tolerance();
+    let tol = common::tolerance(DType::BF16);
     let err = rel_error(&f64s(got), &f64s(expected));
     assert!(err <= tol, "{label}: rel err {err:.3e} > {tol:.0e}");
 }
