@@ -193,9 +193,9 @@ template <typename T> __device__ void dora_rows(const DoraRowParams &p) {
 // transposed in shared memory as the B operand. The accumulators line up with the W slice's elements,
 // staged from 16-byte loads issued one slice ahead: v = w + s * (B A), sum v^2 per row, reduced over the
 // row's lanes and the two column halves at the end. Bytes: W once, A once per block from L2, B once.
-constexpr int kTcRows = 64;
-constexpr int kTcCols = 64;
-constexpr int kTcMaxRank = 128;
+constexpr int kTcRows = DORA_TC_ROWS;
+constexpr int kTcCols = DORA_TC_COLS;
+constexpr int kTcMaxRank = DORA_TC_MAX_RANK;
 
 template <typename T> struct SharedNormTc {
     T b[kTcRows][kTcMaxRank + 8];   // the block's rows of B, [row][rank], zero past the rank

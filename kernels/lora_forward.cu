@@ -47,14 +47,14 @@ constexpr int kMaxRank = LORA_MAX_LAUNCH_RANK;
 // fragment size, 32 bytes: the row stride in bytes must be a multiple of 32, so 16 halves of padding
 // (8 halves, 144-byte rows, met only CUDA C++'s 16-byte ldm rule; the emulator caught it).
 template <typename T> struct Config {
-    static constexpr int kKSlice = 64;
+    static constexpr int kKSlice = LORA_FORWARD_K_SLICE_16BIT;
     static constexpr int kRankChunk = 64;
     static constexpr bool kTensorCores = true;
     static constexpr int kPad = 8;
     static constexpr int kShrinkPad = 16;
 };
 template <> struct Config<float> {
-    static constexpr int kKSlice = 32;
+    static constexpr int kKSlice = LORA_FORWARD_K_SLICE_F32;
     static constexpr int kRankChunk = 64;
     static constexpr bool kTensorCores = false;
     static constexpr int kPad = 1;
@@ -63,9 +63,9 @@ template <> struct Config<float> {
 
 // Largest padded rank a tile height takes: 64-row tiles (large m) take up to 64, which leaves room
 // for 128-column K slices (twice the bytes in flight per block); the host uses 16-row tiles above.
-template <int BM> constexpr int kRankCap = BM == 64 ? 64 : kMaxRank;
+template <int BM> constexpr int kRankCap = BM == 64 ? LORA_FORWARD_BM64_MAX_RANK : kMaxRank;
 // K columns staged per shrink step.
-template <typename T, int BM> constexpr int kKSlice = BM == 64 ? 128 : Config<T>::kKSlice;
+template <typename T, int BM> constexpr int kKSlice = BM == 64 ? LORA_FORWARD_BM64_K_SLICE : Config<T>::kKSlice;
 
 template <typename T, int BM> struct SharedShrink {
     T x[BM][kKSlice<T, BM> + Config<T>::kShrinkPad];
