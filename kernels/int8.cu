@@ -164,7 +164,8 @@ template <typename T> __device__ void llm_gemm(const Int8LlmParams &p) {
     int acc[2][4][4] = {};
     for (int k0 = 0; k0 < p.ca_stride; k0 += kLlmBK) {
         __syncthreads();  // the previous products are done with s
-        {   // CA: 64 rows x 64 bytes, one 16-byte word per thread (rows padded to 16, zero beyond).
+        // CA: 64 rows x 64 bytes, one 16-byte word per thread (rows padded to 16, zero beyond).
+        {
             const int r = threadIdx.x / 4, c = k0 + (threadIdx.x % 4) * 16;
             uint4 v = make_uint4(0, 0, 0, 0);
             if (row0 + r < p.m && c < p.ca_stride) v = __ldg(reinterpret_cast<const uint4 *>(ca + (size_t)(row0 + r) * p.ca_stride + c));
@@ -244,24 +245,20 @@ template <typename T> __device__ void llm_gemm(const Int8LlmParams &p) {
 
 }  // namespace
 
-extern "C" __global__ void __launch_bounds__(kThreads) int8_dequantize_f32(const Int8LinearParams p) { int8_dequantize<float>(p); }
-extern "C" __global__ void __launch_bounds__(kThreads) int8_dequantize_f16(const Int8LinearParams p) { int8_dequantize<__half>(p); }
-extern "C" __global__ void __launch_bounds__(kThreads) int8_dequantize_bf16(const Int8LinearParams p) { int8_dequantize<__nv_bfloat16>(p); }
-extern "C" __global__ void __launch_bounds__(kThreads) int8_llm_columns(const Int8LlmParams p) { llm_columns(p); }
-#define INT8_LLM_ENTRIES(SUFFIX, T)                                                                                  \
-    extern "C" __global__ void __launch_bounds__(kThreads) int8_llm_outliers_##SUFFIX(const Int8LlmParams p) {     \
-        llm_outliers<T>(p);                                                                                      \
-    }                                                                                                            \
-    extern "C" __global__ void __launch_bounds__(kThreads) int8_llm_quantize_##SUFFIX(const Int8LlmParams p) {     \
-        llm_quantize<T>(p);                                                                                      \
-    }                                                                                                            \
-    extern "C" __global__ void __launch_bounds__(kThreads, 2) int8_llm_gemm_##SUFFIX(const Int8LlmParams p) {      \
-        llm_gemm<T>(p);                                                                                          \
-    }
-INT8_LLM_ENTRIES(f32, float)
-INT8_LLM_ENTRIES(f16, __half)
-INT8_LLM_ENTRIES(bf16, __nv_bfloat16)
+KERNEL_ENTRY(int8_dequantize_f32, Int8LinearParams, 1, int8_dequantize<float>)
+KERNEL_ENTRY(int8_dequantize_f16, Int8LinearParams, 1, int8_dequantize<__half>)
+KERNEL_ENTRY(int8_dequantize_bf16, Int8LinearParams, 1, int8_dequantize<__nv_bfloat16>)
+KERNEL_ENTRY(int8_llm_columns, Int8LlmParams, 1, llm_columns)
+KERNEL_ENTRY(int8_llm_outliers_f32, Int8LlmParams, 1, llm_outliers<float>)
+KERNEL_ENTRY(int8_llm_outliers_f16, Int8LlmParams, 1, llm_outliers<__half>)
+KERNEL_ENTRY(int8_llm_outliers_bf16, Int8LlmParams, 1, llm_outliers<__nv_bfloat16>)
+KERNEL_ENTRY(int8_llm_quantize_f32, Int8LlmParams, 1, llm_quantize<float>)
+KERNEL_ENTRY(int8_llm_quantize_f16, Int8LlmParams, 1, llm_quantize<__half>)
+KERNEL_ENTRY(int8_llm_quantize_bf16, Int8LlmParams, 1, llm_quantize<__nv_bfloat16>)
+KERNEL_ENTRY(int8_llm_gemm_f32, Int8LlmParams, 2, llm_gemm<float>)
+KERNEL_ENTRY(int8_llm_gemm_f16, Int8LlmParams, 2, llm_gemm<__half>)
+KERNEL_ENTRY(int8_llm_gemm_bf16, Int8LlmParams, 2, llm_gemm<__nv_bfloat16>)
 
-extern "C" __global__ void __launch_bounds__(kThreads, 2) int8_linear_f32(const Int8LinearParams p) { int8_linear<float>(p); }
-extern "C" __global__ void __launch_bounds__(kThreads, 2) int8_linear_f16(const Int8LinearParams p) { int8_linear<__half>(p); }
-extern "C" __global__ void __launch_bounds__(kThreads, 2) int8_linear_bf16(const Int8LinearParams p) { int8_linear<__nv_bfloat16>(p); }
+KERNEL_ENTRY(int8_linear_f32, Int8LinearParams, 2, int8_linear<float>)
+KERNEL_ENTRY(int8_linear_f16, Int8LinearParams, 2, int8_linear<__half>)
+KERNEL_ENTRY(int8_linear_bf16, Int8LinearParams, 2, int8_linear<__nv_bfloat16>)

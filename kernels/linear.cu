@@ -352,19 +352,16 @@ template <typename T> __device__ void linear_gemv(const LinearParams &p) {
 
 }  // namespace
 
-extern "C" __global__ void __launch_bounds__(kThreads) linear_gemv_f32(const LinearParams p) { linear_gemv<float>(p); }
-extern "C" __global__ void __launch_bounds__(kThreads) linear_gemv_f16(const LinearParams p) { linear_gemv<__half>(p); }
-extern "C" __global__ void __launch_bounds__(kThreads) linear_gemv_bf16(const LinearParams p) { linear_gemv<__nv_bfloat16>(p); }
+KERNEL_ENTRY(linear_gemv_f32, LinearParams, 1, linear_gemv<float>)
+KERNEL_ENTRY(linear_gemv_f16, LinearParams, 1, linear_gemv<__half>)
+KERNEL_ENTRY(linear_gemv_bf16, LinearParams, 1, linear_gemv<__nv_bfloat16>)
 
-#define LINEAR_ENTRY(NAME, T, FORMAT) \
-    extern "C" __global__ void __launch_bounds__(kThreads, 2) NAME(const LinearParams p) { linear<T, FORMAT>(p); }
-
-LINEAR_ENTRY(linear_f32, float, LINEAR_DENSE)
-LINEAR_ENTRY(linear_f16, __half, LINEAR_DENSE)
-LINEAR_ENTRY(linear_bf16, __nv_bfloat16, LINEAR_DENSE)
-LINEAR_ENTRY(linear_quant4_f32, float, LINEAR_QUANT4)
-LINEAR_ENTRY(linear_quant4_f16, __half, LINEAR_QUANT4)
-LINEAR_ENTRY(linear_quant4_bf16, __nv_bfloat16, LINEAR_QUANT4)
-LINEAR_ENTRY(linear_int8_f32, float, LINEAR_INT8)
-LINEAR_ENTRY(linear_int8_f16, __half, LINEAR_INT8)
-LINEAR_ENTRY(linear_int8_bf16, __nv_bfloat16, LINEAR_INT8)
+KERNEL_ENTRY(linear_f32, LinearParams, 2, linear<float, LINEAR_DENSE>)
+KERNEL_ENTRY(linear_f16, LinearParams, 2, linear<__half, LINEAR_DENSE>)
+KERNEL_ENTRY(linear_bf16, LinearParams, 2, linear<__nv_bfloat16, LINEAR_DENSE>)
+KERNEL_ENTRY(linear_quant4_f32, LinearParams, 2, linear<float, LINEAR_QUANT4>)
+KERNEL_ENTRY(linear_quant4_f16, LinearParams, 2, linear<__half, LINEAR_QUANT4>)
+KERNEL_ENTRY(linear_quant4_bf16, LinearParams, 2, linear<__nv_bfloat16, LINEAR_QUANT4>)
+KERNEL_ENTRY(linear_int8_f32, LinearParams, 2, linear<float, LINEAR_INT8>)
+KERNEL_ENTRY(linear_int8_f16, LinearParams, 2, linear<__half, LINEAR_INT8>)
+KERNEL_ENTRY(linear_int8_bf16, LinearParams, 2, linear<__nv_bfloat16, LINEAR_INT8>)

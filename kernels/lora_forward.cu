@@ -572,19 +572,14 @@ template <typename T, int BM, bool kDora> __device__ void lora_forward(const Lor
 #else
 #define LORA_TC_MIN_BLOCKS 1
 #endif
-#define LORA_FORWARD_ENTRY(NAME, T, BM, MIN_BLOCKS, DORA)                                              \
-    extern "C" __global__ void __launch_bounds__(kThreads, MIN_BLOCKS) NAME(const LoraForwardParams p) { \
-        lora_forward<T, BM, DORA>(p);                                                                  \
-    }
-
-LORA_FORWARD_ENTRY(lora_forward_f32_bm16, float, 16, 1, false)
-LORA_FORWARD_ENTRY(lora_forward_f16_bm16, __half, 16, LORA_TC_MIN_BLOCKS, false)
-LORA_FORWARD_ENTRY(lora_forward_f16_bm64, __half, 64, LORA_TC_MIN_BLOCKS, false)
-LORA_FORWARD_ENTRY(lora_forward_bf16_bm16, __nv_bfloat16, 16, LORA_TC_MIN_BLOCKS, false)
-LORA_FORWARD_ENTRY(lora_forward_bf16_bm64, __nv_bfloat16, 64, LORA_TC_MIN_BLOCKS, false)
+KERNEL_ENTRY(lora_forward_f32_bm16, LoraForwardParams, 1, lora_forward<float, 16, false>)
+KERNEL_ENTRY(lora_forward_f16_bm16, LoraForwardParams, LORA_TC_MIN_BLOCKS, lora_forward<__half, 16, false>)
+KERNEL_ENTRY(lora_forward_f16_bm64, LoraForwardParams, LORA_TC_MIN_BLOCKS, lora_forward<__half, 64, false>)
+KERNEL_ENTRY(lora_forward_bf16_bm16, LoraForwardParams, LORA_TC_MIN_BLOCKS, lora_forward<__nv_bfloat16, 16, false>)
+KERNEL_ENTRY(lora_forward_bf16_bm64, LoraForwardParams, LORA_TC_MIN_BLOCKS, lora_forward<__nv_bfloat16, 64, false>)
 // The DoRA forward: the same kernel with the per-column DoRA epilogue (see output_value).
-LORA_FORWARD_ENTRY(lora_forward_dora_f32_bm16, float, 16, 1, true)
-LORA_FORWARD_ENTRY(lora_forward_dora_f16_bm16, __half, 16, LORA_TC_MIN_BLOCKS, true)
-LORA_FORWARD_ENTRY(lora_forward_dora_f16_bm64, __half, 64, LORA_TC_MIN_BLOCKS, true)
-LORA_FORWARD_ENTRY(lora_forward_dora_bf16_bm16, __nv_bfloat16, 16, LORA_TC_MIN_BLOCKS, true)
-LORA_FORWARD_ENTRY(lora_forward_dora_bf16_bm64, __nv_bfloat16, 64, LORA_TC_MIN_BLOCKS, true)
+KERNEL_ENTRY(lora_forward_dora_f32_bm16, LoraForwardParams, 1, lora_forward<float, 16, true>)
+KERNEL_ENTRY(lora_forward_dora_f16_bm16, LoraForwardParams, LORA_TC_MIN_BLOCKS, lora_forward<__half, 16, true>)
+KERNEL_ENTRY(lora_forward_dora_f16_bm64, LoraForwardParams, LORA_TC_MIN_BLOCKS, lora_forward<__half, 64, true>)
+KERNEL_ENTRY(lora_forward_dora_bf16_bm16, LoraForwardParams, LORA_TC_MIN_BLOCKS, lora_forward<__nv_bfloat16, 16, true>)
+KERNEL_ENTRY(lora_forward_dora_bf16_bm64, LoraForwardParams, LORA_TC_MIN_BLOCKS, lora_forward<__nv_bfloat16, 64, true>)

@@ -38,8 +38,7 @@ template <typename T> __device__ void lora_shrink(const LoraShrinkParams &p) {
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
 #pragma unroll
     for (int r = 0; r < kRows; ++r) {
-#pragma unroll
-        for (int off = 16; off > 0; off /= 2) acc[r] += __shfl_xor_sync(0xffffffffu, acc[r], off);
+        acc[r] = warp_sum(acc[r]);
         if (lane == 0) partial[r][warp] = acc[r];
     }
     __syncthreads();
@@ -53,6 +52,6 @@ template <typename T> __device__ void lora_shrink(const LoraShrinkParams &p) {
 
 }  // namespace
 
-extern "C" __global__ void __launch_bounds__(kThreads) lora_shrink_f32(const LoraShrinkParams p) { lora_shrink<float>(p); }
-extern "C" __global__ void __launch_bounds__(kThreads) lora_shrink_f16(const LoraShrinkParams p) { lora_shrink<__half>(p); }
-extern "C" __global__ void __launch_bounds__(kThreads) lora_shrink_bf16(const LoraShrinkParams p) { lora_shrink<__nv_bfloat16>(p); }
+KERNEL_ENTRY(lora_shrink_f32, LoraShrinkParams, 1, lora_shrink<float>)
+KERNEL_ENTRY(lora_shrink_f16, LoraShrinkParams, 1, lora_shrink<__half>)
+KERNEL_ENTRY(lora_shrink_bf16, LoraShrinkParams, 1, lora_shrink<__nv_bfloat16>)

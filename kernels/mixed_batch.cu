@@ -41,8 +41,7 @@ template <typename T> __device__ void shrink_row(const LoraMixedParams &p, int i
         float sum = 0.0f;
         for (int c = lane; c < p.k; c += 32)
             sum = fmaf(Element<T>::to_f32(x[c]), Element<T>::to_f32(lora_a[(size_t)j * p.k + c]), sum);
-#pragma unroll
-        for (int off = 16; off > 0; off /= 2) sum += __shfl_down_sync(0xffffffffu, sum, off);
+        sum = warp_sum(sum);
         if (lane == 0) h[j] = sum * slot.scale;
     }
 }
@@ -99,14 +98,12 @@ template <typename T> __device__ void mixed_lora_expand(const LoraMixedParams &p
 
 }  // namespace
 
-#define MIXED_ENTRIES(SUFFIX, T)                                                                                        \
-    extern "C" __global__ void __launch_bounds__(kThreads) mixed_lora_##SUFFIX(const LoraMixedParams p) { mixed_lora<T>(p); } \
-    extern "C" __global__ void __launch_bounds__(kThreads) mixed_lora_shrink_##SUFFIX(const LoraMixedParams p) {              \
-        mixed_lora_shrink<T>(p);                                                                                            \
-    }                                                                                                                       \
-    extern "C" __global__ void __launch_bounds__(kThreads) mixed_lora_expand_##SUFFIX(const LoraMixedParams p) {              \
-        mixed_lora_expand<T>(p);                                                                                            \
-    }
-MIXED_ENTRIES(f32, float)
-MIXED_ENTRIES(f16, __half)
-MIXED_ENTRIES(bf16, __nv_bfloat16)
+KERNEL_ENTRY(mixed_lora_f32, LoraMixedParams, 1, mixed_lora<float>)
+KERNEL_ENTRY(mixed_lora_f16, LoraMixedParams, 1, mixed_lora<__half>)
+KERNEL_ENTRY(mixed_lora_bf16, LoraMixedParams, 1, mixed_lora<__nv_bfloat16>)
+KERNEL_ENTRY(mixed_lora_shrink_f32, LoraMixedParams, 1, mixed_lora_shrink<float>)
+KERNEL_ENTRY(mixed_lora_shrink_f16, LoraMixedParams, 1, mixed_lora_shrink<__half>)
+KERNEL_ENTRY(mixed_lora_shrink_bf16, LoraMixedParams, 1, mixed_lora_shrink<__nv_bfloat16>)
+KERNEL_ENTRY(mixed_lora_expand_f32, LoraMixedParams, 1, mixed_lora_expand<float>)
+KERNEL_ENTRY(mixed_lora_expand_f16, LoraMixedParams, 1, mixed_lora_expand<__half>)
+KERNEL_ENTRY(mixed_lora_expand_bf16, LoraMixedParams, 1, mixed_lora_expand<__nv_bfloat16>)

@@ -117,21 +117,6 @@ template <typename T> __device__ void linear(const Quant4Params &p) {
 
 // ---- The quantiser: bitsandbytes' CPU backend, step for step as src/quant4/reference.rs ----
 
-// Block max of |x| over the raw bits: for non-negative floats the unsigned order is the float order,
-// and a NaN (all-ones exponent, non-zero mantissa) ranks above +Inf, so the max is NaN as soon as one
-// element is (torch's max propagates NaN; fmaxf would drop it).
-__device__ __forceinline__ unsigned int block_max_bits(unsigned int v, unsigned int *scratch) {
-#pragma unroll
-    for (int off = 16; off > 0; off /= 2) v = max(v, __shfl_xor_sync(0xffffffffu, v, off));
-    __syncthreads();  // scratch is free
-    if (threadIdx.x % 32 == 0) scratch[threadIdx.x / 32] = v;
-    __syncthreads();
-    v = scratch[0];
-#pragma unroll
-    for (int w = 1; w < kThreads / 32; ++w) v = max(v, scratch[w]);
-    return v;
-}
-
 // The bucket search of the code table (reference::Bucketizer): order[] lists the table's indices in
 // increasing value (a stable rank: FP4's two zeros in index order), mids[] the 15 f32 midpoints of
 // neighbours; the code of y is order[number of midpoints that are not >= y] (NaN: past the last).
@@ -177,7 +162,10 @@ template <typename T> __device__ void quantize(const Quant4QuantizeParams &p) {
     const T *in = reinterpret_cast<const T *>(p.input) + start;
     unsigned int bits = 0;
     for (int i = threadIdx.x; i < len; i += kThreads) bits = max(bits, __float_as_uint(Element<T>::to_f32(in[i])) & 0x7fffffffu);
-    bits = block_max_bits(bits, scratch);
+    // The block max of |x| over the raw bits: for non-negative floats the unsigned order is the float
+    // order, and a NaN (all-ones exponent, non-zero mantissa) ranks above +Inf, so the max is NaN as
+    // soon as one element is (torch's max propagates NaN; fmaxf would drop it).
+    bits = block_max<kThreads>(bits, scratch);
     const float amax = bits > 0x7f800000u ? __uint_as_float(0x7fc00000u) : __uint_as_float(bits);
     if (threadIdx.x == 0) reinterpret_cast<float *>(p.absmax)[blockIdx.x] = amax;
     const bool full = len == p.blocksize;
@@ -228,19 +216,14 @@ __device__ void nested_quantize(const Quant4QuantizeParams &p) {
 
 }  // namespace
 
-extern "C" __global__ void __launch_bounds__(kThreads) quant4_quantize_f32(const Quant4QuantizeParams p) { quantize<float>(p); }
-extern "C" __global__ void __launch_bounds__(kThreads) quant4_quantize_f16(const Quant4QuantizeParams p) { quantize<__half>(p); }
-extern "C" __global__ void __launch_bounds__(kThreads) quant4_quantize_bf16(const Quant4QuantizeParams p) { quantize<__nv_bfloat16>(p); }
-extern "C" __global__ void __launch_bounds__(kThreads) quant4_nested_quantize(const Quant4QuantizeParams p) { nested_quantize(p); }
+KERNEL_ENTRY(quant4_quantize_f32, Quant4QuantizeParams, 1, quantize<float>)
+KERNEL_ENTRY(quant4_quantize_f16, Quant4QuantizeParams, 1, quantize<__half>)
+KERNEL_ENTRY(quant4_quantize_bf16, Quant4QuantizeParams, 1, quantize<__nv_bfloat16>)
+KERNEL_ENTRY(quant4_nested_quantize, Quant4QuantizeParams, 1, nested_quantize)
 
-#define QUANT4_ENTRIES(SUFFIX, T)                                                                              \
-    extern "C" __global__ void __launch_bounds__(kThreads) quant4_dequantize_##SUFFIX(const Quant4Params p) { \
-        dequantize<T>(p);                                                                                  \
-    }                                                                                                      \
-    extern "C" __global__ void __launch_bounds__(kThreads, 2) quant4_linear_##SUFFIX(const Quant4Params p) {     \
-        linear<T>(p);                                                                                      \
-    }
-
-QUANT4_ENTRIES(f32, float)
-QUANT4_ENTRIES(f16, __half)
-QUANT4_ENTRIES(bf16, __nv_bfloat16)
+KERNEL_ENTRY(quant4_dequantize_f32, Quant4Params, 1, dequantize<float>)
+KERNEL_ENTRY(quant4_dequantize_f16, Quant4Params, 1, dequantize<__half>)
+KERNEL_ENTRY(quant4_dequantize_bf16, Quant4Params, 1, dequantize<__nv_bfloat16>)
+KERNEL_ENTRY(quant4_linear_f32, Quant4Params, 2, linear<float>)
+KERNEL_ENTRY(quant4_linear_f16, Quant4Params, 2, linear<__half>)
+KERNEL_ENTRY(quant4_linear_bf16, Quant4Params, 2, linear<__nv_bfloat16>)
