@@ -7,11 +7,12 @@
 
 #include "lora_params.h"
 
-// Every kernel entry of every family is declared by this one macro: extern "C" NAME(const PARAMS p) (the
-// name the host loads, <family>_<op>_<dtype>), at most kThreads threads a block (the including file's
-// constant), MIN_BLOCKS resident blocks per SM for ptxas's register budget (1: no more than one), and
-// the device function in the variadic tail (it may hold template arguments) run on p.
-#define KERNEL_ENTRY(NAME, PARAMS, MIN_BLOCKS, ...)                                                        \
+// Every kernel entry of every family is declared by this one macro: extern "C" NAME(const PARAMS p)
+// (the name the host loads, <family>_<op>_<dtype>), at most kThreads threads a block (the including
+// file's constant), MIN_BLOCKS blocks per SM that ptxas keeps resident when it budgets registers (0:
+// no minimum, no .minnctapersm in the PTX), and the device function in the variadic tail (it may hold
+// template arguments) run on p.
+#define KERNEL_ENTRY(NAME, PARAMS, MIN_BLOCKS, ...) \
     extern "C" __global__ void __launch_bounds__(kThreads, MIN_BLOCKS) NAME(const PARAMS p) { __VA_ARGS__(p); }
 
 // f32 <-> element conversions, round-to-nearest-even on the way down.
@@ -70,7 +71,8 @@ template <int kLanes = 32, typename V> __device__ __forceinline__ V warp_max(V v
 // epilogues, see LoraGemvEpilogue in lora_params.h): lanes stride over the concatenated ranks q,
 // lora[r] += hidden[row0 + r][q] * B(j, q). Adds nothing when e.hidden is 0.
 template <typename T, int kRows>
-__device__ __forceinline__ void lora_gemv_partials(const LoraGemvEpilogue &e, int row0, int rows, int j, float (&lora)[kRows]) {
+__device__ __forceinline__ void lora_gemv_partials(const LoraGemvEpilogue &e, int row0, int rows, int j,
+                                                   float (&lora)[kRows]) {
     if (!e.hidden) return;
     const float *hidden = reinterpret_cast<const float *>(e.hidden);
     for (int q = threadIdx.x % 32; q < e.rank_total; q += 32) {
@@ -78,7 +80,8 @@ __device__ __forceinline__ void lora_gemv_partials(const LoraGemvEpilogue &e, in
         for (int i = 1; i < e.num_adapters; ++i)
             if (q >= e.adapters[i].rank_offset) slot = i;
         const LoraAdapterSlot &ad = e.adapters[slot];
-        const float b = Element<T>::to_f32(reinterpret_cast<const T *>(ad.lora_b)[(size_t)j * ad.rank + (q - ad.rank_offset)]);
+        const float b =
+            Element<T>::to_f32(reinterpret_cast<const T *>(ad.lora_b)[(size_t)j * ad.rank + (q - ad.rank_offset)]);
 #pragma unroll
         for (int r = 0; r < kRows; ++r)
             if (r < rows) lora[r] = fmaf(hidden[(size_t)(row0 + r) * e.rank_total + q], b, lora[r]);

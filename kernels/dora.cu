@@ -64,7 +64,8 @@ __device__ __forceinline__ float weight_value(const DoraRowParams &p, const floa
     }
     if (p.weight_format == LINEAR_INT8) {
         const float c = (float)reinterpret_cast<const int8_t *>(p.weight)[idx];
-        return Element<T>::to_f32(Element<T>::from_f32(c * reinterpret_cast<const float *>(p.scb)[row] * (1.0f / 127.0f)));
+        return Element<T>::to_f32(
+            Element<T>::from_f32(c * reinterpret_cast<const float *>(p.scb)[row] * (1.0f / 127.0f)));
     }
     return Element<T>::to_f32(reinterpret_cast<const T *>(p.weight)[idx]);
 }
@@ -140,7 +141,9 @@ template <typename T> __device__ void dora_rows(const DoraRowParams &p) {
     unsigned int non_finite = 0;
     if (p.requantize) {
         // The new row as Int8Params sees it: rounded to the element type, then to f16.
-        auto as_f16 = [](float v) { return __half2float(__float2half_rn(Element<T>::to_f32(Element<T>::from_f32(v)))); };
+        auto as_f16 = [](float v) {
+            return __half2float(__float2half_rn(Element<T>::to_f32(Element<T>::from_f32(v))));
+        };
         float amax = 0.0f;
         sweep([&](int, float v) {
             const float h = as_f16(v);
@@ -215,7 +218,8 @@ template <typename T> __device__ void dora_norm_tc(const DoraRowParams &p) {
             const int e = threadIdx.x + i * kThreads;
             const int r = e / (kTcCols / V), col = k0 + (e % (kTcCols / V)) * V;
             w_regs[i] = make_uint4(0, 0, 0, 0);
-            if (row0 + r < p.n && col < p.k) w_regs[i] = __ldg(reinterpret_cast<const uint4 *>(weight + (size_t)(row0 + r) * p.k + col));
+            if (row0 + r < p.n && col < p.k)
+                w_regs[i] = __ldg(reinterpret_cast<const uint4 *>(weight + (size_t)(row0 + r) * p.k + col));
         }
     };
     for (int e = threadIdx.x; e < kTcRows * rp; e += kThreads) {
@@ -289,9 +293,9 @@ template <typename T> __device__ void dora_norm_tc(const DoraRowParams &p) {
 
 }  // namespace
 
-KERNEL_ENTRY(dora_norm_tc_f16, DoraRowParams, 1, dora_norm_tc<__half>)
-KERNEL_ENTRY(dora_norm_tc_bf16, DoraRowParams, 1, dora_norm_tc<__nv_bfloat16>)
+KERNEL_ENTRY(dora_norm_tc_f16, DoraRowParams, 0, dora_norm_tc<__half>)
+KERNEL_ENTRY(dora_norm_tc_bf16, DoraRowParams, 0, dora_norm_tc<__nv_bfloat16>)
 
-KERNEL_ENTRY(dora_rows_f32, DoraRowParams, 1, dora_rows<float>)
-KERNEL_ENTRY(dora_rows_f16, DoraRowParams, 1, dora_rows<__half>)
-KERNEL_ENTRY(dora_rows_bf16, DoraRowParams, 1, dora_rows<__nv_bfloat16>)
+KERNEL_ENTRY(dora_rows_f32, DoraRowParams, 0, dora_rows<float>)
+KERNEL_ENTRY(dora_rows_f16, DoraRowParams, 0, dora_rows<__half>)
+KERNEL_ENTRY(dora_rows_bf16, DoraRowParams, 0, dora_rows<__nv_bfloat16>)

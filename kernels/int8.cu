@@ -79,7 +79,9 @@ template <typename T> __device__ void int8_dequantize(const Int8LinearParams &p)
 
 // ---- LLM.int8 (see Int8LlmParams in lora_params.h) ----
 
-__device__ __forceinline__ bool is_outlier(float v, float threshold) { return threshold > 0.0f && fabsf(v) >= threshold; }
+__device__ __forceinline__ bool is_outlier(float v, float threshold) {
+    return threshold > 0.0f && fabsf(v) >= threshold;
+}
 
 template <typename T> __device__ void llm_outliers(const Int8LlmParams &p) {
     __shared__ float scratch[kThreads / 32];
@@ -168,7 +170,8 @@ template <typename T> __device__ void llm_gemm(const Int8LlmParams &p) {
         {
             const int r = threadIdx.x / 4, c = k0 + (threadIdx.x % 4) * 16;
             uint4 v = make_uint4(0, 0, 0, 0);
-            if (row0 + r < p.m && c < p.ca_stride) v = __ldg(reinterpret_cast<const uint4 *>(ca + (size_t)(row0 + r) * p.ca_stride + c));
+            if (row0 + r < p.m && c < p.ca_stride)
+                v = __ldg(reinterpret_cast<const uint4 *>(ca + (size_t)(row0 + r) * p.ca_stride + c));
             *reinterpret_cast<uint4 *>(&s.a[r][(threadIdx.x % 4) * 16]) = v;
         }
         for (int e = threadIdx.x; e < kLlmBN * 4; e += kThreads) {  // CB: 128 rows x 64 bytes
@@ -236,7 +239,8 @@ template <typename T> __device__ void llm_gemm(const Int8LlmParams &p) {
                 if (bias) v += Element<T>::to_f32(bias[col]);
                 for (unsigned int o = 0; o < outliers; ++o) {
                     const unsigned int c = cols[1 + o];
-                    const float w = Element<T>::to_f32(Element<T>::from_f32((float)cb[(size_t)col * p.k + c] * s_col / 127.0f));
+                    const float w =
+                        Element<T>::to_f32(Element<T>::from_f32((float)cb[(size_t)col * p.k + c] * s_col / 127.0f));
                     v = fmaf(Element<T>::to_f32(x[(size_t)row * p.k + c]), w, v);
                 }
                 y[(size_t)row * p.n + col] = Element<T>::from_f32(v);
@@ -245,16 +249,16 @@ template <typename T> __device__ void llm_gemm(const Int8LlmParams &p) {
 
 }  // namespace
 
-KERNEL_ENTRY(int8_dequantize_f32, Int8LinearParams, 1, int8_dequantize<float>)
-KERNEL_ENTRY(int8_dequantize_f16, Int8LinearParams, 1, int8_dequantize<__half>)
-KERNEL_ENTRY(int8_dequantize_bf16, Int8LinearParams, 1, int8_dequantize<__nv_bfloat16>)
-KERNEL_ENTRY(int8_llm_columns, Int8LlmParams, 1, llm_columns)
-KERNEL_ENTRY(int8_llm_outliers_f32, Int8LlmParams, 1, llm_outliers<float>)
-KERNEL_ENTRY(int8_llm_outliers_f16, Int8LlmParams, 1, llm_outliers<__half>)
-KERNEL_ENTRY(int8_llm_outliers_bf16, Int8LlmParams, 1, llm_outliers<__nv_bfloat16>)
-KERNEL_ENTRY(int8_llm_quantize_f32, Int8LlmParams, 1, llm_quantize<float>)
-KERNEL_ENTRY(int8_llm_quantize_f16, Int8LlmParams, 1, llm_quantize<__half>)
-KERNEL_ENTRY(int8_llm_quantize_bf16, Int8LlmParams, 1, llm_quantize<__nv_bfloat16>)
+KERNEL_ENTRY(int8_dequantize_f32, Int8LinearParams, 0, int8_dequantize<float>)
+KERNEL_ENTRY(int8_dequantize_f16, Int8LinearParams, 0, int8_dequantize<__half>)
+KERNEL_ENTRY(int8_dequantize_bf16, Int8LinearParams, 0, int8_dequantize<__nv_bfloat16>)
+KERNEL_ENTRY(int8_llm_columns, Int8LlmParams, 0, llm_columns)
+KERNEL_ENTRY(int8_llm_outliers_f32, Int8LlmParams, 0, llm_outliers<float>)
+KERNEL_ENTRY(int8_llm_outliers_f16, Int8LlmParams, 0, llm_outliers<__half>)
+KERNEL_ENTRY(int8_llm_outliers_bf16, Int8LlmParams, 0, llm_outliers<__nv_bfloat16>)
+KERNEL_ENTRY(int8_llm_quantize_f32, Int8LlmParams, 0, llm_quantize<float>)
+KERNEL_ENTRY(int8_llm_quantize_f16, Int8LlmParams, 0, llm_quantize<__half>)
+KERNEL_ENTRY(int8_llm_quantize_bf16, Int8LlmParams, 0, llm_quantize<__nv_bfloat16>)
 KERNEL_ENTRY(int8_llm_gemm_f32, Int8LlmParams, 2, llm_gemm<float>)
 KERNEL_ENTRY(int8_llm_gemm_f16, Int8LlmParams, 2, llm_gemm<__half>)
 KERNEL_ENTRY(int8_llm_gemm_bf16, Int8LlmParams, 2, llm_gemm<__nv_bfloat16>)

@@ -52,6 +52,6 @@ template <typename T> __device__ void lora_shrink(const LoraShrinkParams &p) {
 
 }  // namespace
 
-KERNEL_ENTRY(lora_shrink_f32, LoraShrinkParams, 1, lora_shrink<float>)
-KERNEL_ENTRY(lora_shrink_f16, LoraShrinkParams, 1, lora_shrink<__half>)
-KERNEL_ENTRY(lora_shrink_bf16, LoraShrinkParams, 1, lora_shrink<__nv_bfloat16>)
+KERNEL_ENTRY(lora_shrink_f32, LoraShrinkParams, 0, lora_shrink<float>)
+KERNEL_ENTRY(lora_shrink_f16, LoraShrinkParams, 0, lora_shrink<__half>)
+KERNEL_ENTRY(lora_shrink_bf16, LoraShrinkParams, 0, lora_shrink<__nv_bfloat16>)

@@ -33,7 +33,8 @@ __device__ __forceinline__ const LoraAdapterSlot *row_slot(const LoraMixedParams
 }
 
 // h[j] = s * x[i] * A[j]^T for the slot's ranks: warp w takes ranks w, w + 8, ...; lanes stride over k.
-template <typename T> __device__ void shrink_row(const LoraMixedParams &p, int i, const LoraAdapterSlot &slot, float *h) {
+template <typename T>
+__device__ void shrink_row(const LoraMixedParams &p, int i, const LoraAdapterSlot &slot, float *h) {
     const T *x = reinterpret_cast<const T *>(p.x) + (size_t)i * p.k;
     const T *lora_a = reinterpret_cast<const T *>(slot.lora_a);
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -98,12 +99,12 @@ template <typename T> __device__ void mixed_lora_expand(const LoraMixedParams &p
 
 }  // namespace
 
-KERNEL_ENTRY(mixed_lora_f32, LoraMixedParams, 1, mixed_lora<float>)
-KERNEL_ENTRY(mixed_lora_f16, LoraMixedParams, 1, mixed_lora<__half>)
-KERNEL_ENTRY(mixed_lora_bf16, LoraMixedParams, 1, mixed_lora<__nv_bfloat16>)
-KERNEL_ENTRY(mixed_lora_shrink_f32, LoraMixedParams, 1, mixed_lora_shrink<float>)
-KERNEL_ENTRY(mixed_lora_shrink_f16, LoraMixedParams, 1, mixed_lora_shrink<__half>)
-KERNEL_ENTRY(mixed_lora_shrink_bf16, LoraMixedParams, 1, mixed_lora_shrink<__nv_bfloat16>)
-KERNEL_ENTRY(mixed_lora_expand_f32, LoraMixedParams, 1, mixed_lora_expand<float>)
-KERNEL_ENTRY(mixed_lora_expand_f16, LoraMixedParams, 1, mixed_lora_expand<__half>)
-KERNEL_ENTRY(mixed_lora_expand_bf16, LoraMixedParams, 1, mixed_lora_expand<__nv_bfloat16>)
+KERNEL_ENTRY(mixed_lora_f32, LoraMixedParams, 0, mixed_lora<float>)
+KERNEL_ENTRY(mixed_lora_f16, LoraMixedParams, 0, mixed_lora<__half>)
+KERNEL_ENTRY(mixed_lora_bf16, LoraMixedParams, 0, mixed_lora<__nv_bfloat16>)
+KERNEL_ENTRY(mixed_lora_shrink_f32, LoraMixedParams, 0, mixed_lora_shrink<float>)
+KERNEL_ENTRY(mixed_lora_shrink_f16, LoraMixedParams, 0, mixed_lora_shrink<__half>)
+KERNEL_ENTRY(mixed_lora_shrink_bf16, LoraMixedParams, 0, mixed_lora_shrink<__nv_bfloat16>)
+KERNEL_ENTRY(mixed_lora_expand_f32, LoraMixedParams, 0, mixed_lora_expand<float>)
+KERNEL_ENTRY(mixed_lora_expand_f16, LoraMixedParams, 0, mixed_lora_expand<__half>)
+KERNEL_ENTRY(mixed_lora_expand_bf16, LoraMixedParams, 0, mixed_lora_expand<__nv_bfloat16>)

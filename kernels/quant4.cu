@@ -138,7 +138,9 @@ __device__ void build_buckets(const float *table, Buckets &b) {
         b.order[rank] = i;
     }
     __syncthreads();
-    if (threadIdx.x < 15) b.mids[threadIdx.x] = __fdiv_rn(__fadd_rn(b.code[b.order[threadIdx.x]], b.code[b.order[threadIdx.x + 1]]), 2.0f);
+    if (threadIdx.x < 15)
+        b.mids[threadIdx.x] =
+            __fdiv_rn(__fadd_rn(b.code[b.order[threadIdx.x]], b.code[b.order[threadIdx.x + 1]]), 2.0f);
     __syncthreads();
 }
 
@@ -161,7 +163,8 @@ template <typename T> __device__ void quantize(const Quant4QuantizeParams &p) {
     const int len = (int)min((long long)p.blocksize, p.numel - start);
     const T *in = reinterpret_cast<const T *>(p.input) + start;
     unsigned int bits = 0;
-    for (int i = threadIdx.x; i < len; i += kThreads) bits = max(bits, __float_as_uint(Element<T>::to_f32(in[i])) & 0x7fffffffu);
+    for (int i = threadIdx.x; i < len; i += kThreads)
+        bits = max(bits, __float_as_uint(Element<T>::to_f32(in[i])) & 0x7fffffffu);
     // The block max of |x| over the raw bits: for non-negative floats the unsigned order is the float
     // order, and a NaN (all-ones exponent, non-zero mantissa) ranks above +Inf, so the max is NaN as
     // soon as one element is (torch's max propagates NaN; fmaxf would drop it).
@@ -179,7 +182,8 @@ template <typename T> __device__ void quantize(const Quant4QuantizeParams &p) {
         return bucket_code(buckets, y);
     };
     uint8_t *packed = reinterpret_cast<uint8_t *>(p.packed) + start / 2;  // blocksize is even
-    for (int b = threadIdx.x; 2 * b < len; b += kThreads) packed[b] = (uint8_t)((code_of(2 * b) << 4) | code_of(2 * b + 1));
+    for (int b = threadIdx.x; 2 * b < len; b += kThreads)
+        packed[b] = (uint8_t)((code_of(2 * b) << 4) | code_of(2 * b + 1));
 }
 
 // One nested block of 256 absmax values per thread block, one value per thread, as bitsandbytes' C++
@@ -207,7 +211,10 @@ __device__ void nested_quantize(const Quant4QuantizeParams &p) {
         int lo = 0, hi = 255;  // the first midpoint >= g: the count of those below
         while (lo < hi) {
             const int mid = (lo + hi) / 2;
-            if (__fmul_rn(0.5f, __fadd_rn(map[mid], map[mid + 1])) < g) lo = mid + 1; else hi = mid;
+            if (__fmul_rn(0.5f, __fadd_rn(map[mid], map[mid + 1])) < g)
+                lo = mid + 1;
+            else
+                hi = mid;
         }
         code = (uint8_t)lo;
     }
@@ -216,14 +223,14 @@ __device__ void nested_quantize(const Quant4QuantizeParams &p) {
 
 }  // namespace
 
-KERNEL_ENTRY(quant4_quantize_f32, Quant4QuantizeParams, 1, quantize<float>)
-KERNEL_ENTRY(quant4_quantize_f16, Quant4QuantizeParams, 1, quantize<__half>)
-KERNEL_ENTRY(quant4_quantize_bf16, Quant4QuantizeParams, 1, quantize<__nv_bfloat16>)
-KERNEL_ENTRY(quant4_nested_quantize, Quant4QuantizeParams, 1, nested_quantize)
+KERNEL_ENTRY(quant4_quantize_f32, Quant4QuantizeParams, 0, quantize<float>)
+KERNEL_ENTRY(quant4_quantize_f16, Quant4QuantizeParams, 0, quantize<__half>)
+KERNEL_ENTRY(quant4_quantize_bf16, Quant4QuantizeParams, 0, quantize<__nv_bfloat16>)
+KERNEL_ENTRY(quant4_nested_quantize, Quant4QuantizeParams, 0, nested_quantize)
 
-KERNEL_ENTRY(quant4_dequantize_f32, Quant4Params, 1, dequantize<float>)
-KERNEL_ENTRY(quant4_dequantize_f16, Quant4Params, 1, dequantize<__half>)
-KERNEL_ENTRY(quant4_dequantize_bf16, Quant4Params, 1, dequantize<__nv_bfloat16>)
+KERNEL_ENTRY(quant4_dequantize_f32, Quant4Params, 0, dequantize<float>)
+KERNEL_ENTRY(quant4_dequantize_f16, Quant4Params, 0, dequantize<__half>)
+KERNEL_ENTRY(quant4_dequantize_bf16, Quant4Params, 0, dequantize<__nv_bfloat16>)
 KERNEL_ENTRY(quant4_linear_f32, Quant4Params, 2, linear<float>)
 KERNEL_ENTRY(quant4_linear_f16, Quant4Params, 2, linear<__half>)
 KERNEL_ENTRY(quant4_linear_bf16, Quant4Params, 2, linear<__nv_bfloat16>)
