@@ -1,24 +1,30 @@
 //! Fused CUDA kernels for LoRA-family adapters, with CPU references.
 //!
-//! - [`Gpu::lora_forward`]: the fused LoRA forward `y = base + Σᵢ sᵢ · (x · Aᵢᵀ) · Bᵢᵀ` in one launch.
-//! - [`Gpu::linear`], [`Gpu::linear_lora_forward`]: the base layer `y = x·Wᵀ + bias` (a GEMV at
-//!   decode sizes, tiled on tensor cores above), with its LoRA adapters riding in the GEMV epilogue
-//!   ([`linear`]; also for 4-bit and int8 W).
-//! - [`Gpu::dora_factor`], [`Gpu::dora_forward`], [`Gpu::merge_adapter`]: DoRA's weight norm (one
-//!   pass over W, B·A never in memory; from a dense, 4-bit or int8 W), its forward with the magnitude
-//!   in the fused epilogue, and merge / unmerge of LoRA and DoRA adapters ([`dora`]).
-//! - [`lora::reference`], [`dora::reference`]: simple f64 CPU references of every op, the
-//!   specification the kernels are tested against and the fallback without a GPU.
+//! One module per kernel family, named as its `kernels/<family>.cu`, each with its CPU reference
+//! (`reference`, f64 accumulation, the specification the kernels are tested against and the fallback
+//! without a GPU) and its launches (on [`Gpu`]):
+//!
+//! - [`lora`]: the fused LoRA forward `y = base + Σᵢ sᵢ · (x · Aᵢᵀ) · Bᵢᵀ` in one launch
+//!   ([`Gpu::lora_forward`]), and the adapter and shape types every family takes.
+//! - [`linear`]: the base layer `y = x·Wᵀ + bias` for a dense, 4-bit or int8 W ([`Gpu::linear`],
+//!   [`Gpu::quantized_linear`]; a GEMV at decode sizes, tiled on tensor cores above), with the
+//!   adapters' LoRA term in the GEMV epilogue ([`Gpu::linear_lora_forward`],
+//!   [`Gpu::quantized_lora_forward`]); the decode-path shrink is the private `lora_shrink` family.
+//! - [`dora`]: DoRA's weight norm and factor ([`Gpu::dora_factor`]: one pass over a dense, 4-bit or
+//!   int8 W, B·A never in memory), its forwards ([`Gpu::dora_forward`]), and merge / unmerge of LoRA
+//!   and DoRA adapters into dense and int8 W ([`Gpu::merge_adapter`]).
 //! - [`quant4`]: bitsandbytes' NF4/FP4 format (quantise on the CPU and GPU, dequantise, `Linear4bit`
-//!   state dicts), [`Gpu::quant4_linear`], and QLoRA ([`Gpu::quantized_lora_forward`]).
-//! - [`int8`]: bitsandbytes' LLM.int8 weights (row-wise quantise on the CPU and GPU, dequantise,
-//!   `Linear8bitLt` state dicts), the weight-only [`Gpu::int8_linear`], LLM.int8 with its outlier
-//!   threshold [`Gpu::int8_linear_llm`], and merging into an 8-bit base by requantising.
-//! - [`Gpu::lora_forward_mixed`]: one adapter (or none) per row of a batch, one launch.
+//!   state dicts) and its GEMV.
+//! - [`int8`]: bitsandbytes' LLM.int8 weights (row-wise quantise, dequantise, `Linear8bitLt` state
+//!   dicts), the weight-only GEMV and LLM.int8 with its outlier threshold ([`Gpu::int8_linear_llm`]).
+//! - [`mixed_batch`]: one adapter (or none) per row of a batch, one launch
+//!   ([`Gpu::lora_forward_mixed`]).
 //! - [`layer`]: a peft layer's forward states (disabled, mixed batch, merged, active adapters) over
 //!   a dense, 4-bit or int8 base, on the GPU ([`layer::Layer`]) and as the CPU reference.
 //! - [`peft`]: loading adapters as peft's `save_pretrained` writes them.
 //! - [`golden`]: reading the golden cases computed by the real peft and bitsandbytes.
+//! - [`device`]: the [`Gpu`] handle; [`sys`]: the parameter structs and constants shared with the
+//!   kernels (bindgen output of `kernels/lora_params.h`).
 //!
 //! Kernels are compiled by `build.rs` from `kernels/*.cu` into an embedded fatbin; a build without
 //! nvcc embeds the committed PTX (`ptx/*.ptx`), which the driver JIT-compiles, and only a kernel
@@ -46,6 +52,7 @@
 //! ```
 #![warn(missing_docs)]
 
+mod adapter;
 pub mod device;
 pub mod dora;
 pub mod dtype;
@@ -55,9 +62,12 @@ pub mod int8;
 pub mod layer;
 pub mod linear;
 pub mod lora;
+mod lora_shrink;
+pub mod mixed_batch;
 pub mod peft;
 pub mod quant4;
 pub mod sys;
+mod validate;
 
 mod kernel_images {
     include!(concat!(env!("OUT_DIR"), "/kernel_images.rs"));
@@ -68,3 +78,4 @@ pub use dora::DoraFactor;
 pub use dtype::{DType, Element};
 pub use error::{Error, Result};
 pub use lora::{LoraAdapter, LoraShape, MAX_RANK};
+pub use mixed_batch::MixedAdapters;

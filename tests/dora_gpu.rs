@@ -7,7 +7,7 @@ mod common;
 use common::{f64s, rel_error, Rng};
 use half::{bf16, f16};
 use lora_kernels::dora::reference;
-use lora_kernels::lora::reference::linear;
+use lora_kernels::linear::reference::linear;
 use lora_kernels::{Element, Error, Gpu, LoraAdapter, LoraShape};
 
 /// One random DoRA layer with an input batch, host side.

@@ -310,21 +310,46 @@ fn mixed_batch_reference_rejects_bad_indices() {
     let (x, base, a, b) = (values(24), values(15), values(16), values(10));
     let adapters = [LoraAdapter::new(&a[..], &b[..], 2, 1.0)];
     assert_invalid(
-        reference::lora_forward_mixed(&x, &base, &adapters, &[0, -1, 1], SHAPE),
+        lora_kernels::mixed_batch::reference::lora_forward_mixed(
+            &x,
+            &base,
+            &adapters,
+            &[0, -1, 1],
+            SHAPE,
+        ),
         "indices[2]",
         "-1 (no adapter) to 0",
     );
     assert_invalid(
-        reference::lora_forward_mixed(&x, &base, &adapters, &[0, -2, 0], SHAPE),
+        lora_kernels::mixed_batch::reference::lora_forward_mixed(
+            &x,
+            &base,
+            &adapters,
+            &[0, -2, 0],
+            SHAPE,
+        ),
         "indices[1]",
         "-1",
     );
     assert_invalid(
-        reference::lora_forward_mixed(&x, &base, &adapters, &[0, 0], SHAPE),
+        lora_kernels::mixed_batch::reference::lora_forward_mixed(
+            &x,
+            &base,
+            &adapters,
+            &[0, 0],
+            SHAPE,
+        ),
         "indices",
         "at least 3",
     );
-    let y = reference::lora_forward_mixed(&x, &base, &adapters, &[-1, 0, -1], SHAPE).unwrap();
+    let y = lora_kernels::mixed_batch::reference::lora_forward_mixed(
+        &x,
+        &base,
+        &adapters,
+        &[-1, 0, -1],
+        SHAPE,
+    )
+    .unwrap();
     assert_eq!(&y[..5], &base[..5], "row 0 has no adapter: y = base");
 }
 

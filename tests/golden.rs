@@ -96,7 +96,8 @@ fn lora_cpu<T: Element>(case: &GoldenCase) -> Result<Check> {
     let tol = T::DTYPE.tolerance();
     let mut check = Check::new();
     let adapter = LoraAdapter::new(&c.lora_a[..], &c.lora_b[..], c.rank, c.scale);
-    let base = reference::linear(&c.x, &c.weight, c.bias.as_deref(), c.shape)?;
+    let base =
+        lora_kernels::linear::reference::linear(&c.x, &c.weight, c.bias.as_deref(), c.shape)?;
     check.compare(
         "base_output",
         &f64s(&base),
@@ -265,7 +266,12 @@ fn mixed_batch_cpu<T: Element>(case: &GoldenCase) -> Result<Check> {
     } else {
         None
     };
-    let base = reference::linear(&x, &case.values::<T>("weight")?, bias.as_deref(), shape)?;
+    let base = lora_kernels::linear::reference::linear(
+        &x,
+        &case.values::<T>("weight")?,
+        bias.as_deref(),
+        shape,
+    )?;
     let buffers: Vec<(Vec<T>, Vec<T>, usize)> = (0..scalings.len())
         .map(|i| {
             Ok((
@@ -285,7 +291,9 @@ fn mixed_batch_cpu<T: Element>(case: &GoldenCase) -> Result<Check> {
         .iter()
         .map(|&v| v as i32)
         .collect();
-    let out = reference::lora_forward_mixed(&x, &base, &adapters, &indices, shape)?;
+    let out = lora_kernels::mixed_batch::reference::lora_forward_mixed(
+        &x, &base, &adapters, &indices, shape,
+    )?;
     let mut check = Check::new();
     check.compare(
         "output",
@@ -436,7 +444,7 @@ fn quant4_layer_cpu<T: Element>(case: &GoldenCase) -> Result<Check> {
         weight.shape,
         &f64s(&deq),
         &deq,
-        |x, bias, shape| reference::linear(x, &deq, bias, shape),
+        |x, bias, shape| lora_kernels::linear::reference::linear(x, &deq, bias, shape),
         1.0,
     )
 }
@@ -566,7 +574,12 @@ fn mixed_batch_gpu<T: Element>(gpu: &Gpu, case: &GoldenCase) -> Result<Check> {
     } else {
         None
     };
-    let base = reference::linear(&x, &case.values::<T>("weight")?, bias.as_deref(), shape)?;
+    let base = lora_kernels::linear::reference::linear(
+        &x,
+        &case.values::<T>("weight")?,
+        bias.as_deref(),
+        shape,
+    )?;
     let mut buffers = Vec::new();
     for i in 0..scalings.len() {
         let a = s.clone_htod(&case.values::<T>(&format!("lora_A.{i}"))?)?;

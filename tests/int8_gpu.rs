@@ -211,7 +211,7 @@ fn merge<T: Element>(gpu: &Gpu, seed: u64) {
             );
             let f = dora_merge.then_some(&factor);
             let want =
-                reference::merge_adapter(&q, adapter, dora_merge.then_some(&want_factor[..]))
+                dora::merge_adapter_int8(&q, adapter, dora_merge.then_some(&want_factor[..]))
                     .unwrap();
             let mut dev = gpu.upload_int8(&q).unwrap();
             gpu.merge_adapter_int8(&mut dev, dev_adapter, f, true)

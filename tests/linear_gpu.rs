@@ -49,7 +49,7 @@ fn dense<T: Element>(gpu: &Gpu, seed: u64) {
         for (with_bias, offset) in [(false, 0usize), (true, 0), (true, 1)] {
             println!("{shape:?} bias {with_bias} offset {offset} {}", T::DTYPE);
             let b = with_bias.then_some(&bias[..]);
-            let want = reference::linear(&x, &w, b, shape).unwrap();
+            let want = lora_kernels::linear::reference::linear(&x, &w, b, shape).unwrap();
             // `offset` extra leading elements: the kernel sees views one element into the allocation.
             let pad = |v: &[T]| {
                 let mut p = vec![T::from_f64(0.5); offset];
@@ -103,7 +103,7 @@ fn dora_linear<T: Element>(gpu: &Gpu, seed: u64) {
         let bias: Vec<T> = rng.vec(n, 1.0);
         let scale = 2.0;
         let adapter = LoraAdapter::new(&a[..], &b[..], rank, scale);
-        let base = reference::linear(&x, &w, Some(&bias), shape).unwrap();
+        let base = lora_kernels::linear::reference::linear(&x, &w, Some(&bias), shape).unwrap();
         let norm = dora::dora_weight_norm(&w, adapter, k, n).unwrap();
         let factor = dora::dora_factor(&mag, &norm).unwrap();
         let want = dora::dora_forward(&x, &base, Some(&bias), adapter, &factor, shape).unwrap();
@@ -203,7 +203,7 @@ fn with_adapters<T: Element>(gpu: &Gpu, seed: u64) {
             .zip(ranks)
             .map(|((a, b), &r)| LoraAdapter::new(&a[..], &b[..], r, 0.5))
             .collect();
-        let base = reference::linear(&x, &w, Some(&bias), shape).unwrap();
+        let base = lora_kernels::linear::reference::linear(&x, &w, Some(&bias), shape).unwrap();
         let want = reference::lora_forward(&x, &base, &views, shape).unwrap();
         let dev: Vec<_> = host
             .iter()
@@ -256,7 +256,7 @@ fn gemv_passes_past_eight_rows() {
         let LoraShape { m, k, n } = shape;
         let (x, w, bias): (Vec<bf16>, Vec<bf16>, Vec<bf16>) =
             (rng.vec(m * k, 1.0), rng.vec(n * k, 0.1), rng.vec(n, 1.0));
-        let want = reference::linear(&x, &w, Some(&bias), shape).unwrap();
+        let want = lora_kernels::linear::reference::linear(&x, &w, Some(&bias), shape).unwrap();
         let bd = s.clone_htod(&bias).unwrap();
         let mut y = s.alloc_zeros::<bf16>(m * n).unwrap();
         gpu.linear(

@@ -5,7 +5,6 @@ mod common;
 
 use common::{f64s, rel_error, Rng};
 use half::{bf16, f16};
-use lora_kernels::lora::reference;
 use lora_kernels::{Element, Gpu, LoraAdapter, LoraShape};
 
 fn batch<T: Element>(gpu: &Gpu, rng: &mut Rng, m: usize, k: usize, n: usize, ranks: &[usize]) {
@@ -50,8 +49,14 @@ fn batch<T: Element>(gpu: &Gpu, rng: &mut Rng, m: usize, k: usize, n: usize, ran
         .iter()
         .map(|&i| if i as usize >= ranks.len() { -1 } else { i })
         .collect();
-    let want =
-        reference::lora_forward_mixed(&x, &base, &host_adapters, &ref_indices, shape).unwrap();
+    let want = lora_kernels::mixed_batch::reference::lora_forward_mixed(
+        &x,
+        &base,
+        &host_adapters,
+        &ref_indices,
+        shape,
+    )
+    .unwrap();
     let mut y = s.alloc_zeros::<T>(m * n).unwrap();
     gpu.lora_forward_mixed(
         &s.clone_htod(&x).unwrap(),

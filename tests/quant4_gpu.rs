@@ -327,7 +327,7 @@ fn qlora<T: Element>(gpu: &Gpu, seed: u64) {
             .map(|&r| (rng.vec(r * k, 0.1), rng.vec(n * r, 0.1)))
             .collect();
         let shape = lora_kernels::LoraShape::new(m, k, n);
-        let base = lora_kernels::lora::reference::linear(&x, &deq, Some(&bias), shape).unwrap();
+        let base = lora_kernels::linear::reference::linear(&x, &deq, Some(&bias), shape).unwrap();
         let views: Vec<_> = host
             .iter()
             .zip(ranks)

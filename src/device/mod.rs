@@ -5,10 +5,11 @@
 use crate::error::{Error, Result};
 use crate::kernel_images;
 use cudarc::driver::{
-    sys::CUdevice_attribute, CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream,
-    DeviceRepr, LaunchConfig, PushKernelArg,
+    sys::CUdevice_attribute, CudaContext, CudaFunction, CudaModule, CudaStream, DeviceRepr,
+    LaunchConfig, PushKernelArg,
 };
 use cudarc::nvrtc::Ptx;
+use std::any::{Any, TypeId};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 
@@ -106,9 +107,8 @@ struct GpuInner {
     modules: Mutex<HashMap<KernelModule, Arc<CudaModule>>>,
     /// Loaded kernels with the number of blocks of 256 threads resident on the whole device.
     kernels: Mutex<HashMap<String, (CudaFunction, usize)>>,
-    pub(crate) lora_workspace: Mutex<Option<crate::lora::gpu::Workspace>>,
-    /// The mixed batch's prefill hidden (f32, grow-only).
-    pub(crate) mixed_hidden: Mutex<Option<CudaSlice<f32>>>,
+    /// The kernel families' scratch buffers, one value per type (see [`Gpu::scratch`]).
+    scratch: Mutex<HashMap<TypeId, Arc<dyn Any + Send + Sync>>>,
 }
 
 impl std::fmt::Debug for Gpu {
@@ -152,8 +152,7 @@ impl Gpu {
                 sm_count,
                 modules: Mutex::new(HashMap::new()),
                 kernels: Mutex::new(HashMap::new()),
-                lora_workspace: Mutex::new(None),
-                mixed_hidden: Mutex::new(None),
+                scratch: Mutex::new(HashMap::new()),
             }),
         })
     }
@@ -183,26 +182,20 @@ impl Gpu {
         Ok(self.inner.stream.synchronize()?)
     }
 
-    pub(crate) fn lora_workspace(&self) -> &Mutex<Option<crate::lora::gpu::Workspace>> {
-        &self.inner.lora_workspace
-    }
-
-    /// The mixed batch's prefill scratch: at least `len` f32, allocated (or grown) on first need and
-    /// kept, so later calls at that size allocate nothing.
-    pub(crate) fn mixed_hidden(
-        &self,
-        len: usize,
-    ) -> Result<std::sync::MutexGuard<'_, Option<CudaSlice<f32>>>> {
-        let mut guard = self
-            .inner
-            .mixed_hidden
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        if guard.as_ref().is_none_or(|h| h.len() < len) {
-            *guard = None;
-            *guard = Some(self.inner.stream.alloc_zeros::<f32>(len)?);
+    /// The handle's scratch of type `S`, created empty (`S::default()`) on first use and kept for the
+    /// handle's life. Each kernel family defines its own scratch type (the fused LoRA forward's
+    /// workspace, the mixed batch's prefill hidden), so the handle knows no family; the mutex
+    /// serialises the launches that share it.
+    pub(crate) fn scratch<S: Default + Send + 'static>(&self) -> Arc<Mutex<S>> {
+        let mut all = self.inner.scratch.lock().unwrap_or_else(|e| e.into_inner());
+        let entry = all
+            .entry(TypeId::of::<S>())
+            .or_insert_with(|| Arc::new(Mutex::new(S::default())));
+        match Arc::clone(entry).downcast::<Mutex<S>>() {
+            Ok(scratch) => scratch,
+            // Unreachable: entries are keyed by their own type.
+            Err(_) => Arc::new(Mutex::new(S::default())),
         }
-        Ok(guard)
     }
 
     /// Fails unless the device can run kernels on `dtype` (all kernels are built for sm_80 and newer).

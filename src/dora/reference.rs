@@ -1,25 +1,16 @@
 //! CPU references for DoRA: simple loops accumulating in f64, rounded once. The specification the
 //! kernels of `kernels/dora.cu` and the DoRA epilogue of the fused forward are tested against.
-use super::{validate_rows, DORA_NORM_EPS};
+use super::DORA_NORM_EPS;
 use crate::error::{invalid, Result};
-use crate::lora::{validate_bias, validate_lora_forward, AdapterLens, LoraAdapter, LoraShape};
+use crate::int8::reference::{dequantize_to, quantize_rowwise};
+use crate::int8::Int8Weight;
+use crate::lora::reference::{check_finite, delta_row};
+use crate::lora::{LoraAdapter, LoraShape};
+use crate::validate::{validate_bias, validate_lora_forward, validate_rows, AdapterLens};
 use crate::Element;
 
 fn lens<T>(adapter: &LoraAdapter<'_, [T]>) -> AdapterLens {
     AdapterLens::of(std::slice::from_ref(adapter), <[T]>::len)[0]
-}
-
-/// Row `row` of `s·B·A`, in f64.
-fn delta_row<T: Element>(adapter: &LoraAdapter<'_, [T]>, k: usize, row: usize) -> Vec<f64> {
-    let r = adapter.rank;
-    (0..k)
-        .map(|c| {
-            let ba: f64 = (0..r)
-                .map(|j| adapter.lora_b[row * r + j].to_f64() * adapter.lora_a[j * k + c].to_f64())
-                .sum();
-            adapter.scale as f64 * ba
-        })
-        .collect()
 }
 
 /// Row `row` of `W + s·B·A`, in f64.
@@ -182,20 +173,45 @@ pub fn dora_unmerged_weight<T: Element>(
     Ok(out)
 }
 
-fn check_finite<T: Element>(w: &[T], k: usize) -> Result<()> {
-    match w.iter().position(|v| !v.to_f64().is_finite()) {
-        None => Ok(()),
-        Some(pos) => Err(invalid(
-            "weight",
-            "a merge with finite results (safe merge)",
-            format!("a non-finite value at [{}, {}]", pos / k, pos % k),
-        )),
-    }
+/// peft's merge into bitsandbytes' 8-bit layer: W is dequantised to `T`, the adapter is added
+/// (`f ⊙ (W + s·B·A)` with a DoRA factor, `W + s·B·A` without, rounded to `T`), and the result is
+/// quantised row-wise again ([`crate::int8::reference::quantize_rowwise`]; the reference of
+/// [`crate::Gpu::merge_adapter_int8`]). A non-finite result is an error.
+pub fn merge_adapter_int8<T: Element>(
+    weight: &Int8Weight,
+    adapter: LoraAdapter<'_, [T]>,
+    factor: Option<&[f32]>,
+) -> Result<Int8Weight> {
+    requantized(weight, |w, k, n| {
+        dora_merged_weight(w, adapter, factor, k, n)
+    })
+}
+
+/// Undoes [`merge_adapter_int8`]: `W / f − s·B·A` (or `W − s·B·A`) on the dequantised weight, requantised.
+pub fn unmerge_adapter_int8<T: Element>(
+    weight: &Int8Weight,
+    adapter: LoraAdapter<'_, [T]>,
+    factor: Option<&[f32]>,
+) -> Result<Int8Weight> {
+    requantized(weight, |w, k, n| {
+        dora_unmerged_weight(w, adapter, factor, k, n)
+    })
+}
+
+/// `update` applied to the weight dequantised to `T` ([n, k] → [n, k]), quantised row-wise again.
+fn requantized<T: Element>(
+    weight: &Int8Weight,
+    update: impl FnOnce(&[T], usize, usize) -> Result<Vec<T>>,
+) -> Result<Int8Weight> {
+    let [n, k] = weight.shape;
+    let w: Vec<T> = dequantize_to(weight)?;
+    quantize_rowwise(&update(&w, k, n)?, weight.shape)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::int8::reference::{dequantize, dequantize_to, quantize_rowwise};
 
     /// A zero row of W + s·B·A (W row and B row zero) has norm 0, a finite factor, and its output is
     /// the bias exactly.
@@ -215,7 +231,7 @@ mod tests {
         let factor = dora_factor(&[1.0f32, 3.0, 1.0], &norm).unwrap();
         assert!(factor.iter().all(|f| f.is_finite()));
         let shape = LoraShape::new(m, k, n);
-        let base = crate::lora::reference::linear(&x, &weight, Some(&bias), shape).unwrap();
+        let base = crate::linear::reference::linear(&x, &weight, Some(&bias), shape).unwrap();
         let y = dora_forward(&x, &base, Some(&bias), adapter, &factor, shape).unwrap();
         assert_eq!(y[1], bias[1]);
         assert_eq!(y[n + 1], bias[1]);
@@ -316,5 +332,34 @@ mod tests {
             factored[2],
             exact[2]
         );
+    }
+
+    /// Merging into an int8 weight equals merging into its dequantised weight and requantising, and
+    /// unmerging comes back to the original within int8 rounding.
+    #[test]
+    fn merge_requantises_and_unmerge_comes_back() {
+        let (n, k, r) = (5, 40, 3);
+        let w: Vec<f32> = (0..n * k)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) * 0.002)
+            .collect();
+        let a: Vec<f32> = (0..r * k)
+            .map(|i| ((i * 13 % 29) as f32 - 14.0) * 0.01)
+            .collect();
+        let b: Vec<f32> = (0..n * r)
+            .map(|i| ((i * 7 % 11) as f32 - 5.0) * 0.01)
+            .collect();
+        let q = quantize_rowwise(&w, [n, k]).unwrap();
+        let adapter = LoraAdapter::new(&a[..], &b[..], r, 0.5);
+        let merged = merge_adapter_int8(&q, adapter, None).unwrap();
+        let dense: Vec<f32> = dequantize_to(&q).unwrap();
+        let want = dora_merged_weight(&dense, adapter, None, k, n).unwrap();
+        assert_eq!(merged, quantize_rowwise(&want, [n, k]).unwrap());
+        assert_ne!(merged.cb, q.cb, "the adapter moves the codes");
+        let back = dequantize(&unmerge_adapter_int8(&merged, adapter, None).unwrap()).unwrap();
+        let orig = dequantize(&q).unwrap();
+        let step = q.scb.iter().fold(0.0f32, |m, &s| m.max(s)) / 127.0;
+        for (x, y) in back.iter().zip(&orig) {
+            assert!((x - y).abs() <= 2.0 * step, "{x} vs {y}");
+        }
     }
 }

@@ -3,17 +3,14 @@ use super::Int8Weight;
 use crate::device::{Gpu, KernelModule};
 use crate::error::invalid;
 use crate::error::Result;
-use crate::linear::QuantizedWeight;
-use crate::lora::{validate_bias, validate_lora_forward, LoraShape};
+use crate::lora::LoraShape;
 use crate::sys::{
-    Int8LinearParams, Int8LlmParams, INT8_LLM_BLOCK_M, INT8_LLM_BLOCK_N, INT8_THREADS,
+    Int8LinearParams, Int8LlmParams, LoraGemvEpilogue, INT8_LLM_BLOCK_M, INT8_LLM_BLOCK_N,
+    INT8_THREADS,
 };
+use crate::validate::{validate_bias, validate_lora_forward};
 use crate::Element;
-use cudarc::driver::{CudaSlice, CudaView, DevicePtr, DevicePtrMut, DeviceRepr};
-
-// SAFETY: plain C structs of integers and floats, laid out by bindgen from kernels/lora_params.h.
-unsafe impl DeviceRepr for Int8LinearParams {}
-unsafe impl DeviceRepr for Int8LlmParams {}
+use cudarc::driver::{CudaSlice, CudaView, DevicePtr, DevicePtrMut};
 
 /// A row-wise int8 weight on the GPU: CB `[n, k]` and SCB `[n]`.
 #[derive(Debug)]
@@ -96,25 +93,44 @@ impl Gpu {
         unsafe { self.launch(&func, (grid as u32, 1), INT8_THREADS, &params) }
     }
 
-    /// Weight-only `y = x · (CB · SCB / 127)ᵀ + bias` for x [m, k], y [m, n], never materialising the
-    /// dequantised weight. Up to [`crate::linear::GEMV_MAX_M`] rows take the GEMV kernel of
-    /// `kernels/int8.cu` (a warp per output column, CB streamed once); more rows take the tiled
-    /// tensor-core kernel of [`crate::linear`] (codes converted exactly to `T` in shared memory,
-    /// SCB / 127 applied to each output column's f32 sum).
-    pub fn int8_linear<T, X, Y>(
+    /// One launch of the int8 GEMV (`int8_linear_*`, a warp per output column, up to 8 rows of x) for
+    /// [`Gpu::int8_linear`] and the other products of [`crate::linear`], with the adapters' LoRA term
+    /// `lora` in its epilogue (empty: none). The caller validated every extent and holds the buffers.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn launch_int8_gemv<T: Element>(
         &self,
-        x: &X,
-        weight: &Int8Device,
-        bias: Option<&CudaView<'_, T>>,
-        m: usize,
-        y: &mut Y,
-    ) -> Result<()>
-    where
-        T: Element,
-        X: DevicePtr<T>,
-        Y: DevicePtrMut<T>,
-    {
-        self.quantized_linear(x, QuantizedWeight::Int8(weight), bias, m, y)
+        cb: u64,
+        scb: u64,
+        x: u64,
+        bias: u64,
+        y: u64,
+        shape: LoraShape,
+        vector_k: bool,
+        lora: &LoraGemvEpilogue,
+    ) -> Result<()> {
+        self.check_dtype(T::DTYPE, "the int8 kernels")?;
+        let LoraShape { m, k, n } = shape;
+        let (func, _) = self.kernel(
+            KernelModule::Int8,
+            &format!("int8_linear_{}", T::DTYPE.name()),
+            INT8_THREADS,
+        )?;
+        let params = Int8LinearParams {
+            cb,
+            scb,
+            x,
+            bias,
+            y,
+            m: m as i32,
+            n: n as i32,
+            k: k as i32,
+            vector_k: vector_k as i32,
+            lora: *lora,
+        };
+        let grid = (n.div_ceil(INT8_THREADS as usize / 32) as u32, 1);
+        // SAFETY: CB and SCB were validated on upload; x [m, k], y [m, n], bias [n] and the
+        // epilogue's buffers were validated or allocated by the callers.
+        unsafe { self.launch(&func, grid, INT8_THREADS, &params) }
     }
 
     /// LLM.int8 as bitsandbytes runs it on CUDA (the mode beside the weight-only

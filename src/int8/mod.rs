@@ -1,4 +1,4 @@
-//! bitsandbytes' LLM.int8 weights (`Linear8bitLt`, `../shared/docs/math.md` §5): row-wise int8 codes
+//! bitsandbytes' LLM.int8 weights (`Linear8bitLt`, `Int8Params`): row-wise int8 codes
 //! `CB` [n, k] with one f32 scale per row `SCB` `[n]` (the row's absmax): `W ≈ CB · SCB / 127`.
 //! [`reference`](mod@reference) quantises, dequantises and multiplies on the CPU (weight-only, and the LLM.int8
 //! algorithm bitsandbytes runs on CUDA, with its outlier threshold); [`Int8Weight::from_state_dict`]
@@ -7,10 +7,13 @@
 //! `kernels/linear.cu` above), LLM.int8 with its outlier threshold ([`crate::Gpu::int8_linear_llm`],
 //! IMMA tensor cores), [`crate::Gpu::quantized_lora_forward`], the DoRA norm from CB and SCB
 //! ([`crate::Gpu::dora_factor_quantized`]) and merging by requantising
-//! ([`crate::Gpu::merge_adapter_int8`]). The GPU paths have not yet run on a GPU; the quantiser and
-//! the requantising merge run on the crate's PTX emulator in `cargo test`, code for code with
+//! ([`crate::Gpu::merge_adapter_int8`]). The GPU quantiser [`crate::Gpu::quantize_int8`] and the
+//! requantising merge are the requantising row pass of `kernels/dora.cu` (launched from the `dora`
+//! family, whose references are [`crate::dora::reference::merge_adapter_int8`] and
+//! [`crate::dora::reference::unmerge_adapter_int8`]); they are tested code for code against
 //! [`reference::quantize_rowwise`] (bitsandbytes' CPU backend: see [`reference`](mod@reference) for the
-//! arithmetic and for where the crate follows bitsandbytes' CUDA kernels instead).
+//! arithmetic and for where the crate follows bitsandbytes' CUDA kernels instead). Where each kernel
+//! has run (a GPU, the PTX emulator) is in the README's verification table.
 pub(crate) mod gpu;
 pub mod reference;
 

@@ -35,7 +35,8 @@
 //!   all-zero row codes 0, as this crate does.
 use super::{Int8Weight, INV_127};
 use crate::error::{invalid, Result};
-use crate::lora::{validate_bias, validate_lora_forward, LoraAdapter, LoraShape};
+use crate::lora::LoraShape;
+use crate::validate::{validate_bias, validate_lora_forward};
 use crate::Element;
 use half::f16;
 
@@ -225,40 +226,6 @@ pub fn dequantize_to<T: Element>(weight: &Int8Weight) -> Result<Vec<T>> {
         .collect())
 }
 
-/// peft's merge into bitsandbytes' 8-bit layer: W is dequantised to `T`, the adapter is added
-/// (`f ⊙ (W + s·B·A)` with a DoRA factor, `W + s·B·A` without, rounded to `T`), and the result is
-/// quantised row-wise again ([`quantize_rowwise`]). A non-finite result is an error.
-pub fn merge_adapter<T: Element>(
-    weight: &Int8Weight,
-    adapter: LoraAdapter<'_, [T]>,
-    factor: Option<&[f32]>,
-) -> Result<Int8Weight> {
-    requantized(weight, |w, k, n| {
-        crate::dora::reference::dora_merged_weight(w, adapter, factor, k, n)
-    })
-}
-
-/// Undoes [`merge_adapter`]: `W / f − s·B·A` (or `W − s·B·A`) on the dequantised weight, requantised.
-pub fn unmerge_adapter<T: Element>(
-    weight: &Int8Weight,
-    adapter: LoraAdapter<'_, [T]>,
-    factor: Option<&[f32]>,
-) -> Result<Int8Weight> {
-    requantized(weight, |w, k, n| {
-        crate::dora::reference::dora_unmerged_weight(w, adapter, factor, k, n)
-    })
-}
-
-/// `update` applied to the weight dequantised to `T` ([n, k] → [n, k]), quantised row-wise again.
-fn requantized<T: Element>(
-    weight: &Int8Weight,
-    update: impl FnOnce(&[T], usize, usize) -> Result<Vec<T>>,
-) -> Result<Int8Weight> {
-    let [n, k] = weight.shape;
-    let w: Vec<T> = dequantize_to(weight)?;
-    quantize_rowwise(&update(&w, k, n)?, weight.shape)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -346,34 +313,5 @@ mod tests {
         assert!(err(&int8) < 2e-2, "{}", err(&int8));
         assert!(err(&outliers) < 2e-2, "{}", err(&outliers));
         assert!(err(&int8) > 0.0, "the int8 path must quantise x");
-    }
-
-    /// Merging into an int8 weight equals merging into its dequantised weight and requantising, and
-    /// unmerging comes back to the original within int8 rounding.
-    #[test]
-    fn merge_requantises_and_unmerge_comes_back() {
-        let (n, k, r) = (5, 40, 3);
-        let w: Vec<f32> = (0..n * k)
-            .map(|i| ((i * 37 % 101) as f32 - 50.0) * 0.002)
-            .collect();
-        let a: Vec<f32> = (0..r * k)
-            .map(|i| ((i * 13 % 29) as f32 - 14.0) * 0.01)
-            .collect();
-        let b: Vec<f32> = (0..n * r)
-            .map(|i| ((i * 7 % 11) as f32 - 5.0) * 0.01)
-            .collect();
-        let q = quantize_rowwise(&w, [n, k]).unwrap();
-        let adapter = LoraAdapter::new(&a[..], &b[..], r, 0.5);
-        let merged = merge_adapter(&q, adapter, None).unwrap();
-        let dense: Vec<f32> = dequantize_to(&q).unwrap();
-        let want = crate::dora::reference::dora_merged_weight(&dense, adapter, None, k, n).unwrap();
-        assert_eq!(merged, quantize_rowwise(&want, [n, k]).unwrap());
-        assert_ne!(merged.cb, q.cb, "the adapter moves the codes");
-        let back = dequantize(&unmerge_adapter(&merged, adapter, None).unwrap()).unwrap();
-        let orig = dequantize(&q).unwrap();
-        let step = q.scb.iter().fold(0.0f32, |m, &s| m.max(s)) / 127.0;
-        for (x, y) in back.iter().zip(&orig) {
-            assert!((x - y).abs() <= 2.0 * step, "{x} vs {y}");
-        }
     }
 }

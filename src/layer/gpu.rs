@@ -6,18 +6,18 @@
 //! changes (computed straight from the 4-bit or int8 codes on a quantised base), the mixed batch,
 //! and merge / unmerge (dense in place; int8 by requantising, as peft does with bitsandbytes' 8-bit
 //! layer).
-use super::reference::validate_base;
 use super::{ForwardPlan, LayerAdapter, LayerState};
 use crate::device::Gpu;
 use crate::dora::DoraFactor;
 use crate::error::{invalid, Result};
 use crate::int8::{Int8Device, Int8Weight};
 use crate::linear::QuantizedWeight;
-use crate::lora::{
-    at_least, validate_adapter, validate_bias, validate_dims, validate_lora_forward, AdapterLens,
-    LoraAdapter, LoraShape,
-};
+use crate::lora::{LoraAdapter, LoraShape};
 use crate::quant4::{Quant4Device, Quant4Weight};
+use crate::validate::{
+    at_least, validate_adapter, validate_base, validate_bias, validate_dims, validate_lora_forward,
+    AdapterLens,
+};
 use crate::Element;
 use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut};
 use std::collections::BTreeMap;
@@ -51,7 +51,7 @@ pub struct DeviceLayerAdapter<T> {
 
 /// One adapter on the GPU, with its DoRA factor over the current W once a forward needed it.
 #[derive(Debug)]
-struct DeviceAdapter<T> {
+struct StoredAdapter<T> {
     a: CudaSlice<T>,
     b: CudaSlice<T>,
     rank: usize,
@@ -60,7 +60,7 @@ struct DeviceAdapter<T> {
     factor: Option<DoraFactor>,
 }
 
-impl<T> DeviceAdapter<T> {
+impl<T> StoredAdapter<T> {
     fn view(&self) -> LoraAdapter<'_, CudaSlice<T>> {
         LoraAdapter::new(&self.a, &self.b, self.rank, self.scale)
     }
@@ -79,7 +79,7 @@ pub struct Layer<T> {
     bias: Option<CudaSlice<T>>,
     k: usize,
     n: usize,
-    adapters: BTreeMap<String, DeviceAdapter<T>>,
+    adapters: BTreeMap<String, StoredAdapter<T>>,
     state: LayerState<DoraFactor>,
 }
 
@@ -219,7 +219,7 @@ impl<T: Element> Layer<T> {
             )?;
         }
         self.state.add(name, adapter.magnitude.is_some())?;
-        let device = DeviceAdapter {
+        let device = StoredAdapter {
             a: adapter.lora_a,
             b: adapter.lora_b,
             rank: adapter.rank,

@@ -1,4 +1,5 @@
-//! Layers that follow peft's `Linear.forward` states exactly (`../shared/docs/math.md` §1): a base
+//! Layers that follow peft's `Linear.forward` states exactly (peft's `lora.Linear.forward`, `merge`,
+//! `unmerge`): a base
 //! weight, named adapters (LoRA or DoRA), the active ones, the merged ones, and a disabled flag.
 //! [`ReferenceLayer`] runs them on the CPU references over a dense base; [`Layer`] runs them on the GPU
 //! over a dense, 4-bit or int8 base. Both take their decisions from one state machine, so they cannot

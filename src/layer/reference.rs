@@ -3,7 +3,8 @@ use super::{ForwardPlan, LayerAdapter, LayerState};
 use crate::dora::reference as dora;
 use crate::error::{invalid, Result};
 use crate::lora::reference as lora;
-use crate::lora::{validate_adapter, validate_dims, AdapterLens, LoraAdapter, LoraShape};
+use crate::lora::{LoraAdapter, LoraShape};
+use crate::validate::{validate_adapter, validate_base, AdapterLens};
 use crate::Element;
 use std::collections::BTreeMap;
 
@@ -32,29 +33,6 @@ impl<T> LayerAdapter<T> {
         }
         Ok(())
     }
-}
-
-/// Checks a dense base W `[n, k]` and its bias `[n]`.
-pub(crate) fn validate_base<T>(
-    weight_len: usize,
-    bias: Option<&[T]>,
-    k: usize,
-    n: usize,
-) -> Result<()> {
-    validate_dims(&[("k", k), ("n", n)])?;
-    if weight_len != n * k {
-        return Err(invalid(
-            "weight",
-            format!("{} elements ([n={n}, k={k}])", n * k),
-            weight_len,
-        ));
-    }
-    if let Some(b) = bias {
-        if b.len() != n {
-            return Err(invalid("bias", format!("{n} elements"), b.len()));
-        }
-    }
-    Ok(())
 }
 
 /// The CPU reference of a peft LoRA/DoRA layer over a dense base `y = x·Wᵀ + bias`, W `[n, k]`.
@@ -187,12 +165,15 @@ impl<T: Element> ReferenceLayer<T> {
                 self.unmerge()?;
             }
         }
-        let mut result = lora::linear(x, &self.weight, self.bias.as_deref(), shape)?;
+        let mut result =
+            crate::linear::reference::linear(x, &self.weight, self.bias.as_deref(), shape)?;
         match plan {
             ForwardPlan::Disabled { .. } | ForwardPlan::Merged => {}
             ForwardPlan::Mixed { indices } => {
                 let views: Vec<_> = self.adapters.values().map(|a| a.view()).collect();
-                result = lora::lora_forward_mixed(x, &result, &views, &indices, shape)?;
+                result = crate::mixed_batch::reference::lora_forward_mixed(
+                    x, &result, &views, &indices, shape,
+                )?;
             }
             ForwardPlan::Active(names) => {
                 for name in &names {

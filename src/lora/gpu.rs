@@ -1,16 +1,14 @@
 //! GPU launch of the fused LoRA forward (`kernels/lora_forward.cu`).
-use super::{validate_lora_forward, AdapterLens, LoraAdapter, LoraShape};
+use super::{LoraAdapter, LoraShape};
 use crate::device::{Gpu, KernelModule};
 use crate::error::Result;
 use crate::sys::{
     LoraAdapterSlot, LoraForwardParams, LORA_FORWARD_N_TILE, LORA_FORWARD_THREADS,
     LORA_MAX_LAUNCH_ADAPTERS, LORA_MAX_LAUNCH_RANK,
 };
+use crate::validate::{validate_lora_forward, AdapterLens};
 use crate::{DType, Element};
-use cudarc::driver::{result as cu, CudaSlice, DevicePtr, DevicePtrMut, DeviceRepr};
-
-// SAFETY: plain C struct of integers and floats, laid out by bindgen from kernels/lora_params.h.
-unsafe impl DeviceRepr for LoraForwardParams {}
+use cudarc::driver::{result as cu, CudaSlice, DevicePtr, DevicePtrMut};
 
 /// Scratch memory of the fused forward, owned by a [`Gpu`] handle and reused across calls on its stream.
 pub(crate) struct Workspace {
@@ -91,7 +89,7 @@ pub(crate) struct DoraEpilogue {
 }
 
 /// Device pointer of an adapter's A and B with its rank and scale.
-struct DeviceAdapter {
+struct AdapterAddrs {
     a: u64,
     b: u64,
     rank: usize,
@@ -128,7 +126,7 @@ impl Gpu {
         )?;
         let stream = self.stream().clone();
         let (base_ptr, _base_guard) = base.device_ptr(&stream);
-        self.lora_forward_raw::<T, X, S, Y>(x, Some(base_ptr), adapters, shape, y, None)
+        self.lora_forward_launch::<T, X, S, Y>(x, Some(base_ptr), adapters, shape, y, None)
     }
 
     /// In place: `y += Σᵢ sᵢ · (x · Aᵢᵀ) · Bᵢᵀ` (y holds the base output on entry).
@@ -146,12 +144,13 @@ impl Gpu {
         Y: DevicePtrMut<T>,
     {
         validate_lora_forward(shape, x.len(), None, y.len(), &device_lens(adapters))?;
-        self.lora_forward_raw::<T, X, S, Y>(x, None, adapters, shape, y, None)
+        self.lora_forward_launch::<T, X, S, Y>(x, None, adapters, shape, y, None)
     }
 
-    /// The launches behind the forward, arguments already validated. With `dora`, the single launch
-    /// (one adapter) uses the DoRA epilogue `y = bias + f ⊙ (base − bias + LoRA term)`.
-    pub(crate) fn lora_forward_raw<T, X, S, Y>(
+    /// The launches behind the forward, arguments already validated: the `lora` family's entry for the
+    /// rest of the crate. With `dora`, the single launch (one adapter) uses the DoRA epilogue
+    /// `y = bias + f ⊙ (base − bias + LoRA term)` (the DoRA forwards of [`crate::dora`]).
+    pub(crate) fn lora_forward_launch<T, X, S, Y>(
         &self,
         x: &X,
         base_ptr: Option<u64>,
@@ -178,7 +177,7 @@ impl Gpu {
             let (b, gb) = ad.lora_b.device_ptr(&stream);
             guards.push(ga);
             guards.push(gb);
-            device_adapters.push(DeviceAdapter {
+            device_adapters.push(AdapterAddrs {
                 a,
                 b,
                 rank: ad.rank,
@@ -188,7 +187,7 @@ impl Gpu {
 
         // Adapters go in launches of at most 256 summed ranks and 8 adapters; the first launch reads
         // base, the later ones add to y in place.
-        let mut launches: Vec<&[DeviceAdapter]> = Vec::new();
+        let mut launches: Vec<&[AdapterAddrs]> = Vec::new();
         let mut start = 0;
         let mut rank = 0;
         for (i, ad) in device_adapters.iter().enumerate() {
@@ -232,7 +231,7 @@ impl Gpu {
         x: u64,
         base: u64,
         y: u64,
-        adapters: &[DeviceAdapter],
+        adapters: &[AdapterAddrs],
         shape: LoraShape,
         dora: Option<DoraEpilogue>,
     ) -> Result<()> {
@@ -266,10 +265,8 @@ impl Gpu {
         let hidden_len = (m_pad * plan.rank_pad * elem).div_ceil(4);
         let counters_len = 2 + 2 * plan.m_tiles;
 
-        let mut guard = self
-            .lora_workspace()
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let workspace = self.scratch::<Option<Workspace>>();
+        let mut guard = workspace.lock().unwrap_or_else(|e| e.into_inner());
         let fits = guard.as_ref().is_some_and(|w| {
             w.partials.len() >= partials_len
                 && w.hidden.len() >= hidden_len

@@ -3,22 +3,15 @@
 use super::{validate_blocksize, Absmax, Quant4Weight, QuantType};
 use crate::device::{Gpu, KernelModule};
 use crate::error::{invalid, Result};
-use crate::linear::QuantizedWeight;
-use crate::lora::{at_least, validate_dims};
+use crate::validate::{at_least, validate_dims};
 
 use crate::sys::{
-    Quant4Params, Quant4QuantizeParams, Quant4Type_QUANT4_FP4, Quant4Type_QUANT4_NF4,
-    Quant4Weights, QUANT4_NESTED_BLOCKSIZE, QUANT4_THREADS,
+    LoraGemvEpilogue, Quant4Params, Quant4QuantizeParams, Quant4Type_QUANT4_FP4,
+    Quant4Type_QUANT4_NF4, Quant4Weights, QUANT4_NESTED_BLOCKSIZE, QUANT4_THREADS,
 };
 use crate::{DType, Element};
-use cudarc::driver::{
-    CudaSlice, CudaStream, CudaView, DevicePtr, DevicePtrMut, DeviceRepr, SyncOnDrop,
-};
+use cudarc::driver::{CudaSlice, CudaStream, DevicePtr, DevicePtrMut, SyncOnDrop};
 use std::sync::Arc;
-
-// SAFETY: plain C structs of integers and floats, laid out by bindgen from kernels/lora_params.h.
-unsafe impl DeviceRepr for Quant4Params {}
-unsafe impl DeviceRepr for Quant4QuantizeParams {}
 
 /// A 4-bit weight on the GPU, as bitsandbytes lays it out (see [`Quant4Weight`]).
 #[derive(Debug)]
@@ -312,24 +305,40 @@ impl Gpu {
         unsafe { self.launch(&func, (grid as u32, 1), QUANT4_THREADS, &params) }
     }
 
-    /// `y = x · dequant(W)ᵀ + bias` for x [m, k], y [m, n], never materialising the dequantised weight.
-    /// Up to [`crate::linear::GEMV_MAX_M`] rows take the GEMV kernel (a warp per output column, the
-    /// packed W streamed once); more rows take the
-    /// tiled tensor-core kernel of [`crate::linear`], which dequantises 128 x 32 tiles of W into shared
-    /// memory (each tile rounded to `T`, as bitsandbytes' dequantise-then-matmul does).
-    pub fn quant4_linear<T, X, Y>(
+    /// One launch of the 4-bit GEMV (`quant4_linear_*`, a warp per output column, up to 8 rows of x)
+    /// for [`Gpu::quant4_linear`] and the other products of [`crate::linear`], with the adapters'
+    /// LoRA term `lora` in its epilogue (empty: none). The caller validated every extent and holds
+    /// the buffers.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn launch_quant4_gemv<T: Element>(
         &self,
-        x: &X,
-        weight: &Quant4Device,
-        bias: Option<&CudaView<'_, T>>,
+        w: Quant4Weights,
+        x: u64,
+        bias: u64,
+        y: u64,
         m: usize,
-        y: &mut Y,
-    ) -> Result<()>
-    where
-        T: Element,
-        X: DevicePtr<T>,
-        Y: DevicePtrMut<T>,
-    {
-        self.quantized_linear(x, QuantizedWeight::Quant4(weight), bias, m, y)
+        n: usize,
+        vector_k: bool,
+        lora: &LoraGemvEpilogue,
+    ) -> Result<()> {
+        self.check_dtype(T::DTYPE, "the 4-bit kernels")?;
+        let (func, _) = self.kernel(
+            KernelModule::Quant4,
+            &format!("quant4_linear_{}", T::DTYPE.name()),
+            QUANT4_THREADS,
+        )?;
+        let params = Quant4Params {
+            w,
+            x,
+            bias,
+            out: y,
+            m: m as i32,
+            vector_k: vector_k as i32,
+            lora: *lora,
+        };
+        let grid = (n.div_ceil(QUANT4_THREADS as usize / 32) as u32, 1);
+        // SAFETY: the weight was validated on upload; x [m, k], y [m, n], bias [n] and the epilogue's
+        // buffers were validated or allocated by the callers.
+        unsafe { self.launch(&func, grid, QUANT4_THREADS, &params) }
     }
 }

@@ -1,4 +1,5 @@
-//! bitsandbytes' 4-bit formats, NF4 and FP4, byte for byte (`../shared/docs/math.md` §4):
+//! bitsandbytes' 4-bit formats, NF4 and FP4, byte for byte (bitsandbytes' `quantize_4bit` /
+//! `dequantize_4bit` and `Linear4bit`'s saved `quant_state`):
 //! blockwise absmax over the flattened row-major weight (blocks may straddle rows, the last may be
 //! partial), two codes per byte with the first element in the high nibble, and optional double
 //! quantisation of the absmax (8-bit codes in blocks of 256 against the signed dynamic map, plus an
@@ -7,10 +8,10 @@
 //! (the quantiser), [`crate::Gpu::quant4_dequantize`], [`crate::Gpu::quant4_linear`] (GEMV up to 8
 //! rows in `kernels/quant4.cu`, the tiled tensor-core kernel of `kernels/linear.cu` above),
 //! [`crate::Gpu::quantized_lora_forward`] (QLoRA) and the DoRA norm straight from the codes
-//! ([`crate::Gpu::dora_factor_quantized`]). The GPU paths have not yet run on a GPU; the quantiser,
-//! dequantisation and products run on the crate's PTX emulator in `cargo test`, the quantiser byte for
-//! byte with [`reference::quantize`] (bitsandbytes' CPU backend; its docs give the arithmetic and how
-//! bitsandbytes' CUDA kernels differ).
+//! ([`crate::Gpu::dora_factor_quantized`]). The GPU quantiser is tested byte for byte against
+//! [`reference::quantize`] (bitsandbytes' CPU backend; its docs give the arithmetic and how
+//! bitsandbytes' CUDA kernels differ). Where each kernel has run (a GPU, the PTX emulator) is in the
+//! README's verification table.
 pub(crate) mod gpu;
 pub mod reference;
 

@@ -13,3 +13,18 @@
 #[rustfmt::skip]
 mod params;
 pub use params::*;
+
+use cudarc::driver::DeviceRepr;
+
+// SAFETY (every impl below): plain C structs of integers, floats and device addresses, laid out by
+// bindgen from kernels/lora_params.h exactly as the kernels read their by-value parameter; no
+// references, no padding the kernels depend on.
+unsafe impl DeviceRepr for LoraForwardParams {}
+unsafe impl DeviceRepr for LoraShrinkParams {}
+unsafe impl DeviceRepr for LoraMixedParams {}
+unsafe impl DeviceRepr for LinearParams {}
+unsafe impl DeviceRepr for Quant4Params {}
+unsafe impl DeviceRepr for Quant4QuantizeParams {}
+unsafe impl DeviceRepr for Int8LinearParams {}
+unsafe impl DeviceRepr for Int8LlmParams {}
+unsafe impl DeviceRepr for DoraRowParams {}

@@ -1,20 +1,14 @@
-//! The LoRA term of the decode path, fused into the GEMV kernels' epilogue: `lora_shrink`
-//! (`kernels/lora_shrink.cu`) forms hidden = Σᵢ sᵢ·x·Aᵢᵀ in f32, then the base product's GEMV
-//! (dense, 4-bit or int8) adds hidden·Bᵀ to each output column before it stores it, so the base
-//! product and the adapters' expand are one pass over the weight and y is written once.
-use super::{LoraAdapter, LoraShape, MAX_RANK};
+//! The launch of `kernels/lora_shrink.cu` and the epilogue it hands to the GEMV that follows.
 use crate::device::{Gpu, KernelModule};
 use crate::error::Result;
+use crate::lora::{LoraAdapter, LoraShape, MAX_RANK};
 use crate::sys::{
     LoraAdapterSlot, LoraGemvEpilogue, LoraShrinkParams, LORA_MAX_LAUNCH_ADAPTERS,
     LORA_MAX_LAUNCH_RANK, LORA_SHRINK_MAX_ROWS, LORA_SHRINK_THREADS,
 };
 use crate::Element;
-use cudarc::driver::{CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DeviceRepr, SyncOnDrop};
+use cudarc::driver::{CudaSlice, CudaStream, DevicePtr, DevicePtrMut, SyncOnDrop};
 use std::sync::Arc;
-
-// SAFETY: plain C struct of integers and floats, laid out by bindgen from kernels/lora_params.h.
-unsafe impl DeviceRepr for LoraShrinkParams {}
 
 /// The epilogue of one GEMV launch, with the buffers it points at (kept alive until the launch is
 /// enqueued; freeing is stream-ordered after it).

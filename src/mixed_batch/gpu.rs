@@ -1,22 +1,38 @@
-//! The mixed-batch LoRA forward on the GPU (`kernels/mixed_batch.cu`): peft's `adapter_names`, one
-//! adapter (or none) per row; one launch at decode sizes, two (shrink once per row, then expand) for
-//! prefill; no host synchronisation.
-use super::{validate_adapter, validate_lora_forward, AdapterLens, LoraAdapter, LoraShape};
+//! The mixed batch's launches (`kernels/mixed_batch.cu`) and its adapter table.
 use crate::device::{Gpu, KernelModule};
 use crate::error::{invalid, Result};
+use crate::lora::{LoraAdapter, LoraShape};
 use crate::sys::{
     LoraAdapterSlot, LoraMixedParams, LORA_MAX_LAUNCH_RANK, MIXED_N_TILE, MIXED_THREADS,
 };
+use crate::validate::{validate_adapter, validate_lora_forward, AdapterLens};
 
 /// Rows up to which the mixed batch runs as one kernel (each block recomputing its row's hidden);
 /// more rows take the two-phase path (the hidden once per row, then the expand).
 const MIXED_DECODE_ROWS: usize = 16;
 use crate::Element;
-use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, DeviceRepr};
+use cudarc::driver::{CudaSlice, CudaStream, DevicePtr, DevicePtrMut};
 use std::marker::PhantomData;
+use std::sync::Arc;
 
-// SAFETY: plain C struct of integers, laid out by bindgen from kernels/lora_params.h.
-unsafe impl DeviceRepr for LoraMixedParams {}
+/// The mixed batch's prefill scratch, kept by the handle: each row's hidden (f32, grow-only).
+#[derive(Default)]
+struct PrefillHidden(Option<CudaSlice<f32>>);
+
+impl PrefillHidden {
+    /// At least `len` f32, allocated (or grown) on first need and kept, so later calls at that size
+    /// allocate nothing.
+    fn at_least(&mut self, stream: &Arc<CudaStream>, len: usize) -> Result<&mut CudaSlice<f32>> {
+        if self.0.as_ref().is_some_and(|h| h.len() < len) {
+            self.0 = None; // freed (stream-ordered) before the larger one is allocated
+        }
+        let hidden = match self.0.take() {
+            Some(h) => h,
+            None => stream.alloc_zeros::<f32>(len)?,
+        };
+        Ok(self.0.insert(hidden))
+    }
+}
 
 /// The adapters a mixed batch picks from, as a table on the GPU (built once, reused by every call:
 /// the forward itself allocates nothing). Borrows the adapters' buffers for `'a`.
@@ -178,9 +194,10 @@ impl Gpu {
             return unsafe { self.launch(&func, (blocks as u32, 1), MIXED_THREADS, &params) };
         }
         // Prefill: each row's hidden once, then the expand.
-        let mut hidden = self.mixed_hidden(shape.m * LORA_MAX_LAUNCH_RANK as usize)?;
-        let scratch = hidden.as_mut().expect("allocated by mixed_hidden");
-        let (h, _gh) = scratch.device_ptr_mut(&stream);
+        let scratch = self.scratch::<PrefillHidden>();
+        let mut hidden = scratch.lock().unwrap_or_else(|e| e.into_inner());
+        let buffer = hidden.at_least(&stream, shape.m * LORA_MAX_LAUNCH_RANK as usize)?;
+        let (h, _gh) = buffer.device_ptr_mut(&stream);
         params.hidden = h;
         let shrink = self
             .kernel(
