@@ -248,7 +248,7 @@ fn kernel_modules(stems: &[String]) -> String {
 
 /// `mixed_batch` -> `MixedBatch`.
 fn camel_case(stem: &str) -> String {
-    stem.split(|c: char| c == '_' || c == '-')
+    stem.split(['_', '-'])
         .filter(|w| !w.is_empty())
         .map(|w| {
             let mut c = w.chars();

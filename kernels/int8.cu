@@ -1,6 +1,6 @@
 // bitsandbytes' 8-bit weights (CB int8 [n, k], SCB f32 [n]).
 //
-// int8_linear_T: the weight-only product, the decode path: y[r, j] = SCB[j] / 127 * sum_c x[r, c] * CB[j, c] + bias[j],
+// int8_gemv_T: the weight-only product, the decode path: y[r, j] = SCB[j] / 127 * sum_c x[r, c] * CB[j, c] + bias[j],
 // never materialising the dequantised weight (bitsandbytes' weight-only dequantisation is
 // CB * SCB * f32(1/127) per element; here the row scale is applied once to the f32 sum).
 //
@@ -26,7 +26,7 @@ constexpr int kThreads = INT8_THREADS;
 constexpr int kRowsPerBlock = kThreads / 32;
 constexpr int kMTile = 8;
 
-template <typename T> __device__ void int8_linear(const Int8LinearParams &p) {
+template <typename T> __device__ void int8_gemv(const Int8LinearParams &p) {
     const int lane = threadIdx.x % 32;
     const int j = blockIdx.x * kRowsPerBlock + threadIdx.x / 32;
     if (j >= p.n) return;
@@ -263,6 +263,6 @@ KERNEL_ENTRY(int8_llm_gemm_f32, Int8LlmParams, 2, llm_gemm<float>)
 KERNEL_ENTRY(int8_llm_gemm_f16, Int8LlmParams, 2, llm_gemm<__half>)
 KERNEL_ENTRY(int8_llm_gemm_bf16, Int8LlmParams, 2, llm_gemm<__nv_bfloat16>)
 
-KERNEL_ENTRY(int8_linear_f32, Int8LinearParams, 2, int8_linear<float>)
-KERNEL_ENTRY(int8_linear_f16, Int8LinearParams, 2, int8_linear<__half>)
-KERNEL_ENTRY(int8_linear_bf16, Int8LinearParams, 2, int8_linear<__nv_bfloat16>)
+KERNEL_ENTRY(int8_gemv_f32, Int8LinearParams, 2, int8_gemv<float>)
+KERNEL_ENTRY(int8_gemv_f16, Int8LinearParams, 2, int8_gemv<__half>)
+KERNEL_ENTRY(int8_gemv_bf16, Int8LinearParams, 2, int8_gemv<__nv_bfloat16>)

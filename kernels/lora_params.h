@@ -34,7 +34,7 @@ typedef struct LoraAdapterSlot {
     int32_t reserved;
 } LoraAdapterSlot;
 
-/* The LoRA term in the epilogue of the GEMV kernels (decode, m <= 8: quant4_linear, int8_linear,
+/* The LoRA term in the epilogue of the GEMV kernels (decode, m <= 8: quant4_gemv, int8_gemv,
  * linear_gemv): y[r, j] += sum_q hidden[r][q] * B(j, q), with hidden = sum_i s_i x A_i^T over the
  * adapters' concatenated ranks (f32 [m][rank_total], from lora_shrink_T) and B(j, q) row j of the B of
  * the adapter owning rank q. hidden 0: no LoRA term. */
@@ -62,7 +62,7 @@ typedef struct LoraShrinkParams {
 /* y = base + sum_i scale_i * (x * A_i^T) * B_i^T for x [m, k], base and y [m, n] row-major.
  * base may equal y (in place). The work is split into `m_tiles * k_chunks` shrink items followed by
  * `m_tiles * ceil(n_tiles / n_tiles_per_item)` expand items, handed out by a ticket counter (see
- * kernels/lora_forward.cu). */
+ * kernels/lora.cu). */
 typedef struct LoraForwardParams {
     uint64_t x;
     uint64_t base;
@@ -119,7 +119,7 @@ typedef struct Quant4Weights {
     int32_t k;
 } Quant4Weights;
 
-/* The kernels quant4_dequantize_* (out = dequant(W) [n, k]) and quant4_linear_* (y = x * dequant(W)^T
+/* The kernels quant4_dequantize_* (out = dequant(W) [n, k]) and quant4_gemv_* (y = x * dequant(W)^T
  * + bias, x [m, k], y [m, n]; bias 0: none). */
 #define QUANT4_THREADS 256
 typedef struct Quant4Params {
@@ -246,7 +246,7 @@ typedef struct LoraMixedParams {
     int32_t k;
     int32_t num_adapters;
     /* The two-phase (prefill) path: f32 [m][LORA_MAX_LAUNCH_RANK], each row's scaled x * A^T, written
-     * by mixed_lora_shrink_T and read by mixed_lora_expand_T. 0 for the one-kernel path. */
+     * by mixed_batch_shrink_T and read by mixed_batch_expand_T. 0 for the one-kernel path. */
     uint64_t hidden;
 } LoraMixedParams;
 

@@ -1,6 +1,6 @@
 // The LoRA shrink of the decode path: hidden[r][q] = s_i * sum_c x[r, c] * A_i[q - offset_i, c] for
 // the m <= 8 rows of x and every concatenated rank q of up to 8 adapters, in f32. The GEMV kernels of
-// the base product (quant4_linear, int8_linear, linear_gemv) then add hidden * B^T in their epilogue
+// the base product (quant4_gemv, int8_gemv, linear_gemv) then add hidden * B^T in their epilogue
 // (LoraGemvEpilogue), so the base product and the adapters' expand are one pass over the weight.
 //
 // How the work is split: one block per rank q; its 256 threads stride over k, read A's row q once

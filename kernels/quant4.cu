@@ -1,7 +1,7 @@
 // bitsandbytes 4-bit (NF4/FP4) weights: the quantiser, and products on the fly that never materialise
 // the dequantised weight:
 //   quant4_dequantize_T  out[i] = T(code[q_i] * absmax[i / blocksize])           (f32 multiply, one rounding)
-//   quant4_linear_T      y[r, j] = sum_c x[r, c] * code[q_(j,c)] * absmax(j, c) + bias[j]
+//   quant4_gemv_T        y[r, j] = sum_c x[r, c] * code[q_(j,c)] * absmax(j, c) + bias[j]
 // absmax is plain f32 per block, or double-quantised: nested_code[u8] * nested_absmax[block / 256] + offset.
 //
 //   quant4_quantize_T and quant4_nested_quantize: the quantiser (see Quant4QuantizeParams), byte-exact
@@ -9,14 +9,14 @@
 //   block, then the double quantisation of the absmax (the host computes the offset in between).
 //   Every rounding step is an explicit __f*_rn intrinsic, so no FMA contraction changes a result.
 //
-// How the work is split. Dequantize: one thread per packed byte (two elements). Linear (the GEMV path
+// How the work is split. Dequantize: one thread per packed byte (two elements). GEMV (the path
 // for decode, any m): one warp per output row j, 8 rows per block; each lane walks the row's packed
 // bytes with 16-byte loads (32 codes, one absmax block since blocks are >= 32 and rows start on a
 // 32-element boundary when k % 32 == 0), reads the code table from shared memory, accumulates up to 8
 // rows of x in f32; a warp shuffle reduces. m > 8 takes several passes over W. Otherwise (k not a
 // multiple of 32, unaligned pointers) an element-wise path does the same sums.
 //
-// Bytes moved by linear: the packed weight once per pass (n * k / 2), the absmax (a byte or a float per
+// Bytes moved by the GEMV: the packed weight once per pass (n * k / 2), the absmax (a byte or a float per
 // block), x from L1/L2 (m * k elements, shared by the block's 8 warps), y once. At m = 1 the packed
 // weight dominates: 4x fewer bytes than a bf16 weight. Large m goes to the tiled tensor-core kernel of
 // kernels/linear.cu instead (the host switches above 8 rows).
@@ -61,7 +61,7 @@ template <typename T> __device__ void dequantize(const Quant4Params &p) {
     }
 }
 
-template <typename T> __device__ void linear(const Quant4Params &p) {
+template <typename T> __device__ void gemv(const Quant4Params &p) {
     const Quant4Weights &w = p.w;
     __shared__ float code[16];  // indexed by the codes: shared memory, not a local array
     if (threadIdx.x < 16) code[threadIdx.x] = w.code[threadIdx.x];
@@ -231,6 +231,6 @@ KERNEL_ENTRY(quant4_nested_quantize, Quant4QuantizeParams, 0, nested_quantize)
 KERNEL_ENTRY(quant4_dequantize_f32, Quant4Params, 0, dequantize<float>)
 KERNEL_ENTRY(quant4_dequantize_f16, Quant4Params, 0, dequantize<__half>)
 KERNEL_ENTRY(quant4_dequantize_bf16, Quant4Params, 0, dequantize<__nv_bfloat16>)
-KERNEL_ENTRY(quant4_linear_f32, Quant4Params, 2, linear<float>)
-KERNEL_ENTRY(quant4_linear_f16, Quant4Params, 2, linear<__half>)
-KERNEL_ENTRY(quant4_linear_bf16, Quant4Params, 2, linear<__nv_bfloat16>)
+KERNEL_ENTRY(quant4_gemv_f32, Quant4Params, 2, gemv<float>)
+KERNEL_ENTRY(quant4_gemv_f16, Quant4Params, 2, gemv<__half>)
+KERNEL_ENTRY(quant4_gemv_bf16, Quant4Params, 2, gemv<__nv_bfloat16>)

@@ -19,7 +19,7 @@ const FILES: [&str; 7] = [
     "dora.ptx",
     "int8.ptx",
     "linear.ptx",
-    "lora_forward.ptx",
+    "lora.ptx",
     "lora_shrink.ptx",
     "mixed_batch.ptx",
     "quant4.ptx",
@@ -227,12 +227,8 @@ fn known_facts_of_the_crate_kernels() {
         .1;
     assert!(m.file(1).unwrap().ends_with("kernels/lora_shrink.cu"));
 
-    // lora_forward: five module-scope shared flags, used by the kernels.
-    let m = &mods
-        .iter()
-        .find(|(f, _)| *f == "lora_forward.ptx")
-        .unwrap()
-        .1;
+    // lora (the fused forward): five module-scope shared flags, used by the kernels.
+    let m = &mods.iter().find(|(f, _)| *f == "lora.ptx").unwrap().1;
     assert_eq!(m.vars.len(), 5);
     assert!(m
         .vars
@@ -266,7 +262,7 @@ fn known_facts_of_the_crate_kernels() {
         .sum();
     assert_eq!(n, 28);
     // The scoped `{ .reg .b64 %tmp; cvta.shared.u64 ... }` blocks: each %tmp is its own register.
-    let k = find("lora_forward.ptx", "lora_forward_bf16_bm16");
+    let k = find("lora.ptx", "lora_forward_bm16_bf16");
     let tmps = k.regs.iter().filter(|r| r.name == "%tmp").count();
     assert!(tmps >= 2, "{tmps}");
     let cvta: Vec<_> = k

@@ -1,10 +1,11 @@
-//! GPU launch of the fused LoRA forward (`kernels/lora_forward.cu`).
+//! GPU launch of the fused LoRA forward (`kernels/lora.cu`).
 use super::{LoraAdapter, LoraShape};
 use crate::device::{Gpu, KernelModule};
 use crate::error::Result;
 use crate::sys::{
-    LoraAdapterSlot, LoraForwardParams, LORA_FORWARD_N_TILE, LORA_FORWARD_THREADS,
-    LORA_MAX_LAUNCH_ADAPTERS, LORA_MAX_LAUNCH_RANK,
+    LoraAdapterSlot, LoraForwardParams, LORA_FORWARD_BM64_K_SLICE, LORA_FORWARD_BM64_MAX_RANK,
+    LORA_FORWARD_K_SLICE_16BIT, LORA_FORWARD_K_SLICE_F32, LORA_FORWARD_N_TILE,
+    LORA_FORWARD_THREADS, LORA_MAX_LAUNCH_ADAPTERS, LORA_MAX_LAUNCH_RANK,
 };
 use crate::validate::{validate_lora_forward, AdapterLens};
 use crate::{DType, Element};
@@ -34,13 +35,14 @@ impl Plan {
         let LoraShape { m, k, n } = shape;
         let rank_pad = rank_total.next_power_of_two().max(16);
         // 64-row tiles (128-column K slices) cut the L2 re-reads of A and B and keep more bytes in
-        // flight at large m; the kernel sizes them for padded ranks up to 64 (`kRankCap`), so larger
-        // ranks take 16-row tiles.
-        let block_m = if dtype != DType::F32 && m >= 256 && rank_pad <= 64 {
-            64
-        } else {
-            16
-        };
+        // flight at large m; the kernel sizes them for padded ranks up to LORA_FORWARD_BM64_MAX_RANK
+        // (`kRankCap`), so larger ranks take 16-row tiles.
+        let block_m =
+            if dtype != DType::F32 && m >= 256 && rank_pad <= LORA_FORWARD_BM64_MAX_RANK as usize {
+                64
+            } else {
+                16
+            };
         let m_tiles = m.div_ceil(block_m);
         let k_slice = k_slice(dtype, block_m);
         // Split k until every resident block has a shrink item, but keep the reduction of the
@@ -72,13 +74,13 @@ impl Plan {
     }
 }
 
-/// K columns the kernel stages per shrink step (`kKSlice` in the kernel).
+/// K columns the kernel stages per shrink step (`kKSlice` in the kernel; the header's constants).
 fn k_slice(dtype: DType, block_m: usize) -> usize {
-    match (dtype, block_m) {
-        (_, 64) => 128,
-        (DType::F32, _) => 32,
-        _ => 64,
-    }
+    (match (dtype, block_m) {
+        (_, 64) => LORA_FORWARD_BM64_K_SLICE,
+        (DType::F32, _) => LORA_FORWARD_K_SLICE_F32,
+        _ => LORA_FORWARD_K_SLICE_16BIT,
+    }) as usize
 }
 
 /// Device pointers of the DoRA epilogue: the f32 factor [n] and the bias [n] (0: none).
@@ -241,8 +243,8 @@ impl Gpu {
         let block_m = Plan::new(dtype, shape, rank_total, 1).block_m;
         let variant = if dora.is_some() { "dora_" } else { "" };
         let (func, resident) = self.kernel(
-            KernelModule::LoraForward,
-            &format!("lora_forward_{variant}{}_bm{block_m}", dtype.name()),
+            KernelModule::Lora,
+            &format!("lora_forward_{variant}bm{block_m}_{}", dtype.name()),
             LORA_FORWARD_THREADS,
         )?;
         let plan = Plan::new(dtype, shape, rank_total, resident);
@@ -360,7 +362,7 @@ mod tests {
     use super::*;
 
     /// The plan covers k and n exactly and never asks a tile height for more rank than it holds
-    /// (64-row tiles hold padded ranks up to 128, 16-row tiles up to 256).
+    /// (64-row tiles hold padded ranks up to LORA_FORWARD_BM64_MAX_RANK = 64, 16-row tiles up to 256).
     #[test]
     fn plans_respect_the_kernel_limits() {
         for dtype in [DType::F32, DType::F16, DType::BF16] {
@@ -370,7 +372,11 @@ mod tests {
                         for &rank in &[1, 16, 17, 128, 129, 196, 256] {
                             for &resident in &[1, 132, 264] {
                                 let p = Plan::new(dtype, LoraShape::new(m, k, n), rank, resident);
-                                let cap = if p.block_m == 64 { 64 } else { 256 };
+                                let cap = if p.block_m == 64 {
+                                    LORA_FORWARD_BM64_MAX_RANK as usize
+                                } else {
+                                    LORA_MAX_LAUNCH_RANK as usize
+                                };
                                 let k_slice = k_slice(dtype, p.block_m);
                                 assert!(
                                     p.rank_pad <= cap && p.rank_pad >= rank && p.rank_pad >= 16

@@ -185,7 +185,7 @@ impl Gpu {
         if shape.m <= MIXED_DECODE_ROWS || n_tiles == 1 {
             let (func, _) = self.kernel(
                 KernelModule::MixedBatch,
-                &format!("mixed_lora_{dtype}"),
+                &format!("mixed_batch_lora_{dtype}"),
                 MIXED_THREADS,
             )?;
             // SAFETY: x, base, y and indices were checked for [m, k], [m, n] and m; every adapter in
@@ -202,14 +202,14 @@ impl Gpu {
         let shrink = self
             .kernel(
                 KernelModule::MixedBatch,
-                &format!("mixed_lora_shrink_{dtype}"),
+                &format!("mixed_batch_shrink_{dtype}"),
                 MIXED_THREADS,
             )?
             .0;
         let expand = self
             .kernel(
                 KernelModule::MixedBatch,
-                &format!("mixed_lora_expand_{dtype}"),
+                &format!("mixed_batch_expand_{dtype}"),
                 MIXED_THREADS,
             )?
             .0;

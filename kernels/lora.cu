@@ -576,14 +576,14 @@ template <typename T, int BM, bool kDora> __device__ void lora_forward(const Lor
 #else
 #define LORA_TC_MIN_BLOCKS 1
 #endif
-KERNEL_ENTRY(lora_forward_f32_bm16, LoraForwardParams, 1, lora_forward<float, 16, false>)
-KERNEL_ENTRY(lora_forward_f16_bm16, LoraForwardParams, LORA_TC_MIN_BLOCKS, lora_forward<__half, 16, false>)
-KERNEL_ENTRY(lora_forward_f16_bm64, LoraForwardParams, LORA_TC_MIN_BLOCKS, lora_forward<__half, 64, false>)
-KERNEL_ENTRY(lora_forward_bf16_bm16, LoraForwardParams, LORA_TC_MIN_BLOCKS, lora_forward<__nv_bfloat16, 16, false>)
-KERNEL_ENTRY(lora_forward_bf16_bm64, LoraForwardParams, LORA_TC_MIN_BLOCKS, lora_forward<__nv_bfloat16, 64, false>)
+KERNEL_ENTRY(lora_forward_bm16_f32, LoraForwardParams, 1, lora_forward<float, 16, false>)
+KERNEL_ENTRY(lora_forward_bm16_f16, LoraForwardParams, LORA_TC_MIN_BLOCKS, lora_forward<__half, 16, false>)
+KERNEL_ENTRY(lora_forward_bm64_f16, LoraForwardParams, LORA_TC_MIN_BLOCKS, lora_forward<__half, 64, false>)
+KERNEL_ENTRY(lora_forward_bm16_bf16, LoraForwardParams, LORA_TC_MIN_BLOCKS, lora_forward<__nv_bfloat16, 16, false>)
+KERNEL_ENTRY(lora_forward_bm64_bf16, LoraForwardParams, LORA_TC_MIN_BLOCKS, lora_forward<__nv_bfloat16, 64, false>)
 // The DoRA forward: the same kernel with the per-column DoRA epilogue (see output_value).
-KERNEL_ENTRY(lora_forward_dora_f32_bm16, LoraForwardParams, 1, lora_forward<float, 16, true>)
-KERNEL_ENTRY(lora_forward_dora_f16_bm16, LoraForwardParams, LORA_TC_MIN_BLOCKS, lora_forward<__half, 16, true>)
-KERNEL_ENTRY(lora_forward_dora_f16_bm64, LoraForwardParams, LORA_TC_MIN_BLOCKS, lora_forward<__half, 64, true>)
-KERNEL_ENTRY(lora_forward_dora_bf16_bm16, LoraForwardParams, LORA_TC_MIN_BLOCKS, lora_forward<__nv_bfloat16, 16, true>)
-KERNEL_ENTRY(lora_forward_dora_bf16_bm64, LoraForwardParams, LORA_TC_MIN_BLOCKS, lora_forward<__nv_bfloat16, 64, true>)
+KERNEL_ENTRY(lora_forward_dora_bm16_f32, LoraForwardParams, 1, lora_forward<float, 16, true>)
+KERNEL_ENTRY(lora_forward_dora_bm16_f16, LoraForwardParams, LORA_TC_MIN_BLOCKS, lora_forward<__half, 16, true>)
+KERNEL_ENTRY(lora_forward_dora_bm64_f16, LoraForwardParams, LORA_TC_MIN_BLOCKS, lora_forward<__half, 64, true>)
+KERNEL_ENTRY(lora_forward_dora_bm16_bf16, LoraForwardParams, LORA_TC_MIN_BLOCKS, lora_forward<__nv_bfloat16, 16, true>)
+KERNEL_ENTRY(lora_forward_dora_bm64_bf16, LoraForwardParams, LORA_TC_MIN_BLOCKS, lora_forward<__nv_bfloat16, 64, true>)
