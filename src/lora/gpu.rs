@@ -3,9 +3,9 @@ use super::{LoraAdapter, LoraShape};
 use crate::device::{Gpu, KernelModule};
 use crate::error::Result;
 use crate::sys::{
-    LoraAdapterSlot, LoraForwardParams, LORA_FORWARD_BM64_K_SLICE, LORA_FORWARD_BM64_MAX_RANK,
-    LORA_FORWARD_K_SLICE_16BIT, LORA_FORWARD_K_SLICE_F32, LORA_FORWARD_N_TILE,
-    LORA_FORWARD_THREADS, LORA_MAX_LAUNCH_ADAPTERS, LORA_MAX_LAUNCH_RANK,
+    launch_slots, LoraForwardParams, SlotAdapter, LORA_FORWARD_BM64_K_SLICE,
+    LORA_FORWARD_BM64_MAX_RANK, LORA_FORWARD_K_SLICE_16BIT, LORA_FORWARD_K_SLICE_F32,
+    LORA_FORWARD_N_TILE, LORA_FORWARD_THREADS, LORA_MAX_LAUNCH_ADAPTERS, LORA_MAX_LAUNCH_RANK,
 };
 use crate::validate::{validate_lora_forward, AdapterLens};
 use crate::{DType, Element};
@@ -90,14 +90,6 @@ pub(crate) struct DoraEpilogue {
     pub bias: u64,
 }
 
-/// Device pointer of an adapter's A and B with its rank and scale.
-struct AdapterAddrs {
-    a: u64,
-    b: u64,
-    rank: usize,
-    scale: f32,
-}
-
 impl Gpu {
     /// `y = base + Σᵢ sᵢ · (x · Aᵢᵀ) · Bᵢᵀ` on the GPU, one fused launch per 256 summed ranks.
     ///
@@ -179,7 +171,7 @@ impl Gpu {
             let (b, gb) = ad.lora_b.device_ptr(&stream);
             guards.push(ga);
             guards.push(gb);
-            device_adapters.push(AdapterAddrs {
+            device_adapters.push(SlotAdapter {
                 a,
                 b,
                 rank: ad.rank,
@@ -189,7 +181,7 @@ impl Gpu {
 
         // Adapters go in launches of at most 256 summed ranks and 8 adapters; the first launch reads
         // base, the later ones add to y in place.
-        let mut launches: Vec<&[AdapterAddrs]> = Vec::new();
+        let mut launches: Vec<&[SlotAdapter]> = Vec::new();
         let mut start = 0;
         let mut rank = 0;
         for (i, ad) in device_adapters.iter().enumerate() {
@@ -233,7 +225,7 @@ impl Gpu {
         x: u64,
         base: u64,
         y: u64,
-        adapters: &[AdapterAddrs],
+        adapters: &[SlotAdapter],
         shape: LoraShape,
         dora: Option<DoraEpilogue>,
     ) -> Result<()> {
@@ -301,26 +293,7 @@ impl Gpu {
         let vector_n = shape.n % vec == 0 && aligned(base) && aligned(y);
         let vector_b = adapters.len() == 1 && adapters[0].rank % 2 == 0 && adapters[0].b % 4 == 0;
 
-        let mut slots = [LoraAdapterSlot {
-            lora_a: 0,
-            lora_b: 0,
-            rank: 0,
-            rank_offset: 0,
-            scale: 0.0,
-            reserved: 0,
-        }; LORA_MAX_LAUNCH_ADAPTERS as usize];
-        let mut offset = 0;
-        for (slot, ad) in slots.iter_mut().zip(adapters) {
-            *slot = LoraAdapterSlot {
-                lora_a: ad.a,
-                lora_b: ad.b,
-                rank: ad.rank as i32,
-                rank_offset: offset as i32,
-                scale: ad.scale,
-                reserved: 0,
-            };
-            offset += ad.rank;
-        }
+        let (slots, _) = launch_slots(adapters.iter().copied());
         let params = LoraForwardParams {
             x,
             base,

@@ -3,7 +3,8 @@ use crate::device::{Gpu, KernelModule};
 use crate::error::{invalid, Result};
 use crate::lora::{LoraAdapter, LoraShape};
 use crate::sys::{
-    LoraAdapterSlot, LoraMixedParams, LORA_MAX_LAUNCH_RANK, MIXED_N_TILE, MIXED_THREADS,
+    adapter_slots, LoraAdapterSlot, LoraMixedParams, SlotAdapter, LORA_MAX_LAUNCH_RANK,
+    MIXED_N_TILE, MIXED_THREADS,
 };
 use crate::validate::{validate_adapter, validate_lora_forward, AdapterLens};
 
@@ -38,7 +39,7 @@ impl PrefillHidden {
 /// the forward itself allocates nothing). Borrows the adapters' buffers for `'a`.
 #[derive(Debug)]
 pub struct MixedAdapters<'a, T> {
-    slots: CudaSlice<u8>,
+    slots: CudaSlice<LoraAdapterSlot>,
     count: usize,
     k: usize,
     n: usize,
@@ -78,30 +79,20 @@ impl Gpu {
             ));
         }
         let stream = self.stream().clone();
-        let mut bytes = Vec::with_capacity(adapters.len() * std::mem::size_of::<LoraAdapterSlot>());
-        for ad in adapters {
+        let (table, _) = adapter_slots(adapters.iter().map(|ad| {
             let (a, _ga) = ad.lora_a.device_ptr(&stream);
             let (b, _gb) = ad.lora_b.device_ptr(&stream);
-            let slot = LoraAdapterSlot {
-                lora_a: a,
-                lora_b: b,
-                rank: ad.rank as i32,
-                rank_offset: 0,
+            SlotAdapter {
+                a,
+                b,
+                rank: ad.rank,
                 scale: ad.scale,
-                reserved: 0,
-            };
-            // The slot's bytes as the kernel reads them (repr(C), no padding: 8 + 8 + 4 * 4).
-            bytes.extend_from_slice(&slot.lora_a.to_le_bytes());
-            bytes.extend_from_slice(&slot.lora_b.to_le_bytes());
-            bytes.extend_from_slice(&slot.rank.to_le_bytes());
-            bytes.extend_from_slice(&slot.rank_offset.to_le_bytes());
-            bytes.extend_from_slice(&slot.scale.to_le_bytes());
-            bytes.extend_from_slice(&slot.reserved.to_le_bytes());
-        }
-        let slots = if bytes.is_empty() {
-            stream.alloc_zeros::<u8>(1)?
+            }
+        }));
+        let slots = if table.is_empty() {
+            stream.alloc_zeros::<LoraAdapterSlot>(1)?
         } else {
-            stream.clone_htod(&bytes)?
+            stream.clone_htod(&table)?
         };
         Ok(MixedAdapters {
             slots,
