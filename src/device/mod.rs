@@ -231,7 +231,13 @@ impl Gpu {
                 }
             }
         };
-        Ok(loaded.load_function(name)?)
+        loaded.load_function(name).map_err(|e| match e.0 {
+            cudarc::driver::sys::CUresult::CUDA_ERROR_NOT_FOUND => Error::MissingKernel {
+                module: module.file().to_string(),
+                name: name.to_string(),
+            },
+            _ => Error::Driver(e),
+        })
     }
 
     fn load_module(&self, module: KernelModule) -> Result<Arc<CudaModule>> {
@@ -254,10 +260,54 @@ impl Gpu {
     }
 }
 
+// The tests' driver choice (a real driver, else the PTX emulator that `cargo test` builds).
+#[cfg(test)]
+#[path = "../../tests/common/driver.rs"]
+mod test_driver;
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::DType;
+
+    /// A kernel absent from its (loaded) module is reported with its name and its file, not as a
+    /// bare driver error.
+    #[test]
+    fn a_kernel_missing_from_its_module_is_named() {
+        let required = std::env::var("LORA_KERNELS_REQUIRE_GPU").is_ok_and(|v| v == "1");
+        if let test_driver::Driver::Unavailable(why) = test_driver::select() {
+            assert!(!required, "no CUDA device and no emulator: {why}");
+            println!("SKIPPED: no CUDA device ({why})");
+            return;
+        }
+        let gpu = match Gpu::new(0) {
+            Ok(gpu) => gpu,
+            Err(e) => {
+                assert!(!required, "{e}");
+                println!("SKIPPED: {e}");
+                return;
+            }
+        };
+        // The module itself loads: the real kernel is there.
+        gpu.kernel(KernelModule::Lora, "lora_forward_bm16_f32", 256)
+            .expect("lora_forward_bm16_f32 is in kernels/lora.cu");
+        match gpu.kernel(KernelModule::Lora, "lora_forward_bm16_f64", 256) {
+            Err(Error::MissingKernel { module, name }) => {
+                assert_eq!(module, "kernels/lora.cu");
+                assert_eq!(name, "lora_forward_bm16_f64");
+            }
+            other => panic!("expected MissingKernel, got {:?}", other.map(|_| ())),
+        }
+        let msg = gpu
+            .kernel(KernelModule::Quant4, "quant4_linear_f16", 256)
+            .map(|_| ())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("quant4_linear_f16") && msg.contains("kernels/quant4.cu"),
+            "{msg}"
+        );
+    }
 
     #[test]
     fn devices_below_sm80_are_refused_with_a_clear_error() {
