@@ -156,8 +156,8 @@ fn known_facts_of_the_crate_kernels() {
         (k.regs[88].name.as_str(), k.regs[88].ty),
         ("%f0", Type::F32)
     );
-    // The first instructions: `mov.b64 %rd33, lora_shrink_f32_param_0;` at `.loc 1 56 0`, then
-    // `mov.u32 %r1, %ctaid.x;` at `.loc 1 22 5, ..., inlined_at 1 56 82`, then
+    // The first instructions: `mov.b64 %rd33, lora_shrink_f32_param_0;` at `.loc 1 55 0`, then
+    // `mov.u32 %r1, %ctaid.x;` at `.loc 1 22 5, ..., inlined_at 1 55 85`, then
     // `add.s64 %rd2, %rd33, 28;` and `ld.param.u32 %r2, [lora_shrink_f32_param_0+28];`.
     let b = &k.body;
     let rd = |i: u32| Operand::Reg(lora_kernels_emulator::ptx::ir::RegId(88 + 277 + 220 + i));
@@ -171,7 +171,7 @@ fn known_facts_of_the_crate_kernels() {
         b[0].loc,
         Some(Loc {
             file: 1,
-            line: 56,
+            line: 55,
             column: 0
         })
     );
