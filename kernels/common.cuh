@@ -7,6 +7,14 @@
 
 #include "lora_params.h"
 
+// Every kernel entry of every family is declared by this one macro: extern "C" NAME(const PARAMS p)
+// (the name the host loads, <family>_<op>_<dtype>), at most kThreads threads a block (the including
+// file's constant), MIN_BLOCKS blocks per SM that ptxas keeps resident when it budgets registers (0:
+// no minimum, no .minnctapersm in the PTX), and the device function in the variadic tail (it may hold
+// template arguments) run on p.
+#define KERNEL_ENTRY(NAME, PARAMS, MIN_BLOCKS, ...) \
+    extern "C" __global__ void __launch_bounds__(kThreads, MIN_BLOCKS) NAME(const PARAMS p) { __VA_ARGS__(p); }
+
 // f32 <-> element conversions, round-to-nearest-even on the way down.
 template <typename T> struct Element;
 
@@ -34,11 +42,37 @@ template <typename T> union Vec16 {
     T v[kVec<T>];
 };
 
+// The two-operand max of the warp and block reductions: fmaxf for float (a NaN operand is dropped),
+// max for unsigned int.
+__device__ __forceinline__ float max_of(float a, float b) { return fmaxf(a, b); }
+__device__ __forceinline__ unsigned int max_of(unsigned int a, unsigned int b) { return max(a, b); }
+
+// The sum of v over each group of kLanes consecutive lanes (a power of two <= 32; the whole warp by
+// default), every lane of the group getting it: a butterfly of __shfl_xor_sync, offsets kLanes / 2
+// down to 1. For lane 0 of a group the additions are those (and in the order) of the tree of
+// __shfl_down_sync with the same offsets. Every lane of the warp must call it.
+template <int kLanes = 32> __device__ __forceinline__ float warp_sum(float v) {
+    static_assert(kLanes >= 1 && kLanes <= 32 && (kLanes & (kLanes - 1)) == 0, "a power of two <= 32");
+#pragma unroll
+    for (int off = kLanes / 2; off > 0; off /= 2) v += __shfl_xor_sync(0xffffffffu, v, off, kLanes);
+    return v;
+}
+
+// The max of v (float or unsigned int, see max_of) over each group of kLanes consecutive lanes, as
+// warp_sum; a max does not depend on the order.
+template <int kLanes = 32, typename V> __device__ __forceinline__ V warp_max(V v) {
+    static_assert(kLanes >= 1 && kLanes <= 32 && (kLanes & (kLanes - 1)) == 0, "a power of two <= 32");
+#pragma unroll
+    for (int off = kLanes / 2; off > 0; off /= 2) v = max_of(v, __shfl_xor_sync(0xffffffffu, v, off, kLanes));
+    return v;
+}
+
 // The lane's share of the LoRA term of output column j for rows row0 .. row0 + rows - 1 (the GEMV
 // epilogues, see LoraGemvEpilogue in lora_params.h): lanes stride over the concatenated ranks q,
 // lora[r] += hidden[row0 + r][q] * B(j, q). Adds nothing when e.hidden is 0.
 template <typename T, int kRows>
-__device__ __forceinline__ void lora_gemv_partials(const LoraGemvEpilogue &e, int row0, int rows, int j, float (&lora)[kRows]) {
+__device__ __forceinline__ void lora_gemv_partials(const LoraGemvEpilogue &e, int row0, int rows, int j,
+                                                   float (&lora)[kRows]) {
     if (!e.hidden) return;
     const float *hidden = reinterpret_cast<const float *>(e.hidden);
     for (int q = threadIdx.x % 32; q < e.rank_total; q += 32) {
@@ -46,7 +80,8 @@ __device__ __forceinline__ void lora_gemv_partials(const LoraGemvEpilogue &e, in
         for (int i = 1; i < e.num_adapters; ++i)
             if (q >= e.adapters[i].rank_offset) slot = i;
         const LoraAdapterSlot &ad = e.adapters[slot];
-        const float b = Element<T>::to_f32(reinterpret_cast<const T *>(ad.lora_b)[(size_t)j * ad.rank + (q - ad.rank_offset)]);
+        const float b =
+            Element<T>::to_f32(reinterpret_cast<const T *>(ad.lora_b)[(size_t)j * ad.rank + (q - ad.rank_offset)]);
 #pragma unroll
         for (int r = 0; r < kRows; ++r)
             if (r < rows) lora[r] = fmaf(hidden[(size_t)(row0 + r) * e.rank_total + q], b, lora[r]);
@@ -61,11 +96,8 @@ __device__ __forceinline__ void warp_sum_store_rows(float (&acc)[kRows], float (
                                                     const T *bias, T *y, int row0, int j, int ld) {
 #pragma unroll
     for (int r = 0; r < kRows; ++r) {
-#pragma unroll
-        for (int off = 16; off > 0; off /= 2) {
-            acc[r] += __shfl_down_sync(0xffffffffu, acc[r], off);
-            lora[r] += __shfl_down_sync(0xffffffffu, lora[r], off);
-        }
+        acc[r] = warp_sum(acc[r]);
+        lora[r] = warp_sum(lora[r]);
     }
     if (threadIdx.x % 32 == 0) {
         const float b = bias ? Element<T>::to_f32(bias[j]) : 0.0f;
@@ -76,16 +108,16 @@ __device__ __forceinline__ void warp_sum_store_rows(float (&acc)[kRows], float (
 }
 
 // Max of v over the block's kThreads threads (a multiple of 32); every thread gets it. `scratch` holds
-// kThreads / 32 floats of shared memory. Contains barriers: call from every thread.
-template <int kThreads> __device__ __forceinline__ float block_max(float v, float *scratch) {
-#pragma unroll
-    for (int off = 16; off > 0; off /= 2) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, off));
+// kThreads / 32 values of shared memory. Contains barriers: call from every thread. float (fmaxf: NaN
+// is dropped) or unsigned int.
+template <int kThreads, typename V> __device__ __forceinline__ V block_max(V v, V *scratch) {
+    v = warp_max(v);
     __syncthreads();  // scratch is free
     if (threadIdx.x % 32 == 0) scratch[threadIdx.x / 32] = v;
     __syncthreads();
     v = scratch[0];
 #pragma unroll
-    for (int w = 1; w < kThreads / 32; ++w) v = fmaxf(v, scratch[w]);
+    for (int w = 1; w < kThreads / 32; ++w) v = max_of(v, scratch[w]);
     return v;
 }
 

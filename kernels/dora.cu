@@ -14,8 +14,9 @@
 //
 // How the work is split: a block owns 16 rows of W (the grid covers n) and walks k in 32-column
 // slices (16 for f32). The block's 16 rows of B (f32, once) and each slice of A (all ranks) sit in
-// shared memory; 16 threads per row each take 2 columns (1 for f32) of the slice, form (B A)[i, c] = sum_j B[i, j] A[j, c] with
-// f32 FMAs, and accumulate the square (NORM, FACTOR) or write the updated element (MERGE, UNMERGE).
+// shared memory; 16 threads per row each take 2 columns (1 for f32) of the slice, form
+// (B A)[i, c] = sum_j B[i, j] A[j, c] with f32 FMAs, and accumulate the square (NORM, FACTOR) or write
+// the updated element (MERGE, UNMERGE).
 //
 // Bytes moved: W read once (dense: elements; 4-bit: k / 2 bytes a row plus absmax; int8: k bytes a
 // row) and written once by MERGE/UNMERGE (the requantising ones read the row twice, the second time
@@ -63,19 +64,10 @@ __device__ __forceinline__ float weight_value(const DoraRowParams &p, const floa
     }
     if (p.weight_format == LINEAR_INT8) {
         const float c = (float)reinterpret_cast<const int8_t *>(p.weight)[idx];
-        return Element<T>::to_f32(Element<T>::from_f32(c * reinterpret_cast<const float *>(p.scb)[row] * (1.0f / 127.0f)));
+        return Element<T>::to_f32(
+            Element<T>::from_f32(c * reinterpret_cast<const float *>(p.scb)[row] * (1.0f / 127.0f)));
     }
     return Element<T>::to_f32(reinterpret_cast<const T *>(p.weight)[idx]);
-}
-
-// Sum (or max) of a row's value over its 16 lanes, 16 consecutive threads of one warp.
-__device__ __forceinline__ float row_reduce(float v, bool max_of) {
-#pragma unroll
-    for (int off = kLanesPerRow / 2; off > 0; off /= 2) {
-        const float other = __shfl_xor_sync(0xffffffffu, v, off, kLanesPerRow);
-        v = max_of ? fmaxf(v, other) : v + other;
-    }
-    return v;
 }
 
 template <typename T> __device__ void dora_rows(const DoraRowParams &p) {
@@ -132,7 +124,7 @@ template <typename T> __device__ void dora_rows(const DoraRowParams &p) {
     if (!updates) {
         float sum_sq = 0.0f;
         sweep([&](int, float v) { sum_sq = fmaf(v, v, sum_sq); });
-        sum_sq = row_reduce(sum_sq, false);
+        sum_sq = warp_sum<kLanesPerRow>(sum_sq);  // over the row's 16 lanes
         if (lane == 0 && row_ok) {
             const float norm = sqrtf(sum_sq);
             float *out = reinterpret_cast<float *>(p.row_values);
@@ -149,14 +141,16 @@ template <typename T> __device__ void dora_rows(const DoraRowParams &p) {
     unsigned int non_finite = 0;
     if (p.requantize) {
         // The new row as Int8Params sees it: rounded to the element type, then to f16.
-        auto as_f16 = [](float v) { return __half2float(__float2half_rn(Element<T>::to_f32(Element<T>::from_f32(v)))); };
+        auto as_f16 = [](float v) {
+            return __half2float(__float2half_rn(Element<T>::to_f32(Element<T>::from_f32(v))));
+        };
         float amax = 0.0f;
         sweep([&](int, float v) {
             const float h = as_f16(v);
             if (!isfinite(h)) ++non_finite;
             amax = fmaxf(amax, fabsf(h));
         });
-        amax = row_reduce(amax, true);
+        amax = warp_max<kLanesPerRow>(amax);
         // Every lane of the row knows amax now; the codes are written in a second sweep (the old codes
         // of this element are read just before they are overwritten, by the same thread).
         if (writes) {  // uniform over the block: every thread meets the sweep's barriers
@@ -193,9 +187,9 @@ template <typename T> __device__ void dora_rows(const DoraRowParams &p) {
 // transposed in shared memory as the B operand. The accumulators line up with the W slice's elements,
 // staged from 16-byte loads issued one slice ahead: v = w + s * (B A), sum v^2 per row, reduced over the
 // row's lanes and the two column halves at the end. Bytes: W once, A once per block from L2, B once.
-constexpr int kTcRows = 64;
-constexpr int kTcCols = 64;
-constexpr int kTcMaxRank = 128;
+constexpr int kTcRows = DORA_TC_ROWS;
+constexpr int kTcCols = DORA_TC_COLS;
+constexpr int kTcMaxRank = DORA_TC_MAX_RANK;
 
 template <typename T> struct SharedNormTc {
     T b[kTcRows][kTcMaxRank + 8];   // the block's rows of B, [row][rank], zero past the rank
@@ -224,7 +218,8 @@ template <typename T> __device__ void dora_norm_tc(const DoraRowParams &p) {
             const int e = threadIdx.x + i * kThreads;
             const int r = e / (kTcCols / V), col = k0 + (e % (kTcCols / V)) * V;
             w_regs[i] = make_uint4(0, 0, 0, 0);
-            if (row0 + r < p.n && col < p.k) w_regs[i] = __ldg(reinterpret_cast<const uint4 *>(weight + (size_t)(row0 + r) * p.k + col));
+            if (row0 + r < p.n && col < p.k)
+                w_regs[i] = __ldg(reinterpret_cast<const uint4 *>(weight + (size_t)(row0 + r) * p.k + col));
         }
     };
     for (int e = threadIdx.x; e < kTcRows * rp; e += kThreads) {
@@ -277,10 +272,7 @@ template <typename T> __device__ void dora_norm_tc(const DoraRowParams &p) {
     }
     // Sum over the row's 4 lanes (t), then over the two column halves.
 #pragma unroll
-    for (int h = 0; h < 2; ++h) {
-        sum_sq[h] += __shfl_xor_sync(0xffffffffu, sum_sq[h], 1);
-        sum_sq[h] += __shfl_xor_sync(0xffffffffu, sum_sq[h], 2);
-    }
+    for (int h = 0; h < 2; ++h) sum_sq[h] = warp_sum<4>(sum_sq[h]);
     if (t == 0) {
         s.partial[nh][mb * 16 + g] = sum_sq[0];
         s.partial[nh][mb * 16 + g + 8] = sum_sq[1];
@@ -301,9 +293,9 @@ template <typename T> __device__ void dora_norm_tc(const DoraRowParams &p) {
 
 }  // namespace
 
-extern "C" __global__ void __launch_bounds__(kThreads) dora_norm_tc_f16(const DoraRowParams p) { dora_norm_tc<__half>(p); }
-extern "C" __global__ void __launch_bounds__(kThreads) dora_norm_tc_bf16(const DoraRowParams p) { dora_norm_tc<__nv_bfloat16>(p); }
+KERNEL_ENTRY(dora_norm_tc_f16, DoraRowParams, 0, dora_norm_tc<__half>)
+KERNEL_ENTRY(dora_norm_tc_bf16, DoraRowParams, 0, dora_norm_tc<__nv_bfloat16>)
 
-extern "C" __global__ void __launch_bounds__(kThreads) dora_rows_f32(const DoraRowParams p) { dora_rows<float>(p); }
-extern "C" __global__ void __launch_bounds__(kThreads) dora_rows_f16(const DoraRowParams p) { dora_rows<__half>(p); }
-extern "C" __global__ void __launch_bounds__(kThreads) dora_rows_bf16(const DoraRowParams p) { dora_rows<__nv_bfloat16>(p); }
+KERNEL_ENTRY(dora_rows_f32, DoraRowParams, 0, dora_rows<float>)
+KERNEL_ENTRY(dora_rows_f16, DoraRowParams, 0, dora_rows<__half>)
+KERNEL_ENTRY(dora_rows_bf16, DoraRowParams, 0, dora_rows<__nv_bfloat16>)

@@ -1,6 +1,6 @@
 // bitsandbytes' 8-bit weights (CB int8 [n, k], SCB f32 [n]).
 //
-// int8_linear_T: the weight-only product, the decode path: y[r, j] = SCB[j] / 127 * sum_c x[r, c] * CB[j, c] + bias[j],
+// int8_gemv_T: the weight-only product, the decode path: y[r, j] = SCB[j] / 127 * sum_c x[r, c] * CB[j, c] + bias[j],
 // never materialising the dequantised weight (bitsandbytes' weight-only dequantisation is
 // CB * SCB * f32(1/127) per element; here the row scale is applied once to the f32 sum).
 //
@@ -26,7 +26,7 @@ constexpr int kThreads = INT8_THREADS;
 constexpr int kRowsPerBlock = kThreads / 32;
 constexpr int kMTile = 8;
 
-template <typename T> __device__ void int8_linear(const Int8LinearParams &p) {
+template <typename T> __device__ void int8_gemv(const Int8LinearParams &p) {
     const int lane = threadIdx.x % 32;
     const int j = blockIdx.x * kRowsPerBlock + threadIdx.x / 32;
     if (j >= p.n) return;
@@ -79,7 +79,9 @@ template <typename T> __device__ void int8_dequantize(const Int8LinearParams &p)
 
 // ---- LLM.int8 (see Int8LlmParams in lora_params.h) ----
 
-__device__ __forceinline__ bool is_outlier(float v, float threshold) { return threshold > 0.0f && fabsf(v) >= threshold; }
+__device__ __forceinline__ bool is_outlier(float v, float threshold) {
+    return threshold > 0.0f && fabsf(v) >= threshold;
+}
 
 template <typename T> __device__ void llm_outliers(const Int8LlmParams &p) {
     __shared__ float scratch[kThreads / 32];
@@ -166,10 +168,12 @@ template <typename T> __device__ void llm_gemm(const Int8LlmParams &p) {
     int acc[2][4][4] = {};
     for (int k0 = 0; k0 < p.ca_stride; k0 += kLlmBK) {
         __syncthreads();  // the previous products are done with s
-        {   // CA: 64 rows x 64 bytes, one 16-byte word per thread (rows padded to 16, zero beyond).
+        // CA: 64 rows x 64 bytes, one 16-byte word per thread (rows padded to 16, zero beyond).
+        {
             const int r = threadIdx.x / 4, c = k0 + (threadIdx.x % 4) * 16;
             uint4 v = make_uint4(0, 0, 0, 0);
-            if (row0 + r < p.m && c < p.ca_stride) v = __ldg(reinterpret_cast<const uint4 *>(ca + (size_t)(row0 + r) * p.ca_stride + c));
+            if (row0 + r < p.m && c < p.ca_stride)
+                v = __ldg(reinterpret_cast<const uint4 *>(ca + (size_t)(row0 + r) * p.ca_stride + c));
             *reinterpret_cast<uint4 *>(&s.a[r][(threadIdx.x % 4) * 16]) = v;
         }
         for (int e = threadIdx.x; e < kLlmBN * 4; e += kThreads) {  // CB: 128 rows x 64 bytes
@@ -237,7 +241,8 @@ template <typename T> __device__ void llm_gemm(const Int8LlmParams &p) {
                 if (bias) v += Element<T>::to_f32(bias[col]);
                 for (unsigned int o = 0; o < outliers; ++o) {
                     const unsigned int c = cols[1 + o];
-                    const float w = Element<T>::to_f32(Element<T>::from_f32((float)cb[(size_t)col * p.k + c] * s_col / 127.0f));
+                    const float w =
+                        Element<T>::to_f32(Element<T>::from_f32((float)cb[(size_t)col * p.k + c] * s_col / 127.0f));
                     v = fmaf(Element<T>::to_f32(x[(size_t)row * p.k + c]), w, v);
                 }
                 y[(size_t)row * p.n + col] = Element<T>::from_f32(v);
@@ -246,24 +251,20 @@ template <typename T> __device__ void llm_gemm(const Int8LlmParams &p) {
 
 }  // namespace
 
-extern "C" __global__ void __launch_bounds__(kThreads) int8_dequantize_f32(const Int8LinearParams p) { int8_dequantize<float>(p); }
-extern "C" __global__ void __launch_bounds__(kThreads) int8_dequantize_f16(const Int8LinearParams p) { int8_dequantize<__half>(p); }
-extern "C" __global__ void __launch_bounds__(kThreads) int8_dequantize_bf16(const Int8LinearParams p) { int8_dequantize<__nv_bfloat16>(p); }
-extern "C" __global__ void __launch_bounds__(kThreads) int8_llm_columns(const Int8LlmParams p) { llm_columns(p); }
-#define INT8_LLM_ENTRIES(SUFFIX, T)                                                                                  \
-    extern "C" __global__ void __launch_bounds__(kThreads) int8_llm_outliers_##SUFFIX(const Int8LlmParams p) {     \
-        llm_outliers<T>(p);                                                                                      \
-    }                                                                                                            \
-    extern "C" __global__ void __launch_bounds__(kThreads) int8_llm_quantize_##SUFFIX(const Int8LlmParams p) {     \
-        llm_quantize<T>(p);                                                                                      \
-    }                                                                                                            \
-    extern "C" __global__ void __launch_bounds__(kThreads, 2) int8_llm_gemm_##SUFFIX(const Int8LlmParams p) {      \
-        llm_gemm<T>(p);                                                                                          \
-    }
-INT8_LLM_ENTRIES(f32, float)
-INT8_LLM_ENTRIES(f16, __half)
-INT8_LLM_ENTRIES(bf16, __nv_bfloat16)
+KERNEL_ENTRY(int8_dequantize_f32, Int8LinearParams, 0, int8_dequantize<float>)
+KERNEL_ENTRY(int8_dequantize_f16, Int8LinearParams, 0, int8_dequantize<__half>)
+KERNEL_ENTRY(int8_dequantize_bf16, Int8LinearParams, 0, int8_dequantize<__nv_bfloat16>)
+KERNEL_ENTRY(int8_llm_columns, Int8LlmParams, 0, llm_columns)
+KERNEL_ENTRY(int8_llm_outliers_f32, Int8LlmParams, 0, llm_outliers<float>)
+KERNEL_ENTRY(int8_llm_outliers_f16, Int8LlmParams, 0, llm_outliers<__half>)
+KERNEL_ENTRY(int8_llm_outliers_bf16, Int8LlmParams, 0, llm_outliers<__nv_bfloat16>)
+KERNEL_ENTRY(int8_llm_quantize_f32, Int8LlmParams, 0, llm_quantize<float>)
+KERNEL_ENTRY(int8_llm_quantize_f16, Int8LlmParams, 0, llm_quantize<__half>)
+KERNEL_ENTRY(int8_llm_quantize_bf16, Int8LlmParams, 0, llm_quantize<__nv_bfloat16>)
+KERNEL_ENTRY(int8_llm_gemm_f32, Int8LlmParams, 2, llm_gemm<float>)
+KERNEL_ENTRY(int8_llm_gemm_f16, Int8LlmParams, 2, llm_gemm<__half>)
+KERNEL_ENTRY(int8_llm_gemm_bf16, Int8LlmParams, 2, llm_gemm<__nv_bfloat16>)
 
-extern "C" __global__ void __launch_bounds__(kThreads, 2) int8_linear_f32(const Int8LinearParams p) { int8_linear<float>(p); }
-extern "C" __global__ void __launch_bounds__(kThreads, 2) int8_linear_f16(const Int8LinearParams p) { int8_linear<__half>(p); }
-extern "C" __global__ void __launch_bounds__(kThreads, 2) int8_linear_bf16(const Int8LinearParams p) { int8_linear<__nv_bfloat16>(p); }
+KERNEL_ENTRY(int8_gemv_f32, Int8LinearParams, 2, int8_gemv<float>)
+KERNEL_ENTRY(int8_gemv_f16, Int8LinearParams, 2, int8_gemv<__half>)
+KERNEL_ENTRY(int8_gemv_bf16, Int8LinearParams, 2, int8_gemv<__nv_bfloat16>)

@@ -93,7 +93,8 @@ template <typename T, int kFormat> struct Slice {
             const int e = threadIdx.x + i * kThreads;
             const int r = e / (kBK / V), c = k0 + (e % (kBK / V)) * V;
             x[i] = make_uint4(0, 0, 0, 0);
-            if (row0 + r < p.m && c < p.k) x[i] = __ldg(reinterpret_cast<const uint4 *>(xp + (size_t)(row0 + r) * p.k + c));
+            if (row0 + r < p.m && c < p.k)
+                x[i] = __ldg(reinterpret_cast<const uint4 *>(xp + (size_t)(row0 + r) * p.k + c));
         }
 #pragma unroll
         for (int i = 0; i < kWVecs; ++i) {
@@ -105,16 +106,19 @@ template <typename T, int kFormat> struct Slice {
             if constexpr (kFormat == LINEAR_DENSE) {
                 const int c = k0 + word * V;
                 if (c < p.k)
-                    w[i] = __ldg(reinterpret_cast<const uint4 *>(reinterpret_cast<const T *>(p.weight) + (size_t)row * p.k + c));
+                    w[i] = __ldg(
+                        reinterpret_cast<const uint4 *>(reinterpret_cast<const T *>(p.weight) + (size_t)row * p.k + c));
             } else if constexpr (kFormat == LINEAR_INT8) {
                 const int c = k0 + word * 16;
                 if (c < p.k)
-                    w[i] = __ldg(reinterpret_cast<const uint4 *>(reinterpret_cast<const int8_t *>(p.weight) + (size_t)row * p.k + c));
+                    w[i] = __ldg(reinterpret_cast<const uint4 *>(reinterpret_cast<const int8_t *>(p.weight) +
+                                                                 (size_t)row * p.k + c));
             } else {
                 // k % 32 == 0: the 32 codes start a 32-element group, inside one absmax block (>= 32).
                 if (k0 < p.k) {
                     const long long e0 = (long long)row * p.k + k0;
-                    w[i] = __ldg(reinterpret_cast<const uint4 *>(reinterpret_cast<const uint8_t *>(p.quant4.packed) + e0 / 2));
+                    w[i] = __ldg(
+                        reinterpret_cast<const uint4 *>(reinterpret_cast<const uint8_t *>(p.quant4.packed) + e0 / 2));
                     absmax = quant4_absmax(p.quant4, e0 / p.quant4.blocksize);
                 }
             }
@@ -144,7 +148,8 @@ template <typename T, int kFormat> struct Slice {
                 const uint32_t parts[4] = {w[i].x, w[i].y, w[i].z, w[i].w};
 #pragma unroll
                 for (int b = 0; b < 16; ++b)
-                    s.w[r][word * 16 + b] = Element<T>::from_f32((float)(int8_t)((parts[b / 4] >> (8 * (b % 4))) & 0xff));
+                    s.w[r][word * 16 + b] =
+                        Element<T>::from_f32((float)(int8_t)((parts[b / 4] >> (8 * (b % 4))) & 0xff));
             } else {
                 // Byte b holds elements 2b (high nibble) and 2b + 1 (low nibble).
                 const uint32_t parts[4] = {w[i].x, w[i].y, w[i].z, w[i].w};
@@ -161,8 +166,8 @@ template <typename T, int kFormat> struct Slice {
 
 // The same slice element by element: k not a multiple of the vector width, or unaligned pointers.
 template <typename T, int kFormat>
-__device__ void load_slice_scalar(const LinearParams &p, SharedTiles<T> &s, const float *code, int row0, int col0, int k0,
-                                  bool x_done) {
+__device__ void load_slice_scalar(const LinearParams &p, SharedTiles<T> &s, const float *code, int row0, int col0,
+                                  int k0, bool x_done) {
     const T *x = reinterpret_cast<const T *>(p.x);
     const T zero = Element<T>::from_f32(0.0f);
     if (!x_done) {
@@ -331,7 +336,8 @@ template <typename T> __device__ void linear_gemv(const LinearParams &p) {
                         Vec16<T> xv;
                         xv.raw = __ldg(reinterpret_cast<const uint4 *>(x + (size_t)r * p.k) + v);
 #pragma unroll
-                        for (int q = 0; q < V; ++q) acc[r] = fmaf(Element<T>::to_f32(xv.v[q]), Element<T>::to_f32(wv.v[q]), acc[r]);
+                        for (int q = 0; q < V; ++q)
+                            acc[r] = fmaf(Element<T>::to_f32(xv.v[q]), Element<T>::to_f32(wv.v[q]), acc[r]);
                     }
                 }
             }
@@ -345,26 +351,23 @@ template <typename T> __device__ void linear_gemv(const LinearParams &p) {
         }
         float lora[kRows] = {};
         lora_gemv_partials<T, kRows>(p.lora, r0, rows, j, lora);
-        warp_sum_store_rows<T, kRows>(acc, lora, rows, 1.0f, reinterpret_cast<const T *>(p.bias), reinterpret_cast<T *>(p.y), r0, j,
-                                      p.n);
+        warp_sum_store_rows<T, kRows>(acc, lora, rows, 1.0f, reinterpret_cast<const T *>(p.bias),
+                                      reinterpret_cast<T *>(p.y), r0, j, p.n);
     }
 }
 
 }  // namespace
 
-extern "C" __global__ void __launch_bounds__(kThreads) linear_gemv_f32(const LinearParams p) { linear_gemv<float>(p); }
-extern "C" __global__ void __launch_bounds__(kThreads) linear_gemv_f16(const LinearParams p) { linear_gemv<__half>(p); }
-extern "C" __global__ void __launch_bounds__(kThreads) linear_gemv_bf16(const LinearParams p) { linear_gemv<__nv_bfloat16>(p); }
+KERNEL_ENTRY(linear_gemv_f32, LinearParams, 0, linear_gemv<float>)
+KERNEL_ENTRY(linear_gemv_f16, LinearParams, 0, linear_gemv<__half>)
+KERNEL_ENTRY(linear_gemv_bf16, LinearParams, 0, linear_gemv<__nv_bfloat16>)
 
-#define LINEAR_ENTRY(NAME, T, FORMAT) \
-    extern "C" __global__ void __launch_bounds__(kThreads, 2) NAME(const LinearParams p) { linear<T, FORMAT>(p); }
-
-LINEAR_ENTRY(linear_f32, float, LINEAR_DENSE)
-LINEAR_ENTRY(linear_f16, __half, LINEAR_DENSE)
-LINEAR_ENTRY(linear_bf16, __nv_bfloat16, LINEAR_DENSE)
-LINEAR_ENTRY(linear_quant4_f32, float, LINEAR_QUANT4)
-LINEAR_ENTRY(linear_quant4_f16, __half, LINEAR_QUANT4)
-LINEAR_ENTRY(linear_quant4_bf16, __nv_bfloat16, LINEAR_QUANT4)
-LINEAR_ENTRY(linear_int8_f32, float, LINEAR_INT8)
-LINEAR_ENTRY(linear_int8_f16, __half, LINEAR_INT8)
-LINEAR_ENTRY(linear_int8_bf16, __nv_bfloat16, LINEAR_INT8)
+KERNEL_ENTRY(linear_tiled_dense_f32, LinearParams, 2, linear<float, LINEAR_DENSE>)
+KERNEL_ENTRY(linear_tiled_dense_f16, LinearParams, 2, linear<__half, LINEAR_DENSE>)
+KERNEL_ENTRY(linear_tiled_dense_bf16, LinearParams, 2, linear<__nv_bfloat16, LINEAR_DENSE>)
+KERNEL_ENTRY(linear_tiled_quant4_f32, LinearParams, 2, linear<float, LINEAR_QUANT4>)
+KERNEL_ENTRY(linear_tiled_quant4_f16, LinearParams, 2, linear<__half, LINEAR_QUANT4>)
+KERNEL_ENTRY(linear_tiled_quant4_bf16, LinearParams, 2, linear<__nv_bfloat16, LINEAR_QUANT4>)
+KERNEL_ENTRY(linear_tiled_int8_f32, LinearParams, 2, linear<float, LINEAR_INT8>)
+KERNEL_ENTRY(linear_tiled_int8_f16, LinearParams, 2, linear<__half, LINEAR_INT8>)
+KERNEL_ENTRY(linear_tiled_int8_bf16, LinearParams, 2, linear<__nv_bfloat16, LINEAR_INT8>)

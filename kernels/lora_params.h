@@ -1,5 +1,6 @@
-/* Parameter structs shared by the CUDA kernels and Rust (bound by bindgen into src/sys/params.rs).
- * One source of truth: change a struct here, then re-bless the bindings (see README, "Bindings").
+/* Parameter structs and constants shared by the CUDA kernels and Rust (bound by bindgen into
+ * src/sys/params.rs). The one source of every value both sides use: change it here, then re-bless the
+ * bindings (README, "Layout", src/sys/: LORA_KERNELS_BLESS=1 cargo test --test bindings).
  * Pointers travel as 64-bit integers so the layout is identical on both sides. */
 #ifndef LORA_PARAMS_H
 #define LORA_PARAMS_H
@@ -14,6 +15,13 @@
 #define LORA_FORWARD_THREADS 256
 /* Output columns per expand tile. */
 #define LORA_FORWARD_N_TILE 64
+/* K columns one shrink step stages: 16-row tiles take 64 (16-bit elements) or 32 (f32); 64-row tiles
+ * (the *_bm64 kernels, 16-bit only) take 128. The host rounds its K chunks to these. */
+#define LORA_FORWARD_K_SLICE_16BIT 64
+#define LORA_FORWARD_K_SLICE_F32 32
+#define LORA_FORWARD_BM64_K_SLICE 128
+/* Largest padded rank a 64-row tile takes (16-row tiles take LORA_MAX_LAUNCH_RANK). */
+#define LORA_FORWARD_BM64_MAX_RANK 64
 
 /* One adapter of a launch: A [rank, k] and B [n, rank], row-major, and its scale. Its rank columns sit
  * at [rank_offset, rank_offset + rank) of the launch's concatenated rank. */
@@ -26,7 +34,7 @@ typedef struct LoraAdapterSlot {
     int32_t reserved;
 } LoraAdapterSlot;
 
-/* The LoRA term in the epilogue of the GEMV kernels (decode, m <= 8: quant4_linear, int8_linear,
+/* The LoRA term in the epilogue of the GEMV kernels (decode, m <= 8: quant4_gemv, int8_gemv,
  * linear_gemv): y[r, j] += sum_q hidden[r][q] * B(j, q), with hidden = sum_i s_i x A_i^T over the
  * adapters' concatenated ranks (f32 [m][rank_total], from lora_shrink_T) and B(j, q) row j of the B of
  * the adapter owning rank q. hidden 0: no LoRA term. */
@@ -54,7 +62,7 @@ typedef struct LoraShrinkParams {
 /* y = base + sum_i scale_i * (x * A_i^T) * B_i^T for x [m, k], base and y [m, n] row-major.
  * base may equal y (in place). The work is split into `m_tiles * k_chunks` shrink items followed by
  * `m_tiles * ceil(n_tiles / n_tiles_per_item)` expand items, handed out by a ticket counter (see
- * kernels/lora_forward.cu). */
+ * kernels/lora.cu). */
 typedef struct LoraForwardParams {
     uint64_t x;
     uint64_t base;
@@ -111,7 +119,7 @@ typedef struct Quant4Weights {
     int32_t k;
 } Quant4Weights;
 
-/* The kernels quant4_dequantize_* (out = dequant(W) [n, k]) and quant4_linear_* (y = x * dequant(W)^T
+/* The kernels quant4_dequantize_* (out = dequant(W) [n, k]) and quant4_gemv_* (y = x * dequant(W)^T
  * + bias, x [m, k], y [m, n]; bias 0: none). */
 #define QUANT4_THREADS 256
 typedef struct Quant4Params {
@@ -238,7 +246,7 @@ typedef struct LoraMixedParams {
     int32_t k;
     int32_t num_adapters;
     /* The two-phase (prefill) path: f32 [m][LORA_MAX_LAUNCH_RANK], each row's scaled x * A^T, written
-     * by mixed_lora_shrink_T and read by mixed_lora_expand_T. 0 for the one-kernel path. */
+     * by mixed_batch_shrink_T and read by mixed_batch_expand_T. 0 for the one-kernel path. */
     uint64_t hidden;
 } LoraMixedParams;
 
@@ -287,6 +295,11 @@ typedef struct LinearParams {
 #define DORA_THREADS 256
 /* Row norms below this are treated as zero: f = m / max(norm, DORA_NORM_EPS). */
 #define DORA_NORM_EPS 1e-12f
+/* The norm on tensor cores (dora_norm_tc_*, NORM and FACTOR of a dense 16-bit W): rows of W per block,
+ * k columns per step, and the largest padded rank (the rank rounded up to 16) it takes. */
+#define DORA_TC_ROWS 64
+#define DORA_TC_COLS 64
+#define DORA_TC_MAX_RANK 128
 
 /* What a row pass computes. */
 typedef enum DoraRowOp {

@@ -1,6 +1,6 @@
 // The LoRA shrink of the decode path: hidden[r][q] = s_i * sum_c x[r, c] * A_i[q - offset_i, c] for
 // the m <= 8 rows of x and every concatenated rank q of up to 8 adapters, in f32. The GEMV kernels of
-// the base product (quant4_linear, int8_linear, linear_gemv) then add hidden * B^T in their epilogue
+// the base product (quant4_gemv, int8_gemv, linear_gemv) then add hidden * B^T in their epilogue
 // (LoraGemvEpilogue), so the base product and the adapters' expand are one pass over the weight.
 //
 // How the work is split: one block per rank q; its 256 threads stride over k, read A's row q once
@@ -38,8 +38,7 @@ template <typename T> __device__ void lora_shrink(const LoraShrinkParams &p) {
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
 #pragma unroll
     for (int r = 0; r < kRows; ++r) {
-#pragma unroll
-        for (int off = 16; off > 0; off /= 2) acc[r] += __shfl_xor_sync(0xffffffffu, acc[r], off);
+        acc[r] = warp_sum(acc[r]);
         if (lane == 0) partial[r][warp] = acc[r];
     }
     __syncthreads();
@@ -53,6 +52,6 @@ template <typename T> __device__ void lora_shrink(const LoraShrinkParams &p) {
 
 }  // namespace
 
-extern "C" __global__ void __launch_bounds__(kThreads) lora_shrink_f32(const LoraShrinkParams p) { lora_shrink<float>(p); }
-extern "C" __global__ void __launch_bounds__(kThreads) lora_shrink_f16(const LoraShrinkParams p) { lora_shrink<__half>(p); }
-extern "C" __global__ void __launch_bounds__(kThreads) lora_shrink_bf16(const LoraShrinkParams p) { lora_shrink<__nv_bfloat16>(p); }
+KERNEL_ENTRY(lora_shrink_f32, LoraShrinkParams, 0, lora_shrink<float>)
+KERNEL_ENTRY(lora_shrink_f16, LoraShrinkParams, 0, lora_shrink<__half>)
+KERNEL_ENTRY(lora_shrink_bf16, LoraShrinkParams, 0, lora_shrink<__nv_bfloat16>)

@@ -3,13 +3,13 @@
 // index outside the table) leaves y[i] = base[i]. Adapter pointers and indices are read on the device,
 // so a call needs no host synchronisation and can be captured in a graph.
 //
-// How the work is split. Decode (mixed_lora_T, one launch): block (i, t) owns row i and output
+// How the work is split. Decode (mixed_batch_lora_T, one launch): block (i, t) owns row i and output
 // columns [256 t, 256 t + 256); it forms the row's hidden h = s * x[i] * A_a^T in shared memory (warp w
 // takes ranks w, w + 8, ...; lanes stride over k; a shuffle reduces), then each thread writes one
 // column: y = base + h * B_a[col]^T. The hidden is recomputed by each of the row's ceil(n / 256)
 // blocks (r k n / 256 extra FMAs per row and A re-read from L2), which is cheap at decode sizes.
-// Prefill (two launches): mixed_lora_shrink_T, one block per row, writes the row's hidden once to
-// global memory; mixed_lora_expand_T, the same (row, column tile) blocks, reads it back instead of
+// Prefill (two launches): mixed_batch_shrink_T, one block per row, writes the row's hidden once to
+// global memory; mixed_batch_expand_T, the same (row, column tile) blocks, reads it back instead of
 // recomputing it: x and A_a once per row.
 //
 // Bytes moved: x row and A_a once per block (decode: L2-resident at m <= 16) or once per row
@@ -33,7 +33,8 @@ __device__ __forceinline__ const LoraAdapterSlot *row_slot(const LoraMixedParams
 }
 
 // h[j] = s * x[i] * A[j]^T for the slot's ranks: warp w takes ranks w, w + 8, ...; lanes stride over k.
-template <typename T> __device__ void shrink_row(const LoraMixedParams &p, int i, const LoraAdapterSlot &slot, float *h) {
+template <typename T>
+__device__ void shrink_row(const LoraMixedParams &p, int i, const LoraAdapterSlot &slot, float *h) {
     const T *x = reinterpret_cast<const T *>(p.x) + (size_t)i * p.k;
     const T *lora_a = reinterpret_cast<const T *>(slot.lora_a);
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -41,8 +42,7 @@ template <typename T> __device__ void shrink_row(const LoraMixedParams &p, int i
         float sum = 0.0f;
         for (int c = lane; c < p.k; c += 32)
             sum = fmaf(Element<T>::to_f32(x[c]), Element<T>::to_f32(lora_a[(size_t)j * p.k + c]), sum);
-#pragma unroll
-        for (int off = 16; off > 0; off /= 2) sum += __shfl_down_sync(0xffffffffu, sum, off);
+        sum = warp_sum(sum);
         if (lane == 0) h[j] = sum * slot.scale;
     }
 }
@@ -62,7 +62,7 @@ __device__ __forceinline__ void expand_col(const LoraMixedParams &p, int i, int 
     reinterpret_cast<T *>(p.y)[out] = slot ? Element<T>::from_f32(Element<T>::to_f32(base[out]) + acc) : base[out];
 }
 
-template <typename T> __device__ void mixed_lora(const LoraMixedParams &p) {
+template <typename T> __device__ void mixed_batch_lora(const LoraMixedParams &p) {
     __shared__ float hidden[kMaxRank];
     const int n_tiles = (p.n + kNTile - 1) / kNTile;
     const int i = blockIdx.x / n_tiles;  // one flat grid: m may exceed the 65535 limit of gridDim.y
@@ -76,14 +76,14 @@ template <typename T> __device__ void mixed_lora(const LoraMixedParams &p) {
 }
 
 // Prefill, phase 1: one block per row writes the row's hidden to p.hidden.
-template <typename T> __device__ void mixed_lora_shrink(const LoraMixedParams &p) {
+template <typename T> __device__ void mixed_batch_shrink(const LoraMixedParams &p) {
     const int i = blockIdx.x;
     const LoraAdapterSlot *slot = row_slot(p, i);
     if (slot) shrink_row<T>(p, i, *slot, reinterpret_cast<float *>(p.hidden) + (size_t)i * kMaxRank);
 }
 
 // Prefill, phase 2: the decode kernel's blocks, with the row's hidden read back from p.hidden.
-template <typename T> __device__ void mixed_lora_expand(const LoraMixedParams &p) {
+template <typename T> __device__ void mixed_batch_expand(const LoraMixedParams &p) {
     __shared__ float hidden[kMaxRank];
     const int n_tiles = (p.n + kNTile - 1) / kNTile;
     const int i = blockIdx.x / n_tiles;
@@ -99,14 +99,12 @@ template <typename T> __device__ void mixed_lora_expand(const LoraMixedParams &p
 
 }  // namespace
 
-#define MIXED_ENTRIES(SUFFIX, T)                                                                                        \
-    extern "C" __global__ void __launch_bounds__(kThreads) mixed_lora_##SUFFIX(const LoraMixedParams p) { mixed_lora<T>(p); } \
-    extern "C" __global__ void __launch_bounds__(kThreads) mixed_lora_shrink_##SUFFIX(const LoraMixedParams p) {              \
-        mixed_lora_shrink<T>(p);                                                                                            \
-    }                                                                                                                       \
-    extern "C" __global__ void __launch_bounds__(kThreads) mixed_lora_expand_##SUFFIX(const LoraMixedParams p) {              \
-        mixed_lora_expand<T>(p);                                                                                            \
-    }
-MIXED_ENTRIES(f32, float)
-MIXED_ENTRIES(f16, __half)
-MIXED_ENTRIES(bf16, __nv_bfloat16)
+KERNEL_ENTRY(mixed_batch_lora_f32, LoraMixedParams, 0, mixed_batch_lora<float>)
+KERNEL_ENTRY(mixed_batch_lora_f16, LoraMixedParams, 0, mixed_batch_lora<__half>)
+KERNEL_ENTRY(mixed_batch_lora_bf16, LoraMixedParams, 0, mixed_batch_lora<__nv_bfloat16>)
+KERNEL_ENTRY(mixed_batch_shrink_f32, LoraMixedParams, 0, mixed_batch_shrink<float>)
+KERNEL_ENTRY(mixed_batch_shrink_f16, LoraMixedParams, 0, mixed_batch_shrink<__half>)
+KERNEL_ENTRY(mixed_batch_shrink_bf16, LoraMixedParams, 0, mixed_batch_shrink<__nv_bfloat16>)
+KERNEL_ENTRY(mixed_batch_expand_f32, LoraMixedParams, 0, mixed_batch_expand<float>)
+KERNEL_ENTRY(mixed_batch_expand_f16, LoraMixedParams, 0, mixed_batch_expand<__half>)
+KERNEL_ENTRY(mixed_batch_expand_bf16, LoraMixedParams, 0, mixed_batch_expand<__nv_bfloat16>)

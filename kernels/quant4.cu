@@ -1,7 +1,7 @@
 // bitsandbytes 4-bit (NF4/FP4) weights: the quantiser, and products on the fly that never materialise
 // the dequantised weight:
 //   quant4_dequantize_T  out[i] = T(code[q_i] * absmax[i / blocksize])           (f32 multiply, one rounding)
-//   quant4_linear_T      y[r, j] = sum_c x[r, c] * code[q_(j,c)] * absmax(j, c) + bias[j]
+//   quant4_gemv_T        y[r, j] = sum_c x[r, c] * code[q_(j,c)] * absmax(j, c) + bias[j]
 // absmax is plain f32 per block, or double-quantised: nested_code[u8] * nested_absmax[block / 256] + offset.
 //
 //   quant4_quantize_T and quant4_nested_quantize: the quantiser (see Quant4QuantizeParams), byte-exact
@@ -9,14 +9,14 @@
 //   block, then the double quantisation of the absmax (the host computes the offset in between).
 //   Every rounding step is an explicit __f*_rn intrinsic, so no FMA contraction changes a result.
 //
-// How the work is split. Dequantize: one thread per packed byte (two elements). Linear (the GEMV path
+// How the work is split. Dequantize: one thread per packed byte (two elements). GEMV (the path
 // for decode, any m): one warp per output row j, 8 rows per block; each lane walks the row's packed
 // bytes with 16-byte loads (32 codes, one absmax block since blocks are >= 32 and rows start on a
 // 32-element boundary when k % 32 == 0), reads the code table from shared memory, accumulates up to 8
 // rows of x in f32; a warp shuffle reduces. m > 8 takes several passes over W. Otherwise (k not a
 // multiple of 32, unaligned pointers) an element-wise path does the same sums.
 //
-// Bytes moved by linear: the packed weight once per pass (n * k / 2), the absmax (a byte or a float per
+// Bytes moved by the GEMV: the packed weight once per pass (n * k / 2), the absmax (a byte or a float per
 // block), x from L1/L2 (m * k elements, shared by the block's 8 warps), y once. At m = 1 the packed
 // weight dominates: 4x fewer bytes than a bf16 weight. Large m goes to the tiled tensor-core kernel of
 // kernels/linear.cu instead (the host switches above 8 rows).
@@ -61,7 +61,7 @@ template <typename T> __device__ void dequantize(const Quant4Params &p) {
     }
 }
 
-template <typename T> __device__ void linear(const Quant4Params &p) {
+template <typename T> __device__ void gemv(const Quant4Params &p) {
     const Quant4Weights &w = p.w;
     __shared__ float code[16];  // indexed by the codes: shared memory, not a local array
     if (threadIdx.x < 16) code[threadIdx.x] = w.code[threadIdx.x];
@@ -117,21 +117,6 @@ template <typename T> __device__ void linear(const Quant4Params &p) {
 
 // ---- The quantiser: bitsandbytes' CPU backend, step for step as src/quant4/reference.rs ----
 
-// Block max of |x| over the raw bits: for non-negative floats the unsigned order is the float order,
-// and a NaN (all-ones exponent, non-zero mantissa) ranks above +Inf, so the max is NaN as soon as one
-// element is (torch's max propagates NaN; fmaxf would drop it).
-__device__ __forceinline__ unsigned int block_max_bits(unsigned int v, unsigned int *scratch) {
-#pragma unroll
-    for (int off = 16; off > 0; off /= 2) v = max(v, __shfl_xor_sync(0xffffffffu, v, off));
-    __syncthreads();  // scratch is free
-    if (threadIdx.x % 32 == 0) scratch[threadIdx.x / 32] = v;
-    __syncthreads();
-    v = scratch[0];
-#pragma unroll
-    for (int w = 1; w < kThreads / 32; ++w) v = max(v, scratch[w]);
-    return v;
-}
-
 // The bucket search of the code table (reference::Bucketizer): order[] lists the table's indices in
 // increasing value (a stable rank: FP4's two zeros in index order), mids[] the 15 f32 midpoints of
 // neighbours; the code of y is order[number of midpoints that are not >= y] (NaN: past the last).
@@ -153,7 +138,9 @@ __device__ void build_buckets(const float *table, Buckets &b) {
         b.order[rank] = i;
     }
     __syncthreads();
-    if (threadIdx.x < 15) b.mids[threadIdx.x] = __fdiv_rn(__fadd_rn(b.code[b.order[threadIdx.x]], b.code[b.order[threadIdx.x + 1]]), 2.0f);
+    if (threadIdx.x < 15)
+        b.mids[threadIdx.x] =
+            __fdiv_rn(__fadd_rn(b.code[b.order[threadIdx.x]], b.code[b.order[threadIdx.x + 1]]), 2.0f);
     __syncthreads();
 }
 
@@ -176,8 +163,12 @@ template <typename T> __device__ void quantize(const Quant4QuantizeParams &p) {
     const int len = (int)min((long long)p.blocksize, p.numel - start);
     const T *in = reinterpret_cast<const T *>(p.input) + start;
     unsigned int bits = 0;
-    for (int i = threadIdx.x; i < len; i += kThreads) bits = max(bits, __float_as_uint(Element<T>::to_f32(in[i])) & 0x7fffffffu);
-    bits = block_max_bits(bits, scratch);
+    for (int i = threadIdx.x; i < len; i += kThreads)
+        bits = max(bits, __float_as_uint(Element<T>::to_f32(in[i])) & 0x7fffffffu);
+    // The block max of |x| over the raw bits: for non-negative floats the unsigned order is the float
+    // order, and a NaN (all-ones exponent, non-zero mantissa) ranks above +Inf, so the max is NaN as
+    // soon as one element is (torch's max propagates NaN; fmaxf would drop it).
+    bits = block_max<kThreads>(bits, scratch);
     const float amax = bits > 0x7f800000u ? __uint_as_float(0x7fc00000u) : __uint_as_float(bits);
     if (threadIdx.x == 0) reinterpret_cast<float *>(p.absmax)[blockIdx.x] = amax;
     const bool full = len == p.blocksize;
@@ -191,7 +182,8 @@ template <typename T> __device__ void quantize(const Quant4QuantizeParams &p) {
         return bucket_code(buckets, y);
     };
     uint8_t *packed = reinterpret_cast<uint8_t *>(p.packed) + start / 2;  // blocksize is even
-    for (int b = threadIdx.x; 2 * b < len; b += kThreads) packed[b] = (uint8_t)((code_of(2 * b) << 4) | code_of(2 * b + 1));
+    for (int b = threadIdx.x; 2 * b < len; b += kThreads)
+        packed[b] = (uint8_t)((code_of(2 * b) << 4) | code_of(2 * b + 1));
 }
 
 // One nested block of 256 absmax values per thread block, one value per thread, as bitsandbytes' C++
@@ -219,7 +211,10 @@ __device__ void nested_quantize(const Quant4QuantizeParams &p) {
         int lo = 0, hi = 255;  // the first midpoint >= g: the count of those below
         while (lo < hi) {
             const int mid = (lo + hi) / 2;
-            if (__fmul_rn(0.5f, __fadd_rn(map[mid], map[mid + 1])) < g) lo = mid + 1; else hi = mid;
+            if (__fmul_rn(0.5f, __fadd_rn(map[mid], map[mid + 1])) < g)
+                lo = mid + 1;
+            else
+                hi = mid;
         }
         code = (uint8_t)lo;
     }
@@ -228,19 +223,14 @@ __device__ void nested_quantize(const Quant4QuantizeParams &p) {
 
 }  // namespace
 
-extern "C" __global__ void __launch_bounds__(kThreads) quant4_quantize_f32(const Quant4QuantizeParams p) { quantize<float>(p); }
-extern "C" __global__ void __launch_bounds__(kThreads) quant4_quantize_f16(const Quant4QuantizeParams p) { quantize<__half>(p); }
-extern "C" __global__ void __launch_bounds__(kThreads) quant4_quantize_bf16(const Quant4QuantizeParams p) { quantize<__nv_bfloat16>(p); }
-extern "C" __global__ void __launch_bounds__(kThreads) quant4_nested_quantize(const Quant4QuantizeParams p) { nested_quantize(p); }
+KERNEL_ENTRY(quant4_quantize_f32, Quant4QuantizeParams, 0, quantize<float>)
+KERNEL_ENTRY(quant4_quantize_f16, Quant4QuantizeParams, 0, quantize<__half>)
+KERNEL_ENTRY(quant4_quantize_bf16, Quant4QuantizeParams, 0, quantize<__nv_bfloat16>)
+KERNEL_ENTRY(quant4_nested_quantize, Quant4QuantizeParams, 0, nested_quantize)
 
-#define QUANT4_ENTRIES(SUFFIX, T)                                                                              \
-    extern "C" __global__ void __launch_bounds__(kThreads) quant4_dequantize_##SUFFIX(const Quant4Params p) { \
-        dequantize<T>(p);                                                                                  \
-    }                                                                                                      \
-    extern "C" __global__ void __launch_bounds__(kThreads, 2) quant4_linear_##SUFFIX(const Quant4Params p) {     \
-        linear<T>(p);                                                                                      \
-    }
-
-QUANT4_ENTRIES(f32, float)
-QUANT4_ENTRIES(f16, __half)
-QUANT4_ENTRIES(bf16, __nv_bfloat16)
+KERNEL_ENTRY(quant4_dequantize_f32, Quant4Params, 0, dequantize<float>)
+KERNEL_ENTRY(quant4_dequantize_f16, Quant4Params, 0, dequantize<__half>)
+KERNEL_ENTRY(quant4_dequantize_bf16, Quant4Params, 0, dequantize<__nv_bfloat16>)
+KERNEL_ENTRY(quant4_gemv_f32, Quant4Params, 2, gemv<float>)
+KERNEL_ENTRY(quant4_gemv_f16, Quant4Params, 2, gemv<__half>)
+KERNEL_ENTRY(quant4_gemv_bf16, Quant4Params, 2, gemv<__nv_bfloat16>)

@@ -15,6 +15,16 @@ pub enum Error {
     )]
     KernelsNotBuilt,
 
+    /// A kernel family's module loaded, but the kernel the call needs is not in it (the driver
+    /// reports `CUDA_ERROR_NOT_FOUND`): the module and the library disagree on a kernel's name.
+    #[error("kernel `{name}` is not in the module of {module}")]
+    MissingKernel {
+        /// The kernel file whose module was searched, e.g. `kernels/lora.cu`.
+        module: String,
+        /// The kernel's name, `<family>_<op>_<dtype>`.
+        name: String,
+    },
+
     /// An argument has the wrong shape, length, rank or value.
     #[error("invalid argument `{arg}`: expected {expected}, got {actual}")]
     InvalidArgument {

@@ -19,7 +19,7 @@ const FILES: [&str; 7] = [
     "dora.ptx",
     "int8.ptx",
     "linear.ptx",
-    "lora_forward.ptx",
+    "lora.ptx",
     "lora_shrink.ptx",
     "mixed_batch.ptx",
     "quant4.ptx",
@@ -156,8 +156,8 @@ fn known_facts_of_the_crate_kernels() {
         (k.regs[88].name.as_str(), k.regs[88].ty),
         ("%f0", Type::F32)
     );
-    // The first instructions: `mov.b64 %rd33, lora_shrink_f32_param_0;` at `.loc 1 56 0`, then
-    // `mov.u32 %r1, %ctaid.x;` at `.loc 1 22 5, ..., inlined_at 1 56 82`, then
+    // The first instructions: `mov.b64 %rd33, lora_shrink_f32_param_0;` at `.loc 1 55 0`, then
+    // `mov.u32 %r1, %ctaid.x;` at `.loc 1 22 5, ..., inlined_at 1 55 85`, then
     // `add.s64 %rd2, %rd33, 28;` and `ld.param.u32 %r2, [lora_shrink_f32_param_0+28];`.
     let b = &k.body;
     let rd = |i: u32| Operand::Reg(lora_kernels_emulator::ptx::ir::RegId(88 + 277 + 220 + i));
@@ -171,7 +171,7 @@ fn known_facts_of_the_crate_kernels() {
         b[0].loc,
         Some(Loc {
             file: 1,
-            line: 56,
+            line: 55,
             column: 0
         })
     );
@@ -227,12 +227,8 @@ fn known_facts_of_the_crate_kernels() {
         .1;
     assert!(m.file(1).unwrap().ends_with("kernels/lora_shrink.cu"));
 
-    // lora_forward: five module-scope shared flags, used by the kernels.
-    let m = &mods
-        .iter()
-        .find(|(f, _)| *f == "lora_forward.ptx")
-        .unwrap()
-        .1;
+    // lora (the fused forward): five module-scope shared flags, used by the kernels.
+    let m = &mods.iter().find(|(f, _)| *f == "lora.ptx").unwrap().1;
     assert_eq!(m.vars.len(), 5);
     assert!(m
         .vars
@@ -266,7 +262,7 @@ fn known_facts_of_the_crate_kernels() {
         .sum();
     assert_eq!(n, 28);
     // The scoped `{ .reg .b64 %tmp; cvta.shared.u64 ... }` blocks: each %tmp is its own register.
-    let k = find("lora_forward.ptx", "lora_forward_bf16_bm16");
+    let k = find("lora.ptx", "lora_forward_bm16_bf16");
     let tmps = k.regs.iter().filter(|r| r.name == "%tmp").count();
     assert!(tmps >= 2, "{tmps}");
     let cvta: Vec<_> = k

@@ -7,7 +7,7 @@ use crate::linear::{LinearWeight, QuantizedWeight};
 use crate::lora::LoraAdapter;
 use crate::sys::{
     DoraRowOp, DoraRowOp_DORA_ROW_FACTOR, DoraRowOp_DORA_ROW_NORM, DoraRowParams,
-    DORA_ROWS_PER_BLOCK, DORA_THREADS,
+    DORA_ROWS_PER_BLOCK, DORA_TC_MAX_RANK, DORA_TC_ROWS, DORA_THREADS,
 };
 use crate::validate::{validate_rows, AdapterLens};
 use crate::{DType, Element};
@@ -228,11 +228,11 @@ impl Gpu {
         let tensor_cores = matches!(pass.weight, LinearWeight::Dense(w) if w % 16 == 0)
             && T::DTYPE != DType::F32
             && (pass.op == DoraRowOp_DORA_ROW_NORM || pass.op == DoraRowOp_DORA_ROW_FACTOR)
-            && pass.rank <= 128
+            && pass.rank <= DORA_TC_MAX_RANK as usize
             && pass.k % 8 == 0
             && norm_path_allows_tensor_cores();
         let (name, rows_per_block) = if tensor_cores {
-            ("dora_norm_tc", DORA_TC_ROWS)
+            ("dora_norm_tc", DORA_TC_ROWS as usize)
         } else {
             ("dora_rows", DORA_ROWS_PER_BLOCK as usize)
         };
@@ -275,9 +275,6 @@ impl Gpu {
         }
     }
 }
-
-/// Rows of W per block of the tensor-core norm (kTcRows in kernels/dora.cu).
-const DORA_TC_ROWS: usize = 64;
 
 /// The norm's kernel: `LORA_KERNELS_DORA_NORM=cuda-cores` keeps the CUDA-core row pass even where the
 /// tensor-core kernel applies (the DoRA bench times both in one run).

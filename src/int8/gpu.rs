@@ -92,7 +92,7 @@ impl Gpu {
         unsafe { self.launch(&func, (grid as u32, 1), INT8_THREADS, &params) }
     }
 
-    /// One launch of the int8 GEMV (`int8_linear_*`, a warp per output column, up to 8 rows of x) for
+    /// One launch of the int8 GEMV (`int8_gemv_*`, a warp per output column, up to 8 rows of x) for
     /// [`Gpu::int8_linear`] and the other products of [`crate::linear`], with the adapters' LoRA term
     /// `lora` in its epilogue (empty: none). The caller validated every extent and holds the buffers.
     #[allow(clippy::too_many_arguments)]
@@ -111,7 +111,7 @@ impl Gpu {
         let LoraShape { m, k, n } = shape;
         let (func, _) = self.kernel(
             KernelModule::Int8,
-            &format!("int8_linear_{}", T::DTYPE.name()),
+            &format!("int8_gemv_{}", T::DTYPE.name()),
             INT8_THREADS,
         )?;
         let params = Int8LinearParams {

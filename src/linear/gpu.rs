@@ -284,7 +284,7 @@ impl Gpu {
         let vector_w = weight.vectorizable(k, elem);
         let (func, _) = self.kernel(
             KernelModule::Linear,
-            &format!("linear_{variant}{}", T::DTYPE.name()),
+            &format!("linear_tiled_{variant}_{}", T::DTYPE.name()),
             LINEAR_THREADS,
         )?;
         let grid_y = m.div_ceil(LINEAR_BLOCK_M as usize);

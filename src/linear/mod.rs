@@ -94,13 +94,13 @@ impl<'a> QuantizedWeight<'a> {
 }
 
 impl LinearWeight {
-    /// The kernel's name for this format (`linear_{variant}{dtype}`, the LINEAR_* formats of
-    /// kernels/lora_params.h).
+    /// The tiled kernel's name for this format (`linear_tiled_{variant}_{dtype}`, the LINEAR_*
+    /// formats of kernels/lora_params.h).
     pub(crate) fn kernel_variant(&self) -> &'static str {
         match self {
-            LinearWeight::Dense(_) => "",
-            LinearWeight::Quant4(_) => "quant4_",
-            LinearWeight::Int8 { .. } => "int8_",
+            LinearWeight::Dense(_) => "dense",
+            LinearWeight::Quant4(_) => "quant4",
+            LinearWeight::Int8 { .. } => "int8",
         }
     }
 

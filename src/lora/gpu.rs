@@ -1,11 +1,12 @@
-//! GPU launch of the fused LoRA forward (`kernels/lora_forward.cu`).
+//! GPU launch of the fused LoRA forward (`kernels/lora.cu`).
 use super::{LoraAdapter, LoraShape};
 use crate::device::{Gpu, KernelModule};
 use crate::error::invalid;
 use crate::error::Result;
 use crate::sys::{
-    LoraAdapterSlot, LoraForwardParams, LORA_FORWARD_N_TILE, LORA_FORWARD_THREADS,
-    LORA_MAX_LAUNCH_ADAPTERS, LORA_MAX_LAUNCH_RANK,
+    launch_slots, LoraForwardParams, SlotAdapter, LORA_FORWARD_BM64_K_SLICE,
+    LORA_FORWARD_BM64_MAX_RANK, LORA_FORWARD_K_SLICE_16BIT, LORA_FORWARD_K_SLICE_F32,
+    LORA_FORWARD_N_TILE, LORA_FORWARD_THREADS, LORA_MAX_LAUNCH_ADAPTERS, LORA_MAX_LAUNCH_RANK,
 };
 use crate::validate::{validate_lora_forward, AdapterLens};
 use crate::{DType, Element};
@@ -155,13 +156,14 @@ impl Plan {
         let LoraShape { m, k, n } = shape;
         let rank_pad = rank_total.next_power_of_two().max(16);
         // 64-row tiles (128-column K slices) cut the L2 re-reads of A and B and keep more bytes in
-        // flight at large m; the kernel sizes them for padded ranks up to 64 (`kRankCap`), so larger
-        // ranks take 16-row tiles.
-        let block_m = if dtype != DType::F32 && m >= 256 && rank_pad <= 64 {
-            64
-        } else {
-            16
-        };
+        // flight at large m; the kernel sizes them for padded ranks up to LORA_FORWARD_BM64_MAX_RANK
+        // (`kRankCap`), so larger ranks take 16-row tiles.
+        let block_m =
+            if dtype != DType::F32 && m >= 256 && rank_pad <= LORA_FORWARD_BM64_MAX_RANK as usize {
+                64
+            } else {
+                16
+            };
         let m_tiles = m.div_ceil(block_m);
         let k_slice = k_slice(dtype, block_m);
         // Split k until every resident block has a shrink item, but keep the reduction of the
@@ -194,13 +196,13 @@ impl Plan {
     }
 }
 
-/// K columns the kernel stages per shrink step (`kKSlice` in the kernel).
+/// K columns the kernel stages per shrink step (`kKSlice` in the kernel; the header's constants).
 fn k_slice(dtype: DType, block_m: usize) -> usize {
-    match (dtype, block_m) {
-        (_, 64) => 128,
-        (DType::F32, _) => 32,
-        _ => 64,
-    }
+    (match (dtype, block_m) {
+        (_, 64) => LORA_FORWARD_BM64_K_SLICE,
+        (DType::F32, _) => LORA_FORWARD_K_SLICE_F32,
+        _ => LORA_FORWARD_K_SLICE_16BIT,
+    }) as usize
 }
 
 /// Device pointers of the DoRA epilogue: the f32 factor [n] and the bias [n] (0: none).
@@ -208,14 +210,6 @@ fn k_slice(dtype: DType, block_m: usize) -> usize {
 pub(crate) struct DoraEpilogue {
     pub factor: u64,
     pub bias: u64,
-}
-
-/// Device pointer of an adapter's A and B with its rank and scale.
-struct AdapterAddrs {
-    a: u64,
-    b: u64,
-    rank: usize,
-    scale: f32,
 }
 
 impl Gpu {
@@ -280,8 +274,8 @@ impl Gpu {
     ) -> Result<(cudarc::driver::CudaFunction, usize)> {
         let variant = if dora { "dora_" } else { "" };
         self.kernel(
-            KernelModule::LoraForward,
-            &format!("lora_forward_{variant}{}_bm{block_m}", dtype.name()),
+            KernelModule::Lora,
+            &format!("lora_forward_{variant}bm{block_m}_{}", dtype.name()),
             LORA_FORWARD_THREADS,
         )
     }
@@ -433,7 +427,7 @@ impl Gpu {
             let (b, gb) = ad.lora_b.device_ptr(&stream);
             guards.push(ga);
             guards.push(gb);
-            device_adapters.push(AdapterAddrs {
+            device_adapters.push(SlotAdapter {
                 a,
                 b,
                 rank: ad.rank,
@@ -443,7 +437,7 @@ impl Gpu {
 
         // Adapters go in launches of at most 256 summed ranks and 8 adapters; the first launch reads
         // base, the later ones add to y in place.
-        let mut launches: Vec<&[AdapterAddrs]> = Vec::new();
+        let mut launches: Vec<&[SlotAdapter]> = Vec::new();
         let mut start = 0;
         let mut rank = 0;
         for (i, ad) in device_adapters.iter().enumerate() {
@@ -496,7 +490,7 @@ impl Gpu {
         x: u64,
         base: u64,
         y: u64,
-        adapters: &[AdapterAddrs],
+        adapters: &[SlotAdapter],
         shape: LoraShape,
         dora: Option<DoraEpilogue>,
         workspace: WorkspaceArg<'_>,
@@ -571,26 +565,7 @@ impl Gpu {
         let vector_n = shape.n % vec == 0 && aligned(base) && aligned(y);
         let vector_b = adapters.len() == 1 && adapters[0].rank % 2 == 0 && adapters[0].b % 4 == 0;
 
-        let mut slots = [LoraAdapterSlot {
-            lora_a: 0,
-            lora_b: 0,
-            rank: 0,
-            rank_offset: 0,
-            scale: 0.0,
-            reserved: 0,
-        }; LORA_MAX_LAUNCH_ADAPTERS as usize];
-        let mut offset = 0;
-        for (slot, ad) in slots.iter_mut().zip(adapters) {
-            *slot = LoraAdapterSlot {
-                lora_a: ad.a,
-                lora_b: ad.b,
-                rank: ad.rank as i32,
-                rank_offset: offset as i32,
-                scale: ad.scale,
-                reserved: 0,
-            };
-            offset += ad.rank;
-        }
+        let (slots, _) = launch_slots(adapters.iter().copied());
         let params = LoraForwardParams {
             x,
             base,
@@ -661,7 +636,7 @@ mod tests {
     use super::*;
 
     /// The plan covers k and n exactly and never asks a tile height for more rank than it holds
-    /// (64-row tiles hold padded ranks up to 128, 16-row tiles up to 256).
+    /// (64-row tiles hold padded ranks up to LORA_FORWARD_BM64_MAX_RANK = 64, 16-row tiles up to 256).
     #[test]
     fn plans_respect_the_kernel_limits() {
         for dtype in [DType::F32, DType::F16, DType::BF16] {
@@ -671,7 +646,11 @@ mod tests {
                         for &rank in &[1, 16, 17, 128, 129, 196, 256] {
                             for &resident in &[1, 132, 264] {
                                 let p = Plan::new(dtype, LoraShape::new(m, k, n), rank, resident);
-                                let cap = if p.block_m == 64 { 64 } else { 256 };
+                                let cap = if p.block_m == 64 {
+                                    LORA_FORWARD_BM64_MAX_RANK as usize
+                                } else {
+                                    LORA_MAX_LAUNCH_RANK as usize
+                                };
                                 let k_slice = k_slice(dtype, p.block_m);
                                 assert!(
                                     p.rank_pad <= cap && p.rank_pad >= rank && p.rank_pad >= 16

@@ -3,7 +3,7 @@ use crate::device::{Gpu, KernelModule};
 use crate::error::Result;
 use crate::lora::{LoraAdapter, LoraShape, MAX_RANK};
 use crate::sys::{
-    LoraAdapterSlot, LoraGemvEpilogue, LoraShrinkParams, LORA_MAX_LAUNCH_ADAPTERS,
+    launch_slots, LoraGemvEpilogue, LoraShrinkParams, SlotAdapter, LORA_MAX_LAUNCH_ADAPTERS,
     LORA_MAX_LAUNCH_RANK, LORA_SHRINK_MAX_ROWS, LORA_SHRINK_THREADS,
 };
 use crate::Element;
@@ -39,24 +39,21 @@ impl Gpu {
         stream: &'s Arc<CudaStream>,
     ) -> Result<GemvLora<'s>> {
         self.check_dtype(T::DTYPE, "the LoRA shrink")?;
-        let mut slots = [LoraAdapterSlot::default(); LORA_MAX_LAUNCH_ADAPTERS as usize];
         let mut guards = Vec::with_capacity(2 * adapters.len());
-        let mut offset = 0;
-        for (slot, ad) in slots.iter_mut().zip(adapters) {
+        let mut addrs = Vec::with_capacity(adapters.len());
+        for ad in adapters {
             let (a, ga) = ad.lora_a.device_ptr(stream);
             let (b, gb) = ad.lora_b.device_ptr(stream);
             guards.push(ga);
             guards.push(gb);
-            *slot = LoraAdapterSlot {
-                lora_a: a,
-                lora_b: b,
-                rank: ad.rank as i32,
-                rank_offset: offset as i32,
+            addrs.push(SlotAdapter {
+                a,
+                b,
+                rank: ad.rank,
                 scale: ad.scale,
-                reserved: 0,
-            };
-            offset += ad.rank;
+            });
         }
+        let (slots, offset) = launch_slots(addrs);
         let mut hidden = stream.alloc_zeros::<f32>(shape.m * offset)?;
         let hidden_ptr = {
             let (h, _g) = hidden.device_ptr_mut(stream);

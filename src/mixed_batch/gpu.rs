@@ -3,7 +3,8 @@ use crate::device::{Gpu, KernelModule};
 use crate::error::{invalid, Result};
 use crate::lora::{LoraAdapter, LoraShape};
 use crate::sys::{
-    LoraAdapterSlot, LoraMixedParams, LORA_MAX_LAUNCH_RANK, MIXED_N_TILE, MIXED_THREADS,
+    adapter_slots, LoraAdapterSlot, LoraMixedParams, SlotAdapter, LORA_MAX_LAUNCH_RANK,
+    MIXED_N_TILE, MIXED_THREADS,
 };
 use crate::validate::{validate_adapter, validate_lora_forward, AdapterLens};
 
@@ -55,7 +56,7 @@ impl PrefillHidden {
 /// event tracking orders the forward after a rewrite of an adapter on another stream (and a
 /// later rewrite after the forward), as it does for the other arguments.
 pub struct MixedAdapters<'a, T> {
-    slots: CudaSlice<u8>,
+    slots: CudaSlice<LoraAdapterSlot>,
     /// Each adapter's A and B, for the forward's reads.
     buffers: Vec<[&'a (dyn DevicePtr<T> + Sync); 2]>,
     count: usize,
@@ -106,30 +107,20 @@ impl Gpu {
             ));
         }
         let stream = self.stream().clone();
-        let mut bytes = Vec::with_capacity(adapters.len() * std::mem::size_of::<LoraAdapterSlot>());
-        for ad in adapters {
+        let (table, _) = adapter_slots(adapters.iter().map(|ad| {
             let (a, _ga) = ad.lora_a.device_ptr(&stream);
             let (b, _gb) = ad.lora_b.device_ptr(&stream);
-            let slot = LoraAdapterSlot {
-                lora_a: a,
-                lora_b: b,
-                rank: ad.rank as i32,
-                rank_offset: 0,
+            SlotAdapter {
+                a,
+                b,
+                rank: ad.rank,
                 scale: ad.scale,
-                reserved: 0,
-            };
-            // The slot's bytes as the kernel reads them (repr(C), no padding: 8 + 8 + 4 * 4).
-            bytes.extend_from_slice(&slot.lora_a.to_le_bytes());
-            bytes.extend_from_slice(&slot.lora_b.to_le_bytes());
-            bytes.extend_from_slice(&slot.rank.to_le_bytes());
-            bytes.extend_from_slice(&slot.rank_offset.to_le_bytes());
-            bytes.extend_from_slice(&slot.scale.to_le_bytes());
-            bytes.extend_from_slice(&slot.reserved.to_le_bytes());
-        }
-        let slots = if bytes.is_empty() {
-            stream.alloc_zeros::<u8>(1)?
+            }
+        }));
+        let slots = if table.is_empty() {
+            stream.alloc_zeros::<LoraAdapterSlot>(1)?
         } else {
-            stream.clone_htod(&bytes)?
+            stream.clone_htod(&table)?
         };
         let buffers = adapters
             .iter()
@@ -230,7 +221,7 @@ impl Gpu {
         if shape.m <= MIXED_DECODE_ROWS || n_tiles == 1 {
             let (func, _) = self.kernel(
                 KernelModule::MixedBatch,
-                &format!("mixed_lora_{dtype}"),
+                &format!("mixed_batch_lora_{dtype}"),
                 MIXED_THREADS,
             )?;
             // SAFETY: x, base, y and indices were checked for [m, k], [m, n] and m; every adapter in
@@ -247,14 +238,14 @@ impl Gpu {
         let shrink = self
             .kernel(
                 KernelModule::MixedBatch,
-                &format!("mixed_lora_shrink_{dtype}"),
+                &format!("mixed_batch_shrink_{dtype}"),
                 MIXED_THREADS,
             )?
             .0;
         let expand = self
             .kernel(
                 KernelModule::MixedBatch,
-                &format!("mixed_lora_expand_{dtype}"),
+                &format!("mixed_batch_expand_{dtype}"),
                 MIXED_THREADS,
             )?
             .0;

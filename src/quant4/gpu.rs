@@ -305,7 +305,7 @@ impl Gpu {
         unsafe { self.launch(&func, (grid as u32, 1), QUANT4_THREADS, &params) }
     }
 
-    /// One launch of the 4-bit GEMV (`quant4_linear_*`, a warp per output column, up to 8 rows of x)
+    /// One launch of the 4-bit GEMV (`quant4_gemv_*`, a warp per output column, up to 8 rows of x)
     /// for [`Gpu::quant4_linear`] and the other products of [`crate::linear`], with the adapters'
     /// LoRA term `lora` in its epilogue (empty: none). The caller validated every extent and holds
     /// the buffers.
@@ -324,7 +324,7 @@ impl Gpu {
         self.check_dtype(T::DTYPE, "the 4-bit kernels")?;
         let (func, _) = self.kernel(
             KernelModule::Quant4,
-            &format!("quant4_linear_{}", T::DTYPE.name()),
+            &format!("quant4_gemv_{}", T::DTYPE.name()),
             QUANT4_THREADS,
         )?;
         let params = Quant4Params {

@@ -14,7 +14,7 @@
 mod params;
 pub use params::*;
 
-use cudarc::driver::DeviceRepr;
+use cudarc::driver::{DeviceRepr, ValidAsZeroBits};
 
 // SAFETY (every impl below): plain C structs of integers, floats and device addresses, laid out by
 // bindgen from kernels/lora_params.h exactly as the kernels read their by-value parameter; no
@@ -28,3 +28,58 @@ unsafe impl DeviceRepr for Quant4QuantizeParams {}
 unsafe impl DeviceRepr for Int8LinearParams {}
 unsafe impl DeviceRepr for Int8LlmParams {}
 unsafe impl DeviceRepr for DoraRowParams {}
+// SAFETY: as above; the slot table of a mixed batch is uploaded as an array of them, which the
+// kernel indexes.
+unsafe impl DeviceRepr for LoraAdapterSlot {}
+// SAFETY: all-zero bytes are a valid slot (null addresses, rank 0, scale 0.0).
+unsafe impl ValidAsZeroBits for LoraAdapterSlot {}
+
+/// One adapter as a [`LoraAdapterSlot`] takes it: the device addresses of A [rank, k] and
+/// B [n, rank], the rank and the scale.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct SlotAdapter {
+    pub a: u64,
+    pub b: u64,
+    pub rank: usize,
+    pub scale: f32,
+}
+
+/// The one builder of [`LoraAdapterSlot`]s: the adapters in order, each at the rank offset of the
+/// ranks before it (the launch's concatenated rank; the mixed batch's table ignores the offset, which
+/// saturates at `i32::MAX` there), and the summed rank. Ranks are validated before (at most 256).
+pub(crate) fn adapter_slots(
+    adapters: impl IntoIterator<Item = SlotAdapter>,
+) -> (Vec<LoraAdapterSlot>, usize) {
+    let mut offset = 0usize;
+    let slots = adapters
+        .into_iter()
+        .map(|ad| {
+            let slot = LoraAdapterSlot {
+                lora_a: ad.a,
+                lora_b: ad.b,
+                rank: ad.rank as i32,
+                rank_offset: offset.min(i32::MAX as usize) as i32,
+                scale: ad.scale,
+                reserved: 0,
+            };
+            offset = offset.saturating_add(ad.rank);
+            slot
+        })
+        .collect();
+    (slots, offset)
+}
+
+/// The fixed slot array of one launch (`LoraForwardParams`, `LoraShrinkParams`, `LoraGemvEpilogue`)
+/// from [`adapter_slots`], unused slots zero, and the summed rank. The caller has split the adapters
+/// into launches of at most `LORA_MAX_LAUNCH_ADAPTERS`.
+pub(crate) fn launch_slots(
+    adapters: impl IntoIterator<Item = SlotAdapter>,
+) -> ([LoraAdapterSlot; LORA_MAX_LAUNCH_ADAPTERS as usize], usize) {
+    let (slots, rank_total) = adapter_slots(adapters);
+    debug_assert!(slots.len() <= LORA_MAX_LAUNCH_ADAPTERS as usize);
+    let mut out = [LoraAdapterSlot::default(); LORA_MAX_LAUNCH_ADAPTERS as usize];
+    for (o, s) in out.iter_mut().zip(slots) {
+        *o = s;
+    }
+    (out, rank_total)
+}

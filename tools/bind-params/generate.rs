@@ -8,6 +8,8 @@ pub fn generate_params(header: &std::path::Path) -> Result<String, bindgen::Bind
         .header(header.to_string_lossy())
         .allowlist_type("(Lora|Dora|Quant4|Int8|Linear).*")
         .allowlist_var("(LORA|DORA|QUANT4|INT8|MIXED|LINEAR)_.*")
+        // stdint.h's INT8_MIN / INT8_MAX match the pattern but are not the header's.
+        .blocklist_item("INT8_(MIN|MAX)")
         .derive_default(true)
         .derive_debug(true)
         .use_core()

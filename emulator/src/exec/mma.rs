@@ -1035,7 +1035,7 @@ mod tests {
         assert!(a.check_alignment(0x1000, 24).is_err());
         assert!(a.check_alignment(0x1000, 32).is_ok());
         assert!(a.check_alignment(0x1000, 8).is_err());
-        // The manual's example, worked for the strides kernels/lora_forward.cu used: 72 halves are
+        // The manual's example, worked for the strides kernels/lora.cu used: 72 halves are
         // 144 bytes, not a multiple of 32 (rows would start 16 bytes off the fragment size), so it
         // is rejected although CUDA C++'s ldm rule (a multiple of 16 bytes) allows it; 80 halves
         // (160 bytes = 5 * 32) are accepted.

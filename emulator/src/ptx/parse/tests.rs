@@ -633,7 +633,7 @@ fn register_names_without_percent() {
 
 #[test]
 fn inlined_at_chains_follow_each_call_site_to_its_own_loc() {
-    // As nvcc nests it (see ptx/lora_forward.ptx): the kernel's line 574 calls a function at
+    // As nvcc nests it (see ptx/lora.ptx): the kernel's line 574 calls a function at
     // line 518, which calls one at line 83, which calls a header function (file 2).
     let m = parse(
         ".entry k()\n{\n\
@@ -762,7 +762,7 @@ fn inline_chains_of_nvcc_ptx_are_consistent_with_its_loc_lines() {
         "dora",
         "int8",
         "linear",
-        "lora_forward",
+        "lora",
         "lora_shrink",
         "mixed_batch",
         "quant4",

@@ -47,14 +47,14 @@ constexpr int kMaxRank = LORA_MAX_LAUNCH_RANK;
 // fragment size, 32 bytes: the row stride in bytes must be a multiple of 32, so 16 halves of padding
 // (8 halves, 144-byte rows, met only CUDA C++'s 16-byte ldm rule; the emulator caught it).
 template <typename T> struct Config {
-    static constexpr int kKSlice = 64;
+    static constexpr int kKSlice = LORA_FORWARD_K_SLICE_16BIT;
     static constexpr int kRankChunk = 64;
     static constexpr bool kTensorCores = true;
     static constexpr int kPad = 8;
     static constexpr int kShrinkPad = 16;
 };
 template <> struct Config<float> {
-    static constexpr int kKSlice = 32;
+    static constexpr int kKSlice = LORA_FORWARD_K_SLICE_F32;
     static constexpr int kRankChunk = 64;
     static constexpr bool kTensorCores = false;
     static constexpr int kPad = 1;
@@ -63,9 +63,9 @@ template <> struct Config<float> {
 
 // Largest padded rank a tile height takes: 64-row tiles (large m) take up to 64, which leaves room
 // for 128-column K slices (twice the bytes in flight per block); the host uses 16-row tiles above.
-template <int BM> constexpr int kRankCap = BM == 64 ? 64 : kMaxRank;
+template <int BM> constexpr int kRankCap = BM == 64 ? LORA_FORWARD_BM64_MAX_RANK : kMaxRank;
 // K columns staged per shrink step.
-template <typename T, int BM> constexpr int kKSlice = BM == 64 ? 128 : Config<T>::kKSlice;
+template <typename T, int BM> constexpr int kKSlice = BM == 64 ? LORA_FORWARD_BM64_K_SLICE : Config<T>::kKSlice;
 
 template <typename T, int BM> struct SharedShrink {
     T x[BM][kKSlice<T, BM> + Config<T>::kShrinkPad];
@@ -171,8 +171,8 @@ template <typename T, int BM> struct ShrinkSlice {
 // Element-wise staging of the same slice, for k not a multiple of the vector width or unaligned
 // pointers.
 template <typename T, int BM>
-__device__ void load_shrink_slice_scalar(const LoraForwardParams &p, SharedShrink<T, BM> &s,
-                                         const int8_t *adapter_of, int row0, int k0, int k_end) {
+__device__ void load_shrink_slice_scalar(const LoraForwardParams &p, SharedShrink<T, BM> &s, const int8_t *adapter_of,
+                                         int row0, int k0, int k_end) {
     constexpr int KS = kKSlice<T, BM>;
     const T *x = reinterpret_cast<const T *>(p.x);
     const T zero = Element<T>::from_f32(0.0f);
@@ -387,7 +387,7 @@ __device__ void expand_item(const LoraForwardParams &p, SharedExpand<T, BM> &s, 
         const bool pairs = p.vector_n;  // base, y aligned and n even: columns 2t, 2t+1 as one 32-bit access
 
         // base[rows 16 mb + g (+8)][cols 2t, 2t+1 of this warp's block], packed, for tile nt.
-        auto fetch_base = [&](uint32_t (&regs)[kMBlocks][2], int nt) {
+        auto fetch_base = [&](uint32_t(&regs)[kMBlocks][2], int nt) {
             const int col = nt * kNTile + warp * 8 + 2 * t;
 #pragma unroll
             for (int mb = 0; mb < kMBlocks; ++mb)
@@ -420,7 +420,8 @@ __device__ void expand_item(const LoraForwardParams &p, SharedExpand<T, BM> &s, 
                     // One adapter of even rank: B[b_col][k0], B[b_col][k0 + 1] are one aligned 32-bit word.
                     const T *row = b_single + (size_t)b_col * p.rank_total;
                     if (b_col < p.n && k0 < p.rank_total) b0 = __ldg(reinterpret_cast<const uint32_t *>(row + k0));
-                    if (b_col < p.n && k0 + 8 < p.rank_total) b1 = __ldg(reinterpret_cast<const uint32_t *>(row + k0 + 8));
+                    if (b_col < p.n && k0 + 8 < p.rank_total)
+                        b1 = __ldg(reinterpret_cast<const uint32_t *>(row + k0 + 8));
                 } else {
                     T e[4];
 #pragma unroll
@@ -429,7 +430,8 @@ __device__ void expand_item(const LoraForwardParams &p, SharedExpand<T, BM> &s, 
                         e[q] = zero;
                         if (b_col < p.n && k < p.rank_total) {
                             const LoraAdapterSlot &ad = p.adapters[adapter_of[k]];
-                            e[q] = reinterpret_cast<const T *>(ad.lora_b)[(size_t)b_col * ad.rank + (k - ad.rank_offset)];
+                            e[q] =
+                                reinterpret_cast<const T *>(ad.lora_b)[(size_t)b_col * ad.rank + (k - ad.rank_offset)];
                         }
                     }
                     b0 = pack2(e[0], e[1]);
@@ -458,7 +460,8 @@ __device__ void expand_item(const LoraForwardParams &p, SharedExpand<T, BM> &s, 
                         if (col < p.n) {
                             Vec16<T> v;  // only the first two lanes are used
                             v.raw.x = base_regs[mb][h];
-                            v.v[0] = Element<T>::from_f32(output_value<T, kDora>(p, col, Element<T>::to_f32(v.v[0]), acc[mb][2 * h]));
+                            v.v[0] = Element<T>::from_f32(
+                                output_value<T, kDora>(p, col, Element<T>::to_f32(v.v[0]), acc[mb][2 * h]));
                             v.v[1] = Element<T>::from_f32(
                                 output_value<T, kDora>(p, col + 1, Element<T>::to_f32(v.v[1]), acc[mb][2 * h + 1]));
                             *reinterpret_cast<uint32_t *>(y + idx) = v.raw.x;
@@ -467,8 +470,8 @@ __device__ void expand_item(const LoraForwardParams &p, SharedExpand<T, BM> &s, 
 #pragma unroll
                         for (int q = 0; q < 2; ++q)
                             if (col + q < p.n)
-                                y[idx + q] = Element<T>::from_f32(
-                                    output_value<T, kDora>(p, col + q, Element<T>::to_f32(base[idx + q]), acc[mb][2 * h + q]));
+                                y[idx + q] = Element<T>::from_f32(output_value<T, kDora>(
+                                    p, col + q, Element<T>::to_f32(base[idx + q]), acc[mb][2 * h + q]));
                     }
                 }
         }
@@ -510,7 +513,8 @@ __device__ void expand_item(const LoraForwardParams &p, SharedExpand<T, BM> &s, 
                 const int o = threadIdx.x + i * kThreads;
                 const int row = row0 + o / kNTile, col = nt * kNTile + o % kNTile;
                 if (row < p.m && col < p.n)
-                    y[(size_t)row * p.n + col] = Element<T>::from_f32(output_value<T, kDora>(p, col, base_f[i], acc[i]));
+                    y[(size_t)row * p.n + col] =
+                        Element<T>::from_f32(output_value<T, kDora>(p, col, base_f[i], acc[i]));
             }
         }
         __syncthreads();
@@ -572,19 +576,14 @@ template <typename T, int BM, bool kDora> __device__ void lora_forward(const Lor
 #else
 #define LORA_TC_MIN_BLOCKS 1
 #endif
-#define LORA_FORWARD_ENTRY(NAME, T, BM, MIN_BLOCKS, DORA)                                              \
-    extern "C" __global__ void __launch_bounds__(kThreads, MIN_BLOCKS) NAME(const LoraForwardParams p) { \
-        lora_forward<T, BM, DORA>(p);                                                                  \
-    }
-
-LORA_FORWARD_ENTRY(lora_forward_f32_bm16, float, 16, 1, false)
-LORA_FORWARD_ENTRY(lora_forward_f16_bm16, __half, 16, LORA_TC_MIN_BLOCKS, false)
-LORA_FORWARD_ENTRY(lora_forward_f16_bm64, __half, 64, LORA_TC_MIN_BLOCKS, false)
-LORA_FORWARD_ENTRY(lora_forward_bf16_bm16, __nv_bfloat16, 16, LORA_TC_MIN_BLOCKS, false)
-LORA_FORWARD_ENTRY(lora_forward_bf16_bm64, __nv_bfloat16, 64, LORA_TC_MIN_BLOCKS, false)
+KERNEL_ENTRY(lora_forward_bm16_f32, LoraForwardParams, 1, lora_forward<float, 16, false>)
+KERNEL_ENTRY(lora_forward_bm16_f16, LoraForwardParams, LORA_TC_MIN_BLOCKS, lora_forward<__half, 16, false>)
+KERNEL_ENTRY(lora_forward_bm64_f16, LoraForwardParams, LORA_TC_MIN_BLOCKS, lora_forward<__half, 64, false>)
+KERNEL_ENTRY(lora_forward_bm16_bf16, LoraForwardParams, LORA_TC_MIN_BLOCKS, lora_forward<__nv_bfloat16, 16, false>)
+KERNEL_ENTRY(lora_forward_bm64_bf16, LoraForwardParams, LORA_TC_MIN_BLOCKS, lora_forward<__nv_bfloat16, 64, false>)
 // The DoRA forward: the same kernel with the per-column DoRA epilogue (see output_value).
-LORA_FORWARD_ENTRY(lora_forward_dora_f32_bm16, float, 16, 1, true)
-LORA_FORWARD_ENTRY(lora_forward_dora_f16_bm16, __half, 16, LORA_TC_MIN_BLOCKS, true)
-LORA_FORWARD_ENTRY(lora_forward_dora_f16_bm64, __half, 64, LORA_TC_MIN_BLOCKS, true)
-LORA_FORWARD_ENTRY(lora_forward_dora_bf16_bm16, __nv_bfloat16, 16, LORA_TC_MIN_BLOCKS, true)
-LORA_FORWARD_ENTRY(lora_forward_dora_bf16_bm64, __nv_bfloat16, 64, LORA_TC_MIN_BLOCKS, true)
+KERNEL_ENTRY(lora_forward_dora_bm16_f32, LoraForwardParams, 1, lora_forward<float, 16, true>)
+KERNEL_ENTRY(lora_forward_dora_bm16_f16, LoraForwardParams, LORA_TC_MIN_BLOCKS, lora_forward<__half, 16, true>)
+KERNEL_ENTRY(lora_forward_dora_bm64_f16, LoraForwardParams, LORA_TC_MIN_BLOCKS, lora_forward<__half, 64, true>)
+KERNEL_ENTRY(lora_forward_dora_bm16_bf16, LoraForwardParams, LORA_TC_MIN_BLOCKS, lora_forward<__nv_bfloat16, 16, true>)
+KERNEL_ENTRY(lora_forward_dora_bm64_bf16, LoraForwardParams, LORA_TC_MIN_BLOCKS, lora_forward<__nv_bfloat16, 64, true>)
