@@ -333,5 +333,8 @@ fn implemented_and_stubbed_names_are_disjoint_and_stubs_answer_801() {
     assert_eq!(all.len(), n, "a name is both implemented and stubbed");
     assert!(n > 400, "{n} names");
     assert_eq!(driver::stubs::cuMemAllocManaged(), CUDA_ERROR_NOT_SUPPORTED);
-    assert_eq!(driver::stubs::cuGraphAddKernelNode_v2(), CUDA_ERROR_NOT_SUPPORTED);
+    assert_eq!(
+        driver::stubs::cuGraphAddKernelNode_v2(),
+        CUDA_ERROR_NOT_SUPPORTED
+    );
 }
