@@ -108,8 +108,15 @@ fn gpu_benches(c: &mut Criterion, gpu: &Gpu) {
                 let mut y = s.alloc_zeros::<bf16>(m * n).unwrap();
                 let calls = if m >= 512 { 10 } else { 50 };
                 let dora_ms = time_ms(&s, calls, 15, || {
-                    gpu.dora_forward(&x, &base, Some(&bias_view), adapter, &factor, shape, &mut y)
-                        .unwrap()
+                    gpu.dora_forward(
+                        &x,
+                        &base,
+                        Some(&bias_view),
+                        lora_kernels::DoraAdapter::new(adapter, &factor),
+                        shape,
+                        &mut y,
+                    )
+                    .unwrap()
                 });
                 let lora_ms = time_ms(&s, calls, 15, || {
                     gpu.lora_forward(&x, &base, &[adapter], shape, &mut y)

@@ -118,8 +118,7 @@ fn run_dora_case<T: Element>(case: &GoldenCase, gpu: Option<&Gpu>) -> Result<(f6
                 &xd,
                 &bd,
                 bias_view.as_ref(),
-                adapter,
-                &factor,
+                lora_kernels::DoraAdapter::new(adapter, &factor),
                 shape,
                 &mut y,
             )?;
@@ -130,8 +129,7 @@ fn run_dora_case<T: Element>(case: &GoldenCase, gpu: Option<&Gpu>) -> Result<(f6
                     &xd,
                     &bd,
                     bias_view.as_ref(),
-                    adapter,
-                    &factor,
+                    lora_kernels::DoraAdapter::new(adapter, &factor),
                     shape,
                     &mut y,
                 )?;

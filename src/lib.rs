@@ -77,7 +77,7 @@ mod kernel_images {
 }
 
 pub use device::Gpu;
-pub use dora::DoraFactor;
+pub use dora::{DoraAdapter, DoraFactor};
 pub use dtype::{DType, Element};
 pub use error::{Error, Result};
 pub use lora::{LoraAdapter, LoraShape, LoraWorkspace, MAX_RANK};

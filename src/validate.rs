@@ -180,12 +180,7 @@ pub(crate) fn validate_rows(
     factor_len: Option<usize>,
 ) -> Result<()> {
     validate_dims(&[("k", k), ("n", n)])?;
-    at_least(
-        "weight",
-        weight_len,
-        n.checked_mul(k),
-        &format!("[n={n}, k={k}]"),
-    )?;
+    validate_weight(weight_len, k, n)?;
     validate_adapter("adapter", adapter, k, n)?;
     if let Some(len) = magnitude_len {
         at_least("magnitude", len, Some(n), &format!("[n={n}]"))?;
@@ -194,4 +189,10 @@ pub(crate) fn validate_rows(
         at_least("factor", len, Some(n), &format!("[n={n}]"))?;
     }
     Ok(())
+}
+
+/// Checks that a weight W `[n, k]` of `len` elements holds n·k of them (longer is fine: a view into
+/// a larger allocation), the product checked for overflow.
+pub(crate) fn validate_weight(len: usize, k: usize, n: usize) -> Result<()> {
+    at_least("weight", len, n.checked_mul(k), &format!("[n={n}, k={k}]"))
 }

@@ -99,8 +99,7 @@ fn check_layer<T: Element>(gpu: &Gpu, l: &Layer<T>, label: &str) {
         &x,
         &base_d,
         bias_view.as_ref(),
-        adapter,
-        &factor,
+        lora_kernels::DoraAdapter::new(adapter, &factor),
         l.shape,
         &mut y,
     )
@@ -207,8 +206,7 @@ fn zero_rows_give_the_bias() {
         &x,
         &base_d,
         Some(&bias.slice(..)),
-        adapter,
-        &factor,
+        lora_kernels::DoraAdapter::new(adapter, &factor),
         l.shape,
         &mut y,
     )
@@ -273,8 +271,7 @@ fn dora_rejects_bad_input() {
         &x,
         &base,
         None,
-        LoraAdapter::new(&a, &b7, r, 1.0),
-        &factor,
+        lora_kernels::DoraAdapter::new(LoraAdapter::new(&a, &b7, r, 1.0), &factor),
         LoraShape::new(3, k, 7),
         &mut y,
     ) {

@@ -7,16 +7,15 @@
 //! result passes the invariants below, and the same result (value or error message) on a second load.
 mod common;
 
+use common::tensors::{serialize, tensors, Tensors};
 use common::Rng;
 use lora_kernels::golden::golden_dir;
 use lora_kernels::int8::Int8Weight;
 use lora_kernels::peft::PeftAdapter;
 use lora_kernels::quant4::{self, Absmax, Quant4Weight};
 use lora_kernels::{Result, MAX_RANK};
-use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
 use serde_json::{json, Value};
-use std::collections::BTreeMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
 
@@ -30,25 +29,6 @@ fn budget(seed: u64) -> (usize, Rng) {
     let cases = env("FUZZ_LOADERS_CASES").map_or(CASES, |c| c as usize);
     let shift = env("FUZZ_LOADERS_SEED").unwrap_or(0);
     (cases, Rng::new(seed.wrapping_add(shift.wrapping_mul(1000))))
-}
-
-type Tensors = BTreeMap<String, (Dtype, Vec<usize>, Vec<u8>)>;
-
-fn tensors(bytes: &[u8]) -> Tensors {
-    SafeTensors::deserialize(bytes)
-        .unwrap()
-        .tensors()
-        .into_iter()
-        .map(|(k, v)| (k, (v.dtype(), v.shape().to_vec(), v.data().to_vec())))
-        .collect()
-}
-
-fn serialize(t: &Tensors) -> Vec<u8> {
-    let views: Vec<(String, TensorView<'_>)> = t
-        .iter()
-        .map(|(k, (d, s, b))| (k.clone(), TensorView::new(*d, s.clone(), b).unwrap()))
-        .collect();
-    safetensors::serialize(views, None).unwrap()
 }
 
 /// The header of a safetensors file (as ordered entries) and its data.

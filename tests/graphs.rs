@@ -1,5 +1,5 @@
 //! CUDA graphs: the fused LoRA forward, a DoRA forward and a mixed-batch prefill captured with a
-//! caller-owned workspace ([`Gpu::lora_workspace`]) and replayed several times with new input
+//! caller-owned workspace ([`Gpu::lora_workspace`], installed by [`Gpu::with_workspace`]) and replayed several times with new input
 //! contents, each replay against the CPU reference; two workspaces on two streams replaying at
 //! once; the handle's implicit workspace growing after a capture (the graph stays valid) and
 //! refusing to grow during one; a workspace too small for a call failing before any launch.
@@ -14,7 +14,7 @@ use half::bf16;
 use lora_kernels::dora::reference as dora_ref;
 use lora_kernels::lora::reference;
 use lora_kernels::mixed_batch::reference as mixed_ref;
-use lora_kernels::{DType, Element, Error, Gpu, LoraAdapter, LoraShape};
+use lora_kernels::{DType, DoraAdapter, Element, Error, Gpu, LoraAdapter, LoraShape};
 use std::sync::{Mutex, MutexGuard};
 
 fn serial() -> MutexGuard<'static, ()> {
@@ -87,12 +87,12 @@ fn a_captured_lora_forward_replays_with_new_inputs() {
     let mut x = s.alloc_zeros::<bf16>(shape.m * shape.k).unwrap();
     let mut base = s.alloc_zeros::<bf16>(shape.m * shape.n).unwrap();
     let mut y = s.alloc_zeros::<bf16>(shape.m * shape.n).unwrap();
-    let mut ws = gpu.lora_workspace(DType::BF16, 32, 128, 24).unwrap();
+    let ws = gpu.lora_workspace(DType::BF16, 32, 128, 24).unwrap();
+    let wg = gpu.with_workspace(ws).unwrap();
     // Warm-up (loads the kernels), then the capture: nothing runs until the graph is launched.
-    gpu.lora_forward_with(&mut ws, &x, &base, &on_dev, shape, &mut y)
-        .unwrap();
-    let graph = gpu
-        .capture(|| gpu.lora_forward_with(&mut ws, &x, &base, &on_dev, shape, &mut y))
+    wg.lora_forward(&x, &base, &on_dev, shape, &mut y).unwrap();
+    let graph = wg
+        .capture(|| wg.lora_forward(&x, &base, &on_dev, shape, &mut y))
         .unwrap();
     for replay in 0..3 {
         let hx: Vec<bf16> = rng.vec(shape.m * shape.k, 1.0);
@@ -132,13 +132,13 @@ fn two_workspaces_on_two_streams_replay_concurrently() {
         let x = st.alloc_zeros::<bf16>(shape.m * shape.k).unwrap();
         let base = st.alloc_zeros::<bf16>(shape.m * shape.n).unwrap();
         let mut y = st.alloc_zeros::<bf16>(shape.m * shape.n).unwrap();
-        let mut ws = g.lora_workspace(DType::BF16, shape.m, shape.k, 16).unwrap();
-        g.lora_forward_with(&mut ws, &x, &base, &on_dev, shape, &mut y)
+        let ws = g.lora_workspace(DType::BF16, shape.m, shape.k, 16).unwrap();
+        let wg = g.with_workspace(ws).unwrap();
+        wg.lora_forward(&x, &base, &on_dev, shape, &mut y).unwrap();
+        let graph = wg
+            .capture(|| wg.lora_forward(&x, &base, &on_dev, shape, &mut y))
             .unwrap();
-        let graph = g
-            .capture(|| g.lora_forward_with(&mut ws, &x, &base, &on_dev, shape, &mut y))
-            .unwrap();
-        lanes.push((st, x, base, y, ws, graph));
+        lanes.push((st, x, base, y, wg, graph));
     }
     for round in 0..2 {
         let mut expected = Vec::new();
@@ -192,16 +192,16 @@ fn a_captured_dora_forward_replays_with_new_inputs() {
     let mut x = s.alloc_zeros::<bf16>(shape.m * shape.k).unwrap();
     let mut base = s.alloc_zeros::<bf16>(shape.m * shape.n).unwrap();
     let mut y = s.alloc_zeros::<bf16>(shape.m * shape.n).unwrap();
-    let mut ws = gpu
+    let ws = gpu
         .lora_workspace(DType::BF16, shape.m, shape.k, 8)
         .unwrap();
+    let wg = gpu.with_workspace(ws).unwrap();
     let bias = Some(&bias_view);
-    gpu.dora_forward_with(&mut ws, &x, &base, bias, adapter, &factor, shape, &mut y)
+    let dora = DoraAdapter::new(adapter, &factor);
+    wg.dora_forward(&x, &base, bias, dora, shape, &mut y)
         .unwrap();
-    let graph = gpu
-        .capture(|| {
-            gpu.dora_forward_with(&mut ws, &x, &base, bias, adapter, &factor, shape, &mut y)
-        })
+    let graph = wg
+        .capture(|| wg.dora_forward(&x, &base, bias, dora, shape, &mut y))
         .unwrap();
     for replay in 0..3 {
         let hx: Vec<bf16> = rng.vec(shape.m * shape.k, 1.0);
@@ -363,9 +363,11 @@ fn a_caller_workspace_too_small_fails_before_launching_and_capture_needs_trackin
     let mut y = s
         .clone_htod(&vec![bf16::from_f32(3.0); shape.m * shape.n])
         .unwrap();
-    let mut ws = gpu.lora_workspace(DType::BF16, 16, 128, 32).unwrap();
+    let small = gpu.lora_workspace(DType::BF16, 16, 128, 32).unwrap();
     let err = gpu
-        .lora_forward_with(&mut ws, &x, &base, &on_dev, shape, &mut y)
+        .with_workspace(small)
+        .unwrap()
+        .lora_forward(&x, &base, &on_dev, shape, &mut y)
         .unwrap_err();
     assert!(
         matches!(&err, Error::InvalidArgument { arg, .. } if arg == "workspace"),
@@ -373,9 +375,11 @@ fn a_caller_workspace_too_small_fails_before_launching_and_capture_needs_trackin
     );
     assert!(s.clone_dtoh(&y).unwrap().iter().all(|v| v.to_f32() == 3.0));
     // Sized for it, the same call runs.
-    let mut ws = gpu.lora_workspace(DType::BF16, 64, 128, 32).unwrap();
+    let ws = gpu.lora_workspace(DType::BF16, 64, 128, 32).unwrap();
     assert_eq!(ws.sized_for(), (DType::BF16, 64, 128, 32));
-    gpu.lora_forward_with(&mut ws, &x, &base, &on_dev, shape, &mut y)
+    gpu.with_workspace(ws)
+        .unwrap()
+        .lora_forward(&x, &base, &on_dev, shape, &mut y)
         .unwrap();
     // Event tracking on: capture is refused up front, nothing captured.
     let tracked = Gpu::new(0).unwrap();

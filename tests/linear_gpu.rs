@@ -122,8 +122,7 @@ fn dora_linear<T: Element>(gpu: &Gpu, seed: u64) {
             &xd,
             &wd,
             Some(&biasd.slice(..)),
-            dev_adapter,
-            &f,
+            lora_kernels::DoraAdapter::new(dev_adapter, &f),
             shape,
             &mut y,
         )

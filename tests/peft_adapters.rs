@@ -1,5 +1,8 @@
 //! Loading peft adapter folders: scales from the config (rsLoRA, rank and alpha patterns), and clear
 //! errors for malformed folders (missing files, unsupported settings, wrong shapes).
+mod common;
+
+use common::tensors::{rewrite, Tensors};
 use lora_kernels::peft::PeftAdapter;
 use lora_kernels::Error;
 use safetensors::tensor::TensorView;
@@ -142,25 +145,11 @@ fn wrong_shapes_are_errors() {
     );
 }
 
-/// The tensors of a safetensors file, by name.
-type Tensors = std::collections::BTreeMap<String, (Dtype, Vec<usize>, Vec<u8>)>;
-
 /// Rewrites `dir/adapter_model.safetensors` with `edit` applied to its tensors.
 fn edit_weights(dir: &Path, edit: impl FnOnce(&mut Tensors)) {
     let path = dir.join("adapter_model.safetensors");
     let bytes = std::fs::read(&path).unwrap();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let mut tensors: Tensors = st
-        .tensors()
-        .into_iter()
-        .map(|(k, v)| (k, (v.dtype(), v.shape().to_vec(), v.data().to_vec())))
-        .collect();
-    edit(&mut tensors);
-    let views: Vec<(String, TensorView<'_>)> = tensors
-        .iter()
-        .map(|(k, (d, s, b))| (k.clone(), TensorView::new(*d, s.clone(), b).unwrap()))
-        .collect();
-    std::fs::write(&path, safetensors::serialize(views, None).unwrap()).unwrap();
+    std::fs::write(&path, rewrite(&bytes, edit)).unwrap();
 }
 
 /// The error of loading `dir`, checked to be the same on ten more loads (each load iterates its

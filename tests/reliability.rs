@@ -337,13 +337,33 @@ fn huge_dimensions_are_errors_on_the_gpu() {
         assert!(gpu.lora_forward(&v, &v, &[ad], shape, &mut y).is_err());
         assert!(gpu.lora_forward_inplace(&v, &[ad], shape, &mut y).is_err());
         assert!(gpu
-            .dora_forward(&v, &v, None, ad, &factor, shape, &mut y)
+            .dora_forward(
+                &v,
+                &v,
+                None,
+                lora_kernels::DoraAdapter::new(ad, &factor),
+                shape,
+                &mut y
+            )
             .is_err());
         assert!(gpu
-            .dora_forward_inplace(&v, None, ad, &factor, shape, &mut y)
+            .dora_forward_inplace(
+                &v,
+                None,
+                lora_kernels::DoraAdapter::new(ad, &factor),
+                shape,
+                &mut y
+            )
             .is_err());
         assert!(gpu
-            .dora_forward_linear(&v, &v, None, ad, &factor, shape, &mut y)
+            .dora_forward_linear(
+                &v,
+                &v,
+                None,
+                lora_kernels::DoraAdapter::new(ad, &factor),
+                shape,
+                &mut y
+            )
             .is_err());
         if m == 2 {
             let mut w = s.alloc_zeros::<f32>(64).unwrap();

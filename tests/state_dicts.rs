@@ -2,34 +2,17 @@
 //! and every way of breaking one (missing key, wrong dtype or length, unknown quant type, blocksize not
 //! a power of two, a shape that does not match the bytes, another weight format, bytes that are not
 //! safetensors) is a clear `Error::File` naming the key, never a panic.
+mod common;
+
+use common::tensors::{rewrite, Tensors};
 use lora_kernels::golden::golden_dir;
 use lora_kernels::int8::Int8Weight;
 use lora_kernels::quant4::Quant4Weight;
 use lora_kernels::Error;
-use safetensors::tensor::TensorView;
-use safetensors::{Dtype, SafeTensors};
-use std::collections::BTreeMap;
-
-type Tensors = BTreeMap<String, (Dtype, Vec<usize>, Vec<u8>)>;
+use safetensors::Dtype;
 
 fn read(name: &str) -> Vec<u8> {
     std::fs::read(golden_dir().join(name)).unwrap()
-}
-
-/// The safetensors file `bytes` with `edit` applied to its tensors.
-fn rewrite(bytes: &[u8], edit: impl FnOnce(&mut Tensors)) -> Vec<u8> {
-    let st = SafeTensors::deserialize(bytes).unwrap();
-    let mut tensors: Tensors = st
-        .tensors()
-        .into_iter()
-        .map(|(k, v)| (k, (v.dtype(), v.shape().to_vec(), v.data().to_vec())))
-        .collect();
-    edit(&mut tensors);
-    let views: Vec<(String, TensorView<'_>)> = tensors
-        .iter()
-        .map(|(k, (d, s, b))| (k.clone(), TensorView::new(*d, s.clone(), b).unwrap()))
-        .collect();
-    safetensors::serialize(views, None).unwrap()
 }
 
 fn assert_file_error<T: std::fmt::Debug>(r: lora_kernels::Result<T>, mentions: &str) {

@@ -123,12 +123,11 @@ fn registry() -> &'static ModuleRegistry {
 ///   each forward once at its largest size before capturing. Replay graphs captured this way on
 ///   the handle's stream only (or ordered with it): a replay on another stream running while
 ///   the handle's stream runs a forward would share the ticket.
-/// - The `*_with` forwards ([`Gpu::lora_forward_with`], [`Gpu::lora_forward_inplace_with`],
-///   [`Gpu::dora_forward_with`], [`Gpu::dora_forward_inplace_with`]) take a caller-owned
-///   [`LoraWorkspace`](crate::LoraWorkspace), sized once by [`Gpu::lora_workspace`]: they allocate
-///   nothing and fail (never reallocate) when a call needs more. Give each stream (each graph
-///   that may replay concurrently with another) its own workspace, and keep it alive as long as
-///   the graph.
+/// - A handle from [`Gpu::with_workspace`] uses a caller-owned
+///   [`LoraWorkspace`](crate::LoraWorkspace), sized once by [`Gpu::lora_workspace`], for all of
+///   the above: it allocates no forward scratch and fails (never reallocates) when a call needs
+///   more. Give each stream (each graph that may replay concurrently with another) its own such
+///   handle, and keep it alive as long as the graph.
 ///
 /// To capture: warm up (a first call at the largest size loads the kernels and sizes the
 /// scratch), then [`Gpu::capture`] the calls. cudarc's event tracking must be off for the capture
@@ -137,7 +136,13 @@ fn registry() -> &'static ModuleRegistry {
 #[derive(Clone)]
 pub struct Gpu {
     inner: Arc<GpuInner>,
+    /// The kernel families' scratch buffers, one value per type (see [`Gpu::scratch`]); shared by
+    /// clones, fresh in a handle from [`Gpu::with_scratch`].
+    scratch: Arc<ScratchMap>,
 }
+
+/// Scratch values keyed by their type.
+type ScratchMap = Mutex<HashMap<TypeId, Arc<dyn Any + Send + Sync>>>;
 
 struct GpuInner {
     stream: Arc<CudaStream>,
@@ -147,8 +152,6 @@ struct GpuInner {
     modules: Mutex<HashMap<KernelModule, Arc<CudaModule>>>,
     /// Loaded kernels with the number of blocks of 256 threads resident on the whole device.
     kernels: Mutex<HashMap<String, (CudaFunction, usize)>>,
-    /// The kernel families' scratch buffers, one value per type (see [`Gpu::scratch`]).
-    scratch: Mutex<HashMap<TypeId, Arc<dyn Any + Send + Sync>>>,
 }
 
 impl std::fmt::Debug for Gpu {
@@ -198,8 +201,8 @@ impl Gpu {
                 sm_count,
                 modules: Mutex::new(HashMap::new()),
                 kernels: Mutex::new(HashMap::new()),
-                scratch: Mutex::new(HashMap::new()),
             }),
+            scratch: Arc::new(Mutex::new(HashMap::new())),
         })
     }
 
@@ -265,7 +268,7 @@ impl Gpu {
     /// workspace, the mixed batch's prefill hidden), so the handle knows no family; the mutex
     /// serialises the launches that share it.
     pub(crate) fn scratch<S: Default + Send + 'static>(&self) -> Arc<Mutex<S>> {
-        let mut all = self.inner.scratch.lock().unwrap_or_else(|e| e.into_inner());
+        let mut all = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
         let entry = all
             .entry(TypeId::of::<S>())
             .or_insert_with(|| Arc::new(Mutex::new(S::default())));
@@ -273,6 +276,17 @@ impl Gpu {
             Ok(scratch) => scratch,
             // Unreachable: entries are keyed by their own type.
             Err(_) => Arc::new(Mutex::new(S::default())),
+        }
+    }
+
+    /// A handle on the same stream, context and loaded kernels with scratch of its own, holding
+    /// `value` as its scratch of type `S` (the other types start empty).
+    pub(crate) fn with_scratch<S: Send + 'static>(&self, value: S) -> Gpu {
+        let mut scratch: HashMap<TypeId, Arc<dyn Any + Send + Sync>> = HashMap::new();
+        scratch.insert(TypeId::of::<S>(), Arc::new(Mutex::new(value)));
+        Gpu {
+            inner: Arc::clone(&self.inner),
+            scratch: Arc::new(Mutex::new(scratch)),
         }
     }
 

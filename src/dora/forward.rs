@@ -2,11 +2,11 @@
 //! with its DoRA epilogue (the factor f applied to the base-minus-bias plus the LoRA term), from the
 //! base layer's output, in place, or after the crate's own base product.
 use super::gpu::{check_factor, lens};
-use super::DoraFactor;
+use super::DoraAdapter;
 use crate::device::Gpu;
 use crate::error::Result;
-use crate::lora::gpu::{DoraEpilogue, LoraWorkspace, WorkspaceArg};
-use crate::lora::{LoraAdapter, LoraShape};
+use crate::lora::gpu::DoraEpilogue;
+use crate::lora::LoraShape;
 use crate::validate::{validate_bias, validate_lora_forward};
 use crate::Element;
 use cudarc::driver::{CudaView, DevicePtr, DevicePtrMut};
@@ -14,81 +14,27 @@ use cudarc::driver::{CudaView, DevicePtr, DevicePtrMut};
 impl Gpu {
     /// The DoRA forward from the base layer's output, one fused launch:
     /// `y = bias + f ⊙ (base − bias + s·(x·Aᵀ)·Bᵀ)` with x [m, k], base and y [m, n], the layer's
-    /// bias `[n]` (if any) and its cached factor f. With f = m / ‖W + s·B·A‖ and base = x·Wᵀ + bias this
-    /// is peft's eval forward `bias + f ⊙ (x·(W + s·B·A)ᵀ)`.
+    /// bias `[n]` (if any) and the adapter's cached factor f. With f = m / ‖W + s·B·A‖ and
+    /// base = x·Wᵀ + bias this is peft's eval forward `bias + f ⊙ (x·(W + s·B·A)ᵀ)`.
     ///
-    /// Scratch comes from the handle's workspace, as for [`Gpu::lora_forward`]; see
-    /// [`Gpu::dora_forward_with`] for a caller-owned one.
-    #[allow(clippy::too_many_arguments)]
-    pub fn dora_forward<T, X, B, S, Y>(
+    /// Scratch comes from the handle's workspace, as for [`Gpu::lora_forward`] (a caller-owned
+    /// one through [`Gpu::with_workspace`]).
+    pub fn dora_forward<T: Element>(
         &self,
-        x: &X,
-        base: &B,
+        x: &impl DevicePtr<T>,
+        base: &impl DevicePtr<T>,
         bias: Option<&CudaView<'_, T>>,
-        adapter: LoraAdapter<'_, S>,
-        factor: &DoraFactor,
+        adapter: DoraAdapter<'_, impl DevicePtr<T>>,
         shape: LoraShape,
-        y: &mut Y,
-    ) -> Result<()>
-    where
-        T: Element,
-        X: DevicePtr<T>,
-        B: DevicePtr<T>,
-        S: DevicePtr<T>,
-        Y: DevicePtrMut<T>,
-    {
-        self.dora_forward_ws(x, base, bias, adapter, factor, shape, y, None)
-    }
-
-    /// [`Gpu::dora_forward`] with the caller's workspace: allocates nothing, fails before
-    /// launching when the call needs more than `workspace` holds (see [`Gpu::lora_forward_with`]).
-    #[allow(clippy::too_many_arguments)]
-    pub fn dora_forward_with<T, X, B, S, Y>(
-        &self,
-        workspace: &mut LoraWorkspace,
-        x: &X,
-        base: &B,
-        bias: Option<&CudaView<'_, T>>,
-        adapter: LoraAdapter<'_, S>,
-        factor: &DoraFactor,
-        shape: LoraShape,
-        y: &mut Y,
-    ) -> Result<()>
-    where
-        T: Element,
-        X: DevicePtr<T>,
-        B: DevicePtr<T>,
-        S: DevicePtr<T>,
-        Y: DevicePtrMut<T>,
-    {
-        self.dora_forward_ws(x, base, bias, adapter, factor, shape, y, Some(workspace))
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn dora_forward_ws<T, X, B, S, Y>(
-        &self,
-        x: &X,
-        base: &B,
-        bias: Option<&CudaView<'_, T>>,
-        adapter: LoraAdapter<'_, S>,
-        factor: &DoraFactor,
-        shape: LoraShape,
-        y: &mut Y,
-        workspace: WorkspaceArg<'_>,
-    ) -> Result<()>
-    where
-        T: Element,
-        X: DevicePtr<T>,
-        B: DevicePtr<T>,
-        S: DevicePtr<T>,
-        Y: DevicePtrMut<T>,
-    {
+        y: &mut impl DevicePtrMut<T>,
+    ) -> Result<()> {
+        let DoraAdapter { lora, factor } = adapter;
         validate_lora_forward(
             shape,
             x.len(),
             Some(base.len()),
             Some(y.len()),
-            &[lens(&adapter)],
+            &[lens(&lora)],
         )?;
         check_factor(factor, shape.n)?;
         validate_bias(bias.map(|b| b.len()), shape.n)?;
@@ -100,76 +46,21 @@ impl Gpu {
             factor: factor_ptr,
             bias: bias_guard.as_ref().map_or(0, |(p, _)| *p),
         };
-        self.lora_forward_launch::<T, X, S, Y>(
-            x,
-            Some(base_ptr),
-            &[adapter],
-            shape,
-            y,
-            Some(epilogue),
-            workspace,
-        )
+        self.lora_forward_launch(x, Some(base_ptr), &[lora], shape, y, Some(epilogue))
     }
 
     /// The DoRA forward in place: y holds the base layer's output `x·Wᵀ + bias` on entry and
     /// `bias + f ⊙ (y − bias + s·(x·Aᵀ)·Bᵀ)` on return (one fused launch, as [`Gpu::dora_forward`]).
-    pub fn dora_forward_inplace<T, X, S, Y>(
+    pub fn dora_forward_inplace<T: Element>(
         &self,
-        x: &X,
+        x: &impl DevicePtr<T>,
         bias: Option<&CudaView<'_, T>>,
-        adapter: LoraAdapter<'_, S>,
-        factor: &DoraFactor,
+        adapter: DoraAdapter<'_, impl DevicePtr<T>>,
         shape: LoraShape,
-        y: &mut Y,
-    ) -> Result<()>
-    where
-        T: Element,
-        X: DevicePtr<T>,
-        S: DevicePtr<T>,
-        Y: DevicePtrMut<T>,
-    {
-        self.dora_forward_inplace_ws(x, bias, adapter, factor, shape, y, None)
-    }
-
-    /// [`Gpu::dora_forward_inplace`] with the caller's workspace (see [`Gpu::lora_forward_with`]).
-    #[allow(clippy::too_many_arguments)]
-    pub fn dora_forward_inplace_with<T, X, S, Y>(
-        &self,
-        workspace: &mut LoraWorkspace,
-        x: &X,
-        bias: Option<&CudaView<'_, T>>,
-        adapter: LoraAdapter<'_, S>,
-        factor: &DoraFactor,
-        shape: LoraShape,
-        y: &mut Y,
-    ) -> Result<()>
-    where
-        T: Element,
-        X: DevicePtr<T>,
-        S: DevicePtr<T>,
-        Y: DevicePtrMut<T>,
-    {
-        self.dora_forward_inplace_ws(x, bias, adapter, factor, shape, y, Some(workspace))
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn dora_forward_inplace_ws<T, X, S, Y>(
-        &self,
-        x: &X,
-        bias: Option<&CudaView<'_, T>>,
-        adapter: LoraAdapter<'_, S>,
-        factor: &DoraFactor,
-        shape: LoraShape,
-        y: &mut Y,
-        workspace: WorkspaceArg<'_>,
-    ) -> Result<()>
-    where
-        T: Element,
-        X: DevicePtr<T>,
-        S: DevicePtr<T>,
-        Y: DevicePtrMut<T>,
-    {
-        validate_lora_forward(shape, x.len(), None, Some(y.len()), &[lens(&adapter)])?;
+        y: &mut impl DevicePtrMut<T>,
+    ) -> Result<()> {
+        let DoraAdapter { lora, factor } = adapter;
+        validate_lora_forward(shape, x.len(), None, Some(y.len()), &[lens(&lora)])?;
         check_factor(factor, shape.n)?;
         validate_bias(bias.map(|b| b.len()), shape.n)?;
         let stream = self.stream().clone();
@@ -179,15 +70,7 @@ impl Gpu {
             factor: factor_ptr,
             bias: bias_guard.as_ref().map_or(0, |(p, _)| *p),
         };
-        self.lora_forward_launch::<T, X, S, Y>(
-            x,
-            None,
-            &[adapter],
-            shape,
-            y,
-            Some(epilogue),
-            workspace,
-        )
+        self.lora_forward_launch(x, None, &[lora], shape, y, Some(epilogue))
     }
 
     /// The DoRA forward when the caller has no base output: the crate computes it,
@@ -195,27 +78,18 @@ impl Gpu {
     /// `y = x·Wᵀ + bias` ([`Gpu::linear`]: a GEMV at decode sizes, tiled above), then the fused LoRA
     /// forward with the DoRA epilogue in place on y (y is read once more and written once more; the
     /// rank-r work is the same as [`Gpu::dora_forward`]).
-    #[allow(clippy::too_many_arguments)]
-    pub fn dora_forward_linear<T, X, W, S, Y>(
+    pub fn dora_forward_linear<T: Element>(
         &self,
-        x: &X,
-        weight: &W,
+        x: &impl DevicePtr<T>,
+        weight: &impl DevicePtr<T>,
         bias: Option<&CudaView<'_, T>>,
-        adapter: LoraAdapter<'_, S>,
-        factor: &DoraFactor,
+        adapter: DoraAdapter<'_, impl DevicePtr<T>>,
         shape: LoraShape,
-        y: &mut Y,
-    ) -> Result<()>
-    where
-        T: Element,
-        X: DevicePtr<T>,
-        W: DevicePtr<T>,
-        S: DevicePtr<T>,
-        Y: DevicePtrMut<T>,
-    {
-        validate_lora_forward(shape, x.len(), None, Some(y.len()), &[lens(&adapter)])?;
-        check_factor(factor, shape.n)?;
+        y: &mut impl DevicePtrMut<T>,
+    ) -> Result<()> {
+        validate_lora_forward(shape, x.len(), None, Some(y.len()), &[lens(&adapter.lora)])?;
+        check_factor(adapter.factor, shape.n)?;
         self.linear(x, weight, bias, shape, y)?;
-        self.dora_forward_inplace(x, bias, adapter, factor, shape, y)
+        self.dora_forward_inplace(x, bias, adapter, shape, y)
     }
 }

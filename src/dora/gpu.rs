@@ -54,20 +54,14 @@ pub(super) fn lens<T, S: DevicePtr<T>>(adapter: &LoraAdapter<'_, S>) -> AdapterL
 impl Gpu {
     /// The DoRA weight norm `norm[i] = ‖W[i,:] + s·(B·A)[i,:]‖₂` for W [n, k], A [r, k], B [n, r]:
     /// one pass over W, B·A formed on the fly, f32 accumulation, written to `norm` (f32 `[n]`).
-    pub fn dora_weight_norm<T, W, S, N>(
+    pub fn dora_weight_norm<T: Element>(
         &self,
-        weight: &W,
-        adapter: LoraAdapter<'_, S>,
+        weight: &impl DevicePtr<T>,
+        adapter: LoraAdapter<'_, impl DevicePtr<T>>,
         k: usize,
         n: usize,
-        norm: &mut N,
-    ) -> Result<()>
-    where
-        T: Element,
-        W: DevicePtr<T>,
-        S: DevicePtr<T>,
-        N: DevicePtrMut<f32>,
-    {
+        norm: &mut impl DevicePtrMut<f32>,
+    ) -> Result<()> {
         validate_rows(k, n, weight.len(), &lens(&adapter), None, None)?;
         if norm.len() < n {
             return Err(invalid(
@@ -78,26 +72,20 @@ impl Gpu {
         }
         let stream = self.stream().clone();
         let (w, _gw) = weight.device_ptr(&stream);
-        self.norm_rows::<T, S, N>(LinearWeight::Dense(w), adapter, k, n, norm)
+        self.norm_rows(LinearWeight::Dense(w), adapter, k, n, norm)
     }
 
     /// The DoRA factor `f = m / max(‖W + s·B·A‖, DORA_NORM_EPS)` (magnitude m, `[n]`), computed in one
     /// pass over W. A NaN in a row of W, A or B gives that row a NaN factor (the max propagates NaN,
     /// as [`crate::dora::reference::dora_factor`]). Keep it for the forwards of this layer: it only changes when W, A, B or m do.
-    pub fn dora_factor<T, W, S, M>(
+    pub fn dora_factor<T: Element>(
         &self,
-        weight: &W,
-        adapter: LoraAdapter<'_, S>,
-        magnitude: &M,
+        weight: &impl DevicePtr<T>,
+        adapter: LoraAdapter<'_, impl DevicePtr<T>>,
+        magnitude: &impl DevicePtr<T>,
         k: usize,
         n: usize,
-    ) -> Result<DoraFactor>
-    where
-        T: Element,
-        W: DevicePtr<T>,
-        S: DevicePtr<T>,
-        M: DevicePtr<T>,
-    {
+    ) -> Result<DoraFactor> {
         validate_rows(
             k,
             n,
@@ -108,43 +96,33 @@ impl Gpu {
         )?;
         let stream = self.stream().clone();
         let (w, _gw) = weight.device_ptr(&stream);
-        self.factor_rows::<T, S, M>(LinearWeight::Dense(w), adapter, magnitude, k, n)
+        self.factor_rows(LinearWeight::Dense(w), adapter, magnitude, k, n)
     }
 
     /// [`Gpu::dora_weight_norm`] of a quantised W, read straight from its codes: each element
     /// dequantised to `T` as peft's `dequantize_module_weight` gives it (4-bit: `T(code · absmax)`;
     /// int8: `T(CB · SCB · (1/127))`), with no dequantised copy.
-    pub fn dora_weight_norm_quantized<T, S, N>(
+    pub fn dora_weight_norm_quantized<T: Element>(
         &self,
         weight: QuantizedWeight<'_>,
-        adapter: LoraAdapter<'_, S>,
-        norm: &mut N,
-    ) -> Result<()>
-    where
-        T: Element,
-        S: DevicePtr<T>,
-        N: DevicePtrMut<f32>,
-    {
+        adapter: LoraAdapter<'_, impl DevicePtr<T>>,
+        norm: &mut impl DevicePtrMut<f32>,
+    ) -> Result<()> {
         let [n, k] = weight.shape();
         validate_rows(k, n, n.saturating_mul(k), &lens(&adapter), None, None)?;
         let stream = self.stream().clone();
         let (operand, _guards) = weight.operand(&stream);
-        self.norm_rows::<T, S, N>(operand, adapter, k, n, norm)
+        self.norm_rows(operand, adapter, k, n, norm)
     }
 
     /// [`Gpu::dora_factor`] of a quantised W, read straight from its codes (see
     /// [`Gpu::dora_weight_norm_quantized`]).
-    pub fn dora_factor_quantized<T, S, M>(
+    pub fn dora_factor_quantized<T: Element>(
         &self,
         weight: QuantizedWeight<'_>,
-        adapter: LoraAdapter<'_, S>,
-        magnitude: &M,
-    ) -> Result<DoraFactor>
-    where
-        T: Element,
-        S: DevicePtr<T>,
-        M: DevicePtr<T>,
-    {
+        adapter: LoraAdapter<'_, impl DevicePtr<T>>,
+        magnitude: &impl DevicePtr<T>,
+    ) -> Result<DoraFactor> {
         let [n, k] = weight.shape();
         validate_rows(
             k,
@@ -156,7 +134,7 @@ impl Gpu {
         )?;
         let stream = self.stream().clone();
         let (operand, _guards) = weight.operand(&stream);
-        self.factor_rows::<T, S, M>(operand, adapter, magnitude, k, n)
+        self.factor_rows(operand, adapter, magnitude, k, n)
     }
 
     fn norm_rows<T: Element, S: DevicePtr<T>, N: DevicePtrMut<f32>>(

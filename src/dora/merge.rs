@@ -10,7 +10,7 @@ use crate::int8::Int8Device;
 use crate::linear::LinearWeight;
 use crate::lora::LoraAdapter;
 use crate::sys::{DoraRowOp, DoraRowOp_DORA_ROW_MERGE, DoraRowOp_DORA_ROW_UNMERGE};
-use crate::validate::{at_least, validate_dims, validate_rows, AdapterLens};
+use crate::validate::{validate_dims, validate_rows, validate_weight, AdapterLens};
 use crate::Element;
 use cudarc::driver::{DevicePtr, DevicePtrMut};
 
@@ -18,27 +18,20 @@ impl Gpu {
     /// Merges an adapter into W [n, k] in place, one pass: `W ← f ⊙ (W + s·B·A)` with a DoRA factor,
     /// `W ← W + s·B·A` without. With `safe`, a first pass counts non-finite results and, if there are
     /// any, returns an error and leaves W untouched (peft's `safe_merge`); this synchronises the stream.
-    #[allow(clippy::too_many_arguments)]
-    pub fn merge_adapter<T, W, S>(
+    pub fn merge_adapter<T: Element>(
         &self,
-        weight: &mut W,
-        adapter: LoraAdapter<'_, S>,
+        weight: &mut impl DevicePtrMut<T>,
+        adapter: LoraAdapter<'_, impl DevicePtr<T>>,
         factor: Option<&DoraFactor>,
         k: usize,
         n: usize,
         safe: bool,
-    ) -> Result<()>
-    where
-        T: Element,
-        W: DevicePtrMut<T>,
-        S: DevicePtr<T>,
-    {
-        self.update_rows::<T, W, S>(
+    ) -> Result<()> {
+        self.update_rows::<T>(
             weight,
             adapter,
             factor,
-            k,
-            n,
+            (k, n),
             safe,
             DoraRowOp_DORA_ROW_MERGE,
         )
@@ -46,48 +39,34 @@ impl Gpu {
 
     /// Undoes [`Gpu::merge_adapter`] with the same adapter and factor: `W ← W / f − s·B·A`
     /// (`W ← W − s·B·A` without a factor). `safe` as for the merge.
-    #[allow(clippy::too_many_arguments)]
-    pub fn unmerge_adapter<T, W, S>(
+    pub fn unmerge_adapter<T: Element>(
         &self,
-        weight: &mut W,
-        adapter: LoraAdapter<'_, S>,
+        weight: &mut impl DevicePtrMut<T>,
+        adapter: LoraAdapter<'_, impl DevicePtr<T>>,
         factor: Option<&DoraFactor>,
         k: usize,
         n: usize,
         safe: bool,
-    ) -> Result<()>
-    where
-        T: Element,
-        W: DevicePtrMut<T>,
-        S: DevicePtr<T>,
-    {
-        self.update_rows::<T, W, S>(
+    ) -> Result<()> {
+        self.update_rows::<T>(
             weight,
             adapter,
             factor,
-            k,
-            n,
+            (k, n),
             safe,
             DoraRowOp_DORA_ROW_UNMERGE,
         )
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn update_rows<T, W, S>(
+    fn update_rows<T: Element>(
         &self,
-        weight: &mut W,
-        adapter: LoraAdapter<'_, S>,
+        weight: &mut impl DevicePtrMut<T>,
+        adapter: LoraAdapter<'_, impl DevicePtr<T>>,
         factor: Option<&DoraFactor>,
-        k: usize,
-        n: usize,
+        (k, n): (usize, usize),
         safe: bool,
         op: DoraRowOp,
-    ) -> Result<()>
-    where
-        T: Element,
-        W: DevicePtrMut<T>,
-        S: DevicePtr<T>,
-    {
+    ) -> Result<()> {
         validate_rows(k, n, weight.len(), &lens(&adapter), None, None)?;
         let stream = self.stream().clone();
         let (w, _gw) = weight.device_ptr_mut(&stream);
@@ -104,37 +83,29 @@ impl Gpu {
     /// from L2. A non-finite result (after rounding to f16) has no int8 code, so it is always checked,
     /// whatever `safe` says: a counting pass first (the stream synchronises), an error and W
     /// unchanged if any. `T` is the layer's dtype.
-    pub fn merge_adapter_int8<T, S>(
+    pub fn merge_adapter_int8<T: Element>(
         &self,
         weight: &mut Int8Device,
-        adapter: LoraAdapter<'_, S>,
+        adapter: LoraAdapter<'_, impl DevicePtr<T>>,
         factor: Option<&DoraFactor>,
         safe: bool,
-    ) -> Result<()>
-    where
-        T: Element,
-        S: DevicePtr<T>,
-    {
+    ) -> Result<()> {
         let _ = safe; // int8 results are always checked (above)
-        self.update_int8::<T, S>(weight, adapter, factor, DoraRowOp_DORA_ROW_MERGE)
+        self.update_int8(weight, adapter, factor, DoraRowOp_DORA_ROW_MERGE)
     }
 
     /// Undoes [`Gpu::merge_adapter_int8`] (`W / f − s·B·A`, requantised, non-finite results an error
     /// as there). Requantisation is lossy: the round trip restores W to within the int8 rounding of the
     /// merged and unmerged rows.
-    pub fn unmerge_adapter_int8<T, S>(
+    pub fn unmerge_adapter_int8<T: Element>(
         &self,
         weight: &mut Int8Device,
-        adapter: LoraAdapter<'_, S>,
+        adapter: LoraAdapter<'_, impl DevicePtr<T>>,
         factor: Option<&DoraFactor>,
         safe: bool,
-    ) -> Result<()>
-    where
-        T: Element,
-        S: DevicePtr<T>,
-    {
+    ) -> Result<()> {
         let _ = safe; // int8 results are always checked (merge_adapter_int8)
-        self.update_int8::<T, S>(weight, adapter, factor, DoraRowOp_DORA_ROW_UNMERGE)
+        self.update_int8(weight, adapter, factor, DoraRowOp_DORA_ROW_UNMERGE)
     }
 
     /// Row-wise int8 quantisation of a dense W `[n, k]` on the GPU, code for code as
@@ -142,18 +113,14 @@ impl Gpu {
     /// values rounded to f16, SCB = row absmax, CB = round-half-even(f32(W · f32(f32(1 / SCB) · 127)));
     /// an all-zero row gets SCB 0 and codes 0. A NaN or infinite value (after rounding to f16) is an
     /// error: a counting pass runs first and the stream synchronises once.
-    pub fn quantize_int8<T, W>(&self, weight: &W, k: usize, n: usize) -> Result<Int8Device>
-    where
-        T: Element,
-        W: DevicePtr<T>,
-    {
+    pub fn quantize_int8<T: Element>(
+        &self,
+        weight: &impl DevicePtr<T>,
+        k: usize,
+        n: usize,
+    ) -> Result<Int8Device> {
         validate_dims(&[("k", k), ("n", n)])?;
-        at_least(
-            "weight",
-            weight.len(),
-            n.checked_mul(k),
-            &format!("[n={n}, k={k}]"),
-        )?;
+        validate_weight(weight.len(), k, n)?;
         let stream = self.stream().clone();
         let mut out = Int8Device {
             cb: stream.alloc_zeros::<u8>(n * k)?,

@@ -27,5 +27,31 @@ pub mod reference;
 
 pub use gpu::DoraFactor;
 
+use crate::lora::LoraAdapter;
+
+/// A DoRA adapter as the GPU forwards take it: its LoRA part (A, B, rank, scale) and its cached
+/// factor `f = m / max(‖W + s·B·A‖, DORA_NORM_EPS)` from [`crate::Gpu::dora_factor`].
+#[derive(Debug)]
+pub struct DoraAdapter<'a, S: ?Sized> {
+    /// A, B, the rank and the scale.
+    pub lora: LoraAdapter<'a, S>,
+    /// The factor of this adapter on this layer's W, one per output row.
+    pub factor: &'a DoraFactor,
+}
+
+impl<S: ?Sized> Clone for DoraAdapter<'_, S> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<S: ?Sized> Copy for DoraAdapter<'_, S> {}
+
+impl<'a, S: ?Sized> DoraAdapter<'a, S> {
+    /// A DoRA adapter from its LoRA part and its factor.
+    pub fn new(lora: LoraAdapter<'a, S>, factor: &'a DoraFactor) -> Self {
+        DoraAdapter { lora, factor }
+    }
+}
+
 /// Norms below this count as zero: `f = m / max(norm, DORA_NORM_EPS)`.
 pub const DORA_NORM_EPS: f32 = crate::sys::DORA_NORM_EPS as f32;

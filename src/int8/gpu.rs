@@ -5,8 +5,8 @@ use crate::error::invalid;
 use crate::error::Result;
 use crate::lora::LoraShape;
 use crate::sys::{
-    Int8LinearParams, Int8LlmParams, LoraGemvEpilogue, INT8_LLM_BLOCK_M, INT8_LLM_BLOCK_N,
-    INT8_THREADS,
+    GemvOperands, Int8LinearParams, Int8LlmParams, LoraGemvEpilogue, INT8_LLM_BLOCK_M,
+    INT8_LLM_BLOCK_N, INT8_THREADS,
 };
 use crate::validate::{at_least, validate_bias, validate_lora_forward};
 use crate::Element;
@@ -95,19 +95,20 @@ impl Gpu {
     /// One launch of the int8 GEMV (`int8_gemv_*`, a warp per output column, up to 8 rows of x) for
     /// [`Gpu::int8_linear`] and the other products of [`crate::linear`], with the adapters' LoRA term
     /// `lora` in its epilogue (empty: none). The caller validated every extent and holds the buffers.
-    #[allow(clippy::too_many_arguments)]
     pub(crate) fn launch_int8_gemv<T: Element>(
         &self,
-        cb: u64,
-        scb: u64,
-        x: u64,
-        bias: u64,
-        y: u64,
-        shape: LoraShape,
-        vector_k: bool,
+        (cb, scb): (u64, u64),
+        io: &GemvOperands,
         lora: &LoraGemvEpilogue,
     ) -> Result<()> {
         self.check_dtype(T::DTYPE, "the int8 kernels")?;
+        let GemvOperands {
+            x,
+            bias,
+            y,
+            shape,
+            vector_k,
+        } = *io;
         let LoraShape { m, k, n } = shape;
         let (func, _) = self.kernel(
             KernelModule::Int8,
@@ -143,21 +144,15 @@ impl Gpu {
     ///
     /// NaN, as the reference: a row of x holding a NaN or an infinity (after the f16 rounding) gives
     /// NaN in every output of that row (its scale is NaN); such a value is not an outlier.
-    #[allow(clippy::too_many_arguments)]
-    pub fn int8_linear_llm<T, X, Y>(
+    pub fn int8_linear_llm<T: Element>(
         &self,
-        x: &X,
+        x: &impl DevicePtr<T>,
         weight: &Int8Device,
         bias: Option<&CudaView<'_, T>>,
         threshold: f32,
         m: usize,
-        y: &mut Y,
-    ) -> Result<()>
-    where
-        T: Element,
-        X: DevicePtr<T>,
-        Y: DevicePtrMut<T>,
-    {
+        y: &mut impl DevicePtrMut<T>,
+    ) -> Result<()> {
         let [n, k] = weight.shape;
         validate_lora_forward(LoraShape::new(m, k, n), x.len(), None, Some(y.len()), &[])?;
         validate_bias(bias.map(|b| b.len()), n)?;

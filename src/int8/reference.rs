@@ -36,7 +36,7 @@
 use super::{Int8Weight, INV_127};
 use crate::error::{invalid, Result};
 use crate::lora::LoraShape;
-use crate::validate::{at_least, validate_bias, validate_lora_forward};
+use crate::validate::{validate_bias, validate_lora_forward, validate_weight};
 use crate::Element;
 use half::f16;
 
@@ -64,12 +64,7 @@ pub fn quantize_rowwise<T: Element>(weight: &[T], shape: [usize; 2]) -> Result<I
     if n == 0 || k == 0 {
         return Err(invalid("shape", "no zero dimension", format!("{shape:?}")));
     }
-    at_least(
-        "weight",
-        weight.len(),
-        n.checked_mul(k),
-        &format!("[n={n}, k={k}]"),
-    )?;
+    validate_weight(weight.len(), k, n)?;
     let mut cb = Vec::with_capacity(n * k);
     let mut scb = Vec::with_capacity(n);
     for (r, row) in weight[..n * k].chunks(k).enumerate() {

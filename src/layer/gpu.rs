@@ -9,7 +9,7 @@
 use super::reference::validate_layer_adapter;
 use super::{ForwardPlan, LayerAdapter, LayerState};
 use crate::device::Gpu;
-use crate::dora::DoraFactor;
+use crate::dora::{DoraAdapter, DoraFactor};
 use crate::error::{invalid, Result};
 use crate::int8::{Int8Device, Int8Weight};
 use crate::linear::QuantizedWeight;
@@ -437,14 +437,9 @@ impl<T: Element> Layer<T> {
                         let adapter = &self.adapters[&names[i]];
                         let factor = adapter.factor.as_ref().expect("computed above");
                         let bias = self.bias.as_ref().map(|b| b.slice(..));
-                        self.gpu.dora_forward_inplace(
-                            x,
-                            bias.as_ref(),
-                            adapter.view(),
-                            factor,
-                            shape,
-                            y,
-                        )?;
+                        let dora = DoraAdapter::new(adapter.view(), factor);
+                        self.gpu
+                            .dora_forward_inplace(x, bias.as_ref(), dora, shape, y)?;
                         i += 1;
                     } else {
                         let run = names[i..]

@@ -8,8 +8,12 @@ use crate::int8::Int8Device;
 use crate::lora::{LoraAdapter, LoraShape};
 use crate::lora_shrink::fits_gemv_epilogue;
 use crate::quant4::Quant4Device;
-use crate::sys::{LinearParams, LoraGemvEpilogue, LINEAR_BLOCK_M, LINEAR_BLOCK_N, LINEAR_THREADS};
-use crate::validate::{at_least, validate_bias, validate_dims, validate_lora_forward, AdapterLens};
+use crate::sys::{
+    GemvOperands, LinearParams, LoraGemvEpilogue, LINEAR_BLOCK_M, LINEAR_BLOCK_N, LINEAR_THREADS,
+};
+use crate::validate::{
+    validate_bias, validate_dims, validate_lora_forward, validate_weight, AdapterLens,
+};
 use crate::Element;
 use cudarc::driver::{CudaView, DevicePtr, DevicePtrMut};
 
@@ -18,21 +22,16 @@ impl Gpu {
     /// `T` (f32, f16, bf16; f32 accumulation, one rounding). Up to [`GEMV_MAX_M`](super::GEMV_MAX_M) rows take a GEMV
     /// kernel (decode), more rows the tiled tensor-core kernel. Buffers may be longer than needed;
     /// every argument is checked before the launch, which is asynchronous on [`Gpu::stream`].
-    pub fn linear<T, X, W, Y>(
+    pub fn linear<T: Element>(
         &self,
-        x: &X,
-        weight: &W,
+        x: &impl DevicePtr<T>,
+        weight: &impl DevicePtr<T>,
         bias: Option<&CudaView<'_, T>>,
         shape: LoraShape,
-        y: &mut Y,
-    ) -> Result<()>
-    where
-        T: Element,
-        X: DevicePtr<T>,
-        W: DevicePtr<T>,
-        Y: DevicePtrMut<T>,
-    {
-        self.linear_lora_forward::<T, X, W, W, Y>(x, weight, bias, &[], shape, y)
+        y: &mut impl DevicePtrMut<T>,
+    ) -> Result<()> {
+        let none: &[LoraAdapter<'_, CudaView<'_, T>>] = &[];
+        self.linear_lora_forward(x, weight, bias, none, shape, y)
     }
 
     /// The base layer and its LoRA adapters from x and a dense W:
@@ -40,30 +39,18 @@ impl Gpu {
     /// and 256 summed ranks) the adapters' term is fused into the GEMV's epilogue after a small shrink
     /// launch, so W is read once and y written once; otherwise the tiled product is followed by the
     /// fused LoRA forward in place on y.
-    pub fn linear_lora_forward<T, X, W, S, Y>(
+    pub fn linear_lora_forward<T: Element>(
         &self,
-        x: &X,
-        weight: &W,
+        x: &impl DevicePtr<T>,
+        weight: &impl DevicePtr<T>,
         bias: Option<&CudaView<'_, T>>,
-        adapters: &[LoraAdapter<'_, S>],
+        adapters: &[LoraAdapter<'_, impl DevicePtr<T>>],
         shape: LoraShape,
-        y: &mut Y,
-    ) -> Result<()>
-    where
-        T: Element,
-        X: DevicePtr<T>,
-        W: DevicePtr<T>,
-        S: DevicePtr<T>,
-        Y: DevicePtrMut<T>,
-    {
+        y: &mut impl DevicePtrMut<T>,
+    ) -> Result<()> {
         let LoraShape { k, n, .. } = shape;
         validate_dims(&[("shape.k", k), ("shape.n", n)])?;
-        at_least(
-            "weight",
-            weight.len(),
-            n.checked_mul(k),
-            &format!("[n={n}, k={k}]"),
-        )?;
+        validate_weight(weight.len(), k, n)?;
         let stream = self.stream().clone();
         let (w, _gw) = weight.device_ptr(&stream);
         self.product_with_lora(x, LinearWeight::Dense(w), bias, adapters, shape, y)
@@ -71,20 +58,16 @@ impl Gpu {
 
     /// `y = x · dequant(W)ᵀ + bias` for a quantised W: [`Gpu::quant4_linear`] or
     /// [`Gpu::int8_linear`] (weight-only).
-    pub fn quantized_linear<T, X, Y>(
+    pub fn quantized_linear<T: Element>(
         &self,
-        x: &X,
+        x: &impl DevicePtr<T>,
         weight: QuantizedWeight<'_>,
         bias: Option<&CudaView<'_, T>>,
         m: usize,
-        y: &mut Y,
-    ) -> Result<()>
-    where
-        T: Element,
-        X: DevicePtr<T>,
-        Y: DevicePtrMut<T>,
-    {
-        self.quantized_lora_forward::<T, X, X, Y>(x, weight, bias, &[], m, y)
+        y: &mut impl DevicePtrMut<T>,
+    ) -> Result<()> {
+        let none: &[LoraAdapter<'_, CudaView<'_, T>>] = &[];
+        self.quantized_lora_forward(x, weight, bias, none, m, y)
     }
 
     /// LoRA on a quantised base (QLoRA on 4-bit, peft's `Linear8bitLt` with adapters on int8):
@@ -94,21 +77,15 @@ impl Gpu {
     /// product is followed by the fused LoRA forward in place on y. For DoRA, follow
     /// [`Gpu::quantized_linear`] with [`Gpu::dora_forward_inplace`] and a factor from
     /// [`Gpu::dora_factor_quantized`]; [`crate::layer::Layer`] does both.
-    pub fn quantized_lora_forward<T, X, S, Y>(
+    pub fn quantized_lora_forward<T: Element>(
         &self,
-        x: &X,
+        x: &impl DevicePtr<T>,
         weight: QuantizedWeight<'_>,
         bias: Option<&CudaView<'_, T>>,
-        adapters: &[LoraAdapter<'_, S>],
+        adapters: &[LoraAdapter<'_, impl DevicePtr<T>>],
         m: usize,
-        y: &mut Y,
-    ) -> Result<()>
-    where
-        T: Element,
-        X: DevicePtr<T>,
-        S: DevicePtr<T>,
-        Y: DevicePtrMut<T>,
-    {
+        y: &mut impl DevicePtrMut<T>,
+    ) -> Result<()> {
         let [n, k] = weight.shape();
         let stream = self.stream().clone();
         let (operand, _guards) = weight.operand(&stream);
@@ -120,19 +97,14 @@ impl Gpu {
     /// column, the packed W streamed once); more rows take the tiled tensor-core kernel of
     /// `kernels/linear.cu`, which dequantises 128 x 32 tiles of W into shared memory (each tile rounded
     /// to `T`, as bitsandbytes' dequantise-then-matmul does).
-    pub fn quant4_linear<T, X, Y>(
+    pub fn quant4_linear<T: Element>(
         &self,
-        x: &X,
+        x: &impl DevicePtr<T>,
         weight: &Quant4Device,
         bias: Option<&CudaView<'_, T>>,
         m: usize,
-        y: &mut Y,
-    ) -> Result<()>
-    where
-        T: Element,
-        X: DevicePtr<T>,
-        Y: DevicePtrMut<T>,
-    {
+        y: &mut impl DevicePtrMut<T>,
+    ) -> Result<()> {
         self.quantized_linear(x, QuantizedWeight::Quant4(weight), bias, m, y)
     }
 
@@ -141,39 +113,28 @@ impl Gpu {
     /// per output column, CB streamed once); more rows take the tiled tensor-core kernel of
     /// `kernels/linear.cu` (codes converted exactly to `T` in shared memory, SCB / 127 applied to each
     /// output column's f32 sum).
-    pub fn int8_linear<T, X, Y>(
+    pub fn int8_linear<T: Element>(
         &self,
-        x: &X,
+        x: &impl DevicePtr<T>,
         weight: &Int8Device,
         bias: Option<&CudaView<'_, T>>,
         m: usize,
-        y: &mut Y,
-    ) -> Result<()>
-    where
-        T: Element,
-        X: DevicePtr<T>,
-        Y: DevicePtrMut<T>,
-    {
+        y: &mut impl DevicePtrMut<T>,
+    ) -> Result<()> {
         self.quantized_linear(x, QuantizedWeight::Int8(weight), bias, m, y)
     }
 
     /// The base product of any format plus the adapters' term (see [`Gpu::linear_lora_forward`]);
     /// validates everything but the weight (its owner did) before launching.
-    fn product_with_lora<T, X, S, Y>(
+    fn product_with_lora<T: Element>(
         &self,
-        x: &X,
+        x: &impl DevicePtr<T>,
         weight: LinearWeight,
         bias: Option<&CudaView<'_, T>>,
-        adapters: &[LoraAdapter<'_, S>],
+        adapters: &[LoraAdapter<'_, impl DevicePtr<T>>],
         shape: LoraShape,
-        y: &mut Y,
-    ) -> Result<()>
-    where
-        T: Element,
-        X: DevicePtr<T>,
-        S: DevicePtr<T>,
-        Y: DevicePtrMut<T>,
-    {
+        y: &mut impl DevicePtrMut<T>,
+    ) -> Result<()> {
         validate_lora_forward(
             shape,
             x.len(),
@@ -191,7 +152,7 @@ impl Gpu {
             let bias_guard = bias.map(|b| b.device_ptr(&stream));
             let bias_ptr = bias_guard.as_ref().map_or(0, |(p, _)| *p);
             if fused {
-                let lora = self.gemv_lora::<T, S>(x_ptr, shape, adapters, &stream)?;
+                let lora = self.gemv_lora(x_ptr, shape, adapters, &stream)?;
                 return self.launch_product::<T>(
                     weight,
                     x_ptr,
@@ -258,12 +219,24 @@ impl Gpu {
                 unsafe { self.launch(&func, grid, LINEAR_THREADS, &params) }
             }
             LinearWeight::Quant4(q) => {
-                let vector_k = vector_x && vector_w;
-                self.launch_quant4_gemv::<T>(q, x, bias, y, m, n, vector_k, lora)
+                let io = GemvOperands {
+                    x,
+                    bias,
+                    y,
+                    shape,
+                    vector_k: vector_x && vector_w,
+                };
+                self.launch_quant4_gemv::<T>(q, &io, lora)
             }
             LinearWeight::Int8 { cb, scb } => {
-                let vector_k = vector_x && vector_w;
-                self.launch_int8_gemv::<T>(cb, scb, x, bias, y, shape, vector_k, lora)
+                let io = GemvOperands {
+                    x,
+                    bias,
+                    y,
+                    shape,
+                    vector_k: vector_x && vector_w,
+                };
+                self.launch_int8_gemv::<T>((cb, scb), &io, lora)
             }
         }
     }

@@ -3,7 +3,7 @@
 //! [`crate::int8`]).
 use crate::error::Result;
 use crate::lora::LoraShape;
-use crate::validate::{at_least, validate_bias, validate_lora_forward};
+use crate::validate::{validate_bias, validate_lora_forward, validate_weight};
 use crate::Element;
 
 /// A dense linear layer `x · Wᵀ + bias` for x [m, k], W [n, k]: the base layer the adapters sit on.
@@ -15,12 +15,7 @@ pub fn linear<T: Element>(
 ) -> Result<Vec<T>> {
     let LoraShape { m, k, n } = shape;
     validate_lora_forward(shape, x.len(), None, None, &[])?;
-    at_least(
-        "weight",
-        weight.len(),
-        n.checked_mul(k),
-        &format!("[n={n}, k={k}]"),
-    )?;
+    validate_weight(weight.len(), k, n)?;
     validate_bias(bias.map(|b| b.len()), n)?;
     let mut out = Vec::with_capacity(m * n);
     for i in 0..m {

@@ -85,9 +85,9 @@ pub(crate) struct ImplicitWorkspace {
     retired: Vec<Buffers>,
 }
 
-/// A caller-owned workspace of the fused LoRA forward, for the `*_with` forwards
-/// ([`Gpu::lora_forward_with`], [`Gpu::lora_forward_inplace_with`], [`Gpu::dora_forward_with`],
-/// [`Gpu::dora_forward_inplace_with`]).
+/// A caller-owned workspace of the fused LoRA forward, installed in a handle by
+/// [`Gpu::with_workspace`]: that handle's fused forwards, and everything built on them (the DoRA
+/// forwards, the tiled path of [`Gpu::linear_lora_forward`], the layers), use it and nothing else.
 ///
 /// Made by [`Gpu::lora_workspace`], sized once for every call up to a largest m, k and summed rank;
 /// a forward that uses it allocates nothing and frees nothing, and one that needs more than it was
@@ -133,8 +133,10 @@ impl LoraWorkspace {
     }
 }
 
-/// Which scratch a forward uses: the handle's implicit workspace or the caller's.
-pub(crate) type WorkspaceArg<'w> = Option<&'w mut LoraWorkspace>;
+/// The caller's workspace a handle was given by [`Gpu::with_workspace`] (none: the handle's implicit
+/// one).
+#[derive(Default)]
+struct FixedWorkspace(Option<LoraWorkspace>);
 
 /// How one launch splits its work (see the comment at the top of the kernel).
 #[derive(Clone, Copy, Debug)]
@@ -213,7 +215,7 @@ pub(crate) struct DoraEpilogue {
 }
 
 impl Gpu {
-    /// A caller-owned workspace for the `*_with` forwards on element type `dtype`, sized for every
+    /// A caller-owned workspace for [`Gpu::with_workspace`] on element type `dtype`, sized for every
     /// call with at most `max_m` rows, `max_k` input columns and `max_rank` summed rank (ranks of
     /// one call's adapters added up; launches hold at most 256, so larger sums are sized as 256),
     /// whatever n. Allocated (zeroed) once, on [`Gpu::stream`]; see [`LoraWorkspace`].
@@ -264,6 +266,30 @@ impl Gpu {
         })
     }
 
+    /// A handle on the same stream (context, loaded kernels) whose fused forwards use `workspace`
+    /// and nothing else: they allocate no scratch, and fail with
+    /// [`Error::InvalidArgument`](crate::Error::InvalidArgument) (`workspace`) before launching when
+    /// a call needs more than it was sized for. Everything built on the fused forward follows: the
+    /// DoRA forwards, the tiled path of [`Gpu::linear_lora_forward`], [`crate::layer::Layer`]s made
+    /// with this handle. The new handle has scratch of its own for the other families (the mixed
+    /// batch's prefill hidden). Give each stream, and each graph that may replay at the same time
+    /// as another, a handle with its own workspace ([`Gpu::from_stream`] for another stream).
+    ///
+    /// Errors when `workspace` belongs to another CUDA context.
+    pub fn with_workspace(&self, workspace: LoraWorkspace) -> Result<Gpu> {
+        if !Arc::ptr_eq(
+            workspace.buffers.partials.context(),
+            self.stream().context(),
+        ) {
+            return Err(invalid(
+                "workspace",
+                "a workspace of this handle's CUDA context",
+                "one of another context",
+            ));
+        }
+        Ok(self.with_scratch(FixedWorkspace(Some(workspace))))
+    }
+
     /// The fused forward kernel for `dtype`, tile height `block_m`, with or without the DoRA
     /// epilogue, and its resident blocks.
     fn forward_kernel(
@@ -288,22 +314,15 @@ impl Gpu {
     ///
     /// Scratch comes from the handle's own workspace (see [`Gpu`]: one stream at a time; it grows
     /// on demand but never while the stream captures a graph). For graphs replayed on several
-    /// streams, or a workspace sized up front, use [`Gpu::lora_forward_with`].
-    pub fn lora_forward<T, X, B, S, Y>(
+    /// streams, or a workspace sized up front, use a handle from [`Gpu::with_workspace`].
+    pub fn lora_forward<T: Element>(
         &self,
-        x: &X,
-        base: &B,
-        adapters: &[LoraAdapter<'_, S>],
+        x: &impl DevicePtr<T>,
+        base: &impl DevicePtr<T>,
+        adapters: &[LoraAdapter<'_, impl DevicePtr<T>>],
         shape: LoraShape,
-        y: &mut Y,
-    ) -> Result<()>
-    where
-        T: Element,
-        X: DevicePtr<T>,
-        B: DevicePtr<T>,
-        S: DevicePtr<T>,
-        Y: DevicePtrMut<T>,
-    {
+        y: &mut impl DevicePtrMut<T>,
+    ) -> Result<()> {
         validate_lora_forward(
             shape,
             x.len(),
@@ -313,108 +332,34 @@ impl Gpu {
         )?;
         let stream = self.stream().clone();
         let (base_ptr, _base_guard) = base.device_ptr(&stream);
-        self.lora_forward_launch::<T, X, S, Y>(x, Some(base_ptr), adapters, shape, y, None, None)
-    }
-
-    /// [`Gpu::lora_forward`] with the caller's workspace: allocates nothing, and fails (before
-    /// launching) when the call needs more scratch than `workspace` was sized for. The way to
-    /// capture the forward into a CUDA graph that may replay on another stream than the handle's,
-    /// or concurrently with other work of the handle (one workspace per concurrent replay).
-    #[allow(clippy::too_many_arguments)]
-    pub fn lora_forward_with<T, X, B, S, Y>(
-        &self,
-        workspace: &mut LoraWorkspace,
-        x: &X,
-        base: &B,
-        adapters: &[LoraAdapter<'_, S>],
-        shape: LoraShape,
-        y: &mut Y,
-    ) -> Result<()>
-    where
-        T: Element,
-        X: DevicePtr<T>,
-        B: DevicePtr<T>,
-        S: DevicePtr<T>,
-        Y: DevicePtrMut<T>,
-    {
-        validate_lora_forward(
-            shape,
-            x.len(),
-            Some(base.len()),
-            Some(y.len()),
-            &device_lens(adapters),
-        )?;
-        let stream = self.stream().clone();
-        let (base_ptr, _base_guard) = base.device_ptr(&stream);
-        self.lora_forward_launch::<T, X, S, Y>(
-            x,
-            Some(base_ptr),
-            adapters,
-            shape,
-            y,
-            None,
-            Some(workspace),
-        )
-    }
-
-    /// [`Gpu::lora_forward_inplace`] with the caller's workspace (see [`Gpu::lora_forward_with`]).
-    pub fn lora_forward_inplace_with<T, X, S, Y>(
-        &self,
-        workspace: &mut LoraWorkspace,
-        x: &X,
-        adapters: &[LoraAdapter<'_, S>],
-        shape: LoraShape,
-        y: &mut Y,
-    ) -> Result<()>
-    where
-        T: Element,
-        X: DevicePtr<T>,
-        S: DevicePtr<T>,
-        Y: DevicePtrMut<T>,
-    {
-        validate_lora_forward(shape, x.len(), None, Some(y.len()), &device_lens(adapters))?;
-        self.lora_forward_launch::<T, X, S, Y>(x, None, adapters, shape, y, None, Some(workspace))
+        self.lora_forward_launch(x, Some(base_ptr), adapters, shape, y, None)
     }
 
     /// In place: `y += Σᵢ sᵢ · (x · Aᵢᵀ) · Bᵢᵀ` (y holds the base output on entry).
-    pub fn lora_forward_inplace<T, X, S, Y>(
+    pub fn lora_forward_inplace<T: Element>(
         &self,
-        x: &X,
-        adapters: &[LoraAdapter<'_, S>],
+        x: &impl DevicePtr<T>,
+        adapters: &[LoraAdapter<'_, impl DevicePtr<T>>],
         shape: LoraShape,
-        y: &mut Y,
-    ) -> Result<()>
-    where
-        T: Element,
-        X: DevicePtr<T>,
-        S: DevicePtr<T>,
-        Y: DevicePtrMut<T>,
-    {
+        y: &mut impl DevicePtrMut<T>,
+    ) -> Result<()> {
         validate_lora_forward(shape, x.len(), None, Some(y.len()), &device_lens(adapters))?;
-        self.lora_forward_launch::<T, X, S, Y>(x, None, adapters, shape, y, None, None)
+        self.lora_forward_launch(x, None, adapters, shape, y, None)
     }
 
     /// The launches behind the forward, arguments already validated: the `lora` family's entry for the
     /// rest of the crate. With `dora`, the single launch (one adapter) uses the DoRA epilogue
     /// `y = bias + f ⊙ (base − bias + LoRA term)` (the DoRA forwards of [`crate::dora`]). Scratch:
-    /// `workspace`, else the handle's implicit one.
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn lora_forward_launch<T, X, S, Y>(
+    /// the handle's fixed workspace ([`Gpu::with_workspace`]), else its implicit one.
+    pub(crate) fn lora_forward_launch<T: Element>(
         &self,
-        x: &X,
+        x: &impl DevicePtr<T>,
         base_ptr: Option<u64>,
-        adapters: &[LoraAdapter<'_, S>],
+        adapters: &[LoraAdapter<'_, impl DevicePtr<T>>],
         shape: LoraShape,
-        y: &mut Y,
+        y: &mut impl DevicePtrMut<T>,
         dora: Option<DoraEpilogue>,
-        mut workspace: WorkspaceArg<'_>,
-    ) -> Result<()>
-    where
-        T: Element,
-        X: DevicePtr<T>,
-        S: DevicePtr<T>,
-        Y: DevicePtrMut<T>,
-    {
+    ) -> Result<()> {
         self.check_dtype(T::DTYPE, "the fused LoRA forward")?;
         let stream = self.stream().clone();
         let LoraShape { m, n, .. } = shape;
@@ -471,20 +416,11 @@ impl Gpu {
             } else {
                 y_ptr
             };
-            self.launch_group::<T>(
-                x_ptr,
-                base,
-                y_ptr,
-                group,
-                shape,
-                dora,
-                workspace.as_deref_mut(),
-            )?;
+            self.launch_group::<T>(x_ptr, base, y_ptr, group, shape, dora)?;
         }
         Ok(())
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn launch_group<T: Element>(
         &self,
         x: u64,
@@ -493,7 +429,6 @@ impl Gpu {
         adapters: &[SlotAdapter],
         shape: LoraShape,
         dora: Option<DoraEpilogue>,
-        workspace: WorkspaceArg<'_>,
     ) -> Result<()> {
         let stream = self.stream().clone();
         let rank_total: usize = adapters.iter().map(|a| a.rank).sum();
@@ -518,17 +453,12 @@ impl Gpu {
         let need = Lens::of(&plan, plan.k_chunks, elem);
 
         // The caller's workspace, or the handle's (held locked until the launch is enqueued).
+        let fixed = self.scratch::<FixedWorkspace>();
+        let mut fixed = fixed.lock().unwrap_or_else(|e| e.into_inner());
         let implicit = self.scratch::<ImplicitWorkspace>();
         let mut guard;
-        let ws: &mut Buffers = match workspace {
+        let ws: &mut Buffers = match fixed.0.as_mut() {
             Some(w) => {
-                if !Arc::ptr_eq(w.buffers.partials.context(), stream.context()) {
-                    return Err(invalid(
-                        "workspace",
-                        "a workspace of this handle's CUDA context",
-                        "one of another context",
-                    ));
-                }
                 if !w.buffers.fits(need) {
                     return Err(invalid(
                         "workspace",
@@ -611,8 +541,8 @@ fn grow_implicit(ws: &mut ImplicitWorkspace, stream: &Arc<CudaStream>, need: Len
         return Err(invalid(
             "workspace",
             "a forward at this size (or larger) before the capture began: the handle's \
-             workspace cannot grow while its stream captures (or pass a Gpu::lora_workspace to \
-             the *_with forwards)",
+             workspace cannot grow while its stream captures (or give the handle a workspace \
+             sized up front: Gpu::with_workspace)",
             format!(
                 "a capture that needs {need:?} elements, the handle holds {:?}",
                 ws.current.as_ref().map(Buffers::lens).unwrap_or_default()

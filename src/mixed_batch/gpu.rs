@@ -147,22 +147,15 @@ impl Gpu {
     /// handle keeps) then the expand. Nothing is allocated once the scratch has been sized by a first
     /// call at that many rows, so warm up before capturing a CUDA graph (during a capture the
     /// scratch cannot grow: the call fails instead; see [`Gpu`] for scratch and graphs).
-    pub fn lora_forward_mixed<T, X, B, I, Y>(
+    pub fn lora_forward_mixed<T: Element>(
         &self,
-        x: &X,
-        base: &B,
+        x: &impl DevicePtr<T>,
+        base: &impl DevicePtr<T>,
         adapters: &MixedAdapters<'_, T>,
-        indices: &I,
+        indices: &impl DevicePtr<i32>,
         shape: LoraShape,
-        y: &mut Y,
-    ) -> Result<()>
-    where
-        T: Element,
-        X: DevicePtr<T>,
-        B: DevicePtr<T>,
-        I: DevicePtr<i32>,
-        Y: DevicePtrMut<T>,
-    {
+        y: &mut impl DevicePtrMut<T>,
+    ) -> Result<()> {
         validate_lora_forward(shape, x.len(), Some(base.len()), Some(y.len()), &[])?;
         if (shape.k, shape.n) != (adapters.k, adapters.n) {
             return Err(invalid(

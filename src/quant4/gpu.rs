@@ -5,8 +5,9 @@ use crate::device::{Gpu, KernelModule};
 use crate::error::{invalid, Result};
 use crate::validate::{at_least, validate_dims};
 
+use crate::lora::LoraShape;
 use crate::sys::{
-    LoraGemvEpilogue, Quant4Params, Quant4QuantizeParams, Quant4Type_QUANT4_FP4,
+    GemvOperands, LoraGemvEpilogue, Quant4Params, Quant4QuantizeParams, Quant4Type_QUANT4_FP4,
     Quant4Type_QUANT4_NF4, Quant4Weights, QUANT4_NESTED_BLOCKSIZE, QUANT4_THREADS,
 };
 use crate::{DType, Element};
@@ -309,18 +310,20 @@ impl Gpu {
     /// for [`Gpu::quant4_linear`] and the other products of [`crate::linear`], with the adapters'
     /// LoRA term `lora` in its epilogue (empty: none). The caller validated every extent and holds
     /// the buffers.
-    #[allow(clippy::too_many_arguments)]
     pub(crate) fn launch_quant4_gemv<T: Element>(
         &self,
         w: Quant4Weights,
-        x: u64,
-        bias: u64,
-        y: u64,
-        m: usize,
-        n: usize,
-        vector_k: bool,
+        io: &GemvOperands,
         lora: &LoraGemvEpilogue,
     ) -> Result<()> {
+        let GemvOperands {
+            x,
+            bias,
+            y,
+            shape,
+            vector_k,
+        } = *io;
+        let LoraShape { m, n, .. } = shape;
         self.check_dtype(T::DTYPE, "the 4-bit kernels")?;
         let (func, _) = self.kernel(
             KernelModule::Quant4,

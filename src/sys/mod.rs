@@ -34,6 +34,18 @@ unsafe impl DeviceRepr for LoraAdapterSlot {}
 // SAFETY: all-zero bytes are a valid slot (null addresses, rank 0, scale 0.0).
 unsafe impl ValidAsZeroBits for LoraAdapterSlot {}
 
+/// The operands every GEMV kernel takes beside its weight (`quant4_gemv_*`, `int8_gemv_*`):
+/// x `[m, k]`, the bias `[n]` (0: none) and y `[m, n]` as device addresses the caller validated and
+/// holds, and whether x and W load as 16-byte vectors.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct GemvOperands {
+    pub x: u64,
+    pub bias: u64,
+    pub y: u64,
+    pub shape: crate::LoraShape,
+    pub vector_k: bool,
+}
+
 /// One adapter as a [`LoraAdapterSlot`] takes it: the device addresses of A [rank, k] and
 /// B [n, rank], the rank and the scale.
 #[derive(Clone, Copy, Debug)]

@@ -5,6 +5,7 @@
 #![allow(dead_code, unused_imports)]
 pub mod driver;
 pub mod rng;
+pub mod tensors;
 
 pub use rng::Rng;
 

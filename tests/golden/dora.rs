@@ -77,8 +77,7 @@ pub(crate) fn dora_gpu<T: Element>(gpu: &Gpu, case: &GoldenCase) -> Result<Check
         &x,
         &base,
         bias_view.as_ref(),
-        adapter,
-        &factor,
+        lora_kernels::DoraAdapter::new(adapter, &factor),
         c.shape,
         &mut y,
     )?;

@@ -123,8 +123,7 @@ pub(crate) fn quantized_layer_gpu<T: Element>(
             &x,
             &base,
             bias_view.as_ref(),
-            adapter,
-            &factor,
+            lora_kernels::DoraAdapter::new(adapter, &factor),
             shape,
             &mut y,
         )?;
