@@ -110,6 +110,63 @@ fn a_captured_lora_forward_replays_with_new_inputs() {
     drop(graph);
 }
 
+/// The decode path of the base product with its LoRA term in the GEMV epilogue (the shrink's
+/// hidden is handle scratch, allocated by the warm-up, never during the capture) replays with new
+/// inputs; a first decode-size call inside a capture is refused before anything is captured.
+#[test]
+fn a_captured_decode_linear_lora_forward_replays_with_new_inputs() {
+    let _s = serial();
+    let Some(gpu) = gpu() else { return };
+    let s = gpu.stream().clone();
+    let shape = LoraShape::new(3, 64, 40);
+    let mut rng = Rng::new(14);
+    let ads = adapters::<bf16>(&mut rng, shape.k, shape.n, &[8, 4]);
+    let w_host: Vec<bf16> = rng.vec(shape.n * shape.k, 1.0 / (shape.k as f64).sqrt());
+    let bias_host: Vec<bf16> = rng.vec(shape.n, 0.5);
+    let w = s.clone_htod(&w_host).unwrap();
+    let bias = s.clone_htod(&bias_host).unwrap();
+    let dev: Vec<_> = ads
+        .iter()
+        .map(|a| (s.clone_htod(&a.a).unwrap(), s.clone_htod(&a.b).unwrap()))
+        .collect();
+    let on_dev: Vec<_> = dev
+        .iter()
+        .zip(&ads)
+        .map(|((a, b), h)| LoraAdapter::new(a, b, h.rank, h.scale))
+        .collect();
+    let mut x = s.alloc_zeros::<bf16>(shape.m * shape.k).unwrap();
+    let mut y = s.alloc_zeros::<bf16>(shape.m * shape.n).unwrap();
+    let bias_view = bias.slice(..);
+    // A fresh handle on the same stream has no shrink scratch yet: the capture refuses to make it.
+    let fresh = Gpu::from_stream(s.clone()).unwrap();
+    let refused = fresh
+        .capture(|| fresh.linear_lora_forward(&x, &w, Some(&bias_view), &on_dev, shape, &mut y));
+    let err = refused
+        .err()
+        .expect("a first decode call in a capture is refused");
+    assert!(err.to_string().contains("workspace"), "{err}");
+    // Warm-up, then the capture.
+    gpu.linear_lora_forward(&x, &w, Some(&bias_view), &on_dev, shape, &mut y)
+        .unwrap();
+    let graph = gpu
+        .capture(|| gpu.linear_lora_forward(&x, &w, Some(&bias_view), &on_dev, shape, &mut y))
+        .unwrap();
+    for replay in 0..3 {
+        let hx: Vec<bf16> = rng.vec(shape.m * shape.k, 1.0);
+        s.memcpy_htod(&hx, &mut x).unwrap();
+        graph.launch().unwrap();
+        let base =
+            lora_kernels::linear::reference::linear(&hx, &w_host, Some(&bias_host), shape).unwrap();
+        let expected = reference::lora_forward(&hx, &base, &host(&ads), shape).unwrap();
+        check(
+            &format!("decode replay {replay}"),
+            &s.clone_dtoh(&y).unwrap(),
+            &expected,
+        );
+    }
+    drop(graph);
+}
+
 #[test]
 fn two_workspaces_on_two_streams_replay_concurrently() {
     let _s = serial();

@@ -6,7 +6,7 @@ use crate::device::{Gpu, KernelModule};
 use crate::error::{invalid, Result};
 use crate::int8::Int8Device;
 use crate::lora::{LoraAdapter, LoraShape};
-use crate::lora_shrink::fits_gemv_epilogue;
+use crate::lora_shrink::{fits_gemv_epilogue, ShrinkHidden};
 use crate::quant4::Quant4Device;
 use crate::sys::{
     GemvOperands, LinearParams, LoraGemvEpilogue, LINEAR_BLOCK_M, LINEAR_BLOCK_N, LINEAR_THREADS,
@@ -152,7 +152,10 @@ impl Gpu {
             let bias_guard = bias.map(|b| b.device_ptr(&stream));
             let bias_ptr = bias_guard.as_ref().map_or(0, |(p, _)| *p);
             if fused {
-                let lora = self.gemv_lora(x_ptr, shape, adapters, &stream)?;
+                let scratch = self.scratch::<ShrinkHidden>();
+                let mut hidden = scratch.lock().unwrap_or_else(|e| e.into_inner());
+                let buffer = hidden.get(&stream)?;
+                let lora = self.gemv_lora(x_ptr, shape, adapters, &stream, buffer)?;
                 return self.launch_product::<T>(
                     weight,
                     x_ptr,

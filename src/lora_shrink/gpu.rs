@@ -1,21 +1,51 @@
 //! The launch of `kernels/lora_shrink.cu` and the epilogue it hands to the GEMV that follows.
 use crate::device::{Gpu, KernelModule};
-use crate::error::Result;
+use crate::error::{invalid, Result};
 use crate::lora::{LoraAdapter, LoraShape, MAX_RANK};
 use crate::sys::{
     launch_slots, LoraGemvEpilogue, LoraShrinkParams, SlotAdapter, LORA_MAX_LAUNCH_ADAPTERS,
     LORA_MAX_LAUNCH_RANK, LORA_SHRINK_MAX_ROWS, LORA_SHRINK_THREADS,
 };
 use crate::Element;
+use cudarc::driver::sys::CUstreamCaptureStatus;
 use cudarc::driver::{CudaSlice, CudaStream, DevicePtr, DevicePtrMut, SyncOnDrop};
 use std::sync::Arc;
 
-/// The epilogue of one GEMV launch, with the buffers it points at (kept alive until the launch is
-/// enqueued; freeing is stream-ordered after it).
+/// The epilogue of one GEMV launch, with the guards of the buffers it points at (held until the
+/// GEMV is enqueued).
 pub(crate) struct GemvLora<'s> {
     pub(crate) epilogue: LoraGemvEpilogue,
-    _hidden: CudaSlice<f32>,
     _guards: Vec<SyncOnDrop<'s>>,
+}
+
+/// The shrink's output, the hidden `[m, rank_total]` in f32, kept by the handle
+/// ([`Gpu::scratch`]): allocated once at the most one launch can hold (8 rows × 256 ranks, 8 KiB),
+/// never grown or freed while the handle lives, so a graph captured after a first decode-size call
+/// stays valid. The caller holds its lock from the shrink until the GEMV reading it is enqueued.
+#[derive(Default)]
+pub(crate) struct ShrinkHidden(Option<CudaSlice<f32>>);
+
+impl ShrinkHidden {
+    /// The buffer, allocated on first use; refused while the stream captures (the allocation would
+    /// be part of the graph): make one decode-size call before capturing.
+    pub(crate) fn get(&mut self, stream: &Arc<CudaStream>) -> Result<&mut CudaSlice<f32>> {
+        if self.0.is_none() {
+            if stream.capture_status()? != CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_NONE {
+                return Err(invalid(
+                    "workspace",
+                    "a decode-size product with adapters before the capture began (the handle's \
+                     LoRA shrink scratch is allocated on first use)",
+                    "a first use during a capture",
+                ));
+            }
+            let len = LORA_SHRINK_MAX_ROWS as usize * LORA_MAX_LAUNCH_RANK as usize;
+            self.0 = Some(stream.alloc_zeros::<f32>(len)?);
+        }
+        match self.0.as_mut() {
+            Some(h) => Ok(h),
+            None => Err(invalid("workspace", "an allocated shrink scratch", "none")),
+        }
+    }
 }
 
 /// Whether `adapters` on `shape` take the fused decode path: at most 8 rows, at most 8 adapters and
@@ -30,13 +60,15 @@ pub(crate) fn fits_gemv_epilogue(shape: LoraShape, ranks: impl Iterator<Item = u
 
 impl Gpu {
     /// Launches the shrink of `adapters` over x (already validated, with
-    /// [`fits_gemv_epilogue`]) and returns the epilogue for the GEMV that follows on the stream.
+    /// [`fits_gemv_epilogue`]) into `hidden` (a [`ShrinkHidden`] buffer whose lock the caller holds
+    /// until the GEMV is enqueued) and returns the epilogue for the GEMV that follows on the stream.
     pub(crate) fn gemv_lora<'s, T: Element, S: DevicePtr<T>>(
         &self,
         x: u64,
         shape: LoraShape,
         adapters: &'s [LoraAdapter<'_, S>],
         stream: &'s Arc<CudaStream>,
+        hidden: &'s mut CudaSlice<f32>,
     ) -> Result<GemvLora<'s>> {
         self.check_dtype(T::DTYPE, "the LoRA shrink")?;
         let mut guards = Vec::with_capacity(2 * adapters.len());
@@ -54,11 +86,18 @@ impl Gpu {
             });
         }
         let (slots, offset) = launch_slots(addrs);
-        let mut hidden = stream.alloc_zeros::<f32>(shape.m * offset)?;
-        let hidden_ptr = {
-            let (h, _g) = hidden.device_ptr_mut(stream);
-            h
-        };
+        if shape.m * offset > hidden.len() {
+            return Err(invalid(
+                "adapters",
+                format!(
+                    "at most {} rows x summed ranks (one decode launch)",
+                    hidden.len()
+                ),
+                shape.m * offset,
+            ));
+        }
+        let (hidden_ptr, gh) = hidden.device_ptr_mut(stream);
+        guards.push(gh);
         let params = LoraShrinkParams {
             x,
             hidden: hidden_ptr,
@@ -74,7 +113,7 @@ impl Gpu {
             LORA_SHRINK_THREADS,
         )?;
         // SAFETY: x holds [m, k] (validated by the caller), every A [rank, k] (validated), hidden
-        // m * rank_total f32 (allocated above); one block per rank.
+        // m * rank_total f32 (checked above); one block per rank.
         unsafe { self.launch(&func, (offset as u32, 1), LORA_SHRINK_THREADS, &params) }?;
         Ok(GemvLora {
             epilogue: LoraGemvEpilogue {
@@ -83,7 +122,6 @@ impl Gpu {
                 num_adapters: adapters.len() as i32,
                 adapters: slots,
             },
-            _hidden: hidden,
             _guards: guards,
         })
     }

@@ -8,4 +8,4 @@
 //! against [`crate::lora::reference::lora_forward`] over [`crate::linear::reference::linear`].
 mod gpu;
 
-pub(crate) use gpu::fits_gemv_epilogue;
+pub(crate) use gpu::{fits_gemv_epilogue, ShrinkHidden};
