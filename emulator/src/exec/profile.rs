@@ -347,10 +347,11 @@ impl L2 {
                     let Some((s, t)) = self.queue.pop_front() else {
                         break;
                     };
-                    if self.map.get(&s).is_some_and(|e| e.0 == t) {
-                        if self.map.remove(&s).is_some_and(|e| e.1) {
-                            self.write += SECTOR;
-                        }
+                    // Only the newest queue entry of a sector is live.
+                    if self.map.get(&s).is_some_and(|e| e.0 == t)
+                        && self.map.remove(&s).is_some_and(|e| e.1)
+                    {
+                        self.write += SECTOR;
                     }
                 }
             }
@@ -497,7 +498,6 @@ impl Profile {
             }
         }
         for a in pending.iter().filter(|a| a.space == MemSpace::Local) {
-            let _ = a;
             self.c.local_bytes += u64::from(a.size);
         }
         if pending.iter().any(|a| a.space == MemSpace::Local) {
