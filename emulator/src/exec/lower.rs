@@ -184,6 +184,9 @@ pub struct Inst {
     /// recorded it.
     pub call_site: Option<ir::Loc>,
     pub ptx_line: u32,
+    /// The instruction's class and cache operator (for the profile counters).
+    pub class: super::profile::InstClass,
+    pub cache: super::profile::CacheOp,
 }
 
 /// A kernel in executable form.
@@ -508,7 +511,10 @@ pub fn lower_kernel(
             has_matrix = true;
         }
         let guard = inst.guard.map(|(r, neg)| (r.0, neg));
+        let (class, cache) = super::profile::classify(&inst.opcode);
         insts.push(Inst {
+            class,
+            cache,
             guard,
             op,
             loc: inst.loc,

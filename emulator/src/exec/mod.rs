@@ -33,6 +33,9 @@
 //!   an access that lies in no memory at all: there is nothing to read).
 //!
 //! With `LORA_KERNELS_EMULATOR_STATS=1` every launch prints its counts and rates to stderr.
+//! With `LORA_KERNELS_EMULATOR_PROFILE=<path>` (or [`Machine::profile`]) every launch counts the
+//! [`profile`] counters (memory requests and sectors, an L2 model, shared-memory wavefronts,
+//! instruction classes, mma) and appends them to `<path>` as one JSON line.
 //!
 //! # What is not modelled
 //! Weak memory ordering (every access is immediately visible: membar/fence are no-ops), races
@@ -48,6 +51,7 @@ pub mod lower;
 pub mod memory;
 pub mod mma;
 mod mma_glue;
+pub mod profile;
 mod run;
 
 /// The CUDA error a failure maps to (`CUresult` values).
@@ -205,6 +209,11 @@ pub struct Machine {
     /// A launch fails as hung after this many warp steps without a global store, atomic,
     /// completed barrier or finished block.
     pub hang_limit_steps: u64,
+    /// Count the profile counters of every launch (also on with
+    /// `LORA_KERNELS_EMULATOR_PROFILE=<path>`, which appends one JSON line per launch there).
+    pub profile: bool,
+    /// The counters of the last successful launch, when profiled.
+    pub last_profile: Option<profile::ProfileCounters>,
     mem: memory::DeviceMemory,
     modules: Vec<Option<LoadedModule>>,
     functions: Vec<Option<(u32, std::sync::Arc<lower::Program>)>>,
@@ -231,6 +240,8 @@ impl Machine {
             checkers: CheckerConfig::default(),
             schedule_seed: None,
             hang_limit_steps: 50_000_000,
+            profile: false,
+            last_profile: None,
             mem: memory::DeviceMemory::new(cap),
             modules: Vec::new(),
             functions: Vec::new(),
@@ -535,7 +546,9 @@ impl Machine {
             .occupancy(f, threads as u32, dynamic_shared_bytes)?
             .max(1);
         let resident = per_sm.saturating_mul(self.config.sm_count.max(1));
-        let l = run::Launch::new(
+        let profile_path =
+            std::env::var_os("LORA_KERNELS_EMULATOR_PROFILE").filter(|v| !v.is_empty());
+        let mut l = run::Launch::new(
             &p,
             &mut self.mem,
             self.checkers,
@@ -548,8 +561,33 @@ impl Machine {
             self.hang_limit_steps,
             resident,
         );
+        if self.profile || profile_path.is_some() {
+            l.profile = Some(Box::default());
+        }
         let t0 = std::time::Instant::now();
-        let r = l.run();
+        let (r, counters) = l.run();
+        self.last_profile = None;
+        if let (Ok(_), Some(c)) = (&r, counters) {
+            if let Some(path) = &profile_path {
+                let line = c.to_json(&p.name, grid, block, dynamic_shared_bytes);
+                let res = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .and_then(|mut f| {
+                        use std::io::Write;
+                        writeln!(f, "{}", line)
+                    });
+                if let Err(e) = res {
+                    eprintln!(
+                        "emulator profile: cannot append to {}: {}",
+                        std::path::Path::new(path).display(),
+                        e
+                    );
+                }
+            }
+            self.last_profile = Some(c);
+        }
         if let Ok(st) = &r {
             if std::env::var_os("LORA_KERNELS_EMULATOR_STATS").is_some_and(|v| v != "0") {
                 let dt = t0.elapsed().as_secs_f64().max(1e-9);

@@ -207,6 +207,8 @@ pub struct Launch<'a> {
     pub hang_limit: u64,
     pub resident_max: u32,
     stats: LaunchStats,
+    /// The profile counters, when asked for (`None`: one branch per instruction and access).
+    pub profile: Option<Box<super::profile::Profile>>,
     since_progress: u64,
     epoch_counter: u32,
     serial_counter: u32,
@@ -244,6 +246,7 @@ impl<'a> Launch<'a> {
             hang_limit,
             resident_max,
             stats: LaunchStats::default(),
+            profile: None,
             since_progress: 0,
             epoch_counter: 1,
             serial_counter: 0,
@@ -378,7 +381,18 @@ impl<'a> Launch<'a> {
     }
 
     /// Runs the launch to completion.
-    pub fn run(mut self) -> EmuResult<LaunchStats> {
+    /// Runs the launch; the profile counters come back when [`Self::profile`] was set.
+    pub fn run(
+        mut self,
+    ) -> (
+        EmuResult<LaunchStats>,
+        Option<super::profile::ProfileCounters>,
+    ) {
+        let r = self.run_blocks();
+        (r, self.profile.take().map(|p| p.finish()))
+    }
+
+    fn run_blocks(&mut self) -> EmuResult<LaunchStats> {
         let total = u64::from(self.grid[0]) * u64::from(self.grid[1]) * u64::from(self.grid[2]);
         let total = u32::try_from(total)
             .map_err(|_| EmuError::new(CudaCode::InvalidValue, "grid too large"))?;
@@ -732,6 +746,21 @@ impl<'a> Launch<'a> {
 
     /// One step of warp `wi`.
     fn step(&mut self, blk: &mut Block, wi: usize) -> EmuResult<Step> {
+        if self.profile.is_none() {
+            return self.step_inner(blk, wi);
+        }
+        let r = self.step_inner(blk, wi);
+        if let Some(p) = self.profile.as_deref_mut() {
+            if !p.pending.is_empty() {
+                let pc = p.pending_pc as usize;
+                let inst = &self.prog.insts[pc];
+                p.flush(matches!(inst.op, Op::Matrix(_)), inst.cache);
+            }
+        }
+        r
+    }
+
+    fn step_inner(&mut self, blk: &mut Block, wi: usize) -> EmuResult<Step> {
         let run = blk.warps[wi].runnable();
         if run == 0 {
             return self.stall(blk, wi);
@@ -763,6 +792,14 @@ impl<'a> Launch<'a> {
         };
         self.stats.warp_instructions += 1;
         self.since_progress += 1;
+        if let Some(p) = self.profile.as_deref_mut() {
+            p.inst(inst.class);
+            match inst.op {
+                Op::Bar { .. } => p.c.barriers += 1,
+                Op::Nanosleep => p.c.nanosleeps += 1,
+                _ => {}
+            }
+        }
         let mut exec = m;
         if let Some((p, neg)) = inst.guard {
             let w = &blk.warps[wi];
@@ -1166,6 +1203,22 @@ impl<'a> Launch<'a> {
         // Vector accesses must be aligned to the whole vector; sizes are powers of two.
         if self.ck.memcheck && align.is_power_of_two() && a % align as u64 != 0 {
             return Err(fault_err(Fault::Misaligned, addr, size, what, space.name()));
+        }
+        if let Some(p) = self.profile.as_deref_mut() {
+            if matches!(sp, MemSpace::Global | MemSpace::Shared | MemSpace::Local) {
+                p.pending_pc = pc as u32;
+                p.pending.push(super::profile::Access {
+                    lane: lane as u8,
+                    space: sp,
+                    addr: a,
+                    size: size as u32,
+                    dir: match kind {
+                        AccessKind::Read => super::profile::Dir::Read,
+                        AccessKind::Write => super::profile::Dir::Write,
+                        AccessKind::Atomic(..) => super::profile::Dir::Atomic,
+                    },
+                });
+            }
         }
         match sp {
             MemSpace::Global | MemSpace::Const => {
@@ -1606,6 +1659,23 @@ impl<'a> Launch<'a> {
             }
             Op::Matrix(mop) => {
                 self.stats.mma_instructions += 1;
+                if let Some(p) = self.profile.as_deref_mut() {
+                    use super::mma_glue::MatrixOp;
+                    match &**mop {
+                        MatrixOp::Mma { m, .. } => {
+                            p.c.mma += 1;
+                            p.c.matrix_flops += match m.kind {
+                                super::mma::MmaKind::I8S32 { .. } => 2 * 16 * 8 * 32,
+                                _ => 2 * 16 * 8 * 16,
+                            };
+                        }
+                        MatrixOp::Wmma { .. } => {
+                            p.c.wmma += 1;
+                            p.c.matrix_flops += 2 * 16 * 16 * 16;
+                        }
+                        _ => {}
+                    }
+                }
                 self.matrix(blk, wi, pcu, part, mop)?;
             }
             _ => {}
