@@ -5,12 +5,14 @@
 // CB * SCB * f32(1/127) per element; here the row scale is applied once to the f32 sum).
 //
 // How the work is split: one warp per output row j, 8 rows per block; each lane walks the row's codes
-// with 16-byte loads (16 codes) and accumulates up to 8 rows of x in f32; a warp shuffle reduces. m > 8
+// with 16-byte loads (16 codes) and accumulates up to 8 rows of x in f32; a warp shuffle reduces. x
+// comes from shared memory: the block stages up to 8 rows of 512 columns at a time with coalesced
+// 16-byte loads (StagedX in common.cuh), and every lane reads its word's 16 columns from there. m > 8
 // takes several passes over CB. When k is not a multiple of 16 (or pointers are unaligned) an
-// element-wise path does the same sums.
+// element-wise path does the same sums, x straight from global memory.
 //
-// Bytes moved: CB once per pass (n * k), SCB (4 n), x from L1/L2 (m * k elements, shared by the block's
-// warps), y once: at m = 1 half the bytes of a bf16 weight.
+// Bytes moved: CB once per pass (n * k), SCB (4 n), x from L2 (m * k elements once per block and pass,
+// into shared memory), y once: at m = 1 half the bytes of a bf16 weight.
 // int8_llm_*: LLM.int8 as bitsandbytes runs it on CUDA, with its outlier threshold (see Int8LlmParams in
 // lora_params.h): activations quantised row-wise to int8 (outlier columns excluded), int8 x int8 ->
 // int32 on tensor cores over 64 x 128 tiles of y in 64-byte K slices (CA and CB once per tile pair from
@@ -27,32 +29,47 @@ constexpr int kRowsPerBlock = kThreads / 32;
 constexpr int kMTile = 8;
 
 template <typename T> __device__ void int8_gemv(const Int8LinearParams &p) {
+    using StagedXs = StagedX<T, 16, kMTile>;  // a lane's slice: the 16 columns of one 16-byte word of CB
+    constexpr int V = kVec<T>;
+    __shared__ StagedXs xs;
     const int lane = threadIdx.x % 32;
     const int j = blockIdx.x * kRowsPerBlock + threadIdx.x / 32;
-    if (j >= p.n) return;
+    const bool active = j < p.n;  // a warp past the last row still helps stage x (the barriers)
     const int8_t *cb = reinterpret_cast<const int8_t *>(p.cb) + (size_t)j * p.k;
     const T *x = reinterpret_cast<const T *>(p.x);
     T *y = reinterpret_cast<T *>(p.y);
-    const float row_scale = reinterpret_cast<const float *>(p.scb)[j] * (1.0f / 127.0f);
+    const float row_scale = active ? reinterpret_cast<const float *>(p.scb)[j] * (1.0f / 127.0f) : 0.0f;
     for (int r0 = 0; r0 < p.m; r0 += kMTile) {
         const int rows = min(kMTile, p.m - r0);
         float acc[kMTile];
 #pragma unroll
         for (int r = 0; r < kMTile; ++r) acc[r] = 0.0f;
         if (p.vector_k) {
-            for (int v = lane; v < p.k / 16; v += 32) {
+            for (int c0 = 0; c0 < p.k; c0 += StagedXs::kChunk) {
+                xs.template load<kThreads>(x, p.k, r0, rows, c0);
+                const int v = c0 / 16 + lane;  // the lane's word: columns 16 v .. 16 v + 15
+                if (!active || v >= p.k / 16) continue;
                 const uint4 word = __ldg(reinterpret_cast<const uint4 *>(cb) + v);
-                const int c0 = v * 16;
-#pragma unroll 4
-                for (int b = 0; b < 16; ++b) {
-                    const uint32_t part = b < 4 ? word.x : b < 8 ? word.y : b < 12 ? word.z : word.w;
-                    const float wv = (float)(int8_t)((part >> (8 * (b % 4))) & 0xff);
 #pragma unroll
-                    for (int r = 0; r < kMTile; ++r)
-                        if (r < rows) acc[r] = fmaf(Element<T>::to_f32(x[(size_t)(r0 + r) * p.k + c0 + b]), wv, acc[r]);
+                for (int q = 0; q < StagedXs::kPieces; ++q) {  // columns q V .. q V + V - 1 of the word
+                    float wq[V];
+#pragma unroll
+                    for (int e = 0; e < V; ++e) {
+                        const int b = q * V + e;
+                        const uint32_t part = b < 4 ? word.x : b < 8 ? word.y : b < 12 ? word.z : word.w;
+                        wq[e] = (float)(int8_t)((part >> (8 * (b % 4))) & 0xff);
+                    }
+#pragma unroll
+                    for (int r = 0; r < kMTile; ++r) {
+                        if (r < rows) {
+                            const Vec16<T> xv = xs.at(r, lane, q);
+#pragma unroll
+                            for (int e = 0; e < V; ++e) acc[r] = fmaf(Element<T>::to_f32(xv.v[e]), wq[e], acc[r]);
+                        }
+                    }
                 }
             }
-        } else {
+        } else if (active) {
             for (int c = lane; c < p.k; c += 32) {
                 const float wv = (float)cb[c];
 #pragma unroll
@@ -60,6 +77,7 @@ template <typename T> __device__ void int8_gemv(const Int8LinearParams &p) {
                     if (r < rows) acc[r] = fmaf(Element<T>::to_f32(x[(size_t)(r0 + r) * p.k + c]), wv, acc[r]);
             }
         }
+        if (!active) continue;
         float lora[kMTile] = {};
         lora_gemv_partials<T, kMTile>(p.lora, r0, rows, j, lora);
         warp_sum_store_rows<T, kMTile>(acc, lora, rows, row_scale, reinterpret_cast<const T *>(p.bias), y, r0, j, p.n);

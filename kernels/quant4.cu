@@ -13,11 +13,13 @@
 // for decode, any m): one warp per output row j, 8 rows per block; each lane walks the row's packed
 // bytes with 16-byte loads (32 codes, one absmax block since blocks are >= 32 and rows start on a
 // 32-element boundary when k % 32 == 0), reads the code table from shared memory, accumulates up to 8
-// rows of x in f32; a warp shuffle reduces. m > 8 takes several passes over W. Otherwise (k not a
-// multiple of 32, unaligned pointers) an element-wise path does the same sums.
+// rows of x in f32; a warp shuffle reduces. x comes from shared memory: the block stages up to 8 rows
+// of 1024 columns at a time with coalesced 16-byte loads (StagedX in common.cuh), and every lane reads
+// its word's 32 columns from there. m > 8 takes several passes over W. Otherwise (k not a multiple of
+// 32, unaligned pointers) an element-wise path does the same sums, x straight from global memory.
 //
 // Bytes moved by the GEMV: the packed weight once per pass (n * k / 2), the absmax (a byte or a float per
-// block), x from L1/L2 (m * k elements, shared by the block's 8 warps), y once. At m = 1 the packed
+// block), x from L2 (m * k elements once per block and pass, into shared memory), y once. At m = 1 the packed
 // weight dominates: 4x fewer bytes than a bf16 weight. Large m goes to the tiled tensor-core kernel of
 // kernels/linear.cu instead (the host switches above 8 rows).
 #include "common.cuh"
@@ -62,13 +64,16 @@ template <typename T> __device__ void dequantize(const Quant4Params &p) {
 }
 
 template <typename T> __device__ void gemv(const Quant4Params &p) {
+    using StagedXs = StagedX<T, 32, kMTile>;  // a lane's slice: the 32 columns of one packed 16-byte word
+    constexpr int V = kVec<T>;
     const Quant4Weights &w = p.w;
     __shared__ float code[16];  // indexed by the codes: shared memory, not a local array
+    __shared__ StagedXs xs;
     if (threadIdx.x < 16) code[threadIdx.x] = w.code[threadIdx.x];
     __syncthreads();
     const int lane = threadIdx.x % 32;
     const int j = blockIdx.x * kRowsPerBlock + threadIdx.x / 32;  // output feature (row of W)
-    if (j >= w.n) return;
+    const bool active = j < w.n;  // a warp past the last row still helps stage x (the barriers)
     const uint8_t *packed = reinterpret_cast<const uint8_t *>(w.packed);
     const T *x = reinterpret_cast<const T *>(p.x);
     T *y = reinterpret_cast<T *>(p.out);
@@ -81,26 +86,34 @@ template <typename T> __device__ void gemv(const Quant4Params &p) {
         for (int r = 0; r < kMTile; ++r) acc[r] = 0.0f;
         if (p.vector_k) {
             const uint4 *row_bytes = reinterpret_cast<const uint4 *>(packed + row_start / 2);
-            for (int v = lane; v < w.k / 32; v += 32) {
+            for (int c0 = 0; c0 < w.k; c0 += StagedXs::kChunk) {
+                xs.template load<kThreads>(x, w.k, r0, rows, c0);
+                const int v = c0 / 32 + lane;  // the lane's packed word: columns 32 v .. 32 v + 31
+                if (!active || v >= w.k / 32) continue;
                 const uint4 word = __ldg(row_bytes + v);
-                const int c0 = v * 32;
-                const float scale = block_absmax(w, (row_start + c0) / w.blocksize);
-#pragma unroll 2
-                for (int b = 0; b < 16; ++b) {
-                    const uint32_t part = b < 4 ? word.x : b < 8 ? word.y : b < 12 ? word.z : word.w;
-                    const uint32_t byte = (part >> (8 * (b % 4))) & 0xff;
-                    const float w0 = code[byte >> 4] * scale, w1 = code[byte & 0x0f] * scale;
+                const float scale = block_absmax(w, (row_start + 32 * v) / w.blocksize);
+#pragma unroll
+                for (int q = 0; q < StagedXs::kPieces; ++q) {  // columns q V .. q V + V - 1 of the word
+                    float wq[V];
+#pragma unroll
+                    for (int e = 0; e < V; e += 2) {
+                        const int b = (q * V + e) / 2;  // the byte of columns e, e + 1
+                        const uint32_t part = b < 4 ? word.x : b < 8 ? word.y : b < 12 ? word.z : word.w;
+                        const uint32_t byte = (part >> (8 * (b % 4))) & 0xff;
+                        wq[e] = code[byte >> 4] * scale;
+                        wq[e + 1] = code[byte & 0x0f] * scale;
+                    }
 #pragma unroll
                     for (int r = 0; r < kMTile; ++r) {
                         if (r < rows) {
-                            const T *xr = x + (size_t)(r0 + r) * w.k + c0 + 2 * b;
-                            acc[r] = fmaf(Element<T>::to_f32(xr[0]), w0, acc[r]);
-                            acc[r] = fmaf(Element<T>::to_f32(xr[1]), w1, acc[r]);
+                            const Vec16<T> xv = xs.at(r, lane, q);
+#pragma unroll
+                            for (int e = 0; e < V; ++e) acc[r] = fmaf(Element<T>::to_f32(xv.v[e]), wq[e], acc[r]);
                         }
                     }
                 }
             }
-        } else {
+        } else if (active) {
             for (int c = lane; c < w.k; c += 32) {
                 const long long i = row_start + c;
                 const float wv = code[code_at(packed, i)] * block_absmax(w, i / w.blocksize);
@@ -109,6 +122,7 @@ template <typename T> __device__ void gemv(const Quant4Params &p) {
                     if (r < rows) acc[r] = fmaf(Element<T>::to_f32(x[(size_t)(r0 + r) * w.k + c]), wv, acc[r]);
             }
         }
+        if (!active) continue;
         float lora[kMTile] = {};
         lora_gemv_partials<T, kMTile>(p.lora, r0, rows, j, lora);
         warp_sum_store_rows<T, kMTile>(acc, lora, rows, 1.0f, reinterpret_cast<const T *>(p.bias), y, r0, j, w.n);
