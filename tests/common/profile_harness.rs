@@ -210,6 +210,28 @@ pub fn linear(gpu: &Gpu, m: usize, k: usize, n: usize) -> Case {
     }
 }
 
+/// The dense product with one adapter's LoRA term, `y = x·Wᵀ + s·(x·Aᵀ)·Bᵀ` (bf16): at decode
+/// sizes the `lora_shrink` launch and the GEMV with the term in its epilogue.
+pub fn linear_lora(gpu: &Gpu, m: usize, k: usize, n: usize, r: usize) -> Case {
+    let s = gpu.stream();
+    let x = s.clone_htod(&vals(m * k, 40)).unwrap();
+    let w = s.clone_htod(&vals(n * k, 41)).unwrap();
+    let a = s.clone_htod(&vals(r * k, 42)).unwrap();
+    let b = s.clone_htod(&vals(n * r, 43)).unwrap();
+    let mut y = s.alloc_zeros::<bf16>(m * n).unwrap();
+    let adapters = [LoraAdapter::new(&a, &b, r, 0.5)];
+    let launches = profiled(gpu, || {
+        gpu.linear_lora_forward(&x, &w, None, &adapters, LoraShape::new(m, k, n), &mut y)
+            .unwrap()
+    });
+    let (m, k, n, r) = (m as u64, k as u64, n as u64, r as u64);
+    Case {
+        name: format!("linear_lora m={m} k={k} n={n} r={r}"),
+        floor_bytes: E * (m * k + n * k + r * k + n * r + m * n),
+        launches,
+    }
+}
+
 /// NF4 (blocksize 64, f32 absmax) `y = x·dequant(W)ᵀ`.
 pub fn nf4_linear(gpu: &Gpu, m: usize, k: usize, n: usize) -> Case {
     use lora_kernels::quant4::{reference::quantize, QuantType};
@@ -311,9 +333,11 @@ pub fn standard_cases(gpu: &Gpu) -> Vec<Case> {
         linear(gpu, 1, 512, 512),
         linear(gpu, 4, 512, 512),
         linear(gpu, 64, 256, 256),
+        linear_lora(gpu, 1, 512, 512, 16),
         nf4_linear(gpu, 1, 512, 512),
         int8_linear(gpu, 1, 512, 512),
         mixed(gpu, 4, 512, 512, 8),
+        mixed(gpu, 32, 256, 512, 8),
         dora_factor(gpu, 512, 256, 16),
     ]
 }
@@ -329,6 +353,7 @@ pub fn llama_decode_cases(gpu: &Gpu) -> Vec<Case> {
         linear(gpu, 1, 4096, 4096),
         linear(gpu, 8, 4096, 4096),
         linear(gpu, 16, 4096, 4096),
+        linear_lora(gpu, 1, 4096, 4096, 16),
         nf4_linear(gpu, 1, 4096, 4096),
         int8_linear(gpu, 1, 4096, 4096),
         mixed(gpu, 4, 4096, 4096, 16),
