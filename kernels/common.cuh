@@ -121,6 +121,25 @@ template <int kThreads, typename V> __device__ __forceinline__ V block_max(V v, 
     return v;
 }
 
+// bitsandbytes 4-bit: the absmax of block `block`, plain f32 or double-quantised (nested_code[u8] *
+// nested_absmax[block / nested_blocksize] + offset; multiply, then add: two roundings, as bitsandbytes'
+// dequantize_blockwise + offset, no FMA).
+__device__ __forceinline__ float quant4_block_absmax(const Quant4Weights &w, long long block) {
+    if (w.nested) {
+        const uint8_t q = reinterpret_cast<const uint8_t *>(w.absmax)[block];
+        const float *nested_code = reinterpret_cast<const float *>(w.nested_code);
+        const float *nested_absmax = reinterpret_cast<const float *>(w.nested_absmax);
+        return __fadd_rn(__fmul_rn(nested_code[q], nested_absmax[block / w.nested_blocksize]), w.offset);
+    }
+    return reinterpret_cast<const float *>(w.absmax)[block];
+}
+
+// bitsandbytes 4-bit: the code of flattened element i (the first element of a byte in its high nibble).
+__device__ __forceinline__ int quant4_code_at(const uint8_t *packed, long long i) {
+    const uint8_t byte = packed[i >> 1];
+    return (i & 1) ? (byte & 0x0f) : (byte >> 4);
+}
+
 // v rounded to f16 and back (bitsandbytes' int8 paths see activations and weights in f16).
 __device__ __forceinline__ float round_to_f16(float v) { return __half2float(__float2half_rn(v)); }
 

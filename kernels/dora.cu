@@ -48,18 +48,8 @@ template <typename T>
 __device__ __forceinline__ float weight_value(const DoraRowParams &p, const float *code, int row, size_t idx) {
     if (p.weight_format == LINEAR_QUANT4) {
         const Quant4Weights &w = p.quant4;
-        const uint8_t byte = reinterpret_cast<const uint8_t *>(w.packed)[idx >> 1];
-        const int q = (idx & 1) ? (byte & 0x0f) : (byte >> 4);
-        const long long block = (long long)(idx / (size_t)w.blocksize);
-        float absmax;
-        if (w.nested) {
-            const uint8_t aq = reinterpret_cast<const uint8_t *>(w.absmax)[block];
-            absmax = __fadd_rn(__fmul_rn(reinterpret_cast<const float *>(w.nested_code)[aq],
-                                         reinterpret_cast<const float *>(w.nested_absmax)[block / w.nested_blocksize]),
-                               w.offset);  // two roundings, as the reference (no FMA)
-        } else {
-            absmax = reinterpret_cast<const float *>(w.absmax)[block];
-        }
+        const int q = quant4_code_at(reinterpret_cast<const uint8_t *>(w.packed), (long long)idx);
+        const float absmax = quant4_block_absmax(w, (long long)(idx / (size_t)w.blocksize));
         return Element<T>::to_f32(Element<T>::from_f32(code[q] * absmax));
     }
     if (p.weight_format == LINEAR_INT8) {
@@ -133,6 +123,7 @@ template <typename T> __device__ void dora_rows(const DoraRowParams &p) {
             } else {
                 const float m = Element<T>::to_f32(reinterpret_cast<const T *>(p.magnitude)[row]);
                 out[row] = m / (norm < DORA_NORM_EPS ? DORA_NORM_EPS : norm);  // NaN stays NaN (not fmaxf)
+                if (p.row_norms) reinterpret_cast<float *>(p.row_norms)[row] = norm;
             }
         }
         return;
@@ -287,6 +278,7 @@ template <typename T> __device__ void dora_norm_tc(const DoraRowParams &p) {
         } else {
             const float m = Element<T>::to_f32(reinterpret_cast<const T *>(p.magnitude)[row]);
             out[row] = m / (norm < DORA_NORM_EPS ? DORA_NORM_EPS : norm);  // NaN stays NaN (not fmaxf)
+            if (p.row_norms) reinterpret_cast<float *>(p.row_norms)[row] = norm;
         }
     }
 }

@@ -43,17 +43,6 @@ template <typename T> struct SharedTiles {
     T w[kBN][kBK + Tile<T>::kPad];
 };
 
-__device__ __forceinline__ float quant4_absmax(const Quant4Weights &w, long long block) {
-    if (w.nested) {
-        const uint8_t q = reinterpret_cast<const uint8_t *>(w.absmax)[block];
-        // Multiply, then add, each rounded (no FMA): the absmax bitsandbytes rebuilds, as quant4.cu.
-        return __fadd_rn(__fmul_rn(reinterpret_cast<const float *>(w.nested_code)[q],
-                                   reinterpret_cast<const float *>(w.nested_absmax)[block / w.nested_blocksize]),
-                         w.offset);
-    }
-    return reinterpret_cast<const float *>(w.absmax)[block];
-}
-
 // W[row, col] of the tile as an element, for the element-wise path (0 outside W).
 template <typename T, int kFormat>
 __device__ __forceinline__ T weight_element(const LinearParams &p, const float *code, int row, int col) {
@@ -64,9 +53,8 @@ __device__ __forceinline__ T weight_element(const LinearParams &p, const float *
     } else if constexpr (kFormat == LINEAR_INT8) {
         return Element<T>::from_f32((float)reinterpret_cast<const int8_t *>(p.weight)[i]);
     } else {
-        const uint8_t byte = reinterpret_cast<const uint8_t *>(p.quant4.packed)[i >> 1];
-        const int q = (i & 1) ? (byte & 0x0f) : (byte >> 4);
-        return Element<T>::from_f32(code[q] * quant4_absmax(p.quant4, i / p.quant4.blocksize));
+        const int q = quant4_code_at(reinterpret_cast<const uint8_t *>(p.quant4.packed), i);
+        return Element<T>::from_f32(code[q] * quant4_block_absmax(p.quant4, i / p.quant4.blocksize));
     }
 }
 
@@ -119,7 +107,7 @@ template <typename T, int kFormat> struct Slice {
                     const long long e0 = (long long)row * p.k + k0;
                     w[i] = __ldg(
                         reinterpret_cast<const uint4 *>(reinterpret_cast<const uint8_t *>(p.quant4.packed) + e0 / 2));
-                    absmax = quant4_absmax(p.quant4, e0 / p.quant4.blocksize);
+                    absmax = quant4_block_absmax(p.quant4, e0 / p.quant4.blocksize);
                 }
             }
         }

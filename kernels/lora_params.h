@@ -321,6 +321,8 @@ typedef struct DoraRowParams {
     uint64_t magnitude;
     /* f32 [n]: the output of NORM and FACTOR, the factor read by MERGE and UNMERGE (0: none). */
     uint64_t row_values;
+    /* f32 [n]: with FACTOR, also the norm of every row (the backward's detached weight norm; 0: none). */
+    uint64_t row_norms;
     /* uint32 [1]: with check_only, the number of non-finite results (nothing is written). */
     uint64_t non_finite;
     int32_t n;
@@ -341,5 +343,112 @@ typedef struct DoraRowParams {
     uint64_t out_scb;
     Quant4Weights quant4;
 } DoraRowParams;
+
+/* The training backward (kernels/lora_backward.cu). Every gradient is a product of two operands
+ * reduced over one index, computed by one tiled kernel (lora_backward_product_T): a block owns a
+ * LORA_BACKWARD_TILE_M x LORA_BACKWARD_TILE_N tile of the output and walks the reduction in slices of
+ * LORA_BACKWARD_TILE_K, one thread per 4 x 4 outputs, f32 accumulation, each output summed in a fixed
+ * order by one thread (deterministic: no atomics, no split reduction). */
+#define LORA_BACKWARD_THREADS 256
+#define LORA_BACKWARD_TILE_M 64
+#define LORA_BACKWARD_TILE_N 64
+#define LORA_BACKWARD_TILE_K 16
+/* Products one launch sums into its output: dX = G_f W + s_1 H_1 A_1 + ... (more adapters: launches
+ * that accumulate). */
+#define LORA_BACKWARD_MAX_PHASES 4
+/* Output columns per block of the magnitude gradient (lora_backward_magnitude_T): a lane each. */
+#define LORA_BACKWARD_MAGNITUDE_COLUMNS 32
+
+/* How an operand's elements are stored. */
+typedef enum LoraBackwardKind {
+    /* The element type of the launch. */
+    LORA_BACKWARD_ELEMENT = 0,
+    /* f32 (the scratch L = x A^T and H = G_f B). */
+    LORA_BACKWARD_F32 = 1,
+    /* The launch's 4-bit W (LoraBackwardProductParams.quant4), each element dequantised to the element
+     * type as peft's dequantize_module_weight gives it: T(code * absmax). */
+    LORA_BACKWARD_QUANT4 = 2,
+    /* The launch's int8 W: CB (data) with row scales SCB, each element T(CB * SCB * (1/127)). */
+    LORA_BACKWARD_INT8 = 3
+} LoraBackwardKind;
+
+/* One operand of a product, a [rows, cols] matrix: element (i, j) is data[i * row_stride + j *
+ * col_stride] (for the quantised kinds, that index into W's flattened [n, k] codes), times
+ * row_scale[i] and col_scale[j] when given (f32; 0: none). The loads run along whichever of the two
+ * strides is 1. */
+typedef struct LoraBackwardOperand {
+    uint64_t data;
+    int64_t row_stride;
+    int64_t col_stride;
+    uint64_t row_scale;
+    uint64_t col_scale;
+    int32_t kind;
+    int32_t pad;
+} LoraBackwardOperand;
+
+/* alpha * (a [m, depth] . b [depth, n]). */
+typedef struct LoraBackwardPhase {
+    LoraBackwardOperand a;
+    LoraBackwardOperand b;
+    int32_t depth;
+    float alpha;
+} LoraBackwardPhase;
+
+/* out [m, n] (row-major, element type or f32) = sum of the phases' products, rounded once; with
+ * accumulate, out + that sum (out read in its own precision first). */
+typedef struct LoraBackwardProductParams {
+    LoraBackwardPhase phases[LORA_BACKWARD_MAX_PHASES];
+    int32_t num_phases;
+    int32_t m;
+    int32_t n;
+    int32_t out_kind;
+    uint64_t out;
+    int32_t accumulate;
+    /* int8 W: elements per row of W (SCB is indexed by index / weight_k). */
+    int32_t weight_k;
+    uint64_t scb;
+    Quant4Weights quant4;
+} LoraBackwardProductParams;
+
+/* d magnitude [n] of one DoRA adapter: out[j] = sum_i G[i, j] * column_scale[j] * (base[i, j] -
+ * bias[j] + scale * sum_q hidden[i, q] * lora_b[j, q]) / max(norm[j], DORA_NORM_EPS). */
+typedef struct LoraBackwardMagnitudeParams {
+    /* element type [m, n]: the layer's upstream gradient. */
+    uint64_t grad_output;
+    /* f32 [n]: the product of the factors of the DoRA adapters after this one (0: none). */
+    uint64_t column_scale;
+    /* element type [m, n]: the base this adapter's forward took (x W^T + bias + earlier adapters). */
+    uint64_t base;
+    /* element type [n] (0: none). */
+    uint64_t bias;
+    /* f32 [m, rank]: L = x A^T. */
+    uint64_t hidden;
+    /* element type [n, rank]. */
+    uint64_t lora_b;
+    /* f32 [n]: the detached weight norm. */
+    uint64_t norm;
+    /* element type [n]. */
+    uint64_t out;
+    int32_t m;
+    int32_t n;
+    int32_t rank;
+    float scale;
+} LoraBackwardMagnitudeParams;
+
+/* out[j] = column_scale[j] * magnitude[j] / max(norm[j], DORA_NORM_EPS) (f32 [n]; column_scale 0:
+ * none): a DoRA adapter's factor (the forward's, same operations) times those of the DoRA adapters
+ * after it, the column scale that turns the layer's upstream gradient into this adapter's. */
+typedef struct LoraBackwardFactorParams {
+    /* f32 [n] (0: none). */
+    uint64_t column_scale;
+    /* element type [n]. */
+    uint64_t magnitude;
+    /* f32 [n]. */
+    uint64_t norm;
+    /* f32 [n]. */
+    uint64_t out;
+    int32_t n;
+    int32_t pad;
+} LoraBackwardFactorParams;
 
 #endif

@@ -31,22 +31,6 @@ constexpr int kThreads = QUANT4_THREADS;
 constexpr int kRowsPerBlock = kThreads / 32;
 constexpr int kMTile = 8;
 
-__device__ __forceinline__ float block_absmax(const Quant4Weights &w, long long block) {
-    if (w.nested) {
-        const uint8_t q = reinterpret_cast<const uint8_t *>(w.absmax)[block];
-        const float *nested_code = reinterpret_cast<const float *>(w.nested_code);
-        const float *nested_absmax = reinterpret_cast<const float *>(w.nested_absmax);
-        // Multiply, then add: two roundings, as bitsandbytes' dequantize_blockwise + offset (no FMA).
-        return __fadd_rn(__fmul_rn(nested_code[q], nested_absmax[block / w.nested_blocksize]), w.offset);
-    }
-    return reinterpret_cast<const float *>(w.absmax)[block];
-}
-
-__device__ __forceinline__ int code_at(const uint8_t *packed, long long i) {
-    const uint8_t byte = packed[i >> 1];
-    return (i & 1) ? (byte & 0x0f) : (byte >> 4);
-}
-
 template <typename T> __device__ void dequantize(const Quant4Params &p) {
     const Quant4Weights &w = p.w;
     const long long numel = (long long)w.n * w.k;
@@ -59,7 +43,8 @@ template <typename T> __device__ void dequantize(const Quant4Params &p) {
     T *out = reinterpret_cast<T *>(p.out);
     for (int h = 0; h < 2; ++h) {
         const long long i = 2 * byte + h;
-        if (i < numel) out[i] = Element<T>::from_f32(code[code_at(packed, i)] * block_absmax(w, i / w.blocksize));
+        if (i < numel)
+            out[i] = Element<T>::from_f32(code[quant4_code_at(packed, i)] * quant4_block_absmax(w, i / w.blocksize));
     }
 }
 
@@ -91,7 +76,7 @@ template <typename T> __device__ void gemv(const Quant4Params &p) {
                 const int v = c0 / 32 + lane;  // the lane's packed word: columns 32 v .. 32 v + 31
                 if (!active || v >= w.k / 32) continue;
                 const uint4 word = __ldg(row_bytes + v);
-                const float scale = block_absmax(w, (row_start + 32 * v) / w.blocksize);
+                const float scale = quant4_block_absmax(w, (row_start + 32 * v) / w.blocksize);
 #pragma unroll
                 for (int q = 0; q < StagedXs::kPieces; ++q) {  // columns q V .. q V + V - 1 of the word
                     float wq[V];
@@ -116,7 +101,7 @@ template <typename T> __device__ void gemv(const Quant4Params &p) {
         } else if (active) {
             for (int c = lane; c < w.k; c += 32) {
                 const long long i = row_start + c;
-                const float wv = code[code_at(packed, i)] * block_absmax(w, i / w.blocksize);
+                const float wv = code[quant4_code_at(packed, i)] * quant4_block_absmax(w, i / w.blocksize);
 #pragma unroll
                 for (int r = 0; r < kMTile; ++r)
                     if (r < rows) acc[r] = fmaf(Element<T>::to_f32(x[(size_t)(r0 + r) * w.k + c]), wv, acc[r]);

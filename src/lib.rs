@@ -19,6 +19,9 @@
 //!   dicts), the weight-only GEMV and LLM.int8 with its outlier threshold ([`Gpu::int8_linear_llm`]).
 //! - [`mixed_batch`]: one adapter (or none) per row of a batch, one launch
 //!   ([`Gpu::lora_forward_mixed`]).
+//! - [`lora_backward`]: the training backward of LoRA, DoRA and QLoRA/QDoRA adapters (dX, dA, dB,
+//!   d magnitude; [`Gpu::lora_backward`], [`Gpu::dora_backward`]), deterministic, with W frozen and
+//!   quantised W dequantised on the fly.
 //! - [`layer`]: a peft layer's forward states (disabled, mixed batch, merged, active adapters) over
 //!   a dense, 4-bit or int8 base, on the GPU ([`layer::Layer`]) and as the CPU reference.
 //! - [`peft`]: loading adapters as peft's `save_pretrained` writes them.
@@ -65,6 +68,7 @@ pub mod int8;
 pub mod layer;
 pub mod linear;
 pub mod lora;
+pub mod lora_backward;
 mod lora_shrink;
 pub mod mixed_batch;
 pub mod peft;

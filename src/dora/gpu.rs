@@ -19,6 +19,7 @@ use std::sync::Arc;
 #[derive(Debug)]
 pub struct DoraFactor {
     pub(super) values: CudaSlice<f32>,
+    pub(super) norms: CudaSlice<f32>,
     pub(super) n: usize,
 }
 
@@ -36,6 +37,12 @@ impl DoraFactor {
     /// The factors, f32 `[n]`.
     pub fn values(&self) -> &CudaSlice<f32> {
         &self.values
+    }
+
+    /// The weight norms `‖W + s·B·A‖` the factors were computed from, f32 `[n]` (written by the same
+    /// pass): the detached norm of the DoRA backward ([`Gpu::dora_backward`]).
+    pub fn norms(&self) -> &CudaSlice<f32> {
+        &self.norms
     }
 }
 
@@ -171,17 +178,20 @@ impl Gpu {
     ) -> Result<DoraFactor> {
         let stream = self.stream().clone();
         let mut values = stream.alloc_zeros::<f32>(n)?;
+        let mut norms = stream.alloc_zeros::<f32>(n)?;
         {
             let (out, _g) = values.device_ptr_mut(&stream);
+            let (row_norms, _gn) = norms.device_ptr_mut(&stream);
             let (m, _gm) = magnitude.device_ptr(&stream);
             let (a, b, _ga) = adapter_ptrs(&adapter, &stream);
             self.launch_rows::<T>(&RowPass {
                 magnitude: m,
                 row_values: out,
+                row_norms,
                 ..RowPass::new(weight, a, b, &adapter, k, n, DoraRowOp_DORA_ROW_FACTOR)
             })?;
         }
-        Ok(DoraFactor { values, n })
+        Ok(DoraFactor { values, norms, n })
     }
 
     /// Runs `pass` as a counting pass (nothing written) and returns the number of non-finite results.
@@ -227,6 +237,7 @@ impl Gpu {
             lora_b: pass.b,
             magnitude: pass.magnitude,
             row_values: pass.row_values,
+            row_norms: pass.row_norms,
             non_finite: pass.counter,
             n: pass.n as i32,
             k: pass.k as i32,
@@ -273,6 +284,8 @@ pub(super) struct RowPass {
     pub(super) op: DoraRowOp,
     pub(super) magnitude: u64,
     pub(super) row_values: u64,
+    /// FACTOR: also the norms, f32 `[n]` (0: none).
+    pub(super) row_norms: u64,
     pub(super) counter: u64,
     /// Requantise to int8 into (CB, SCB) instead of writing W.
     pub(super) requantize: Option<(u64, u64)>,
@@ -311,6 +324,7 @@ impl RowPass {
             op,
             magnitude: 0,
             row_values: 0,
+            row_norms: 0,
             counter: 0,
             requantize: None,
         }

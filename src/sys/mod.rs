@@ -28,6 +28,9 @@ unsafe impl DeviceRepr for Quant4QuantizeParams {}
 unsafe impl DeviceRepr for Int8LinearParams {}
 unsafe impl DeviceRepr for Int8LlmParams {}
 unsafe impl DeviceRepr for DoraRowParams {}
+unsafe impl DeviceRepr for LoraBackwardProductParams {}
+unsafe impl DeviceRepr for LoraBackwardMagnitudeParams {}
+unsafe impl DeviceRepr for LoraBackwardFactorParams {}
 // SAFETY: as above; the slot table of a mixed batch is uploaded as an array of them, which the
 // kernel indexes.
 unsafe impl DeviceRepr for LoraAdapterSlot {}

@@ -30,6 +30,12 @@ pub const DORA_NORM_EPS: f64 = 0.000000000001;
 pub const DORA_TC_ROWS: u32 = 64;
 pub const DORA_TC_COLS: u32 = 64;
 pub const DORA_TC_MAX_RANK: u32 = 128;
+pub const LORA_BACKWARD_THREADS: u32 = 256;
+pub const LORA_BACKWARD_TILE_M: u32 = 64;
+pub const LORA_BACKWARD_TILE_N: u32 = 64;
+pub const LORA_BACKWARD_TILE_K: u32 = 16;
+pub const LORA_BACKWARD_MAX_PHASES: u32 = 4;
+pub const LORA_BACKWARD_MAGNITUDE_COLUMNS: u32 = 32;
 #[repr(C)]
 #[derive(Debug, Default, Copy, Clone)]
 pub struct LoraAdapterSlot {
@@ -472,6 +478,7 @@ pub struct DoraRowParams {
     pub lora_b: u64,
     pub magnitude: u64,
     pub row_values: u64,
+    pub row_norms: u64,
     pub non_finite: u64,
     pub n: i32,
     pub k: i32,
@@ -488,7 +495,7 @@ pub struct DoraRowParams {
 }
 #[allow(clippy::unnecessary_operation, clippy::identity_op)]
 const _: () = {
-    ["Size of DoraRowParams"][::core::mem::size_of::<DoraRowParams>() - 224usize];
+    ["Size of DoraRowParams"][::core::mem::size_of::<DoraRowParams>() - 232usize];
     ["Alignment of DoraRowParams"][::core::mem::align_of::<DoraRowParams>() - 8usize];
     ["Offset of field: DoraRowParams::weight"]
         [::core::mem::offset_of!(DoraRowParams, weight) - 0usize];
@@ -500,26 +507,201 @@ const _: () = {
         [::core::mem::offset_of!(DoraRowParams, magnitude) - 24usize];
     ["Offset of field: DoraRowParams::row_values"]
         [::core::mem::offset_of!(DoraRowParams, row_values) - 32usize];
+    ["Offset of field: DoraRowParams::row_norms"]
+        [::core::mem::offset_of!(DoraRowParams, row_norms) - 40usize];
     ["Offset of field: DoraRowParams::non_finite"]
-        [::core::mem::offset_of!(DoraRowParams, non_finite) - 40usize];
-    ["Offset of field: DoraRowParams::n"][::core::mem::offset_of!(DoraRowParams, n) - 48usize];
-    ["Offset of field: DoraRowParams::k"][::core::mem::offset_of!(DoraRowParams, k) - 52usize];
+        [::core::mem::offset_of!(DoraRowParams, non_finite) - 48usize];
+    ["Offset of field: DoraRowParams::n"][::core::mem::offset_of!(DoraRowParams, n) - 56usize];
+    ["Offset of field: DoraRowParams::k"][::core::mem::offset_of!(DoraRowParams, k) - 60usize];
     ["Offset of field: DoraRowParams::rank"]
-        [::core::mem::offset_of!(DoraRowParams, rank) - 56usize];
+        [::core::mem::offset_of!(DoraRowParams, rank) - 64usize];
     ["Offset of field: DoraRowParams::scale"]
-        [::core::mem::offset_of!(DoraRowParams, scale) - 60usize];
-    ["Offset of field: DoraRowParams::op"][::core::mem::offset_of!(DoraRowParams, op) - 64usize];
+        [::core::mem::offset_of!(DoraRowParams, scale) - 68usize];
+    ["Offset of field: DoraRowParams::op"][::core::mem::offset_of!(DoraRowParams, op) - 72usize];
     ["Offset of field: DoraRowParams::check_only"]
-        [::core::mem::offset_of!(DoraRowParams, check_only) - 68usize];
+        [::core::mem::offset_of!(DoraRowParams, check_only) - 76usize];
     ["Offset of field: DoraRowParams::weight_format"]
-        [::core::mem::offset_of!(DoraRowParams, weight_format) - 72usize];
+        [::core::mem::offset_of!(DoraRowParams, weight_format) - 80usize];
     ["Offset of field: DoraRowParams::requantize"]
-        [::core::mem::offset_of!(DoraRowParams, requantize) - 76usize];
-    ["Offset of field: DoraRowParams::scb"][::core::mem::offset_of!(DoraRowParams, scb) - 80usize];
+        [::core::mem::offset_of!(DoraRowParams, requantize) - 84usize];
+    ["Offset of field: DoraRowParams::scb"][::core::mem::offset_of!(DoraRowParams, scb) - 88usize];
     ["Offset of field: DoraRowParams::out_cb"]
-        [::core::mem::offset_of!(DoraRowParams, out_cb) - 88usize];
+        [::core::mem::offset_of!(DoraRowParams, out_cb) - 96usize];
     ["Offset of field: DoraRowParams::out_scb"]
-        [::core::mem::offset_of!(DoraRowParams, out_scb) - 96usize];
+        [::core::mem::offset_of!(DoraRowParams, out_scb) - 104usize];
     ["Offset of field: DoraRowParams::quant4"]
-        [::core::mem::offset_of!(DoraRowParams, quant4) - 104usize];
+        [::core::mem::offset_of!(DoraRowParams, quant4) - 112usize];
+};
+pub const LoraBackwardKind_LORA_BACKWARD_ELEMENT: LoraBackwardKind = 0;
+pub const LoraBackwardKind_LORA_BACKWARD_F32: LoraBackwardKind = 1;
+pub const LoraBackwardKind_LORA_BACKWARD_QUANT4: LoraBackwardKind = 2;
+pub const LoraBackwardKind_LORA_BACKWARD_INT8: LoraBackwardKind = 3;
+pub type LoraBackwardKind = ::core::ffi::c_uint;
+#[repr(C)]
+#[derive(Debug, Default, Copy, Clone)]
+pub struct LoraBackwardOperand {
+    pub data: u64,
+    pub row_stride: i64,
+    pub col_stride: i64,
+    pub row_scale: u64,
+    pub col_scale: u64,
+    pub kind: i32,
+    pub pad: i32,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of LoraBackwardOperand"][::core::mem::size_of::<LoraBackwardOperand>() - 48usize];
+    ["Alignment of LoraBackwardOperand"][::core::mem::align_of::<LoraBackwardOperand>() - 8usize];
+    ["Offset of field: LoraBackwardOperand::data"]
+        [::core::mem::offset_of!(LoraBackwardOperand, data) - 0usize];
+    ["Offset of field: LoraBackwardOperand::row_stride"]
+        [::core::mem::offset_of!(LoraBackwardOperand, row_stride) - 8usize];
+    ["Offset of field: LoraBackwardOperand::col_stride"]
+        [::core::mem::offset_of!(LoraBackwardOperand, col_stride) - 16usize];
+    ["Offset of field: LoraBackwardOperand::row_scale"]
+        [::core::mem::offset_of!(LoraBackwardOperand, row_scale) - 24usize];
+    ["Offset of field: LoraBackwardOperand::col_scale"]
+        [::core::mem::offset_of!(LoraBackwardOperand, col_scale) - 32usize];
+    ["Offset of field: LoraBackwardOperand::kind"]
+        [::core::mem::offset_of!(LoraBackwardOperand, kind) - 40usize];
+    ["Offset of field: LoraBackwardOperand::pad"]
+        [::core::mem::offset_of!(LoraBackwardOperand, pad) - 44usize];
+};
+#[repr(C)]
+#[derive(Debug, Default, Copy, Clone)]
+pub struct LoraBackwardPhase {
+    pub a: LoraBackwardOperand,
+    pub b: LoraBackwardOperand,
+    pub depth: i32,
+    pub alpha: f32,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of LoraBackwardPhase"][::core::mem::size_of::<LoraBackwardPhase>() - 104usize];
+    ["Alignment of LoraBackwardPhase"][::core::mem::align_of::<LoraBackwardPhase>() - 8usize];
+    ["Offset of field: LoraBackwardPhase::a"]
+        [::core::mem::offset_of!(LoraBackwardPhase, a) - 0usize];
+    ["Offset of field: LoraBackwardPhase::b"]
+        [::core::mem::offset_of!(LoraBackwardPhase, b) - 48usize];
+    ["Offset of field: LoraBackwardPhase::depth"]
+        [::core::mem::offset_of!(LoraBackwardPhase, depth) - 96usize];
+    ["Offset of field: LoraBackwardPhase::alpha"]
+        [::core::mem::offset_of!(LoraBackwardPhase, alpha) - 100usize];
+};
+#[repr(C)]
+#[derive(Debug, Default, Copy, Clone)]
+pub struct LoraBackwardProductParams {
+    pub phases: [LoraBackwardPhase; 4usize],
+    pub num_phases: i32,
+    pub m: i32,
+    pub n: i32,
+    pub out_kind: i32,
+    pub out: u64,
+    pub accumulate: i32,
+    pub weight_k: i32,
+    pub scb: u64,
+    pub quant4: Quant4Weights,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of LoraBackwardProductParams"]
+        [::core::mem::size_of::<LoraBackwardProductParams>() - 576usize];
+    ["Alignment of LoraBackwardProductParams"]
+        [::core::mem::align_of::<LoraBackwardProductParams>() - 8usize];
+    ["Offset of field: LoraBackwardProductParams::phases"]
+        [::core::mem::offset_of!(LoraBackwardProductParams, phases) - 0usize];
+    ["Offset of field: LoraBackwardProductParams::num_phases"]
+        [::core::mem::offset_of!(LoraBackwardProductParams, num_phases) - 416usize];
+    ["Offset of field: LoraBackwardProductParams::m"]
+        [::core::mem::offset_of!(LoraBackwardProductParams, m) - 420usize];
+    ["Offset of field: LoraBackwardProductParams::n"]
+        [::core::mem::offset_of!(LoraBackwardProductParams, n) - 424usize];
+    ["Offset of field: LoraBackwardProductParams::out_kind"]
+        [::core::mem::offset_of!(LoraBackwardProductParams, out_kind) - 428usize];
+    ["Offset of field: LoraBackwardProductParams::out"]
+        [::core::mem::offset_of!(LoraBackwardProductParams, out) - 432usize];
+    ["Offset of field: LoraBackwardProductParams::accumulate"]
+        [::core::mem::offset_of!(LoraBackwardProductParams, accumulate) - 440usize];
+    ["Offset of field: LoraBackwardProductParams::weight_k"]
+        [::core::mem::offset_of!(LoraBackwardProductParams, weight_k) - 444usize];
+    ["Offset of field: LoraBackwardProductParams::scb"]
+        [::core::mem::offset_of!(LoraBackwardProductParams, scb) - 448usize];
+    ["Offset of field: LoraBackwardProductParams::quant4"]
+        [::core::mem::offset_of!(LoraBackwardProductParams, quant4) - 456usize];
+};
+#[repr(C)]
+#[derive(Debug, Default, Copy, Clone)]
+pub struct LoraBackwardMagnitudeParams {
+    pub grad_output: u64,
+    pub column_scale: u64,
+    pub base: u64,
+    pub bias: u64,
+    pub hidden: u64,
+    pub lora_b: u64,
+    pub norm: u64,
+    pub out: u64,
+    pub m: i32,
+    pub n: i32,
+    pub rank: i32,
+    pub scale: f32,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of LoraBackwardMagnitudeParams"]
+        [::core::mem::size_of::<LoraBackwardMagnitudeParams>() - 80usize];
+    ["Alignment of LoraBackwardMagnitudeParams"]
+        [::core::mem::align_of::<LoraBackwardMagnitudeParams>() - 8usize];
+    ["Offset of field: LoraBackwardMagnitudeParams::grad_output"]
+        [::core::mem::offset_of!(LoraBackwardMagnitudeParams, grad_output) - 0usize];
+    ["Offset of field: LoraBackwardMagnitudeParams::column_scale"]
+        [::core::mem::offset_of!(LoraBackwardMagnitudeParams, column_scale) - 8usize];
+    ["Offset of field: LoraBackwardMagnitudeParams::base"]
+        [::core::mem::offset_of!(LoraBackwardMagnitudeParams, base) - 16usize];
+    ["Offset of field: LoraBackwardMagnitudeParams::bias"]
+        [::core::mem::offset_of!(LoraBackwardMagnitudeParams, bias) - 24usize];
+    ["Offset of field: LoraBackwardMagnitudeParams::hidden"]
+        [::core::mem::offset_of!(LoraBackwardMagnitudeParams, hidden) - 32usize];
+    ["Offset of field: LoraBackwardMagnitudeParams::lora_b"]
+        [::core::mem::offset_of!(LoraBackwardMagnitudeParams, lora_b) - 40usize];
+    ["Offset of field: LoraBackwardMagnitudeParams::norm"]
+        [::core::mem::offset_of!(LoraBackwardMagnitudeParams, norm) - 48usize];
+    ["Offset of field: LoraBackwardMagnitudeParams::out"]
+        [::core::mem::offset_of!(LoraBackwardMagnitudeParams, out) - 56usize];
+    ["Offset of field: LoraBackwardMagnitudeParams::m"]
+        [::core::mem::offset_of!(LoraBackwardMagnitudeParams, m) - 64usize];
+    ["Offset of field: LoraBackwardMagnitudeParams::n"]
+        [::core::mem::offset_of!(LoraBackwardMagnitudeParams, n) - 68usize];
+    ["Offset of field: LoraBackwardMagnitudeParams::rank"]
+        [::core::mem::offset_of!(LoraBackwardMagnitudeParams, rank) - 72usize];
+    ["Offset of field: LoraBackwardMagnitudeParams::scale"]
+        [::core::mem::offset_of!(LoraBackwardMagnitudeParams, scale) - 76usize];
+};
+#[repr(C)]
+#[derive(Debug, Default, Copy, Clone)]
+pub struct LoraBackwardFactorParams {
+    pub column_scale: u64,
+    pub magnitude: u64,
+    pub norm: u64,
+    pub out: u64,
+    pub n: i32,
+    pub pad: i32,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of LoraBackwardFactorParams"]
+        [::core::mem::size_of::<LoraBackwardFactorParams>() - 40usize];
+    ["Alignment of LoraBackwardFactorParams"]
+        [::core::mem::align_of::<LoraBackwardFactorParams>() - 8usize];
+    ["Offset of field: LoraBackwardFactorParams::column_scale"]
+        [::core::mem::offset_of!(LoraBackwardFactorParams, column_scale) - 0usize];
+    ["Offset of field: LoraBackwardFactorParams::magnitude"]
+        [::core::mem::offset_of!(LoraBackwardFactorParams, magnitude) - 8usize];
+    ["Offset of field: LoraBackwardFactorParams::norm"]
+        [::core::mem::offset_of!(LoraBackwardFactorParams, norm) - 16usize];
+    ["Offset of field: LoraBackwardFactorParams::out"]
+        [::core::mem::offset_of!(LoraBackwardFactorParams, out) - 24usize];
+    ["Offset of field: LoraBackwardFactorParams::n"]
+        [::core::mem::offset_of!(LoraBackwardFactorParams, n) - 32usize];
+    ["Offset of field: LoraBackwardFactorParams::pad"]
+        [::core::mem::offset_of!(LoraBackwardFactorParams, pad) - 36usize];
 };

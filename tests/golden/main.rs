@@ -11,11 +11,12 @@
 //! This file is the runner (dispatch by kind and dtype, the per-case lines, the summary); the checks
 //! of each family are in its module: [`lora`], [`dora`], [`mixed`] (`mixed_batch`), [`adapters`]
 //! (`adapter_dir`), [`quant4`] and [`int8`] (with their `qlora` / `qdora` layers, whose shared part is
-//! [`quantized`]).
+//! [`quantized`]), and the gradients of the `*_backward` kinds in [`backward`].
 #[path = "../common/mod.rs"]
 mod common;
 
 mod adapters;
+mod backward;
 mod dora;
 mod int8;
 mod lora;
@@ -24,6 +25,7 @@ mod quant4;
 mod quantized;
 
 use adapters::adapter_dir;
+use backward::{backward_cpu, backward_gpu};
 use dora::{dora_cpu, dora_gpu};
 use half::{bf16, f16};
 use int8::{int8_cpu, int8_gpu, int8_layer_cpu, int8_layer_gpu};
@@ -108,6 +110,12 @@ fn run(case: &GoldenCase, gpu: Option<&Gpu>) -> Option<Result<Check>> {
             Some(case.dtype().and_then(|d| match gpu {
                 None => by_dtype!(d, int8_layer_cpu(case)),
                 Some(g) => by_dtype!(d, int8_layer_gpu(g, case)),
+            }))
+        }
+        "lora_backward" | "dora_backward" | "qlora_backward" | "qdora_backward" => {
+            Some(case.dtype().and_then(|d| match gpu {
+                None => by_dtype!(d, backward_cpu(case)),
+                Some(g) => by_dtype!(d, backward_gpu(g, case)),
             }))
         }
         "int8" => Some(case.dtype().and_then(|d| match gpu {

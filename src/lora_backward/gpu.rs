@@ -1,0 +1,474 @@
+//! The launches of `kernels/lora_backward.cu`: every gradient as one `lora_backward_product_T` launch
+//! (L, H, dB, dA per adapter, and one dX launch that sums the base product and up to three adapters'
+//! H·A terms), the DoRA magnitude gradient, and the running DoRA column scale.
+use super::reference::step_lens;
+use super::{validate_backward, AdapterGrads, BackwardStep, DoraSaved};
+use crate::device::{Gpu, KernelModule};
+use crate::error::{invalid, Result};
+use crate::linear::{LinearWeight, QuantizedWeight};
+use crate::lora::{LoraAdapter, LoraShape};
+use crate::sys::{
+    LoraBackwardFactorParams, LoraBackwardKind, LoraBackwardKind_LORA_BACKWARD_ELEMENT,
+    LoraBackwardKind_LORA_BACKWARD_F32, LoraBackwardKind_LORA_BACKWARD_INT8,
+    LoraBackwardKind_LORA_BACKWARD_QUANT4, LoraBackwardMagnitudeParams, LoraBackwardOperand,
+    LoraBackwardPhase, LoraBackwardProductParams, Quant4Weights, LORA_BACKWARD_MAGNITUDE_COLUMNS,
+    LORA_BACKWARD_MAX_PHASES, LORA_BACKWARD_THREADS, LORA_BACKWARD_TILE_M, LORA_BACKWARD_TILE_N,
+};
+use crate::Element;
+use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, SyncOnDrop};
+
+/// The frozen base weight whose term G_f·W a backward adds to dX.
+#[derive(Debug)]
+pub enum DxWeight<'a, S: ?Sized> {
+    /// No base term: dX holds the adapters' terms only (the caller differentiates the base itself).
+    Skip,
+    /// A dense W `[n, k]` of the element type.
+    Dense(&'a S),
+    /// A 4-bit or int8 W, dequantised on the fly (each element rounded to the element type, as
+    /// peft's `dequantize_module_weight` and bitsandbytes' backward see it); never written out.
+    Quantized(QuantizedWeight<'a>),
+}
+
+impl<S: ?Sized> Clone for DxWeight<'_, S> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<S: ?Sized> Copy for DxWeight<'_, S> {}
+
+/// A product operand over device address `data`.
+fn operand(
+    data: u64,
+    kind: LoraBackwardKind,
+    row_stride: usize,
+    col_stride: usize,
+) -> LoraBackwardOperand {
+    LoraBackwardOperand {
+        data,
+        row_stride: row_stride as i64,
+        col_stride: col_stride as i64,
+        row_scale: 0,
+        col_scale: 0,
+        kind: kind as i32,
+        pad: 0,
+    }
+}
+
+/// `alpha · a [m, depth] · b [depth, n]`.
+fn phase(
+    a: LoraBackwardOperand,
+    b: LoraBackwardOperand,
+    depth: usize,
+    alpha: f32,
+) -> LoraBackwardPhase {
+    LoraBackwardPhase {
+        a,
+        b,
+        depth: depth as i32,
+        alpha,
+    }
+}
+
+/// The device addresses of one step's buffers (0 where it has none).
+#[derive(Default)]
+struct StepPtrs {
+    a: u64,
+    b: u64,
+    l: u64,
+    h: u64,
+    da: u64,
+    db: u64,
+    dmag: u64,
+    scale: u64,
+    magnitude: u64,
+    norm: u64,
+    base: u64,
+    bias: u64,
+}
+
+/// One product launch: its phases, output and the quantised W its operands may read.
+struct Product {
+    phases: Vec<LoraBackwardPhase>,
+    m: usize,
+    n: usize,
+    out: u64,
+    out_f32: bool,
+    accumulate: bool,
+    weight: Option<LinearWeight>,
+    weight_k: usize,
+}
+
+impl Gpu {
+    /// The backward of LoRA adapters sharing one upstream gradient (see
+    /// [`crate::lora_backward::reference::lora_backward`]): returns each adapter's dA and dB, and
+    /// writes dX `[m, k]` into `dx` (added to what it holds with `accumulate`: the QKV projections of
+    /// one input sum their dX). Deterministic: the same inputs give bit-identical gradients.
+    #[allow(clippy::too_many_arguments)]
+    pub fn lora_backward<T: Element, S: DevicePtr<T>>(
+        &self,
+        x: &impl DevicePtr<T>,
+        grad_output: &impl DevicePtr<T>,
+        weight: DxWeight<'_, S>,
+        adapters: &[LoraAdapter<'_, S>],
+        shape: LoraShape,
+        dx: &mut impl DevicePtrMut<T>,
+        accumulate: bool,
+    ) -> Result<Vec<AdapterGrads<CudaSlice<T>>>> {
+        let steps: Vec<BackwardStep<'_, S, CudaSlice<f32>>> = adapters
+            .iter()
+            .map(|&adapter| BackwardStep {
+                adapter,
+                dora: None,
+            })
+            .collect();
+        self.backward_chain(x, grad_output, weight, &steps, shape, dx, accumulate)
+    }
+
+    /// The backward of one DoRA adapter (see [`crate::lora_backward::reference::dora_backward`]):
+    /// dA, dB and d magnitude, and dX into `dx`. `dora.norm` is the detached norm the forward's
+    /// factor came from ([`crate::DoraFactor::norms`]).
+    #[allow(clippy::too_many_arguments)]
+    pub fn dora_backward<T: Element, S: DevicePtr<T>>(
+        &self,
+        x: &impl DevicePtr<T>,
+        grad_output: &impl DevicePtr<T>,
+        weight: DxWeight<'_, S>,
+        adapter: LoraAdapter<'_, S>,
+        dora: DoraSaved<'_, S, CudaSlice<f32>>,
+        shape: LoraShape,
+        dx: &mut impl DevicePtrMut<T>,
+        accumulate: bool,
+    ) -> Result<AdapterGrads<CudaSlice<T>>> {
+        let step = BackwardStep {
+            adapter,
+            dora: Some(dora),
+        };
+        let mut grads =
+            self.backward_chain(x, grad_output, weight, &[step], shape, dx, accumulate)?;
+        grads
+            .pop()
+            .ok_or_else(|| invalid("adapters", "one adapter's gradients", "none"))
+    }
+
+    /// The backward of a chain of adapters applied in order after the base (see
+    /// [`crate::lora_backward::reference::backward`]): the gradients in `steps`' order, dX into `dx`.
+    /// Allocates its scratch (L and H, f32 `[m, rank]` per adapter) and the gradients on the stream.
+    #[allow(clippy::too_many_arguments)]
+    pub fn backward_chain<T: Element, S: DevicePtr<T>>(
+        &self,
+        x: &impl DevicePtr<T>,
+        grad_output: &impl DevicePtr<T>,
+        weight: DxWeight<'_, S>,
+        steps: &[BackwardStep<'_, S, CudaSlice<f32>>],
+        shape: LoraShape,
+        dx: &mut impl DevicePtrMut<T>,
+        accumulate: bool,
+    ) -> Result<Vec<AdapterGrads<CudaSlice<T>>>> {
+        let LoraShape { m, k, n } = shape;
+        let weight_len = match weight {
+            DxWeight::Skip => None,
+            DxWeight::Dense(w) => Some(w.len()),
+            DxWeight::Quantized(q) => {
+                if q.shape() != [n, k] {
+                    return Err(invalid(
+                        "weight",
+                        format!("a quantised W of shape [n={n}, k={k}]"),
+                        format!("{:?}", q.shape()),
+                    ));
+                }
+                Some(n * k)
+            }
+        };
+        validate_backward(
+            shape,
+            x.len(),
+            grad_output.len(),
+            weight_len,
+            &step_lens(steps, |s: &S| s.len(), |s: &CudaSlice<f32>| s.len()),
+        )?;
+        crate::validate::at_least("dx", dx.len(), Some(m * k), &format!("[m={m}, k={k}]"))?;
+        self.check_dtype(T::DTYPE, "the backward")?;
+        // Every tile count fits the kernels' 32-bit grid.
+        for (rows, cols) in [(m, k), (n, crate::MAX_RANK), (m, crate::MAX_RANK)] {
+            tiles(rows, cols)?;
+        }
+
+        let stream = self.stream().clone();
+        // Scratch and results, allocated before the first launch.
+        let mut hidden: Vec<(CudaSlice<f32>, CudaSlice<f32>)> = Vec::with_capacity(steps.len());
+        let mut grads: Vec<AdapterGrads<CudaSlice<T>>> = Vec::with_capacity(steps.len());
+        let mut scales: Vec<CudaSlice<f32>> = Vec::new();
+        for st in steps {
+            let r = st.adapter.rank;
+            hidden.push((stream.alloc_zeros(m * r)?, stream.alloc_zeros(m * r)?));
+            grads.push(AdapterGrads {
+                lora_a: stream.alloc_zeros(r * k)?,
+                lora_b: stream.alloc_zeros(n * r)?,
+                magnitude: match st.dora {
+                    Some(_) => Some(stream.alloc_zeros(n)?),
+                    None => None,
+                },
+            });
+            if st.dora.is_some() {
+                scales.push(stream.alloc_zeros(n)?);
+            }
+        }
+
+        let mut guards: Vec<SyncOnDrop<'_>> = Vec::new();
+        let (x_ptr, g) = x.device_ptr(&stream);
+        guards.push(g);
+        let (g_ptr, g) = grad_output.device_ptr(&stream);
+        guards.push(g);
+        let (base_weight, weight_guards) = match weight {
+            DxWeight::Skip => (None, Vec::new()),
+            DxWeight::Dense(w) => {
+                let (p, g) = w.device_ptr(&stream);
+                (Some(LinearWeight::Dense(p)), vec![g])
+            }
+            DxWeight::Quantized(q) => {
+                let (op, g) = q.operand(&stream);
+                (Some(op), g)
+            }
+        };
+        guards.extend(weight_guards);
+        let elem = LoraBackwardKind_LORA_BACKWARD_ELEMENT;
+        let f32k = LoraBackwardKind_LORA_BACKWARD_F32;
+
+        // Every buffer's address, its guard held until the launches are enqueued.
+        let mut ptrs: Vec<StepPtrs> = Vec::with_capacity(steps.len());
+        let mut scale_bufs = scales.iter_mut();
+        for ((st, (l, h)), grad) in steps.iter().zip(hidden.iter_mut()).zip(grads.iter_mut()) {
+            let mut p = StepPtrs::default();
+            let mut take = |pg| keep(&mut guards, pg);
+            p.a = take(st.adapter.lora_a.device_ptr(&stream));
+            p.b = take(st.adapter.lora_b.device_ptr(&stream));
+            p.l = take(l.device_ptr_mut(&stream));
+            p.h = take(h.device_ptr_mut(&stream));
+            p.da = take(grad.lora_a.device_ptr_mut(&stream));
+            p.db = take(grad.lora_b.device_ptr_mut(&stream));
+            let dora = match (st.dora, grad.magnitude.as_mut()) {
+                (Some(d), Some(dmag)) => scale_bufs.next().map(|scale| (d, dmag, scale)),
+                _ => None,
+            };
+            if let Some((d, dmag, scale)) = dora {
+                p.dmag = take(dmag.device_ptr_mut(&stream));
+                p.scale = take(scale.device_ptr_mut(&stream));
+                p.magnitude = take(d.magnitude.device_ptr(&stream));
+                p.norm = take(d.norm.device_ptr(&stream));
+                p.base = take(d.base.device_ptr(&stream));
+                if let Some(b) = d.bias {
+                    p.bias = take(b.device_ptr(&stream));
+                }
+            }
+            ptrs.push(p);
+        }
+
+        // From the last adapter back: `column_scale` is the product of the factors of the DoRA
+        // adapters after the current one (0: none yet).
+        let mut column_scale: u64 = 0;
+        let mut dx_phases: Vec<LoraBackwardPhase> = Vec::with_capacity(steps.len() + 1);
+        let plain = |p: LoraBackwardPhase, m, n, out, out_f32| Product {
+            phases: vec![p],
+            m,
+            n,
+            out,
+            out_f32,
+            accumulate: false,
+            weight: None,
+            weight_k: k,
+        };
+        for (st, p) in steps.iter().zip(&ptrs).rev() {
+            let (r, s) = (st.adapter.rank, st.adapter.scale);
+            let later_scale = column_scale;
+            if st.dora.is_some() {
+                self.launch_factor::<T>(&LoraBackwardFactorParams {
+                    column_scale: later_scale,
+                    magnitude: p.magnitude,
+                    norm: p.norm,
+                    out: p.scale,
+                    n: n as i32,
+                    pad: 0,
+                })?;
+                column_scale = p.scale;
+            }
+            // L = x·Aᵀ [m, r]
+            self.launch_gradient::<T>(&plain(
+                phase(operand(x_ptr, elem, k, 1), operand(p.a, elem, 1, k), k, 1.0),
+                m,
+                r,
+                p.l,
+                true,
+            ))?;
+            // H = G_f·B [m, r], G_f = G ⊙ (this adapter's and later adapters' factors)
+            let g_f = LoraBackwardOperand {
+                col_scale: column_scale,
+                ..operand(g_ptr, elem, n, 1)
+            };
+            self.launch_gradient::<T>(&plain(
+                phase(g_f, operand(p.b, elem, r, 1), n, 1.0),
+                m,
+                r,
+                p.h,
+                true,
+            ))?;
+            // dB = s·G_fᵀ·L [n, r]
+            let g_f_t = LoraBackwardOperand {
+                row_scale: column_scale,
+                ..operand(g_ptr, elem, 1, n)
+            };
+            self.launch_gradient::<T>(&plain(
+                phase(g_f_t, operand(p.l, f32k, r, 1), m, s),
+                n,
+                r,
+                p.db,
+                false,
+            ))?;
+            // dA = s·Hᵀ·x [r, k]
+            self.launch_gradient::<T>(&plain(
+                phase(operand(p.h, f32k, 1, r), operand(x_ptr, elem, k, 1), m, s),
+                r,
+                k,
+                p.da,
+                false,
+            ))?;
+            if st.dora.is_some() {
+                self.launch_magnitude::<T>(&LoraBackwardMagnitudeParams {
+                    grad_output: g_ptr,
+                    column_scale: later_scale,
+                    base: p.base,
+                    bias: p.bias,
+                    hidden: p.l,
+                    lora_b: p.b,
+                    norm: p.norm,
+                    out: p.dmag,
+                    m: m as i32,
+                    n: n as i32,
+                    rank: r as i32,
+                    scale: s,
+                })?;
+            }
+            // dX += s·H·A
+            dx_phases.push(phase(
+                operand(p.h, f32k, r, 1),
+                operand(p.a, elem, k, 1),
+                r,
+                s,
+            ));
+        }
+        if let Some(w) = base_weight {
+            let g_base = LoraBackwardOperand {
+                col_scale: column_scale,
+                ..operand(g_ptr, elem, n, 1)
+            };
+            let kind = match w {
+                LinearWeight::Dense(_) => elem,
+                LinearWeight::Quant4(_) => LoraBackwardKind_LORA_BACKWARD_QUANT4,
+                LinearWeight::Int8 { .. } => LoraBackwardKind_LORA_BACKWARD_INT8,
+            };
+            let data = match w {
+                LinearWeight::Dense(p) => p,
+                LinearWeight::Quant4(q) => q.packed,
+                LinearWeight::Int8 { cb, .. } => cb,
+            };
+            dx_phases.insert(0, phase(g_base, operand(data, kind, k, 1), n, 1.0));
+        }
+        let (dx_ptr, g) = dx.device_ptr_mut(&stream);
+        guards.push(g);
+        for (i, chunk) in dx_phases
+            .chunks(LORA_BACKWARD_MAX_PHASES as usize)
+            .enumerate()
+        {
+            self.launch_gradient::<T>(&Product {
+                phases: chunk.to_vec(),
+                m,
+                n: k,
+                out: dx_ptr,
+                out_f32: false,
+                accumulate: accumulate || i > 0,
+                weight: base_weight,
+                weight_k: k,
+            })?;
+        }
+        drop(guards);
+        Ok(grads)
+    }
+
+    fn launch_gradient<T: Element>(&self, p: &Product) -> Result<()> {
+        let mut phases = [LoraBackwardPhase::default(); LORA_BACKWARD_MAX_PHASES as usize];
+        phases[..p.phases.len()].copy_from_slice(&p.phases);
+        let (quant4, scb) = match p.weight {
+            Some(LinearWeight::Quant4(q)) => (q, 0),
+            Some(LinearWeight::Int8 { scb, .. }) => (Quant4Weights::default(), scb),
+            _ => (Quant4Weights::default(), 0),
+        };
+        let params = LoraBackwardProductParams {
+            phases,
+            num_phases: p.phases.len() as i32,
+            m: p.m as i32,
+            n: p.n as i32,
+            out_kind: if p.out_f32 {
+                LoraBackwardKind_LORA_BACKWARD_F32
+            } else {
+                LoraBackwardKind_LORA_BACKWARD_ELEMENT
+            } as i32,
+            out: p.out,
+            accumulate: p.accumulate as i32,
+            weight_k: p.weight_k as i32,
+            scb,
+            quant4,
+        };
+        let (func, _) = self.kernel(
+            KernelModule::LoraBackward,
+            &format!("lora_backward_product_{}", T::DTYPE.name()),
+            LORA_BACKWARD_THREADS,
+        )?;
+        // SAFETY: every operand was validated by `backward_chain` to hold the [rows, cols] its
+        // strides address (x [m, k], G [m, n], A [r, k], B [n, r], W [n, k]) or was allocated there
+        // (L, H [m, r]; the gradients); the grid covers the output's tiles (checked to fit).
+        unsafe { self.launch(&func, (tiles(p.m, p.n)?, 1), LORA_BACKWARD_THREADS, &params) }
+    }
+
+    fn launch_magnitude<T: Element>(&self, p: &LoraBackwardMagnitudeParams) -> Result<()> {
+        let (func, _) = self.kernel(
+            KernelModule::LoraBackward,
+            &format!("lora_backward_magnitude_{}", T::DTYPE.name()),
+            LORA_BACKWARD_THREADS,
+        )?;
+        let blocks = (p.n as u32).div_ceil(LORA_BACKWARD_MAGNITUDE_COLUMNS);
+        // SAFETY: G and base [m, n], bias, magnitude and norm [n], B [n, rank] validated; L [m, rank]
+        // and out [n] allocated by the caller; one block per 32 columns.
+        unsafe { self.launch(&func, (blocks, 1), LORA_BACKWARD_THREADS, p) }
+    }
+
+    fn launch_factor<T: Element>(&self, p: &LoraBackwardFactorParams) -> Result<()> {
+        let (func, _) = self.kernel(
+            KernelModule::LoraBackward,
+            &format!("lora_backward_factor_{}", T::DTYPE.name()),
+            LORA_BACKWARD_THREADS,
+        )?;
+        let blocks = (p.n as u32).div_ceil(LORA_BACKWARD_THREADS);
+        // SAFETY: magnitude and norm [n] validated; out and column_scale [n] allocated by the caller.
+        unsafe { self.launch(&func, (blocks, 1), LORA_BACKWARD_THREADS, p) }
+    }
+}
+
+/// Keeps a buffer's guard until the launches are enqueued and returns its address.
+fn keep<'s>(guards: &mut Vec<SyncOnDrop<'s>>, (ptr, guard): (u64, SyncOnDrop<'s>)) -> u64 {
+    guards.push(guard);
+    ptr
+}
+
+/// The blocks of a `[rows, cols]` product: one per 64 x 64 tile, in a 32-bit grid.
+fn tiles(rows: usize, cols: usize) -> Result<u32> {
+    let t = rows
+        .div_ceil(LORA_BACKWARD_TILE_M as usize)
+        .checked_mul(cols.div_ceil(LORA_BACKWARD_TILE_N as usize));
+    match t.and_then(|t| u32::try_from(t).ok()) {
+        Some(t) if t <= i32::MAX as u32 => Ok(t),
+        _ => Err(invalid(
+            "shape",
+            "at most 2^31 - 1 tiles of 64 x 64 in a gradient",
+            format!("[{rows}, {cols}]"),
+        )),
+    }
+}
