@@ -109,7 +109,10 @@ enum Quantized {
 }
 
 /// The chain's forward on the CPU reference: the base each DoRA step took, and every DoRA norm.
-fn saved_bases<T: Element>(c: &Case<T>, w: &[T]) -> (Vec<Option<Vec<T>>>, Vec<Option<Vec<f32>>>) {
+/// Per adapter: the base a DoRA step took and its norm (None for LoRA).
+type Saved<T> = (Vec<Option<Vec<T>>>, Vec<Option<Vec<f32>>>);
+
+fn saved_bases<T: Element>(c: &Case<T>, w: &[T]) -> Saved<T> {
     let LoraShape { k, n, .. } = c.shape;
     let mut y = linear(&c.x, w, c.bias.as_deref(), c.shape).unwrap();
     let (mut bases, mut norms) = (Vec::new(), Vec::new());
@@ -192,7 +195,8 @@ fn check<T: Element>(gpu: &Gpu, c: &Case<T>, base: Base, accumulate: bool, label
     let g = up(&c.g);
     let wd = up(&c.weight);
     let bias = c.bias.as_deref().map(up);
-    let dev_adapters: Vec<(CudaSlice<T>, CudaSlice<T>, Option<CudaSlice<T>>)> = c
+    type DeviceAdapter<T> = (CudaSlice<T>, CudaSlice<T>, Option<CudaSlice<T>>);
+    let dev_adapters: Vec<DeviceAdapter<T>> = c
         .adapters
         .iter()
         .map(|ad| (up(&ad.a), up(&ad.b), ad.magnitude.as_deref().map(up)))

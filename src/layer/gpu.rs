@@ -7,13 +7,14 @@
 //! and merge / unmerge (dense in place; int8 by requantising, as peft does with bitsandbytes' 8-bit
 //! layer).
 use super::reference::validate_layer_adapter;
-use super::{ForwardPlan, LayerAdapter, LayerState};
+use super::{ForwardPlan, LayerAdapter, LayerGrads, LayerState, SavedForward, TrainPlan};
 use crate::device::Gpu;
 use crate::dora::{DoraAdapter, DoraFactor};
 use crate::error::{invalid, Result};
 use crate::int8::{Int8Device, Int8Weight};
 use crate::linear::QuantizedWeight;
 use crate::lora::{LoraAdapter, LoraShape};
+use crate::lora_backward::{AdapterGrads, BackwardStep, DoraSaved, DxWeight};
 use crate::quant4::{Quant4Device, Quant4Weight};
 use crate::validate::{
     at_least, validate_base, validate_bias, validate_dims, validate_lora_forward, AdapterLens,
@@ -47,6 +48,17 @@ pub struct DeviceLayerAdapter<T> {
     pub scale: f32,
     /// The DoRA magnitude m `[n]`; `None` for plain LoRA.
     pub magnitude: Option<CudaSlice<T>>,
+}
+
+/// An adapter's trainable tensors on the GPU, lent to an optimiser by [`Layer::adapter_mut`].
+#[derive(Debug)]
+pub struct AdapterParamsMut<'a, T> {
+    /// A, `[rank, k]`.
+    pub lora_a: &'a mut CudaSlice<T>,
+    /// B, `[n, rank]`.
+    pub lora_b: &'a mut CudaSlice<T>,
+    /// The DoRA magnitude, `[n]`.
+    pub magnitude: Option<&'a mut CudaSlice<T>>,
 }
 
 /// One adapter on the GPU, with its DoRA factor over the current W once a forward needed it.
@@ -457,6 +469,177 @@ impl<T: Element> Layer<T> {
                 Ok(())
             }
         }
+    }
+
+    /// Computes and caches the DoRA factor of adapter `name` unless it is cached.
+    fn ensure_factor(&mut self, name: &str) -> Result<()> {
+        if self.adapters[name].magnitude.is_some() && self.adapters[name].factor.is_none() {
+            let factor = self.compute_factor(name)?;
+            if let Some(adapter) = self.adapters.get_mut(name) {
+                adapter.factor = factor;
+            }
+        }
+        Ok(())
+    }
+
+    /// The training forward for x `[m, k]` into y `[m, n]`: the same values as [`Self::forward`]
+    /// without adapter names, and what [`Self::backward`] needs (the base of each DoRA adapter, kept
+    /// on the GPU: m·n elements each). An error when something is merged (see the
+    /// [module documentation](super)).
+    pub fn forward_train<X: DevicePtr<T>, Y: DevicePtrMut<T>>(
+        &mut self,
+        x: &X,
+        m: usize,
+        y: &mut Y,
+    ) -> Result<SavedForward<CudaSlice<T>>> {
+        let shape = LoraShape::new(m, self.k, self.n);
+        validate_lora_forward(shape, x.len(), None, Some(y.len()), &[])?;
+        let names = match self.state.plan_train()? {
+            TrainPlan::Disabled { unmerge } => {
+                if !unmerge.is_empty() {
+                    self.unmerge()?;
+                }
+                Vec::new()
+            }
+            TrainPlan::Active(names) => names,
+        };
+        for name in &names {
+            self.ensure_factor(name)?;
+        }
+        let s = self.gpu.stream().clone();
+        let mut current = s.alloc_zeros::<T>(m * self.n)?;
+        let lead = names
+            .iter()
+            .take_while(|name| self.adapters[*name].magnitude.is_none())
+            .count();
+        let views: Vec<_> = names[..lead]
+            .iter()
+            .map(|name| self.adapters[name].view())
+            .collect();
+        self.base_product(x, m, &views, &mut current)?;
+        let mut steps: Vec<(String, Option<CudaSlice<T>>)> =
+            names[..lead].iter().map(|n| (n.clone(), None)).collect();
+        let bias = self.bias.as_ref().map(|b| b.slice(..));
+        // As the forward: a DoRA adapter takes the running result as its base (kept), a run of
+        // LoRA adapters goes into one fused launch.
+        let mut i = lead;
+        while i < names.len() {
+            let adapter = &self.adapters[&names[i]];
+            if let Some(factor) = &adapter.factor {
+                let mut next = s.alloc_zeros::<T>(m * self.n)?;
+                let dora = DoraAdapter::new(adapter.view(), factor);
+                self.gpu
+                    .dora_forward(x, &current, bias.as_ref(), dora, shape, &mut next)?;
+                steps.push((
+                    names[i].clone(),
+                    Some(std::mem::replace(&mut current, next)),
+                ));
+                i += 1;
+            } else {
+                let run = names[i..]
+                    .iter()
+                    .take_while(|name| self.adapters[*name].magnitude.is_none())
+                    .count();
+                let views: Vec<_> = names[i..i + run]
+                    .iter()
+                    .map(|name| self.adapters[name].view())
+                    .collect();
+                self.gpu
+                    .lora_forward_inplace(x, &views, shape, &mut current)?;
+                steps.extend(names[i..i + run].iter().map(|n| (n.clone(), None)));
+                i += run;
+            }
+        }
+        s.memcpy_dtod(&current, y)?;
+        Ok(self.state.saved(m, steps))
+    }
+
+    /// The backward of [`Self::forward_train`]: x `[m, k]` (the forward's input) and `grad_output`
+    /// dL/dy `[m, n]` give dX (allocated) and every trained adapter's gradients. Deterministic.
+    pub fn backward<X: DevicePtr<T>, G: DevicePtr<T>>(
+        &self,
+        saved: &SavedForward<CudaSlice<T>>,
+        x: &X,
+        grad_output: &G,
+    ) -> Result<LayerGrads<CudaSlice<T>>> {
+        self.state.check_saved(saved)?;
+        let mut dx = self.gpu.stream().alloc_zeros::<T>(saved.m() * self.k)?;
+        let adapters = self.backward_into(saved, x, grad_output, &mut dx, false)?;
+        Ok(LayerGrads { x: dx, adapters })
+    }
+
+    /// [`Self::backward`] writing dX into `dx` `[m, k]`, or adding it to what `dx` holds with
+    /// `accumulate` (the Q, K and V projections of one input sum their dX).
+    pub fn backward_into<X: DevicePtr<T>, G: DevicePtr<T>, D: DevicePtrMut<T>>(
+        &self,
+        saved: &SavedForward<CudaSlice<T>>,
+        x: &X,
+        grad_output: &G,
+        dx: &mut D,
+        accumulate: bool,
+    ) -> Result<BTreeMap<String, AdapterGrads<CudaSlice<T>>>> {
+        self.state.check_saved(saved)?;
+        let shape = LoraShape::new(saved.m(), self.k, self.n);
+        let bias = self.bias.as_ref();
+        let steps = saved
+            .steps
+            .iter()
+            .map(|(name, base)| {
+                let adapter = &self.adapters[name];
+                let dora = match (&adapter.magnitude, base, &adapter.factor) {
+                    (Some(magnitude), Some(base), Some(factor)) => Some(DoraSaved {
+                        magnitude,
+                        norm: factor.norms(),
+                        base,
+                        bias,
+                    }),
+                    (None, None, _) => None,
+                    _ => {
+                        return Err(invalid(
+                            "saved",
+                            "a DoRA adapter's saved base and factor",
+                            format!("adapter `{name}` without them"),
+                        ))
+                    }
+                };
+                Ok(BackwardStep {
+                    adapter: adapter.view(),
+                    dora,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let weight = match &self.base {
+            BaseWeight::Dense(w) => DxWeight::Dense(w),
+            BaseWeight::Quant4(q) => DxWeight::Quantized(QuantizedWeight::Quant4(q)),
+            BaseWeight::Int8(q) => DxWeight::Quantized(QuantizedWeight::Int8(q)),
+        };
+        let grads =
+            self.gpu
+                .backward_chain(x, grad_output, weight, &steps, shape, dx, accumulate)?;
+        Ok(saved
+            .steps
+            .iter()
+            .map(|(name, _)| name.clone())
+            .zip(grads)
+            .collect())
+    }
+
+    /// Adapter `name`'s tensors, for an optimiser step on the GPU. Refused for a merged adapter; the
+    /// cached DoRA factor is dropped and what a forward saved before this call is stale afterwards.
+    /// Keep the lengths (A `[rank, k]`, B `[n, rank]`, magnitude `[n]`).
+    pub fn adapter_mut(&mut self, name: &str) -> Result<AdapterParamsMut<'_, T>> {
+        self.state.check_trainable(name)?;
+        self.state.touch();
+        let adapter = self
+            .adapters
+            .get_mut(name)
+            .ok_or_else(|| invalid("name", "an adapter of this layer", name))?;
+        adapter.factor = None;
+        Ok(AdapterParamsMut {
+            lora_a: &mut adapter.a,
+            lora_b: &mut adapter.b,
+            magnitude: adapter.magnitude.as_mut(),
+        })
     }
 }
 

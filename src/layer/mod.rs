@@ -20,13 +20,23 @@
 //! A merge or unmerge of several adapters works on a copy of W, swapped in once every step succeeded
 //! (peft, by contrast, keeps the adapters merged before a failing one). A name given twice to
 //! `set_active` or `merge` is an error naming it.
+//!
+//! Training: `forward_train` runs the forward of the active adapters (peft's training forward,
+//! dropout 0) and returns, with y, a [`SavedForward`]: for each DoRA adapter the base it took, and
+//! the layer's version. `backward` takes it with x and dL/dy and returns [`LayerGrads`] (dX, and per
+//! adapter dA, dB, d magnitude; the DoRA norm detached, as peft trains it); the GPU layer can also
+//! add dX into a buffer (`backward_into`: QKV projections share one input). A saved forward from
+//! before any change to the layer (W, an adapter, the active set) is refused, and so is training
+//! through merged weights. `adapter_mut` gives an optimiser the adapter's tensors to update (which
+//! makes earlier saved forwards stale).
 use crate::error::{invalid, Result};
+use crate::lora_backward::AdapterGrads;
 use std::collections::BTreeMap;
 
 mod gpu;
 mod reference;
 
-pub use gpu::{BaseWeight, DeviceLayerAdapter, Layer};
+pub use gpu::{AdapterParamsMut, BaseWeight, DeviceLayerAdapter, Layer};
 pub use reference::ReferenceLayer;
 
 /// One named adapter of a layer, on the host: A `[rank, k]`, B `[n, rank]`, its scale, and the DoRA
@@ -58,16 +68,36 @@ pub(crate) enum ForwardPlan {
     Active(Vec<String>),
 }
 
+/// What a training forward does, decided from the layer's state alone.
+#[derive(Debug, PartialEq)]
+pub(crate) enum TrainPlan {
+    /// Disabled: unmerge these adapters (last merged first), then the base alone (no adapter
+    /// gradients).
+    Disabled { unmerge: Vec<String> },
+    /// The base plus these adapters, in order.
+    Active(Vec<String>),
+}
+
 /// peft's bookkeeping of a layer's adapters: which exist (and which are DoRA), which are active,
 /// which are merged (in merge order, each with the DoRA factor `F` it was merged with: peft keeps the
-/// norm for the unmerge), and whether adapters are disabled.
-#[derive(Clone, Debug)]
+/// norm for the unmerge), and whether adapters are disabled. `stamp` names the layer and its version:
+/// every change of W, of an adapter or of the active set gives a new one, so a backward can refuse
+/// what a forward saved before the change.
+#[derive(Debug)]
 pub(crate) struct LayerState<F> {
     /// Adapter name -> whether it is a DoRA adapter. Name order is the mixed-batch index order.
     adapters: BTreeMap<String, bool>,
     active: Vec<String>,
     merged: Vec<(String, Option<F>)>,
     disabled: bool,
+    /// (layer id, version).
+    stamp: (u64, u64),
+}
+
+/// A fresh layer id: clones get their own, so a saved forward belongs to exactly one layer.
+fn next_layer_id() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
 impl<F> Default for LayerState<F> {
@@ -77,8 +107,54 @@ impl<F> Default for LayerState<F> {
             active: Vec::new(),
             merged: Vec::new(),
             disabled: false,
+            stamp: (next_layer_id(), 0),
         }
     }
+}
+
+impl<F: Clone> Clone for LayerState<F> {
+    fn clone(&self) -> Self {
+        LayerState {
+            adapters: self.adapters.clone(),
+            active: self.active.clone(),
+            merged: self.merged.clone(),
+            disabled: self.disabled,
+            stamp: (next_layer_id(), 0),
+        }
+    }
+}
+
+/// What [`Layer::forward_train`] and [`ReferenceLayer::forward_train`] saved for their `backward`:
+/// the rows, the adapters the forward ran (in order) with, for each DoRA one, the base it took
+/// (`B`: a host or device buffer `[m, n]`), and the layer's version. A backward refuses it once the
+/// layer changed (W, an adapter, the active set) or when it comes from another layer.
+#[derive(Debug)]
+pub struct SavedForward<B> {
+    stamp: (u64, u64),
+    m: usize,
+    steps: Vec<(String, Option<B>)>,
+}
+
+impl<B> SavedForward<B> {
+    /// Rows of x the forward ran on.
+    pub fn m(&self) -> usize {
+        self.m
+    }
+
+    /// The adapters the forward ran, in order (empty when adapters were disabled).
+    pub fn adapters(&self) -> Vec<&str> {
+        self.steps.iter().map(|(n, _)| n.as_str()).collect()
+    }
+}
+
+/// The gradients of a layer's backward: dX and, per adapter the forward ran, dA, dB and (DoRA) d
+/// magnitude.
+#[derive(Debug)]
+pub struct LayerGrads<B> {
+    /// dL/dx, `[m, k]`.
+    pub x: B,
+    /// Adapter name -> its gradients.
+    pub adapters: BTreeMap<String, AdapterGrads<B>>,
 }
 
 impl<F> LayerState<F> {
@@ -92,6 +168,7 @@ impl<F> LayerState<F> {
             ));
         }
         self.adapters.insert(name.to_string(), dora);
+        self.touch();
         Ok(())
     }
 
@@ -108,11 +185,88 @@ impl<F> LayerState<F> {
             ));
         }
         self.active = names.iter().map(|s| s.to_string()).collect();
+        self.touch();
         Ok(())
     }
 
     pub(crate) fn set_disabled(&mut self, disabled: bool) {
         self.disabled = disabled;
+        self.touch();
+    }
+
+    /// A new version: what a forward saved before now is stale.
+    pub(crate) fn touch(&mut self) {
+        self.stamp.1 += 1;
+    }
+
+    /// Fails unless `saved` was made by this layer in its current version, for `m` rows.
+    pub(crate) fn check_saved<B>(&self, saved: &SavedForward<B>) -> Result<()> {
+        if saved.stamp.0 != self.stamp.0 {
+            return Err(invalid(
+                "saved",
+                "what this layer's forward_train saved",
+                "another layer's",
+            ));
+        }
+        if saved.stamp.1 != self.stamp.1 {
+            return Err(invalid(
+                "saved",
+                "a forward of the layer as it is now",
+                "a forward from before the layer changed (W, an adapter or the active set)",
+            ));
+        }
+        Ok(())
+    }
+
+    /// What a training forward saves with its result.
+    pub(crate) fn saved<B>(&self, m: usize, steps: Vec<(String, Option<B>)>) -> SavedForward<B> {
+        SavedForward {
+            stamp: self.stamp,
+            m,
+            steps,
+        }
+    }
+
+    /// Fails when `name` is unknown or merged (its weights are folded into W: changing them would
+    /// break the unmerge).
+    pub(crate) fn check_trainable(&self, name: &str) -> Result<()> {
+        if !self.adapters.contains_key(name) {
+            return Err(invalid(
+                "name",
+                format!(
+                    "an adapter of this layer ({:?})",
+                    self.adapters.keys().collect::<Vec<_>>()
+                ),
+                name,
+            ));
+        }
+        if self.is_merged(name) {
+            return Err(invalid(
+                "name",
+                "an adapter that is not merged (unmerge it first)",
+                name,
+            ));
+        }
+        Ok(())
+    }
+
+    /// The training forward: peft trains the active adapters on the base (or the base alone when
+    /// adapters are disabled, unmerging first as the forward does). Training through merged weights
+    /// is an error, as are per-row adapter names (peft refuses `adapter_names` in training mode).
+    pub(crate) fn plan_train(&self) -> Result<TrainPlan> {
+        if self.disabled {
+            let unmerge = self.merged.iter().rev().map(|(n, _)| n.clone()).collect();
+            return Ok(TrainPlan::Disabled { unmerge });
+        }
+        if !self.merged.is_empty() {
+            return Err(invalid(
+                "layer",
+                "no merged adapters in a training forward (unmerge first: merged weights get no \
+                 adapter gradients)",
+                format!("{:?} merged", self.merged()),
+            ));
+        }
+        Ok(TrainPlan::Active(self.active.clone()))
     }
 
     pub(crate) fn merged(&self) -> Vec<&str> {
@@ -149,6 +303,7 @@ impl<F> LayerState<F> {
     /// Records that `name` is now folded into W, with the DoRA factor it was merged with.
     pub(crate) fn merged_one(&mut self, name: String, factor: Option<F>) {
         self.merged.push((name, factor));
+        self.touch();
     }
 
     /// The merged adapters with their factors, in merge order (an unmerge walks them backwards).
@@ -159,6 +314,7 @@ impl<F> LayerState<F> {
     /// Records that every merged adapter was undone (call only once W is restored).
     pub(crate) fn unmerged_all(&mut self) {
         self.merged.clear();
+        self.touch();
     }
 
     /// The adapter an unmerge undoes next (the last merged), or an error when nothing is merged.

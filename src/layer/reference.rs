@@ -1,9 +1,10 @@
 //! The CPU reference of a peft layer over a dense base, built on the crate's CPU references.
-use super::{ForwardPlan, LayerAdapter, LayerState};
+use super::{ForwardPlan, LayerAdapter, LayerGrads, LayerState, SavedForward, TrainPlan};
 use crate::dora::reference as dora;
 use crate::error::Result;
 use crate::lora::reference as lora;
 use crate::lora::{LoraAdapter, LoraShape};
+use crate::lora_backward::{BackwardStep, DoraSaved};
 use crate::validate::{exactly, validate_adapter, validate_base, AdapterLens};
 use crate::Element;
 use std::collections::BTreeMap;
@@ -231,5 +232,115 @@ impl<T: Element> ReferenceLayer<T> {
             }
         }
         Ok(result)
+    }
+
+    /// The training forward for x `[m, k]`: y `[m, n]` (the same values as [`Self::forward`]) and what
+    /// [`Self::backward`] needs. An error when something is merged (see the
+    /// [module documentation](super)).
+    pub fn forward_train(&mut self, x: &[T], m: usize) -> Result<(Vec<T>, SavedForward<Vec<T>>)> {
+        let shape = LoraShape::new(m, self.k, self.n);
+        let names = match self.state.plan_train()? {
+            TrainPlan::Disabled { unmerge } => {
+                if !unmerge.is_empty() {
+                    self.unmerge()?;
+                }
+                Vec::new()
+            }
+            TrainPlan::Active(names) => names,
+        };
+        let mut y = crate::linear::reference::linear(x, &self.weight, self.bias.as_deref(), shape)?;
+        let mut steps = Vec::with_capacity(names.len());
+        for name in names {
+            let adapter = &self.adapters[&name];
+            match self.factor(&self.weight, adapter)? {
+                None => {
+                    y = lora::lora_forward(x, &y, &[adapter.view()], shape)?;
+                    steps.push((name, None));
+                }
+                Some(factor) => {
+                    let next = dora::dora_forward(
+                        x,
+                        &y,
+                        self.bias.as_deref(),
+                        adapter.view(),
+                        &factor,
+                        shape,
+                    )?;
+                    steps.push((name, Some(std::mem::replace(&mut y, next))));
+                }
+            }
+        }
+        Ok((y, self.state.saved(m, steps)))
+    }
+
+    /// The backward of [`Self::forward_train`]: x `[m, k]` (the forward's input) and `grad_output`
+    /// dL/dy `[m, n]` give dX and every trained adapter's gradients.
+    pub fn backward(
+        &self,
+        saved: &SavedForward<Vec<T>>,
+        x: &[T],
+        grad_output: &[T],
+    ) -> Result<LayerGrads<Vec<T>>> {
+        self.state.check_saved(saved)?;
+        let shape = LoraShape::new(saved.m, self.k, self.n);
+        let norms: Vec<Option<Vec<f32>>> = saved
+            .steps
+            .iter()
+            .map(|(name, _)| {
+                let adapter = &self.adapters[name];
+                adapter
+                    .magnitude
+                    .as_ref()
+                    .map(|_| dora::dora_weight_norm(&self.weight, adapter.view(), self.k, self.n))
+                    .transpose()
+            })
+            .collect::<Result<_>>()?;
+        let steps: Vec<BackwardStep<'_, [T], [f32]>> = saved
+            .steps
+            .iter()
+            .zip(&norms)
+            .map(|((name, base), norm)| {
+                let adapter = &self.adapters[name];
+                BackwardStep {
+                    adapter: adapter.view(),
+                    dora: match (&adapter.magnitude, base, norm) {
+                        (Some(magnitude), Some(base), Some(norm)) => Some(DoraSaved {
+                            magnitude: &magnitude[..],
+                            norm: &norm[..],
+                            base: &base[..],
+                            bias: self.bias.as_deref(),
+                        }),
+                        _ => None,
+                    },
+                }
+            })
+            .collect();
+        let grads = crate::lora_backward::reference::backward(
+            x,
+            grad_output,
+            Some(&self.weight),
+            &steps,
+            shape,
+        )?;
+        Ok(LayerGrads {
+            x: grads.x,
+            adapters: saved
+                .steps
+                .iter()
+                .map(|(name, _)| name.clone())
+                .zip(grads.adapters)
+                .collect(),
+        })
+    }
+
+    /// Adapter `name`'s tensors, for an optimiser step. Refused for a merged adapter; what a forward
+    /// saved before this call is stale afterwards. Keep the lengths (A `[rank, k]`, B `[n, rank]`,
+    /// magnitude `[n]`): later calls check them.
+    pub fn adapter_mut(&mut self, name: &str) -> Result<&mut LayerAdapter<T>> {
+        self.state.check_trainable(name)?;
+        self.state.touch();
+        self.adapters
+            .get_mut(name)
+            .ok_or_else(|| crate::error::invalid("name", "an adapter of this layer", name))
     }
 }
