@@ -10,22 +10,27 @@
 //
 // lora_backward_product_T computes each product. How the work is split: one block per 64 x 64 tile of
 // the output (a 1-D grid, n tiles fastest, so neighbouring blocks share their rows of the left
-// operand); 256 threads as 16 x 16, thread (tx, ty) owns the outputs (ty + 16 i, tx + 16 j), i, j < 4,
-// so the shared-memory reads of a warp are one broadcast row of the left operand and 16 consecutive
-// words of the right one (conflict-free). The block walks the reduction in slices of 16:
-// each operand's 64 x 16 slice is loaded along whichever of its strides is 1 (coalesced for every
-// operand above: x, G, Gᵀ, L, H, Hᵀ, A, Aᵀ, B, W), converted to f32 (4-bit and int8 codes dequantised
-// to the element type first, as peft sees W), scaled by the operand's row / column factors (G_f), and
-// stored to shared memory. Every output is summed by one thread in a fixed order, over up to four
-// phases (dX: the base product and each adapter's H_i A_i), rounded once, optionally added to what the
-// output holds: the same inputs give bit-identical gradients run to run, with no atomics.
+// operand), 256 threads. The block walks the reduction in slices: each operand's slice is loaded
+// along whichever of its strides is 1 (coalesced for every operand above: x, G, Gᵀ, L, H, Hᵀ, A, Aᵀ,
+// B, W), converted (4-bit and int8 codes dequantised to the element type first, as peft sees W),
+// scaled by the operand's row / column factors (G_f) and stored to shared memory.
+//   f16/bf16 (product_tensor_cores): slices of 32, both operands stored depth-contiguous as the
+//   element type (rows padded by 16 bytes: conflict-free 32-bit fragment reads), 8 warps of 32 x 16
+//   outputs, mma.sync m16n8k16 with f32 accumulation. f32 operands (L, H) and G_f are rounded to the
+//   element type on the way in, as peft computes them in that type.
+//   f32, or LORA_KERNELS_BACKWARD=cuda-cores (product_cuda_cores): slices of 16 in f32, thread
+//   (tx, ty) of 16 x 16 owns the outputs (ty + 16 i, tx + 16 j), i, j < 4, so a warp's shared-memory
+//   reads are one broadcast row of the left operand and 16 consecutive words of the right one.
+// Every output is summed in a fixed order over up to four phases (dX: the base product and each
+// adapter's H_i A_i), rounded once, optionally added to what the output holds: the same inputs give
+// bit-identical gradients run to run, with no atomics.
 //
 // Bytes moved (HBM, first touch; repeats of a tile's rows across the grid come from L2): each operand
 // once per output tile column / row it feeds: dX reads G once per 64 columns of x (from L2 after the
 // first), W once per 64 rows of G (n k elements, n k / 2 bytes for 4-bit plus absmax, n k for int8),
 // and writes dX once; L and H read x and G once each; dB and dA read G and x once more, and L / H (f32,
 // m r) once per tile. G is therefore read four times (H, dB, d magnitude, dX); see README, "Training".
-// SIMT f32 FMAs, no tensor cores: correct and deterministic first, measured on a GPU next.
+// Not measured on a GPU yet; the counted bytes are in BENCHMARKS.md.
 //
 // lora_backward_magnitude_T: one block per 32 columns, a lane per column, the 8 warps over the rows
 // (row i to warp i % 8), B's 32 rows staged in shared memory (rank padded by one: conflict-free);
@@ -36,6 +41,7 @@
 // times the factors of those after it).
 #include "common.cuh"
 #include "lora_params.h"
+#include "mma.cuh"
 
 namespace {
 
@@ -44,6 +50,8 @@ constexpr int kTM = LORA_BACKWARD_TILE_M;
 constexpr int kTN = LORA_BACKWARD_TILE_N;
 constexpr int kTK = LORA_BACKWARD_TILE_K;
 constexpr int kPer = 4;  // outputs per thread along each dimension
+constexpr int kTcK = LORA_BACKWARD_TC_TILE_K;
+constexpr int kTcPad = 8;  // 16-bit rows padded by 16 bytes: the warp's 32-bit fragment reads hit 32 banks
 constexpr int kMagCols = LORA_BACKWARD_MAGNITUDE_COLUMNS;
 constexpr int kWarps = kThreads / 32;
 
@@ -83,7 +91,19 @@ __device__ __forceinline__ float scaled_at(const LoraBackwardProductParams &p, c
     return v;
 }
 
-template <typename T> __device__ void product(const LoraBackwardProductParams &p) {
+// Output element `at` = v (added to what it holds with accumulate), rounded once to its type.
+template <typename T>
+__device__ __forceinline__ void store_output(const LoraBackwardProductParams &p, size_t at, float v) {
+    if (p.out_kind == LORA_BACKWARD_F32) {
+        float *out = reinterpret_cast<float *>(p.out);
+        out[at] = p.accumulate ? out[at] + v : v;
+    } else {
+        T *out = reinterpret_cast<T *>(p.out);
+        out[at] = Element<T>::from_f32(p.accumulate ? Element<T>::to_f32(out[at]) + v : v);
+    }
+}
+
+template <typename T> __device__ void product_cuda_cores(const LoraBackwardProductParams &p) {
     __shared__ float a_tile[kTK][kTM + 1];
     __shared__ float b_tile[kTK][kTN + 1];
     __shared__ float code[16];
@@ -147,17 +167,110 @@ template <typename T> __device__ void product(const LoraBackwardProductParams &p
         for (int j = 0; j < kPer; ++j) {
             const int col = n0 + tx + 16 * j;
             if (col >= p.n) continue;
-            const size_t at = (size_t)row * p.n + col;
-            if (p.out_kind == LORA_BACKWARD_F32) {
-                float *out = reinterpret_cast<float *>(p.out);
-                out[at] = p.accumulate ? out[at] + acc[i][j] : acc[i][j];
-            } else {
-                T *out = reinterpret_cast<T *>(p.out);
-                const float v = p.accumulate ? Element<T>::to_f32(out[at]) + acc[i][j] : acc[i][j];
-                out[at] = Element<T>::from_f32(v);
-            }
+            store_output<T>(p, (size_t)row * p.n + col, acc[i][j]);
         }
     }
+}
+
+// The f16/bf16 product on tensor cores: the block's 64 x 64 tile as 8 warps of 32 x 16 (2 x 4), each
+// two m16 x two n8 mma tiles per 16-deep step. Operands are staged as the element type, both
+// depth-contiguous in shared memory (a_s[row][depth], b_s[col][depth]) whatever their layout in
+// memory, so the fragments are 32-bit reads; f32 operands (L, H) and the scaled G_f are rounded to
+// the element type on the way in (peft computes them in that type too).
+template <typename T> __device__ void product_tensor_cores(const LoraBackwardProductParams &p) {
+    __shared__ __align__(16) T a_s[kTM][kTcK + kTcPad];
+    __shared__ __align__(16) T b_s[kTN][kTcK + kTcPad];
+    __shared__ float code[16];
+    if (threadIdx.x < 16) code[threadIdx.x] = p.quant4.code[threadIdx.x];
+    __syncthreads();
+    const int tiles_n = (p.n + kTN - 1) / kTN;
+    const int m0 = (int)(blockIdx.x / tiles_n) * kTM, n0 = (int)(blockIdx.x % tiles_n) * kTN;
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const int wm = (warp / 4) * 32, wn = (warp % 4) * 16;
+    const int g = lane / 4, t = lane % 4;
+    float acc[2][2][4];
+#pragma unroll
+    for (int i = 0; i < 2; ++i)
+#pragma unroll
+        for (int j = 0; j < 2; ++j)
+#pragma unroll
+            for (int c = 0; c < 4; ++c) acc[i][j][c] = 0.0f;
+
+    for (int ph = 0; ph < p.num_phases; ++ph) {
+        const LoraBackwardPhase &f = p.phases[ph];
+        const bool a_along_depth = f.a.col_stride == 1;
+        const bool b_along_depth = f.b.row_stride == 1 && f.b.col_stride != 1;
+        float part[2][2][4];
+#pragma unroll
+        for (int i = 0; i < 2; ++i)
+#pragma unroll
+            for (int j = 0; j < 2; ++j)
+#pragma unroll
+                for (int c = 0; c < 4; ++c) part[i][j][c] = 0.0f;
+        for (int d0 = 0; d0 < f.depth; d0 += kTcK) {
+            for (int e = threadIdx.x; e < kTM * kTcK; e += kThreads) {
+                const int mm = a_along_depth ? e / kTcK : e % kTM;
+                const int dd = a_along_depth ? e % kTcK : e / kTM;
+                a_s[mm][dd] = Element<T>::from_f32(scaled_at<T>(p, f.a, code, m0 + mm, d0 + dd, p.m, f.depth));
+            }
+            for (int e = threadIdx.x; e < kTN * kTcK; e += kThreads) {
+                const int nn = b_along_depth ? e / kTcK : e % kTN;
+                const int dd = b_along_depth ? e % kTcK : e / kTN;
+                b_s[nn][dd] = Element<T>::from_f32(scaled_at<T>(p, f.b, code, d0 + dd, n0 + nn, f.depth, p.n));
+            }
+            __syncthreads();
+#pragma unroll
+            for (int k0 = 0; k0 < kTcK; k0 += 16) {
+                uint32_t a[2][4], b[2][2];
+#pragma unroll
+                for (int i = 0; i < 2; ++i) {
+                    const int r = wm + 16 * i + g;
+                    a[i][0] = *reinterpret_cast<const uint32_t *>(&a_s[r][k0 + 2 * t]);
+                    a[i][1] = *reinterpret_cast<const uint32_t *>(&a_s[r + 8][k0 + 2 * t]);
+                    a[i][2] = *reinterpret_cast<const uint32_t *>(&a_s[r][k0 + 2 * t + 8]);
+                    a[i][3] = *reinterpret_cast<const uint32_t *>(&a_s[r + 8][k0 + 2 * t + 8]);
+                }
+#pragma unroll
+                for (int j = 0; j < 2; ++j) {
+                    const int c = wn + 8 * j + g;
+                    b[j][0] = *reinterpret_cast<const uint32_t *>(&b_s[c][k0 + 2 * t]);
+                    b[j][1] = *reinterpret_cast<const uint32_t *>(&b_s[c][k0 + 2 * t + 8]);
+                }
+#pragma unroll
+                for (int i = 0; i < 2; ++i)
+#pragma unroll
+                    for (int j = 0; j < 2; ++j) mma_16816<T>(part[i][j], a[i], b[j][0], b[j][1]);
+            }
+            __syncthreads();
+        }
+#pragma unroll
+        for (int i = 0; i < 2; ++i)
+#pragma unroll
+            for (int j = 0; j < 2; ++j)
+#pragma unroll
+                for (int c = 0; c < 4; ++c) acc[i][j][c] = fmaf(f.alpha, part[i][j][c], acc[i][j][c]);
+    }
+
+#pragma unroll
+    for (int i = 0; i < 2; ++i)
+#pragma unroll
+        for (int j = 0; j < 2; ++j)
+#pragma unroll
+            for (int c = 0; c < 4; ++c) {
+                const int row = m0 + wm + 16 * i + g + (c >= 2 ? 8 : 0);
+                const int col = n0 + wn + 8 * j + 2 * t + (c & 1);
+                if (row < p.m && col < p.n) store_output<T>(p, (size_t)row * p.n + col, acc[i][j][c]);
+            }
+}
+
+template <typename T> __device__ void product(const LoraBackwardProductParams &p) {
+    if constexpr (sizeof(T) == 2) {
+        if (!p.cuda_cores) {
+            product_tensor_cores<T>(p);
+            return;
+        }
+    }
+    product_cuda_cores<T>(p);
 }
 
 template <typename T> __device__ void magnitude(const LoraBackwardMagnitudeParams &p) {

@@ -347,12 +347,14 @@ typedef struct DoraRowParams {
 /* The training backward (kernels/lora_backward.cu). Every gradient is a product of two operands
  * reduced over one index, computed by one tiled kernel (lora_backward_product_T): a block owns a
  * LORA_BACKWARD_TILE_M x LORA_BACKWARD_TILE_N tile of the output and walks the reduction in slices of
- * LORA_BACKWARD_TILE_K, one thread per 4 x 4 outputs, f32 accumulation, each output summed in a fixed
- * order by one thread (deterministic: no atomics, no split reduction). */
+ * LORA_BACKWARD_TILE_K (f32: CUDA-core FMAs, a thread per 4 x 4 outputs) or LORA_BACKWARD_TC_TILE_K
+ * (f16/bf16: mma.sync m16n8k16, a warp per 32 x 16 outputs), f32 accumulation, each output summed
+ * in a fixed order (deterministic: no atomics, no split reduction). */
 #define LORA_BACKWARD_THREADS 256
 #define LORA_BACKWARD_TILE_M 64
 #define LORA_BACKWARD_TILE_N 64
 #define LORA_BACKWARD_TILE_K 16
+#define LORA_BACKWARD_TC_TILE_K 32
 /* Products one launch sums into its output: dX = G_f W + s_1 H_1 A_1 + ... (more adapters: launches
  * that accumulate). */
 #define LORA_BACKWARD_MAX_PHASES 4
@@ -406,6 +408,10 @@ typedef struct LoraBackwardProductParams {
     int32_t accumulate;
     /* int8 W: elements per row of W (SCB is indexed by index / weight_k). */
     int32_t weight_k;
+    /* f16/bf16: 1 runs the f32 CUDA-core path instead of tensor cores (operands stay f32, not
+     * rounded to the element type; LORA_KERNELS_BACKWARD=cuda-cores). */
+    int32_t cuda_cores;
+    int32_t pad;
     uint64_t scb;
     Quant4Weights quant4;
 } LoraBackwardProductParams;

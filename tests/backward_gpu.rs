@@ -376,6 +376,39 @@ common::gpu_tests! { chains:
 common::gpu_tests! { rank_extremes:
     rank_extremes_f32: f32(6),
     rank_extremes_f16: f16(7),
+    rank_extremes_bf16: bf16(12),
+}
+
+/// The f16/bf16 products' CUDA-core path (`LORA_KERNELS_BACKWARD=cuda-cores`; tensor cores are the
+/// default): this binary's 16-bit tests rerun in a child process with the variable set.
+#[test]
+fn sixteen_bit_products_on_cuda_cores() {
+    if common::gpu().is_none() {
+        return;
+    }
+    let names = [
+        "random_shapes_f16",
+        "random_shapes_bf16",
+        "chains_bf16",
+        "rank_extremes_bf16",
+        "quantized_f16",
+    ];
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(names)
+        .args(["--test-threads", "2"])
+        .env("LORA_KERNELS_BACKWARD", "cuda-cores")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    println!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "the CUDA-core path failed (output above)"
+    );
+    assert!(
+        stdout.contains("test result: ok. 5 passed"),
+        "not all five ran"
+    );
 }
 common::gpu_tests! { quantized:
     quantized_f32: f32(8),

@@ -1,6 +1,7 @@
 //! The launches of `kernels/lora_backward.cu`: every gradient as one `lora_backward_product_T` launch
 //! (L, H, dB, dA per adapter, and one dX launch that sums the base product and up to three adapters'
-//! H·A terms), the DoRA magnitude gradient, and the running DoRA column scale.
+//! H·A terms; f16/bf16 on tensor cores, f32 on CUDA cores), the DoRA magnitude gradient, and the
+//! running DoRA column scale.
 use super::reference::step_lens;
 use super::{validate_backward, AdapterGrads, BackwardStep, DoraSaved};
 use crate::device::{Gpu, KernelModule};
@@ -414,6 +415,8 @@ impl Gpu {
             out: p.out,
             accumulate: p.accumulate as i32,
             weight_k: p.weight_k as i32,
+            cuda_cores: !tensor_cores() as i32,
+            pad: 0,
             scb,
             quant4,
         };
@@ -450,6 +453,12 @@ impl Gpu {
         // SAFETY: magnitude and norm [n] validated; out and column_scale [n] allocated by the caller.
         unsafe { self.launch(&func, (blocks, 1), LORA_BACKWARD_THREADS, p) }
     }
+}
+
+/// Whether f16/bf16 products run on tensor cores (the default; `LORA_KERNELS_BACKWARD=cuda-cores`
+/// keeps them on the f32 CUDA-core path, for comparison).
+fn tensor_cores() -> bool {
+    std::env::var("LORA_KERNELS_BACKWARD").map_or(true, |v| v != "cuda-cores")
 }
 
 /// Keeps a buffer's guard until the launches are enqueued and returns its address.

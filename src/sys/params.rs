@@ -34,6 +34,7 @@ pub const LORA_BACKWARD_THREADS: u32 = 256;
 pub const LORA_BACKWARD_TILE_M: u32 = 64;
 pub const LORA_BACKWARD_TILE_N: u32 = 64;
 pub const LORA_BACKWARD_TILE_K: u32 = 16;
+pub const LORA_BACKWARD_TC_TILE_K: u32 = 32;
 pub const LORA_BACKWARD_MAX_PHASES: u32 = 4;
 pub const LORA_BACKWARD_MAGNITUDE_COLUMNS: u32 = 32;
 #[repr(C)]
@@ -599,13 +600,15 @@ pub struct LoraBackwardProductParams {
     pub out: u64,
     pub accumulate: i32,
     pub weight_k: i32,
+    pub cuda_cores: i32,
+    pub pad: i32,
     pub scb: u64,
     pub quant4: Quant4Weights,
 }
 #[allow(clippy::unnecessary_operation, clippy::identity_op)]
 const _: () = {
     ["Size of LoraBackwardProductParams"]
-        [::core::mem::size_of::<LoraBackwardProductParams>() - 576usize];
+        [::core::mem::size_of::<LoraBackwardProductParams>() - 584usize];
     ["Alignment of LoraBackwardProductParams"]
         [::core::mem::align_of::<LoraBackwardProductParams>() - 8usize];
     ["Offset of field: LoraBackwardProductParams::phases"]
@@ -624,10 +627,14 @@ const _: () = {
         [::core::mem::offset_of!(LoraBackwardProductParams, accumulate) - 440usize];
     ["Offset of field: LoraBackwardProductParams::weight_k"]
         [::core::mem::offset_of!(LoraBackwardProductParams, weight_k) - 444usize];
+    ["Offset of field: LoraBackwardProductParams::cuda_cores"]
+        [::core::mem::offset_of!(LoraBackwardProductParams, cuda_cores) - 448usize];
+    ["Offset of field: LoraBackwardProductParams::pad"]
+        [::core::mem::offset_of!(LoraBackwardProductParams, pad) - 452usize];
     ["Offset of field: LoraBackwardProductParams::scb"]
-        [::core::mem::offset_of!(LoraBackwardProductParams, scb) - 448usize];
+        [::core::mem::offset_of!(LoraBackwardProductParams, scb) - 456usize];
     ["Offset of field: LoraBackwardProductParams::quant4"]
-        [::core::mem::offset_of!(LoraBackwardProductParams, quant4) - 456usize];
+        [::core::mem::offset_of!(LoraBackwardProductParams, quant4) - 464usize];
 };
 #[repr(C)]
 #[derive(Debug, Default, Copy, Clone)]
