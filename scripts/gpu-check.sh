@@ -126,7 +126,8 @@ if ls "$here"/wheels/bitsandbytes-*.whl >/dev/null 2>&1; then
 fi
 if [ -f "$here/peer_baseline.py" ]; then
     PYTHONUNBUFFERED=1 step "peers (peft, cuBLAS)" 150 python3 "$here/peer_baseline.py" --quick --out "$out/peer.json"
-    cp "$out/step.log" "$out/peer.log"
+    # Its output is in check.log (between "== peers" and "-- peers"): no separate peer.log, so that
+    # $out holds at most 8 files (check.log, summary.txt, five bench JSONs, peer.json).
 fi
 fi
 if wants emulator; then
