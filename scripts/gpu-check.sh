@@ -115,6 +115,8 @@ LORA_KERNELS_BENCH_OUT="$out/bench_quantized.json" step "bench quantized" 150 "$
 sed -n '/^quantised products vs cuBLAS/,$p' "$out/step.log" >>"$out/bench_table.txt"
 LORA_KERNELS_BENCH_OUT="$out/bench_adapters.json" step "bench adapters" 150 "$bin/bench_adapters" --bench
 sed -n '/^mixed batch (4 adapters/,$p' "$out/step.log" >>"$out/bench_table.txt"
+LORA_KERNELS_BENCH_OUT="$out/bench_backward.json" step "bench backward" 150 "$bin/bench_backward" --bench
+sed -n '/^training backward (dX/,$p' "$out/step.log" >>"$out/bench_table.txt"
 # bitsandbytes from the bundled wheel, into a scratch folder on PYTHONPATH (the image lacks it).
 if ls "$here"/wheels/bitsandbytes-*.whl >/dev/null 2>&1; then
     bnb_dir="${TMPDIR:-/tmp}/lora-kernels-bnb"
@@ -124,7 +126,8 @@ if ls "$here"/wheels/bitsandbytes-*.whl >/dev/null 2>&1; then
 fi
 if [ -f "$here/peer_baseline.py" ]; then
     PYTHONUNBUFFERED=1 step "peers (peft, cuBLAS)" 150 python3 "$here/peer_baseline.py" --quick --out "$out/peer.json"
-    cp "$out/step.log" "$out/peer.log"
+    # Its output is in check.log (between "== peers" and "-- peers"): no separate peer.log, so that
+    # $out holds at most 8 files (check.log, summary.txt, five bench JSONs, peer.json).
 fi
 fi
 if wants emulator; then
