@@ -86,6 +86,8 @@ step "mixed_gpu" 120 "$bin/mixed_gpu" --test-threads=1
 step "linear_gpu" 120 "$bin/linear_gpu" --test-threads=1
 step "layer" 60 "$bin/layer" --test-threads=1
 step "graphs" 60 "$bin/graphs" --test-threads=1
+step "backward_gpu" 120 "$bin/backward_gpu" --test-threads=1
+step "training" 60 "$bin/training" --test-threads=1
 step "errors" 30 "$bin/errors"
 step "quickstart" 30 "$bin/quickstart" "$here/golden"
 fi
@@ -102,6 +104,7 @@ step "memcheck mixed_gpu" 150 "$cs" --tool memcheck --error-exitcode 9 "$bin/mix
 step "memcheck linear_gpu" 150 "$cs" --tool memcheck --error-exitcode 9 "$bin/linear_gpu" --test-threads=1
 step "memcheck layer" 120 "$cs" --tool memcheck --error-exitcode 9 "$bin/layer" --test-threads=1
 step "memcheck graphs" 90 "$cs" --tool memcheck --error-exitcode 9 "$bin/graphs" --test-threads=1
+step "memcheck backward_gpu" 150 "$cs" --tool memcheck --error-exitcode 9 "$bin/backward_gpu" --test-threads=1
 step "racecheck int8 merge" 120 "$cs" --tool racecheck --error-exitcode 9 "$bin/int8_gpu" --test-threads=1 int8_merge_f32
 step "racecheck lora_gpu" 120 "$cs" --tool racecheck --error-exitcode 9 "$bin/lora_gpu" --test-threads=1 repeated_launches
 unset LORA_KERNELS_SMALL
