@@ -7,7 +7,9 @@
 //! and merge / unmerge (dense in place; int8 by requantising, as peft does with bitsandbytes' 8-bit
 //! layer).
 use super::reference::validate_layer_adapter;
-use super::{ForwardPlan, LayerAdapter, LayerGrads, LayerState, SavedForward, TrainPlan};
+use super::{
+    AdapterRun, ForwardPlan, LayerAdapter, LayerGrads, LayerState, SavedForward, TrainPlan,
+};
 use crate::device::Gpu;
 use crate::dora::{DoraAdapter, DoraFactor};
 use crate::error::{invalid, Result};
@@ -427,47 +429,48 @@ impl<T: Element> Layer<T> {
                 // The leading LoRA adapters go with the base product (into its GEMV epilogue at
                 // decode sizes); later runs of LoRA adapters into one fused launch each; a DoRA
                 // adapter takes the running result as its base.
-                let lead = names
-                    .iter()
-                    .take_while(|name| self.adapters[*name].magnitude.is_none())
-                    .count();
-                let views: Vec<_> = names[..lead]
-                    .iter()
-                    .map(|name| self.adapters[name].view())
-                    .collect();
-                self.base_product(x, m, &views, y)?;
-                let mut i = lead;
-                while i < names.len() {
-                    if self.adapters[&names[i]].magnitude.is_some() {
-                        if self.adapters[&names[i]].factor.is_none() {
-                            let factor = self.compute_factor(&names[i])?;
-                            self.adapters
-                                .get_mut(&names[i])
-                                .expect("an active adapter exists")
-                                .factor = factor;
+                for name in &names {
+                    self.ensure_factor(name)?;
+                }
+                let (lead, runs) = self.state.adapter_runs(&names);
+                self.base_product(x, m, &self.views(&names[..lead]), y)?;
+                let bias = self.bias.as_ref().map(|b| b.slice(..));
+                for run in runs {
+                    match run {
+                        AdapterRun::Dora(i) => {
+                            let dora = self.dora_view(&names[i])?;
+                            self.gpu
+                                .dora_forward_inplace(x, bias.as_ref(), dora, shape, y)?;
                         }
-                        let adapter = &self.adapters[&names[i]];
-                        let factor = adapter.factor.as_ref().expect("computed above");
-                        let bias = self.bias.as_ref().map(|b| b.slice(..));
-                        let dora = DoraAdapter::new(adapter.view(), factor);
-                        self.gpu
-                            .dora_forward_inplace(x, bias.as_ref(), dora, shape, y)?;
-                        i += 1;
-                    } else {
-                        let run = names[i..]
-                            .iter()
-                            .take_while(|name| self.adapters[*name].magnitude.is_none())
-                            .count();
-                        let views: Vec<_> = names[i..i + run]
-                            .iter()
-                            .map(|name| self.adapters[name].view())
-                            .collect();
-                        self.gpu.lora_forward_inplace(x, &views, shape, y)?;
-                        i += run;
+                        AdapterRun::Lora(range) => {
+                            let views = self.views(&names[range]);
+                            self.gpu.lora_forward_inplace(x, &views, shape, y)?;
+                        }
                     }
                 }
                 Ok(())
             }
+        }
+    }
+
+    /// The adapters `names`' LoRA views.
+    fn views(&self, names: &[String]) -> Vec<LoraAdapter<'_, CudaSlice<T>>> {
+        names
+            .iter()
+            .map(|name| self.adapters[name].view())
+            .collect()
+    }
+
+    /// DoRA adapter `name` with its cached factor (see [`Self::ensure_factor`]).
+    fn dora_view(&self, name: &str) -> Result<DoraAdapter<'_, CudaSlice<T>>> {
+        let adapter = &self.adapters[name];
+        match &adapter.factor {
+            Some(factor) => Ok(DoraAdapter::new(adapter.view(), factor)),
+            None => Err(invalid(
+                "layer",
+                format!("a computed DoRA factor for adapter `{name}`"),
+                "none",
+            )),
         }
     }
 
@@ -508,46 +511,30 @@ impl<T: Element> Layer<T> {
         }
         let s = self.gpu.stream().clone();
         let mut current = s.alloc_zeros::<T>(m * self.n)?;
-        let lead = names
-            .iter()
-            .take_while(|name| self.adapters[*name].magnitude.is_none())
-            .count();
-        let views: Vec<_> = names[..lead]
-            .iter()
-            .map(|name| self.adapters[name].view())
-            .collect();
-        self.base_product(x, m, &views, &mut current)?;
+        // As the forward, except that each DoRA adapter runs out of place and its base is kept.
+        let (lead, runs) = self.state.adapter_runs(&names);
+        self.base_product(x, m, &self.views(&names[..lead]), &mut current)?;
         let mut steps: Vec<(String, Option<CudaSlice<T>>)> =
             names[..lead].iter().map(|n| (n.clone(), None)).collect();
         let bias = self.bias.as_ref().map(|b| b.slice(..));
-        // As the forward: a DoRA adapter takes the running result as its base (kept), a run of
-        // LoRA adapters goes into one fused launch.
-        let mut i = lead;
-        while i < names.len() {
-            let adapter = &self.adapters[&names[i]];
-            if let Some(factor) = &adapter.factor {
-                let mut next = s.alloc_zeros::<T>(m * self.n)?;
-                let dora = DoraAdapter::new(adapter.view(), factor);
-                self.gpu
-                    .dora_forward(x, &current, bias.as_ref(), dora, shape, &mut next)?;
-                steps.push((
-                    names[i].clone(),
-                    Some(std::mem::replace(&mut current, next)),
-                ));
-                i += 1;
-            } else {
-                let run = names[i..]
-                    .iter()
-                    .take_while(|name| self.adapters[*name].magnitude.is_none())
-                    .count();
-                let views: Vec<_> = names[i..i + run]
-                    .iter()
-                    .map(|name| self.adapters[name].view())
-                    .collect();
-                self.gpu
-                    .lora_forward_inplace(x, &views, shape, &mut current)?;
-                steps.extend(names[i..i + run].iter().map(|n| (n.clone(), None)));
-                i += run;
+        for run in runs {
+            match run {
+                AdapterRun::Dora(i) => {
+                    let mut next = s.alloc_zeros::<T>(m * self.n)?;
+                    let dora = self.dora_view(&names[i])?;
+                    self.gpu
+                        .dora_forward(x, &current, bias.as_ref(), dora, shape, &mut next)?;
+                    steps.push((
+                        names[i].clone(),
+                        Some(std::mem::replace(&mut current, next)),
+                    ));
+                }
+                AdapterRun::Lora(range) => {
+                    let views = self.views(&names[range.clone()]);
+                    self.gpu
+                        .lora_forward_inplace(x, &views, shape, &mut current)?;
+                    steps.extend(names[range].iter().map(|n| (n.clone(), None)));
+                }
             }
         }
         s.memcpy_dtod(&current, y)?;

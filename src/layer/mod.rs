@@ -68,6 +68,17 @@ pub(crate) enum ForwardPlan {
     Active(Vec<String>),
 }
 
+/// How the GPU layer runs a list of active adapters: the leading LoRA adapters with the base product
+/// (into its GEMV epilogue at decode sizes), then each DoRA adapter on its own (on the running
+/// result) and each run of LoRA adapters in one fused launch. Indices into the list.
+#[derive(Debug, PartialEq)]
+pub(crate) enum AdapterRun {
+    /// LoRA adapters fused into one launch.
+    Lora(std::ops::Range<usize>),
+    /// One DoRA adapter.
+    Dora(usize),
+}
+
 /// What a training forward does, decided from the layer's state alone.
 #[derive(Debug, PartialEq)]
 pub(crate) enum TrainPlan {
@@ -192,6 +203,26 @@ impl<F> LayerState<F> {
     pub(crate) fn set_disabled(&mut self, disabled: bool) {
         self.disabled = disabled;
         self.touch();
+    }
+
+    /// `names` (active adapters, in order) as the leading LoRA adapters (the base product's) and the
+    /// runs after them (see [`AdapterRun`]).
+    pub(crate) fn adapter_runs(&self, names: &[String]) -> (usize, Vec<AdapterRun>) {
+        let is_dora = |name: &String| self.adapters.get(name).copied().unwrap_or(false);
+        let lead = names.iter().take_while(|n| !is_dora(n)).count();
+        let mut runs = Vec::new();
+        let mut i = lead;
+        while i < names.len() {
+            if is_dora(&names[i]) {
+                runs.push(AdapterRun::Dora(i));
+                i += 1;
+            } else {
+                let run = names[i..].iter().take_while(|n| !is_dora(n)).count();
+                runs.push(AdapterRun::Lora(i..i + run));
+                i += run;
+            }
+        }
+        (lead, runs)
     }
 
     /// A new version: what a forward saved before now is stale.
