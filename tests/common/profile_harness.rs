@@ -304,7 +304,8 @@ pub fn mixed(gpu: &Gpu, m: usize, k: usize, n: usize, r: usize) -> Case {
     }
 }
 
-/// The DoRA factor `m / ‖W + s·B·A‖` over the rows of W (one pass over W).
+/// The DoRA factor `m / ‖W + s·B·A‖` over the rows of W (one pass over W); the pass also writes
+/// the norms (`DoraFactor::norms`, the backward's detached norm).
 pub fn dora_factor(gpu: &Gpu, k: usize, n: usize, r: usize) -> Case {
     let s = gpu.stream();
     let w = s.clone_htod(&vals(n * k, 13)).unwrap();
@@ -318,7 +319,8 @@ pub fn dora_factor(gpu: &Gpu, k: usize, n: usize, r: usize) -> Case {
     let (k, n, r) = (k as u64, n as u64, r as u64);
     Case {
         name: format!("dora_factor k={k} n={n} r={r}"),
-        floor_bytes: E * (n * k + r * k + n * r + n) + 4 * n,
+        // W, A, B, magnitude in; the f32 factor and the f32 norm out.
+        floor_bytes: E * (n * k + r * k + n * r + n) + 4 * n + 4 * n,
         launches,
     }
 }
