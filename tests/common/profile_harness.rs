@@ -304,7 +304,8 @@ pub fn mixed(gpu: &Gpu, m: usize, k: usize, n: usize, r: usize) -> Case {
     }
 }
 
-/// The DoRA factor `m / ‖W + s·B·A‖` over the rows of W (one pass over W).
+/// The DoRA factor `m / ‖W + s·B·A‖` over the rows of W (one pass over W); the pass also writes
+/// the norms (`DoraFactor::norms`, the backward's detached norm).
 pub fn dora_factor(gpu: &Gpu, k: usize, n: usize, r: usize) -> Case {
     let s = gpu.stream();
     let w = s.clone_htod(&vals(n * k, 13)).unwrap();
@@ -318,7 +319,81 @@ pub fn dora_factor(gpu: &Gpu, k: usize, n: usize, r: usize) -> Case {
     let (k, n, r) = (k as u64, n as u64, r as u64);
     Case {
         name: format!("dora_factor k={k} n={n} r={r}"),
-        floor_bytes: E * (n * k + r * k + n * r + n) + 4 * n,
+        // W, A, B, magnitude in; the f32 factor and the f32 norm out.
+        floor_bytes: E * (n * k + r * k + n * r + n) + 4 * n + 4 * n,
+        launches,
+    }
+}
+
+/// The training backward `Gpu::backward_chain` of one adapter (bf16, scale 0.5, dX written, not
+/// accumulated): LoRA, or DoRA (`dora`: with magnitude, f32 norm, the saved base and a bias), on a
+/// dense W or an NF4 one (`nf4`: blocksize 64, f32 absmax, dequantised on the fly for dX).
+pub fn backward(gpu: &Gpu, m: usize, k: usize, n: usize, r: usize, dora: bool, nf4: bool) -> Case {
+    use lora_kernels::linear::QuantizedWeight;
+    use lora_kernels::lora_backward::{BackwardStep, DoraSaved, DxWeight};
+    use lora_kernels::quant4::{reference::quantize, QuantType};
+    let s = gpu.stream();
+    let x = s.clone_htod(&vals(m * k, 50)).unwrap();
+    let g = s.clone_htod(&vals(m * n, 51)).unwrap();
+    let a = s.clone_htod(&vals(r * k, 52)).unwrap();
+    let b = s.clone_htod(&vals(n * r, 53)).unwrap();
+    let w_host = vals(n * k, 54);
+    let w = s.clone_htod(&w_host).unwrap();
+    let wq = nf4.then(|| {
+        let q = quantize(&w_host, [n, k], 64, QuantType::Nf4, false).unwrap();
+        gpu.upload_quant4(&q).unwrap()
+    });
+    let magnitude = s.clone_htod(&vals(n, 55)).unwrap();
+    let norm: Vec<f32> = vals(n, 56).iter().map(|v| 0.5 + v.to_f32().abs()).collect();
+    let norm = s.clone_htod(&norm).unwrap();
+    let base = s.clone_htod(&vals(m * n, 57)).unwrap();
+    let bias = s.clone_htod(&vals(n, 58)).unwrap();
+    let step = BackwardStep {
+        adapter: LoraAdapter::new(&a, &b, r, 0.5),
+        dora: dora.then_some(DoraSaved {
+            magnitude: &magnitude,
+            norm: &norm,
+            base: &base,
+            bias: Some(&bias),
+        }),
+    };
+    let weight = match &wq {
+        Some(q) => DxWeight::Quantized(QuantizedWeight::Quant4(q)),
+        None => DxWeight::Dense(&w),
+    };
+    let mut dx = s.alloc_zeros::<bf16>(m * k).unwrap();
+    let launches = profiled(gpu, || {
+        gpu.backward_chain(
+            &x,
+            &g,
+            weight,
+            &[step],
+            LoraShape::new(m, k, n),
+            &mut dx,
+            false,
+        )
+        .unwrap();
+    });
+    let (m, k, n, r) = (m as u64, k as u64, n as u64, r as u64);
+    // Inputs x, G, W, A, B (DoRA: magnitude, f32 norm, base, bias); outputs dX, dA, dB (DoRA: dm).
+    let weight_bytes = if nf4 {
+        n * k / 2 + 4 * (n * k / 64)
+    } else {
+        E * n * k
+    };
+    let lora = E * (m * k + m * n + r * k + n * r) + weight_bytes + E * (m * k + r * k + n * r);
+    let extra = if dora {
+        E * (n + m * n + n) + 4 * n + E * n
+    } else {
+        0
+    };
+    Case {
+        name: format!(
+            "backward_chain {}{} m={m} k={k} n={n} r={r}",
+            if nf4 { "nf4 " } else { "" },
+            if dora { "dora" } else { "lora" }
+        ),
+        floor_bytes: lora + extra,
         launches,
     }
 }
@@ -339,6 +414,11 @@ pub fn standard_cases(gpu: &Gpu) -> Vec<Case> {
         mixed(gpu, 4, 512, 512, 8),
         mixed(gpu, 32, 256, 512, 8),
         dora_factor(gpu, 512, 256, 16),
+        backward(gpu, 1, 512, 512, 16, false, false),
+        backward(gpu, 16, 512, 512, 16, false, false),
+        backward(gpu, 128, 256, 256, 16, false, false),
+        backward(gpu, 16, 512, 512, 16, true, false),
+        backward(gpu, 1, 512, 512, 16, false, true),
     ]
 }
 
@@ -359,5 +439,6 @@ pub fn llama_decode_cases(gpu: &Gpu) -> Vec<Case> {
         mixed(gpu, 4, 4096, 4096, 16),
         mixed(gpu, 16, 4096, 4096, 16),
         dora_factor(gpu, 4096, 4096, 16),
+        backward(gpu, 1, 4096, 4096, 16, false, false),
     ]
 }
