@@ -15,7 +15,8 @@
 // B, W), converted (4-bit and int8 codes dequantised to the element type first, as peft sees W),
 // scaled by the operand's row / column factors (G_f) and stored to shared memory.
 //   f16/bf16 (product_tensor_cores): slices of 32, both operands stored depth-contiguous as the
-//   element type (rows padded by 16 bytes: conflict-free 32-bit fragment reads), 8 warps of 32 x 16
+//   element type (rows of 20 words, pairs swizzled: conflict-free stores and fragment reads, see
+//   tc_word), 8 warps of 32 x 16
 //   outputs, mma.sync m16n8k16 with f32 accumulation. f32 operands (L, H) and G_f are rounded to the
 //   element type on the way in, as peft computes them in that type.
 //   f32, or LORA_KERNELS_BACKWARD=cuda-cores (product_cuda_cores): slices of 16 in f32, thread
@@ -51,7 +52,8 @@ constexpr int kTN = LORA_BACKWARD_TILE_N;
 constexpr int kTK = LORA_BACKWARD_TILE_K;
 constexpr int kPer = 4;  // outputs per thread along each dimension
 constexpr int kTcK = LORA_BACKWARD_TC_TILE_K;
-constexpr int kTcPad = 8;  // 16-bit rows padded by 16 bytes: the warp's 32-bit fragment reads hit 32 banks
+// A staged 16-bit row: kTcK elements as kTcK / 2 words of two, padded to kTcWords words.
+constexpr int kTcWords = kTcK / 2 + 4;
 constexpr int kMagCols = LORA_BACKWARD_MAGNITUDE_COLUMNS;
 constexpr int kWarps = kThreads / 32;
 
@@ -172,14 +174,41 @@ template <typename T> __device__ void product_cuda_cores(const LoraBackwardProdu
     }
 }
 
+// The word of shared memory holding elements (2 pair, 2 pair + 1) of staged row r: rows of 20 words,
+// the pair's low two bits XORed with (r / 8) % 4. A fragment read (8 rows in one group of 8, 4
+// consecutive pairs) and a store of 32 consecutive rows at one pair both land in 32 distinct banks.
+__device__ __forceinline__ int tc_word(int r, int pair) { return r * kTcWords + (pair ^ ((r >> 3) & 3)); }
+
+// Stages one operand's 64 x 32 slice as the element type, depth-contiguous (tc_word): value(r, d) is
+// element (r, d). An operand contiguous along the depth is read a row of 32 per warp; one contiguous
+// along the rows (Gᵀ, Hᵀ, B, x, W, A) 32 rows at one depth pair per warp, each lane packing its pair
+// into one 32-bit store. Either way a warp's loads are contiguous and its stores conflict-free.
+template <typename T, typename Value>
+__device__ __forceinline__ void stage_tc(uint32_t (&dst)[kTM * kTcWords], bool along_depth, Value value) {
+    static_assert(kTM == kTN && kTM % 32 == 0, "one staging for both operands");
+    if (along_depth) {
+        T *half = reinterpret_cast<T *>(dst);
+        for (int e = threadIdx.x; e < kTM * kTcK; e += kThreads) {
+            const int r = e / kTcK, d = e % kTcK;
+            half[2 * tc_word(r, d >> 1) + (d & 1)] = Element<T>::from_f32(value(r, d));
+        }
+        return;
+    }
+    for (int e = threadIdx.x; e < kTM * kTcK / 2; e += kThreads) {
+        const int r = e % kTM, pair = e / kTM;
+        dst[tc_word(r, pair)] =
+            pack2(Element<T>::from_f32(value(r, 2 * pair)), Element<T>::from_f32(value(r, 2 * pair + 1)));
+    }
+}
+
 // The f16/bf16 product on tensor cores: the block's 64 x 64 tile as 8 warps of 32 x 16 (2 x 4), each
-// two m16 x two n8 mma tiles per 16-deep step. Operands are staged as the element type, both
-// depth-contiguous in shared memory (a_s[row][depth], b_s[col][depth]) whatever their layout in
-// memory, so the fragments are 32-bit reads; f32 operands (L, H) and the scaled G_f are rounded to
-// the element type on the way in (peft computes them in that type too).
+// two m16 x two n8 mma tiles per 16-deep step. Both operands are staged as the element type,
+// depth-contiguous (stage_tc) whatever their layout in memory, so fragments are 32-bit reads; f32
+// operands (L, H) and the scaled G_f are rounded to the element type on the way in (peft computes
+// them in that type too).
 template <typename T> __device__ void product_tensor_cores(const LoraBackwardProductParams &p) {
-    __shared__ __align__(16) T a_s[kTM][kTcK + kTcPad];
-    __shared__ __align__(16) T b_s[kTN][kTcK + kTcPad];
+    __shared__ uint32_t a_s[kTM * kTcWords];
+    __shared__ uint32_t b_s[kTN * kTcWords];
     __shared__ float code[16];
     if (threadIdx.x < 16) code[threadIdx.x] = p.quant4.code[threadIdx.x];
     __syncthreads();
@@ -208,16 +237,10 @@ template <typename T> __device__ void product_tensor_cores(const LoraBackwardPro
 #pragma unroll
                 for (int c = 0; c < 4; ++c) part[i][j][c] = 0.0f;
         for (int d0 = 0; d0 < f.depth; d0 += kTcK) {
-            for (int e = threadIdx.x; e < kTM * kTcK; e += kThreads) {
-                const int mm = a_along_depth ? e / kTcK : e % kTM;
-                const int dd = a_along_depth ? e % kTcK : e / kTM;
-                a_s[mm][dd] = Element<T>::from_f32(scaled_at<T>(p, f.a, code, m0 + mm, d0 + dd, p.m, f.depth));
-            }
-            for (int e = threadIdx.x; e < kTN * kTcK; e += kThreads) {
-                const int nn = b_along_depth ? e / kTcK : e % kTN;
-                const int dd = b_along_depth ? e % kTcK : e / kTN;
-                b_s[nn][dd] = Element<T>::from_f32(scaled_at<T>(p, f.b, code, d0 + dd, n0 + nn, f.depth, p.n));
-            }
+            stage_tc<T>(a_s, a_along_depth,
+                        [&](int r, int d) { return scaled_at<T>(p, f.a, code, m0 + r, d0 + d, p.m, f.depth); });
+            stage_tc<T>(b_s, b_along_depth,
+                        [&](int c, int d) { return scaled_at<T>(p, f.b, code, d0 + d, n0 + c, f.depth, p.n); });
             __syncthreads();
 #pragma unroll
             for (int k0 = 0; k0 < kTcK; k0 += 16) {
@@ -225,16 +248,16 @@ template <typename T> __device__ void product_tensor_cores(const LoraBackwardPro
 #pragma unroll
                 for (int i = 0; i < 2; ++i) {
                     const int r = wm + 16 * i + g;
-                    a[i][0] = *reinterpret_cast<const uint32_t *>(&a_s[r][k0 + 2 * t]);
-                    a[i][1] = *reinterpret_cast<const uint32_t *>(&a_s[r + 8][k0 + 2 * t]);
-                    a[i][2] = *reinterpret_cast<const uint32_t *>(&a_s[r][k0 + 2 * t + 8]);
-                    a[i][3] = *reinterpret_cast<const uint32_t *>(&a_s[r + 8][k0 + 2 * t + 8]);
+                    a[i][0] = a_s[tc_word(r, k0 / 2 + t)];
+                    a[i][1] = a_s[tc_word(r + 8, k0 / 2 + t)];
+                    a[i][2] = a_s[tc_word(r, k0 / 2 + t + 4)];
+                    a[i][3] = a_s[tc_word(r + 8, k0 / 2 + t + 4)];
                 }
 #pragma unroll
                 for (int j = 0; j < 2; ++j) {
                     const int c = wn + 8 * j + g;
-                    b[j][0] = *reinterpret_cast<const uint32_t *>(&b_s[c][k0 + 2 * t]);
-                    b[j][1] = *reinterpret_cast<const uint32_t *>(&b_s[c][k0 + 2 * t + 8]);
+                    b[j][0] = b_s[tc_word(c, k0 / 2 + t)];
+                    b[j][1] = b_s[tc_word(c, k0 / 2 + t + 4)];
                 }
 #pragma unroll
                 for (int i = 0; i < 2; ++i)
