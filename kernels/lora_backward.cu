@@ -8,8 +8,10 @@
 //   dX = G_f W + sum_i s_i H_i A_i  [m, k]  (W dense, or 4-bit / int8 codes dequantised on load)
 //   d magnitude = colsum(G * (base - bias + s L B^T)) / max(norm, eps)   (lora_backward_magnitude_T)
 //
-// lora_backward_product_T computes each product. How the work is split: one block per 64 x 64 tile of
-// the output (a 1-D grid, n tiles fastest, so neighbouring blocks share their rows of the left
+// lora_backward_product_T computes the products, several independent outputs ("jobs") per launch:
+// the host batches L and H of every adapter into one launch, then dB, dA and dX into a second. How
+// the work is split: one block per 64 x 64 tile of a job's output (a 1-D grid, the jobs' tiles one
+// after another, n tiles fastest within a job, so neighbouring blocks share rows of the left
 // operand), 256 threads. The block walks the reduction in slices: each operand's slice is loaded
 // along whichever of its strides is 1 (coalesced for every operand above: x, G, Gᵀ, L, H, Hᵀ, A, Aᵀ,
 // B, W), converted (4-bit and int8 codes dequantised to the element type first, as peft sees W),
@@ -94,25 +96,25 @@ __device__ __forceinline__ float scaled_at(const LoraBackwardProductParams &p, c
 }
 
 // Output element `at` = v (added to what it holds with accumulate), rounded once to its type.
-template <typename T>
-__device__ __forceinline__ void store_output(const LoraBackwardProductParams &p, size_t at, float v) {
-    if (p.out_kind == LORA_BACKWARD_F32) {
-        float *out = reinterpret_cast<float *>(p.out);
-        out[at] = p.accumulate ? out[at] + v : v;
+template <typename T> __device__ __forceinline__ void store_output(const LoraBackwardJob &job, size_t at, float v) {
+    if (job.out_kind == LORA_BACKWARD_F32) {
+        float *out = reinterpret_cast<float *>(job.out);
+        out[at] = job.accumulate ? out[at] + v : v;
     } else {
-        T *out = reinterpret_cast<T *>(p.out);
-        out[at] = Element<T>::from_f32(p.accumulate ? Element<T>::to_f32(out[at]) + v : v);
+        T *out = reinterpret_cast<T *>(job.out);
+        out[at] = Element<T>::from_f32(job.accumulate ? Element<T>::to_f32(out[at]) + v : v);
     }
 }
 
-template <typename T> __device__ void product_cuda_cores(const LoraBackwardProductParams &p) {
+template <typename T>
+__device__ void product_cuda_cores(const LoraBackwardProductParams &p, const LoraBackwardJob &job, int tile) {
     __shared__ float a_tile[kTK][kTM + 1];
     __shared__ float b_tile[kTK][kTN + 1];
     __shared__ float code[16];
     if (threadIdx.x < 16) code[threadIdx.x] = p.quant4.code[threadIdx.x];
     __syncthreads();
-    const int tiles_n = (p.n + kTN - 1) / kTN;
-    const int m0 = (int)(blockIdx.x / tiles_n) * kTM, n0 = (int)(blockIdx.x % tiles_n) * kTN;
+    const int tiles_n = (job.n + kTN - 1) / kTN;
+    const int m0 = (tile / tiles_n) * kTM, n0 = (tile % tiles_n) * kTN;
     const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
     float acc[kPer][kPer];
 #pragma unroll
@@ -120,8 +122,8 @@ template <typename T> __device__ void product_cuda_cores(const LoraBackwardProdu
 #pragma unroll
         for (int j = 0; j < kPer; ++j) acc[i][j] = 0.0f;
 
-    for (int ph = 0; ph < p.num_phases; ++ph) {
-        const LoraBackwardPhase &f = p.phases[ph];
+    for (int ph = 0; ph < job.num_phases; ++ph) {
+        const LoraBackwardPhase &f = p.phases[job.first_phase + ph];
         const bool a_along_depth = f.a.col_stride == 1;
         const bool b_along_depth = f.b.row_stride == 1 && f.b.col_stride != 1;
         float part[kPer][kPer];
@@ -133,12 +135,12 @@ template <typename T> __device__ void product_cuda_cores(const LoraBackwardProdu
             for (int e = threadIdx.x; e < kTM * kTK; e += kThreads) {
                 const int mm = a_along_depth ? e / kTK : e % kTM;
                 const int dd = a_along_depth ? e % kTK : e / kTM;
-                a_tile[dd][mm] = scaled_at<T>(p, f.a, code, m0 + mm, d0 + dd, p.m, f.depth);
+                a_tile[dd][mm] = scaled_at<T>(p, f.a, code, m0 + mm, d0 + dd, job.m, f.depth);
             }
             for (int e = threadIdx.x; e < kTN * kTK; e += kThreads) {
                 const int nn = b_along_depth ? e / kTK : e % kTN;
                 const int dd = b_along_depth ? e % kTK : e / kTN;
-                b_tile[dd][nn] = scaled_at<T>(p, f.b, code, d0 + dd, n0 + nn, f.depth, p.n);
+                b_tile[dd][nn] = scaled_at<T>(p, f.b, code, d0 + dd, n0 + nn, f.depth, job.n);
             }
             __syncthreads();
 #pragma unroll
@@ -164,12 +166,12 @@ template <typename T> __device__ void product_cuda_cores(const LoraBackwardProdu
 #pragma unroll
     for (int i = 0; i < kPer; ++i) {
         const int row = m0 + ty + 16 * i;
-        if (row >= p.m) continue;
+        if (row >= job.m) continue;
 #pragma unroll
         for (int j = 0; j < kPer; ++j) {
             const int col = n0 + tx + 16 * j;
-            if (col >= p.n) continue;
-            store_output<T>(p, (size_t)row * p.n + col, acc[i][j]);
+            if (col >= job.n) continue;
+            store_output<T>(job, (size_t)row * job.n + col, acc[i][j]);
         }
     }
 }
@@ -206,14 +208,15 @@ __device__ __forceinline__ void stage_tc(uint32_t (&dst)[kTM * kTcWords], bool a
 // depth-contiguous (stage_tc) whatever their layout in memory, so fragments are 32-bit reads; f32
 // operands (L, H) and the scaled G_f are rounded to the element type on the way in (peft computes
 // them in that type too).
-template <typename T> __device__ void product_tensor_cores(const LoraBackwardProductParams &p) {
+template <typename T>
+__device__ void product_tensor_cores(const LoraBackwardProductParams &p, const LoraBackwardJob &job, int tile) {
     __shared__ uint32_t a_s[kTM * kTcWords];
     __shared__ uint32_t b_s[kTN * kTcWords];
     __shared__ float code[16];
     if (threadIdx.x < 16) code[threadIdx.x] = p.quant4.code[threadIdx.x];
     __syncthreads();
-    const int tiles_n = (p.n + kTN - 1) / kTN;
-    const int m0 = (int)(blockIdx.x / tiles_n) * kTM, n0 = (int)(blockIdx.x % tiles_n) * kTN;
+    const int tiles_n = (job.n + kTN - 1) / kTN;
+    const int m0 = (tile / tiles_n) * kTM, n0 = (tile % tiles_n) * kTN;
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const int wm = (warp / 4) * 32, wn = (warp % 4) * 16;
     const int g = lane / 4, t = lane % 4;
@@ -225,8 +228,8 @@ template <typename T> __device__ void product_tensor_cores(const LoraBackwardPro
 #pragma unroll
             for (int c = 0; c < 4; ++c) acc[i][j][c] = 0.0f;
 
-    for (int ph = 0; ph < p.num_phases; ++ph) {
-        const LoraBackwardPhase &f = p.phases[ph];
+    for (int ph = 0; ph < job.num_phases; ++ph) {
+        const LoraBackwardPhase &f = p.phases[job.first_phase + ph];
         const bool a_along_depth = f.a.col_stride == 1;
         const bool b_along_depth = f.b.row_stride == 1 && f.b.col_stride != 1;
         float part[2][2][4];
@@ -238,9 +241,9 @@ template <typename T> __device__ void product_tensor_cores(const LoraBackwardPro
                 for (int c = 0; c < 4; ++c) part[i][j][c] = 0.0f;
         for (int d0 = 0; d0 < f.depth; d0 += kTcK) {
             stage_tc<T>(a_s, a_along_depth,
-                        [&](int r, int d) { return scaled_at<T>(p, f.a, code, m0 + r, d0 + d, p.m, f.depth); });
+                        [&](int r, int d) { return scaled_at<T>(p, f.a, code, m0 + r, d0 + d, job.m, f.depth); });
             stage_tc<T>(b_s, b_along_depth,
-                        [&](int c, int d) { return scaled_at<T>(p, f.b, code, d0 + d, n0 + c, f.depth, p.n); });
+                        [&](int c, int d) { return scaled_at<T>(p, f.b, code, d0 + d, n0 + c, f.depth, job.n); });
             __syncthreads();
 #pragma unroll
             for (int k0 = 0; k0 < kTcK; k0 += 16) {
@@ -282,18 +285,23 @@ template <typename T> __device__ void product_tensor_cores(const LoraBackwardPro
             for (int c = 0; c < 4; ++c) {
                 const int row = m0 + wm + 16 * i + g + (c >= 2 ? 8 : 0);
                 const int col = n0 + wn + 8 * j + 2 * t + (c & 1);
-                if (row < p.m && col < p.n) store_output<T>(p, (size_t)row * p.n + col, acc[i][j][c]);
+                if (row < job.m && col < job.n) store_output<T>(job, (size_t)row * job.n + col, acc[i][j][c]);
             }
 }
 
+// The block's job (the last whose first tile is at or below the block) and its tile within it.
 template <typename T> __device__ void product(const LoraBackwardProductParams &p) {
+    int j = 0;
+    while (j + 1 < p.num_jobs && (int)blockIdx.x >= p.jobs[j + 1].tile_start) ++j;
+    const LoraBackwardJob &job = p.jobs[j];
+    const int tile = (int)blockIdx.x - job.tile_start;
     if constexpr (sizeof(T) == 2) {
         if (!p.cuda_cores) {
-            product_tensor_cores<T>(p);
+            product_tensor_cores<T>(p, job, tile);
             return;
         }
     }
-    product_cuda_cores<T>(p);
+    product_cuda_cores<T>(p, job, tile);
 }
 
 template <typename T> __device__ void magnitude(const LoraBackwardMagnitudeParams &p) {

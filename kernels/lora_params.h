@@ -355,9 +355,11 @@ typedef struct DoraRowParams {
 #define LORA_BACKWARD_TILE_N 64
 #define LORA_BACKWARD_TILE_K 16
 #define LORA_BACKWARD_TC_TILE_K 32
-/* Products one launch sums into its output: dX = G_f W + s_1 H_1 A_1 + ... (more adapters: launches
- * that accumulate). */
-#define LORA_BACKWARD_MAX_PHASES 4
+/* Products a launch holds (LoraBackwardPhase), and outputs it computes (LoraBackwardJob): the host
+ * batches independent gradients into one launch (L and H of every adapter; then dB, dA and dX) and
+ * splits what does not fit. */
+#define LORA_BACKWARD_MAX_PHASES 8
+#define LORA_BACKWARD_MAX_JOBS 8
 /* Output columns per block of the magnitude gradient (lora_backward_magnitude_T): a lane each. */
 #define LORA_BACKWARD_MAGNITUDE_COLUMNS 32
 
@@ -396,16 +398,26 @@ typedef struct LoraBackwardPhase {
     float alpha;
 } LoraBackwardPhase;
 
-/* out [m, n] (row-major, element type or f32) = sum of the phases' products, rounded once; with
- * accumulate, out + that sum (out read in its own precision first). */
-typedef struct LoraBackwardProductParams {
-    LoraBackwardPhase phases[LORA_BACKWARD_MAX_PHASES];
-    int32_t num_phases;
+/* One output of a launch: out [m, n] (row-major, element type or f32) = the sum of phases
+ * [first_phase, first_phase + num_phases), rounded once; with accumulate, out + that sum (out read in
+ * its own precision first). Its 64 x 64 tiles are the launch's blocks [tile_start, tile_start +
+ * tiles), n tiles fastest. */
+typedef struct LoraBackwardJob {
+    uint64_t out;
     int32_t m;
     int32_t n;
+    int32_t first_phase;
+    int32_t num_phases;
     int32_t out_kind;
-    uint64_t out;
     int32_t accumulate;
+    int32_t tile_start;
+    int32_t pad;
+} LoraBackwardJob;
+
+typedef struct LoraBackwardProductParams {
+    LoraBackwardPhase phases[LORA_BACKWARD_MAX_PHASES];
+    LoraBackwardJob jobs[LORA_BACKWARD_MAX_JOBS];
+    int32_t num_jobs;
     /* int8 W: elements per row of W (SCB is indexed by index / weight_k). */
     int32_t weight_k;
     /* f16/bf16: 1 runs the f32 CUDA-core path instead of tensor cores (operands stay f32, not

@@ -1,7 +1,8 @@
 //! The training backward on the GPU (or the emulator) against its CPU reference on random shapes:
-//! LoRA, DoRA (with and without bias), chains of adapters (more than one dX launch), 4-bit and int8
-//! bases dequantised on the fly, dX accumulated into what it holds, no base term, m = 1, rank 1 and
-//! rank 256, odd sizes; bit-identical gradients run to run; and the argument checks. Prints
+//! LoRA, DoRA (with and without bias), chains of up to nine adapters (more products than one launch
+//! holds), 4-bit and int8 bases dequantised on the fly, dX accumulated into what it holds, no base
+//! term, m = 1, rank 1 and rank 256, odd sizes, a zero magnitude; bit-identical gradients run to run;
+//! the 16-bit products on both paths (tensor cores, CUDA cores); and the argument checks. Prints
 //! `SKIPPED: no CUDA device` without a GPU; fails instead with `LORA_KERNELS_REQUIRE_GPU=1`.
 mod common;
 
@@ -337,6 +338,10 @@ fn chains<T: Element>(gpu: &Gpu, seed: u64) {
     check(gpu, &c, Base::Dense, true, "chain of four");
     let c = case::<T>(&mut rng, shape, &[(6, true), (1, false)], false);
     check(gpu, &c, Base::Skip, false, "chain, no base term");
+    // Nine adapters: more products than one launch holds (dX continues in a launch that adds).
+    let nine: Vec<(usize, bool)> = (0..9).map(|i| (1 + i % 3, i % 4 == 1)).collect();
+    let c = case::<T>(&mut rng, shape, &nine, true);
+    check(gpu, &c, Base::Dense, false, "chain of nine");
 }
 
 /// Rank 1 and rank 256, m = 1 and a few rows.

@@ -9,11 +9,12 @@ use crate::error::{invalid, Result};
 use crate::linear::{LinearWeight, QuantizedWeight};
 use crate::lora::{LoraAdapter, LoraShape};
 use crate::sys::{
-    LoraBackwardFactorParams, LoraBackwardKind, LoraBackwardKind_LORA_BACKWARD_ELEMENT,
-    LoraBackwardKind_LORA_BACKWARD_F32, LoraBackwardKind_LORA_BACKWARD_INT8,
-    LoraBackwardKind_LORA_BACKWARD_QUANT4, LoraBackwardMagnitudeParams, LoraBackwardOperand,
-    LoraBackwardPhase, LoraBackwardProductParams, Quant4Weights, LORA_BACKWARD_MAGNITUDE_COLUMNS,
-    LORA_BACKWARD_MAX_PHASES, LORA_BACKWARD_THREADS, LORA_BACKWARD_TILE_M, LORA_BACKWARD_TILE_N,
+    LoraBackwardFactorParams, LoraBackwardJob, LoraBackwardKind,
+    LoraBackwardKind_LORA_BACKWARD_ELEMENT, LoraBackwardKind_LORA_BACKWARD_F32,
+    LoraBackwardKind_LORA_BACKWARD_INT8, LoraBackwardKind_LORA_BACKWARD_QUANT4,
+    LoraBackwardMagnitudeParams, LoraBackwardOperand, LoraBackwardPhase, LoraBackwardProductParams,
+    LORA_BACKWARD_MAGNITUDE_COLUMNS, LORA_BACKWARD_MAX_JOBS, LORA_BACKWARD_MAX_PHASES,
+    LORA_BACKWARD_THREADS, LORA_BACKWARD_TILE_M, LORA_BACKWARD_TILE_N,
 };
 use crate::Element;
 use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, SyncOnDrop};
@@ -87,7 +88,7 @@ struct StepPtrs {
     bias: u64,
 }
 
-/// One product launch: its phases, output and the quantised W its operands may read.
+/// One output of a launch: the products summed into it (see `LoraBackwardJob`).
 struct Product {
     phases: Vec<LoraBackwardPhase>,
     m: usize,
@@ -95,8 +96,6 @@ struct Product {
     out: u64,
     out_f32: bool,
     accumulate: bool,
-    weight: Option<LinearWeight>,
-    weight_k: usize,
 }
 
 impl Gpu {
@@ -264,26 +263,16 @@ impl Gpu {
             ptrs.push(p);
         }
 
-        // From the last adapter back: `column_scale` is the product of the factors of the DoRA
-        // adapters after the current one (0: none yet).
+        // The DoRA factors, last adapter first: `column_scale` is the product of the factors of the
+        // DoRA adapters after the current one (0: none yet). Per step: the scale of its G_f (its own
+        // factor included) and the scale of its magnitude gradient (the later adapters' only).
         let mut column_scale: u64 = 0;
-        let mut dx_phases: Vec<LoraBackwardPhase> = Vec::with_capacity(steps.len() + 1);
-        let plain = |p: LoraBackwardPhase, m, n, out, out_f32| Product {
-            phases: vec![p],
-            m,
-            n,
-            out,
-            out_f32,
-            accumulate: false,
-            weight: None,
-            weight_k: k,
-        };
-        for (st, p) in steps.iter().zip(&ptrs).rev() {
-            let (r, s) = (st.adapter.rank, st.adapter.scale);
-            let later_scale = column_scale;
+        let mut scales = vec![(0u64, 0u64); steps.len()];
+        for ((st, p), sc) in steps.iter().zip(&ptrs).zip(scales.iter_mut()).rev() {
+            let later = column_scale;
             if st.dora.is_some() {
                 self.launch_factor::<T>(&LoraBackwardFactorParams {
-                    column_scale: later_scale,
+                    column_scale: later,
                     magnitude: p.magnitude,
                     norm: p.norm,
                     out: p.scale,
@@ -292,62 +281,72 @@ impl Gpu {
                 })?;
                 column_scale = p.scale;
             }
-            // L = x·Aᵀ [m, r]
-            self.launch_gradient::<T>(&plain(
-                phase(operand(x_ptr, elem, k, 1), operand(p.a, elem, 1, k), k, 1.0),
+            *sc = (column_scale, later);
+        }
+        let plain = |p: LoraBackwardPhase, m, n, out, out_f32| Product {
+            phases: vec![p],
+            m,
+            n,
+            out,
+            out_f32,
+            accumulate: false,
+        };
+        // First launch(es): L = x·Aᵀ and H = G_f·B [m, r] of every adapter.
+        let mut first = Vec::with_capacity(2 * steps.len());
+        // Second: dB = s·G_fᵀ·L [n, r], dA = s·Hᵀ·x [r, k], and dX.
+        let mut second = Vec::with_capacity(2 * steps.len() + 1);
+        let mut dx_phases: Vec<LoraBackwardPhase> = Vec::with_capacity(steps.len() + 1);
+        if let Some(w) = base_weight {
+            let g_base = LoraBackwardOperand {
+                col_scale: column_scale,
+                ..operand(g_ptr, elem, n, 1)
+            };
+            let (data, kind) = match w {
+                LinearWeight::Dense(p) => (p, elem),
+                LinearWeight::Quant4(q) => (q.packed, LoraBackwardKind_LORA_BACKWARD_QUANT4),
+                LinearWeight::Int8 { cb, .. } => (cb, LoraBackwardKind_LORA_BACKWARD_INT8),
+            };
+            dx_phases.push(phase(g_base, operand(data, kind, k, 1), n, 1.0));
+        }
+        for ((st, p), &(g_scale, _)) in steps.iter().zip(&ptrs).zip(&scales) {
+            let (r, s) = (st.adapter.rank, st.adapter.scale);
+            let x_op = operand(x_ptr, elem, k, 1);
+            first.push(plain(
+                phase(x_op, operand(p.a, elem, 1, k), k, 1.0),
                 m,
                 r,
                 p.l,
                 true,
-            ))?;
-            // H = G_f·B [m, r], G_f = G ⊙ (this adapter's and later adapters' factors)
+            ));
             let g_f = LoraBackwardOperand {
-                col_scale: column_scale,
+                col_scale: g_scale,
                 ..operand(g_ptr, elem, n, 1)
             };
-            self.launch_gradient::<T>(&plain(
+            first.push(plain(
                 phase(g_f, operand(p.b, elem, r, 1), n, 1.0),
                 m,
                 r,
                 p.h,
                 true,
-            ))?;
-            // dB = s·G_fᵀ·L [n, r]
+            ));
             let g_f_t = LoraBackwardOperand {
-                row_scale: column_scale,
+                row_scale: g_scale,
                 ..operand(g_ptr, elem, 1, n)
             };
-            self.launch_gradient::<T>(&plain(
+            second.push(plain(
                 phase(g_f_t, operand(p.l, f32k, r, 1), m, s),
                 n,
                 r,
                 p.db,
                 false,
-            ))?;
-            // dA = s·Hᵀ·x [r, k]
-            self.launch_gradient::<T>(&plain(
-                phase(operand(p.h, f32k, 1, r), operand(x_ptr, elem, k, 1), m, s),
+            ));
+            second.push(plain(
+                phase(operand(p.h, f32k, 1, r), x_op, m, s),
                 r,
                 k,
                 p.da,
                 false,
-            ))?;
-            if st.dora.is_some() {
-                self.launch_magnitude::<T>(&LoraBackwardMagnitudeParams {
-                    grad_output: g_ptr,
-                    column_scale: later_scale,
-                    base: p.base,
-                    bias: p.bias,
-                    hidden: p.l,
-                    lora_b: p.b,
-                    norm: p.norm,
-                    out: p.dmag,
-                    m: m as i32,
-                    n: n as i32,
-                    rank: r as i32,
-                    scale: s,
-                })?;
-            }
+            ));
             // dX += s·H·A
             dx_phases.push(phase(
                 operand(p.h, f32k, r, 1),
@@ -356,70 +355,129 @@ impl Gpu {
                 s,
             ));
         }
-        if let Some(w) = base_weight {
-            let g_base = LoraBackwardOperand {
-                col_scale: column_scale,
-                ..operand(g_ptr, elem, n, 1)
-            };
-            let kind = match w {
-                LinearWeight::Dense(_) => elem,
-                LinearWeight::Quant4(_) => LoraBackwardKind_LORA_BACKWARD_QUANT4,
-                LinearWeight::Int8 { .. } => LoraBackwardKind_LORA_BACKWARD_INT8,
-            };
-            let data = match w {
-                LinearWeight::Dense(p) => p,
-                LinearWeight::Quant4(q) => q.packed,
-                LinearWeight::Int8 { cb, .. } => cb,
-            };
-            dx_phases.insert(0, phase(g_base, operand(data, kind, k, 1), n, 1.0));
-        }
         let (dx_ptr, g) = dx.device_ptr_mut(&stream);
         guards.push(g);
-        for (i, chunk) in dx_phases
-            .chunks(LORA_BACKWARD_MAX_PHASES as usize)
-            .enumerate()
-        {
-            self.launch_gradient::<T>(&Product {
-                phases: chunk.to_vec(),
-                m,
-                n: k,
-                out: dx_ptr,
-                out_f32: false,
-                accumulate: accumulate || i > 0,
-                weight: base_weight,
-                weight_k: k,
-            })?;
+        second.push(Product {
+            phases: dx_phases,
+            m,
+            n: k,
+            out: dx_ptr,
+            out_f32: false,
+            accumulate,
+        });
+        self.launch_products::<T>(&first, base_weight, k)?;
+        self.launch_products::<T>(&second, base_weight, k)?;
+        for ((st, p), &(_, later)) in steps.iter().zip(&ptrs).zip(&scales) {
+            if st.dora.is_some() {
+                self.launch_magnitude::<T>(&LoraBackwardMagnitudeParams {
+                    grad_output: g_ptr,
+                    column_scale: later,
+                    base: p.base,
+                    bias: p.bias,
+                    hidden: p.l,
+                    lora_b: p.b,
+                    norm: p.norm,
+                    out: p.dmag,
+                    m: m as i32,
+                    n: n as i32,
+                    rank: st.adapter.rank as i32,
+                    scale: st.adapter.scale,
+                })?;
+            }
         }
         drop(guards);
         Ok(grads)
     }
 
-    fn launch_gradient<T: Element>(&self, p: &Product) -> Result<()> {
-        let mut phases = [LoraBackwardPhase::default(); LORA_BACKWARD_MAX_PHASES as usize];
-        phases[..p.phases.len()].copy_from_slice(&p.phases);
-        let (quant4, scb) = match p.weight {
-            Some(LinearWeight::Quant4(q)) => (q, 0),
-            Some(LinearWeight::Int8 { scb, .. }) => (Quant4Weights::default(), scb),
-            _ => (Quant4Weights::default(), 0),
-        };
-        let params = LoraBackwardProductParams {
-            phases,
-            num_phases: p.phases.len() as i32,
-            m: p.m as i32,
-            n: p.n as i32,
-            out_kind: if p.out_f32 {
-                LoraBackwardKind_LORA_BACKWARD_F32
-            } else {
-                LoraBackwardKind_LORA_BACKWARD_ELEMENT
-            } as i32,
-            out: p.out,
-            accumulate: p.accumulate as i32,
-            weight_k: p.weight_k as i32,
+    /// Launches independent `products` in as few launches as the parameter block holds
+    /// (LORA_BACKWARD_MAX_JOBS outputs, LORA_BACKWARD_MAX_PHASES products): an output of more
+    /// products than one launch holds continues in later launches that accumulate into it.
+    fn launch_products<T: Element>(
+        &self,
+        products: &[Product],
+        weight: Option<LinearWeight>,
+        weight_k: usize,
+    ) -> Result<()> {
+        let max_phases = LORA_BACKWARD_MAX_PHASES as usize;
+        let (mut batch, mut later): (Vec<Product>, Vec<Product>) = (Vec::new(), Vec::new());
+        for p in products {
+            for (i, chunk) in p.phases.chunks(max_phases).enumerate() {
+                let part = Product {
+                    phases: chunk.to_vec(),
+                    accumulate: p.accumulate || i > 0,
+                    ..*p
+                };
+                if i == 0 {
+                    batch.push(part);
+                } else {
+                    later.push(part);
+                }
+            }
+        }
+        let mut launch: Vec<&Product> = Vec::new();
+        let mut phases = 0;
+        for p in &batch {
+            if launch.len() == LORA_BACKWARD_MAX_JOBS as usize
+                || phases + p.phases.len() > max_phases
+            {
+                self.launch_jobs::<T>(&launch, weight, weight_k)?;
+                launch.clear();
+                phases = 0;
+            }
+            phases += p.phases.len();
+            launch.push(p);
+        }
+        if !launch.is_empty() {
+            self.launch_jobs::<T>(&launch, weight, weight_k)?;
+        }
+        for p in &later {
+            self.launch_jobs::<T>(&[p], weight, weight_k)?;
+        }
+        Ok(())
+    }
+
+    /// One launch of `jobs` (within the parameter block's limits).
+    fn launch_jobs<T: Element>(
+        &self,
+        jobs: &[&Product],
+        weight: Option<LinearWeight>,
+        weight_k: usize,
+    ) -> Result<()> {
+        let mut params = LoraBackwardProductParams {
+            num_jobs: jobs.len() as i32,
+            weight_k: weight_k as i32,
             cuda_cores: !tensor_cores() as i32,
-            pad: 0,
-            scb,
-            quant4,
+            ..Default::default()
         };
+        match weight {
+            Some(LinearWeight::Quant4(q)) => params.quant4 = q,
+            Some(LinearWeight::Int8 { scb, .. }) => params.scb = scb,
+            _ => {}
+        }
+        let (mut first_phase, mut tile_start) = (0usize, 0u32);
+        for (slot, p) in params.jobs.iter_mut().zip(jobs) {
+            params.phases[first_phase..first_phase + p.phases.len()].copy_from_slice(&p.phases);
+            *slot = LoraBackwardJob {
+                out: p.out,
+                m: p.m as i32,
+                n: p.n as i32,
+                first_phase: first_phase as i32,
+                num_phases: p.phases.len() as i32,
+                out_kind: if p.out_f32 {
+                    LoraBackwardKind_LORA_BACKWARD_F32
+                } else {
+                    LoraBackwardKind_LORA_BACKWARD_ELEMENT
+                } as i32,
+                accumulate: p.accumulate as i32,
+                tile_start: tile_start as i32,
+                pad: 0,
+            };
+            first_phase += p.phases.len();
+            tile_start = tile_start
+                .checked_add(tiles(p.m, p.n)?)
+                .filter(|&t| t <= i32::MAX as u32)
+                .ok_or_else(|| invalid("shape", "at most 2^31 - 1 tiles in one launch", "more"))?;
+        }
         let (func, _) = self.kernel(
             KernelModule::LoraBackward,
             &format!("lora_backward_product_{}", T::DTYPE.name()),
@@ -427,8 +485,9 @@ impl Gpu {
         )?;
         // SAFETY: every operand was validated by `backward_chain` to hold the [rows, cols] its
         // strides address (x [m, k], G [m, n], A [r, k], B [n, r], W [n, k]) or was allocated there
-        // (L, H [m, r]; the gradients); the grid covers the output's tiles (checked to fit).
-        unsafe { self.launch(&func, (tiles(p.m, p.n)?, 1), LORA_BACKWARD_THREADS, &params) }
+        // (L, H [m, r]; the gradients); the grid is every job's tiles, one block each (checked to
+        // fit), and the jobs and phases fit the parameter block (at most LORA_BACKWARD_MAX_*).
+        unsafe { self.launch(&func, (tile_start, 1), LORA_BACKWARD_THREADS, &params) }
     }
 
     fn launch_magnitude<T: Element>(&self, p: &LoraBackwardMagnitudeParams) -> Result<()> {

@@ -35,7 +35,8 @@ pub const LORA_BACKWARD_TILE_M: u32 = 64;
 pub const LORA_BACKWARD_TILE_N: u32 = 64;
 pub const LORA_BACKWARD_TILE_K: u32 = 16;
 pub const LORA_BACKWARD_TC_TILE_K: u32 = 32;
-pub const LORA_BACKWARD_MAX_PHASES: u32 = 4;
+pub const LORA_BACKWARD_MAX_PHASES: u32 = 8;
+pub const LORA_BACKWARD_MAX_JOBS: u32 = 8;
 pub const LORA_BACKWARD_MAGNITUDE_COLUMNS: u32 = 32;
 #[repr(C)]
 #[derive(Debug, Default, Copy, Clone)]
@@ -591,14 +592,44 @@ const _: () = {
 };
 #[repr(C)]
 #[derive(Debug, Default, Copy, Clone)]
-pub struct LoraBackwardProductParams {
-    pub phases: [LoraBackwardPhase; 4usize],
-    pub num_phases: i32,
+pub struct LoraBackwardJob {
+    pub out: u64,
     pub m: i32,
     pub n: i32,
+    pub first_phase: i32,
+    pub num_phases: i32,
     pub out_kind: i32,
-    pub out: u64,
     pub accumulate: i32,
+    pub tile_start: i32,
+    pub pad: i32,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of LoraBackwardJob"][::core::mem::size_of::<LoraBackwardJob>() - 40usize];
+    ["Alignment of LoraBackwardJob"][::core::mem::align_of::<LoraBackwardJob>() - 8usize];
+    ["Offset of field: LoraBackwardJob::out"]
+        [::core::mem::offset_of!(LoraBackwardJob, out) - 0usize];
+    ["Offset of field: LoraBackwardJob::m"][::core::mem::offset_of!(LoraBackwardJob, m) - 8usize];
+    ["Offset of field: LoraBackwardJob::n"][::core::mem::offset_of!(LoraBackwardJob, n) - 12usize];
+    ["Offset of field: LoraBackwardJob::first_phase"]
+        [::core::mem::offset_of!(LoraBackwardJob, first_phase) - 16usize];
+    ["Offset of field: LoraBackwardJob::num_phases"]
+        [::core::mem::offset_of!(LoraBackwardJob, num_phases) - 20usize];
+    ["Offset of field: LoraBackwardJob::out_kind"]
+        [::core::mem::offset_of!(LoraBackwardJob, out_kind) - 24usize];
+    ["Offset of field: LoraBackwardJob::accumulate"]
+        [::core::mem::offset_of!(LoraBackwardJob, accumulate) - 28usize];
+    ["Offset of field: LoraBackwardJob::tile_start"]
+        [::core::mem::offset_of!(LoraBackwardJob, tile_start) - 32usize];
+    ["Offset of field: LoraBackwardJob::pad"]
+        [::core::mem::offset_of!(LoraBackwardJob, pad) - 36usize];
+};
+#[repr(C)]
+#[derive(Debug, Default, Copy, Clone)]
+pub struct LoraBackwardProductParams {
+    pub phases: [LoraBackwardPhase; 8usize],
+    pub jobs: [LoraBackwardJob; 8usize],
+    pub num_jobs: i32,
     pub weight_k: i32,
     pub cuda_cores: i32,
     pub pad: i32,
@@ -608,33 +639,25 @@ pub struct LoraBackwardProductParams {
 #[allow(clippy::unnecessary_operation, clippy::identity_op)]
 const _: () = {
     ["Size of LoraBackwardProductParams"]
-        [::core::mem::size_of::<LoraBackwardProductParams>() - 584usize];
+        [::core::mem::size_of::<LoraBackwardProductParams>() - 1296usize];
     ["Alignment of LoraBackwardProductParams"]
         [::core::mem::align_of::<LoraBackwardProductParams>() - 8usize];
     ["Offset of field: LoraBackwardProductParams::phases"]
         [::core::mem::offset_of!(LoraBackwardProductParams, phases) - 0usize];
-    ["Offset of field: LoraBackwardProductParams::num_phases"]
-        [::core::mem::offset_of!(LoraBackwardProductParams, num_phases) - 416usize];
-    ["Offset of field: LoraBackwardProductParams::m"]
-        [::core::mem::offset_of!(LoraBackwardProductParams, m) - 420usize];
-    ["Offset of field: LoraBackwardProductParams::n"]
-        [::core::mem::offset_of!(LoraBackwardProductParams, n) - 424usize];
-    ["Offset of field: LoraBackwardProductParams::out_kind"]
-        [::core::mem::offset_of!(LoraBackwardProductParams, out_kind) - 428usize];
-    ["Offset of field: LoraBackwardProductParams::out"]
-        [::core::mem::offset_of!(LoraBackwardProductParams, out) - 432usize];
-    ["Offset of field: LoraBackwardProductParams::accumulate"]
-        [::core::mem::offset_of!(LoraBackwardProductParams, accumulate) - 440usize];
+    ["Offset of field: LoraBackwardProductParams::jobs"]
+        [::core::mem::offset_of!(LoraBackwardProductParams, jobs) - 832usize];
+    ["Offset of field: LoraBackwardProductParams::num_jobs"]
+        [::core::mem::offset_of!(LoraBackwardProductParams, num_jobs) - 1152usize];
     ["Offset of field: LoraBackwardProductParams::weight_k"]
-        [::core::mem::offset_of!(LoraBackwardProductParams, weight_k) - 444usize];
+        [::core::mem::offset_of!(LoraBackwardProductParams, weight_k) - 1156usize];
     ["Offset of field: LoraBackwardProductParams::cuda_cores"]
-        [::core::mem::offset_of!(LoraBackwardProductParams, cuda_cores) - 448usize];
+        [::core::mem::offset_of!(LoraBackwardProductParams, cuda_cores) - 1160usize];
     ["Offset of field: LoraBackwardProductParams::pad"]
-        [::core::mem::offset_of!(LoraBackwardProductParams, pad) - 452usize];
+        [::core::mem::offset_of!(LoraBackwardProductParams, pad) - 1164usize];
     ["Offset of field: LoraBackwardProductParams::scb"]
-        [::core::mem::offset_of!(LoraBackwardProductParams, scb) - 456usize];
+        [::core::mem::offset_of!(LoraBackwardProductParams, scb) - 1168usize];
     ["Offset of field: LoraBackwardProductParams::quant4"]
-        [::core::mem::offset_of!(LoraBackwardProductParams, quant4) - 464usize];
+        [::core::mem::offset_of!(LoraBackwardProductParams, quant4) - 1176usize];
 };
 #[repr(C)]
 #[derive(Debug, Default, Copy, Clone)]
