@@ -197,7 +197,7 @@ impl Gpu {
         // Scratch and results, allocated before the first launch.
         let mut hidden: Vec<(CudaSlice<f32>, CudaSlice<f32>)> = Vec::with_capacity(steps.len());
         let mut grads: Vec<AdapterGrads<CudaSlice<T>>> = Vec::with_capacity(steps.len());
-        let mut scales: Vec<CudaSlice<f32>> = Vec::new();
+        let mut factors: Vec<CudaSlice<f32>> = Vec::new();
         for st in steps {
             let r = st.adapter.rank;
             hidden.push((stream.alloc_zeros(m * r)?, stream.alloc_zeros(m * r)?));
@@ -210,7 +210,7 @@ impl Gpu {
                 },
             });
             if st.dora.is_some() {
-                scales.push(stream.alloc_zeros(n)?);
+                factors.push(stream.alloc_zeros(n)?);
             }
         }
 
@@ -236,7 +236,7 @@ impl Gpu {
 
         // Every buffer's address, its guard held until the launches are enqueued.
         let mut ptrs: Vec<StepPtrs> = Vec::with_capacity(steps.len());
-        let mut scale_bufs = scales.iter_mut();
+        let mut scale_bufs = factors.iter_mut();
         for ((st, (l, h)), grad) in steps.iter().zip(hidden.iter_mut()).zip(grads.iter_mut()) {
             let mut p = StepPtrs::default();
             let mut take = |pg| keep(&mut guards, pg);
@@ -267,8 +267,8 @@ impl Gpu {
         // DoRA adapters after the current one (0: none yet). Per step: the scale of its G_f (its own
         // factor included) and the scale of its magnitude gradient (the later adapters' only).
         let mut column_scale: u64 = 0;
-        let mut scales = vec![(0u64, 0u64); steps.len()];
-        for ((st, p), sc) in steps.iter().zip(&ptrs).zip(scales.iter_mut()).rev() {
+        let mut step_scales = vec![(0u64, 0u64); steps.len()];
+        for ((st, p), sc) in steps.iter().zip(&ptrs).zip(step_scales.iter_mut()).rev() {
             let later = column_scale;
             if st.dora.is_some() {
                 self.launch_factor::<T>(&LoraBackwardFactorParams {
@@ -308,7 +308,7 @@ impl Gpu {
             };
             dx_phases.push(phase(g_base, operand(data, kind, k, 1), n, 1.0));
         }
-        for ((st, p), &(g_scale, _)) in steps.iter().zip(&ptrs).zip(&scales) {
+        for ((st, p), &(g_scale, _)) in steps.iter().zip(&ptrs).zip(&step_scales) {
             let (r, s) = (st.adapter.rank, st.adapter.scale);
             let x_op = operand(x_ptr, elem, k, 1);
             first.push(plain(
@@ -367,7 +367,7 @@ impl Gpu {
         });
         self.launch_products::<T>(&first, base_weight, k)?;
         self.launch_products::<T>(&second, base_weight, k)?;
-        for ((st, p), &(_, later)) in steps.iter().zip(&ptrs).zip(&scales) {
+        for ((st, p), &(_, later)) in steps.iter().zip(&ptrs).zip(&step_scales) {
             if st.dora.is_some() {
                 self.launch_magnitude::<T>(&LoraBackwardMagnitudeParams {
                     grad_output: g_ptr,
