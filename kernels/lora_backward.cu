@@ -340,7 +340,9 @@ template <typename T> __device__ void magnitude(const LoraBackwardMagnitudeParam
         for (int w = 0; w < kWarps; ++w) sum += partial[w][threadIdx.x];
         const float norm = reinterpret_cast<const float *>(p.norm)[j0 + threadIdx.x];
         const float c = norm < DORA_NORM_EPS ? DORA_NORM_EPS : norm;  // NaN stays NaN (not fmaxf)
-        reinterpret_cast<T *>(p.out)[j0 + threadIdx.x] = Element<T>::from_f32(sum / c);
+        T *out = reinterpret_cast<T *>(p.out) + j0 + threadIdx.x;
+        const float grad = sum / c;
+        *out = Element<T>::from_f32(p.accumulate ? Element<T>::to_f32(*out) + grad : grad);
     }
 }
 

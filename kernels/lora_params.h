@@ -451,6 +451,9 @@ typedef struct LoraBackwardMagnitudeParams {
     int32_t n;
     int32_t rank;
     float scale;
+    /* 1: out += the gradient (out read in its own precision first). */
+    int32_t accumulate;
+    int32_t pad;
 } LoraBackwardMagnitudeParams;
 
 /* out[j] = column_scale[j] * magnitude[j] / max(norm[j], DORA_NORM_EPS) (f32 [n]; column_scale 0:

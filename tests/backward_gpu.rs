@@ -421,6 +421,149 @@ common::gpu_tests! { quantized:
     quantized_f16: f16(10),
 }
 
+/// Gradient accumulation over micro-batches: a second backward into the same buffers with
+/// `Accumulate { grads: true, dx: true }` doubles every gradient (exactly, in f32), and the
+/// allocating call gives the same bits as the one into caller-owned buffers.
+#[test]
+fn gradients_accumulate_into_caller_buffers() {
+    use lora_kernels::lora_backward::Accumulate;
+    let Some(gpu) = common::gpu() else { return };
+    let s = gpu.stream();
+    let mut rng = Rng::new(21);
+    let shape = LoraShape::new(9, 48, 40);
+    let c = case::<f32>(&mut rng, shape, &[(4, false), (3, true)], true);
+    let (w, _) = effective_weight(&c, Base::Dense);
+    let (bases, norms) = saved_bases(&c, &w);
+    let up = |v: &[f32]| s.clone_htod(v).unwrap();
+    let (x, g, wd) = (up(&c.x), up(&c.g), up(&c.weight));
+    let bias = c.bias.as_deref().map(up);
+    let dev: Vec<_> = c
+        .adapters
+        .iter()
+        .map(|ad| (up(&ad.a), up(&ad.b), ad.magnitude.as_deref().map(up)))
+        .collect();
+    let dev_bases: Vec<_> = bases.iter().map(|b| b.as_deref().map(up)).collect();
+    let dev_norms: Vec<_> = norms.iter().map(|v| v.as_deref().map(up)).collect();
+    let steps: Vec<BackwardStep<'_, CudaSlice<f32>, CudaSlice<f32>>> = c
+        .adapters
+        .iter()
+        .zip(&dev)
+        .zip(dev_bases.iter().zip(&dev_norms))
+        .map(|((ad, (a, b, mag)), (base, nm))| BackwardStep {
+            adapter: LoraAdapter::new(a, b, ad.rank, ad.scale),
+            dora: match (mag, base, nm) {
+                (Some(mag), Some(base), Some(nm)) => Some(DoraSaved {
+                    magnitude: mag,
+                    norm: nm,
+                    base,
+                    bias: bias.as_ref(),
+                }),
+                _ => None,
+            },
+        })
+        .collect();
+    let weight = DxWeight::Dense(&wd);
+    let mut dx_alloc = s.alloc_zeros::<f32>(shape.m * shape.k).unwrap();
+    let once = gpu
+        .backward_chain(&x, &g, weight, &steps, shape, &mut dx_alloc, false)
+        .unwrap();
+    let mut grads = gpu.adapter_grads::<f32, _>(&steps, shape).unwrap();
+    let mut scratch = gpu.backward_scratch(shape.m, &[4, 3], 1, shape.n).unwrap();
+    let mut dx = s.alloc_zeros::<f32>(shape.m * shape.k).unwrap();
+    let run =
+        |acc: bool, grads: &mut Vec<AdapterGrads<CudaSlice<f32>>>, scratch: &mut _, dx: &mut _| {
+            let accumulate = Accumulate {
+                dx: acc,
+                grads: acc,
+            };
+            gpu.backward_chain_into(
+                &x, &g, weight, &steps, shape, dx, grads, scratch, accumulate,
+            )
+            .unwrap()
+        };
+    run(false, &mut grads, &mut scratch, &mut dx);
+    assert_eq!(s.clone_dtoh(&dx).unwrap(), s.clone_dtoh(&dx_alloc).unwrap());
+    for (a, b) in grads.iter().zip(&once) {
+        assert!(
+            same(s, a, b),
+            "backward_chain_into and backward_chain differ"
+        );
+    }
+    run(true, &mut grads, &mut scratch, &mut dx);
+    let twice = |v: &CudaSlice<f32>| {
+        s.clone_dtoh(v)
+            .unwrap()
+            .iter()
+            .map(|x| 2.0 * x)
+            .collect::<Vec<f32>>()
+    };
+    assert_eq!(
+        s.clone_dtoh(&dx).unwrap(),
+        twice(&dx_alloc),
+        "dX accumulated"
+    );
+    for (a, b) in grads.iter().zip(&once) {
+        assert_eq!(
+            s.clone_dtoh(&a.lora_a).unwrap(),
+            twice(&b.lora_a),
+            "dA accumulated"
+        );
+        assert_eq!(
+            s.clone_dtoh(&a.lora_b).unwrap(),
+            twice(&b.lora_b),
+            "dB accumulated"
+        );
+        if let (Some(am), Some(bm)) = (&a.magnitude, &b.magnitude) {
+            assert_eq!(
+                s.clone_dtoh(am).unwrap(),
+                twice(bm),
+                "d magnitude accumulated"
+            );
+        }
+    }
+    // Buffers that do not fit are errors naming them, and nothing is written.
+    let before = s.clone_dtoh(&dx).unwrap();
+    let mut small = gpu
+        .backward_scratch(shape.m - 1, &[4, 3], 1, shape.n)
+        .unwrap();
+    let err = gpu
+        .backward_chain_into(
+            &x,
+            &g,
+            weight,
+            &steps,
+            shape,
+            &mut dx,
+            &mut grads,
+            &mut small,
+            Accumulate::default(),
+        )
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::InvalidArgument { arg, .. } if arg == "scratch"),
+        "{err}"
+    );
+    let mut fewer = gpu.adapter_grads::<f32, _>(&steps[..1], shape).unwrap();
+    let err = gpu
+        .backward_chain_into(
+            &x,
+            &g,
+            weight,
+            &steps,
+            shape,
+            &mut dx,
+            &mut fewer,
+            &mut scratch,
+            Accumulate::default(),
+        )
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::InvalidArgument { arg, .. } if arg == "grads"),
+        "{err}"
+    );
+    assert_eq!(s.clone_dtoh(&dx).unwrap(), before);
+}
+
 #[test]
 fn bad_arguments_are_errors_naming_them() {
     let Some(gpu) = common::gpu() else { return };

@@ -1,4 +1,5 @@
-//! CUDA graphs: the fused LoRA forward, a DoRA forward and a mixed-batch prefill captured with a
+//! CUDA graphs: the fused LoRA forward, a DoRA forward, a mixed-batch prefill and a training backward
+//! (into caller-owned gradients and scratch) captured with a
 //! caller-owned workspace ([`Gpu::lora_workspace`], installed by [`Gpu::with_workspace`]) and replayed several times with new input
 //! contents, each replay against the CPU reference; two workspaces on two streams replaying at
 //! once; the handle's implicit workspace growing after a capture (the graph stays valid) and
@@ -442,4 +443,136 @@ fn a_caller_workspace_too_small_fails_before_launching_and_capture_needs_trackin
     let tracked = Gpu::new(0).unwrap();
     let err = tracked.capture(|| Ok(())).err().expect("refused");
     assert!(err.to_string().contains("event tracking"), "{err}");
+}
+
+#[test]
+fn a_captured_training_backward_replays_with_new_gradients() {
+    use lora_kernels::lora_backward::{
+        reference as backward_ref, Accumulate, BackwardStep, DxWeight,
+    };
+    let _s = serial();
+    let Some(gpu) = gpu() else { return };
+    let s = gpu.stream().clone();
+    // A LoRA and a DoRA adapter on a dense base: every backward kernel in the graph.
+    let shape = LoraShape::new(12, 72, 40);
+    let mut rng = Rng::new(15);
+    let ads = adapters::<bf16>(&mut rng, shape.k, shape.n, &[4, 8]);
+    let hw: Vec<bf16> = rng.vec(shape.n * shape.k, 0.2);
+    let hx: Vec<bf16> = rng.vec(shape.m * shape.k, 1.0);
+    let hbase: Vec<bf16> = rng.vec(shape.m * shape.n, 1.0);
+    let hmag: Vec<bf16> = (0..shape.n)
+        .map(|i| bf16::from_f32(0.5 + (i % 5) as f32 * 0.1))
+        .collect();
+    let dev: Vec<_> = ads
+        .iter()
+        .map(|a| (s.clone_htod(&a.a).unwrap(), s.clone_htod(&a.b).unwrap()))
+        .collect();
+    let views: Vec<_> = dev
+        .iter()
+        .zip(&ads)
+        .map(|((a, b), h)| LoraAdapter::new(a, b, h.rank, h.scale))
+        .collect();
+    let (w, x, base, mag) = (
+        s.clone_htod(&hw).unwrap(),
+        s.clone_htod(&hx).unwrap(),
+        s.clone_htod(&hbase).unwrap(),
+        s.clone_htod(&hmag).unwrap(),
+    );
+    let factor = gpu
+        .dora_factor(&w, views[1], &mag, shape.k, shape.n)
+        .unwrap();
+    let hnorm = s.clone_dtoh(factor.norms()).unwrap();
+    let steps = [
+        BackwardStep {
+            adapter: views[0],
+            dora: None,
+        },
+        BackwardStep {
+            adapter: views[1],
+            dora: Some(lora_kernels::lora_backward::DoraSaved {
+                magnitude: &mag,
+                norm: factor.norms(),
+                base: &base,
+                bias: None,
+            }),
+        },
+    ];
+    let mut g = s.alloc_zeros::<bf16>(shape.m * shape.n).unwrap();
+    let mut dx = s.alloc_zeros::<bf16>(shape.m * shape.k).unwrap();
+    let mut grads = gpu.adapter_grads::<bf16, _>(&steps, shape).unwrap();
+    let mut scratch = gpu.backward_scratch(shape.m, &[4, 8], 1, shape.n).unwrap();
+    let none = Accumulate::default();
+    let weight = DxWeight::Dense(&w);
+    gpu.backward_chain_into(
+        &x,
+        &g,
+        weight,
+        &steps,
+        shape,
+        &mut dx,
+        &mut grads,
+        &mut scratch,
+        none,
+    )
+    .unwrap();
+    let graph = gpu
+        .capture(|| {
+            gpu.backward_chain_into(
+                &x,
+                &g,
+                weight,
+                &steps,
+                shape,
+                &mut dx,
+                &mut grads,
+                &mut scratch,
+                none,
+            )
+        })
+        .unwrap();
+    for replay in 0..2 {
+        let hg: Vec<bf16> = rng.vec(shape.m * shape.n, 1.0);
+        s.memcpy_htod(&hg, &mut g).unwrap();
+        graph.launch().unwrap();
+        let host_steps = [
+            BackwardStep {
+                adapter: LoraAdapter::new(&ads[0].a[..], &ads[0].b[..], 4, ads[0].scale),
+                dora: None,
+            },
+            BackwardStep {
+                adapter: LoraAdapter::new(&ads[1].a[..], &ads[1].b[..], 8, ads[1].scale),
+                dora: Some(lora_kernels::lora_backward::DoraSaved {
+                    magnitude: &hmag[..],
+                    norm: &hnorm[..],
+                    base: &hbase[..],
+                    bias: None,
+                }),
+            },
+        ];
+        let want = backward_ref::backward(&hx, &hg, Some(&hw), &host_steps, shape).unwrap();
+        check(
+            &format!("backward replay {replay} dx"),
+            &s.clone_dtoh(&dx).unwrap(),
+            &want.x,
+        );
+        for (i, (got, want)) in grads.iter().zip(&want.adapters).enumerate() {
+            check(
+                &format!("replay {replay} dA[{i}]"),
+                &s.clone_dtoh(&got.lora_a).unwrap(),
+                &want.lora_a,
+            );
+            check(
+                &format!("replay {replay} dB[{i}]"),
+                &s.clone_dtoh(&got.lora_b).unwrap(),
+                &want.lora_b,
+            );
+            if let (Some(gm), Some(wm)) = (&got.magnitude, &want.magnitude) {
+                check(
+                    &format!("replay {replay} dm[{i}]"),
+                    &s.clone_dtoh(gm).unwrap(),
+                    wm,
+                );
+            }
+        }
+    }
 }

@@ -3,7 +3,7 @@
 //! H·A terms; f16/bf16 on tensor cores, f32 on CUDA cores), the DoRA magnitude gradient, and the
 //! running DoRA column scale.
 use super::reference::step_lens;
-use super::{validate_backward, AdapterGrads, BackwardStep, DoraSaved};
+use super::{validate_backward, Accumulate, AdapterGrads, BackwardStep, DoraSaved};
 use crate::device::{Gpu, KernelModule};
 use crate::error::{invalid, Result};
 use crate::linear::{LinearWeight, QuantizedWeight};
@@ -69,6 +69,38 @@ fn phase(
         depth: depth as i32,
         alpha,
     }
+}
+
+/// The backward's scratch on the GPU, owned by the caller ([`Gpu::backward_scratch`]): L and H
+/// (f32 `[m, r]` per adapter) and the DoRA column scales (f32 `[n]` each).
+#[derive(Debug)]
+pub struct BackwardScratch {
+    values: CudaSlice<f32>,
+}
+
+impl BackwardScratch {
+    /// Its size in f32 values.
+    pub fn len(&self) -> usize {
+        self.values.len()
+    }
+
+    /// Whether it holds nothing (never for one made by [`Gpu::backward_scratch`]).
+    pub fn is_empty(&self) -> bool {
+        self.values.is_empty()
+    }
+}
+
+/// 2·m·Σr + n per DoRA adapter f32 values, or None on overflow.
+fn scratch_len(
+    m: usize,
+    mut ranks: impl Iterator<Item = usize>,
+    doras: usize,
+    n: usize,
+) -> Option<usize> {
+    let total_rank = ranks.try_fold(0usize, |t, r| t.checked_add(r))?;
+    m.checked_mul(total_rank)?
+        .checked_mul(2)?
+        .checked_add(doras.checked_mul(n)?)
 }
 
 /// The device addresses of one step's buffers (0 where it has none).
@@ -152,7 +184,8 @@ impl Gpu {
 
     /// The backward of a chain of adapters applied in order after the base (see
     /// [`crate::lora_backward::reference::backward`]): the gradients in `steps`' order, dX into `dx`.
-    /// Allocates its scratch (L and H, f32 `[m, rank]` per adapter) and the gradients on the stream.
+    /// Allocates its scratch and the gradients on the stream; [`Gpu::backward_chain_into`] takes
+    /// them from the caller instead (no allocation: capturable).
     #[allow(clippy::too_many_arguments)]
     pub fn backward_chain<T: Element, S: DevicePtr<T>>(
         &self,
@@ -164,6 +197,82 @@ impl Gpu {
         dx: &mut impl DevicePtrMut<T>,
         accumulate: bool,
     ) -> Result<Vec<AdapterGrads<CudaSlice<T>>>> {
+        self.validate_chain(x, grad_output, weight, steps, shape, dx)?;
+        let ranks: Vec<usize> = steps.iter().map(|st| st.adapter.rank).collect();
+        let doras = steps.iter().filter(|st| st.dora.is_some()).count();
+        let mut scratch = self.backward_scratch(shape.m, &ranks, doras, shape.n)?;
+        let mut grads = self.adapter_grads::<T, S>(steps, shape)?;
+        let accumulate = Accumulate {
+            dx: accumulate,
+            grads: false,
+        };
+        self.backward_chain_into(
+            x,
+            grad_output,
+            weight,
+            steps,
+            shape,
+            dx,
+            &mut grads,
+            &mut scratch,
+            accumulate,
+        )?;
+        Ok(grads)
+    }
+
+    /// Zeroed gradient buffers for `steps` on `shape` (dA `[r, k]`, dB `[n, r]`, d magnitude `[n]`
+    /// for DoRA), for [`Gpu::backward_chain_into`].
+    pub fn adapter_grads<T: Element, S: DevicePtr<T>>(
+        &self,
+        steps: &[BackwardStep<'_, S, CudaSlice<f32>>],
+        shape: LoraShape,
+    ) -> Result<Vec<AdapterGrads<CudaSlice<T>>>> {
+        let LoraShape { k, n, .. } = shape;
+        let s = self.stream();
+        steps
+            .iter()
+            .map(|st| {
+                let r = st.adapter.rank;
+                Ok(AdapterGrads {
+                    lora_a: s.alloc_zeros(r.saturating_mul(k))?,
+                    lora_b: s.alloc_zeros(n.saturating_mul(r))?,
+                    magnitude: match st.dora {
+                        Some(_) => Some(s.alloc_zeros(n)?),
+                        None => None,
+                    },
+                })
+            })
+            .collect()
+    }
+
+    /// Scratch for backwards of up to `max_m` rows with adapters of `ranks` (in chain order),
+    /// `doras` of them DoRA, on n output features: L and H, f32 `[m, r]` per adapter, and one f32
+    /// `[n]` column scale per DoRA adapter. Allocated once; every [`Gpu::backward_chain_into`] that
+    /// fits it allocates nothing.
+    pub fn backward_scratch(
+        &self,
+        max_m: usize,
+        ranks: &[usize],
+        doras: usize,
+        n: usize,
+    ) -> Result<BackwardScratch> {
+        let len = scratch_len(max_m, ranks.iter().copied(), doras, n)
+            .ok_or_else(|| invalid("max_m", "a scratch size that fits in memory", max_m))?;
+        Ok(BackwardScratch {
+            values: self.stream().alloc_zeros(len.max(1))?,
+        })
+    }
+
+    /// Checks a chain backward's arguments (see [`super::validate_backward`]) and its dX buffer.
+    fn validate_chain<T: Element, S: DevicePtr<T>>(
+        &self,
+        x: &impl DevicePtr<T>,
+        grad_output: &impl DevicePtr<T>,
+        weight: DxWeight<'_, S>,
+        steps: &[BackwardStep<'_, S, CudaSlice<f32>>],
+        shape: LoraShape,
+        dx: &impl DevicePtrMut<T>,
+    ) -> Result<()> {
         let LoraShape { m, k, n } = shape;
         let weight_len = match weight {
             DxWeight::Skip => None,
@@ -192,28 +301,86 @@ impl Gpu {
         for (rows, cols) in [(m, k), (n, crate::MAX_RANK), (m, crate::MAX_RANK)] {
             tiles(rows, cols)?;
         }
+        Ok(())
+    }
 
-        let stream = self.stream().clone();
-        // Scratch and results, allocated before the first launch.
-        let mut hidden: Vec<(CudaSlice<f32>, CudaSlice<f32>)> = Vec::with_capacity(steps.len());
-        let mut grads: Vec<AdapterGrads<CudaSlice<T>>> = Vec::with_capacity(steps.len());
-        let mut factors: Vec<CudaSlice<f32>> = Vec::new();
-        for st in steps {
+    /// [`Gpu::backward_chain`] into caller-owned buffers: the gradients into `grads` (one entry per
+    /// step, from [`Gpu::adapter_grads`]; added to what they hold with `accumulate.grads`, for
+    /// gradient accumulation over micro-batches), dX into `dx` (added with `accumulate.dx`), the
+    /// scratch from `scratch` ([`Gpu::backward_scratch`]). Allocates nothing, so a training step
+    /// can be captured in a CUDA graph. Every buffer is checked before anything is launched.
+    #[allow(clippy::too_many_arguments)]
+    pub fn backward_chain_into<T: Element, S: DevicePtr<T>>(
+        &self,
+        x: &impl DevicePtr<T>,
+        grad_output: &impl DevicePtr<T>,
+        weight: DxWeight<'_, S>,
+        steps: &[BackwardStep<'_, S, CudaSlice<f32>>],
+        shape: LoraShape,
+        dx: &mut impl DevicePtrMut<T>,
+        grads: &mut [AdapterGrads<CudaSlice<T>>],
+        scratch: &mut BackwardScratch,
+        accumulate: Accumulate,
+    ) -> Result<()> {
+        self.validate_chain(x, grad_output, weight, steps, shape, dx)?;
+        let LoraShape { m, k, n } = shape;
+        if grads.len() != steps.len() {
+            return Err(invalid(
+                "grads",
+                format!("{} entries (one per adapter)", steps.len()),
+                grads.len(),
+            ));
+        }
+        for (i, (st, gr)) in steps.iter().zip(grads.iter()).enumerate() {
             let r = st.adapter.rank;
-            hidden.push((stream.alloc_zeros(m * r)?, stream.alloc_zeros(m * r)?));
-            grads.push(AdapterGrads {
-                lora_a: stream.alloc_zeros(r * k)?,
-                lora_b: stream.alloc_zeros(n * r)?,
-                magnitude: match st.dora {
-                    Some(_) => Some(stream.alloc_zeros(n)?),
-                    None => None,
-                },
-            });
-            if st.dora.is_some() {
-                factors.push(stream.alloc_zeros(n)?);
+            let at = |what: &str| format!("grads[{i}].{what}");
+            crate::validate::at_least(
+                &at("lora_a"),
+                gr.lora_a.len(),
+                r.checked_mul(k),
+                &format!("[rank={r}, k={k}]"),
+            )?;
+            crate::validate::at_least(
+                &at("lora_b"),
+                gr.lora_b.len(),
+                n.checked_mul(r),
+                &format!("[n={n}, rank={r}]"),
+            )?;
+            match (&st.dora, &gr.magnitude) {
+                (Some(_), Some(g)) => crate::validate::at_least(
+                    &at("magnitude"),
+                    g.len(),
+                    Some(n),
+                    &format!("[n={n}]"),
+                )?,
+                (None, None) => {}
+                (Some(_), None) => {
+                    return Err(invalid(
+                        at("magnitude"),
+                        "a buffer (a DoRA adapter)",
+                        "none",
+                    ))
+                }
+                (None, Some(_)) => {
+                    return Err(invalid(
+                        at("magnitude"),
+                        "none (a LoRA adapter)",
+                        "a buffer",
+                    ))
+                }
             }
         }
+        let doras = steps.iter().filter(|st| st.dora.is_some()).count();
+        let need = scratch_len(m, steps.iter().map(|st| st.adapter.rank), doras, n);
+        if need.is_none_or(|need| need > scratch.values.len()) {
+            return Err(invalid(
+                "scratch",
+                format!("at least {need:?} f32 values (2·m·Σr + n per DoRA adapter)"),
+                scratch.values.len(),
+            ));
+        }
 
+        let stream = self.stream().clone();
         let mut guards: Vec<SyncOnDrop<'_>> = Vec::new();
         let (x_ptr, g) = x.device_ptr(&stream);
         guards.push(g);
@@ -231,28 +398,32 @@ impl Gpu {
             }
         };
         guards.extend(weight_guards);
+        let (scratch_ptr, g) = scratch.values.device_ptr_mut(&stream);
+        guards.push(g);
+        let f32_at = |offset: usize| scratch_ptr + (offset * std::mem::size_of::<f32>()) as u64;
         let elem = LoraBackwardKind_LORA_BACKWARD_ELEMENT;
         let f32k = LoraBackwardKind_LORA_BACKWARD_F32;
 
-        // Every buffer's address, its guard held until the launches are enqueued.
+        // Every buffer's address, its guard held until the launches are enqueued; L, H and the
+        // DoRA column scales laid out in the scratch one after another.
         let mut ptrs: Vec<StepPtrs> = Vec::with_capacity(steps.len());
-        let mut scale_bufs = factors.iter_mut();
-        for ((st, (l, h)), grad) in steps.iter().zip(hidden.iter_mut()).zip(grads.iter_mut()) {
+        let mut offset = 0usize;
+        let mut scale_offset = 2 * m * steps.iter().map(|st| st.adapter.rank).sum::<usize>();
+        for (st, grad) in steps.iter().zip(grads.iter_mut()) {
+            let r = st.adapter.rank;
             let mut p = StepPtrs::default();
             let mut take = |pg| keep(&mut guards, pg);
             p.a = take(st.adapter.lora_a.device_ptr(&stream));
             p.b = take(st.adapter.lora_b.device_ptr(&stream));
-            p.l = take(l.device_ptr_mut(&stream));
-            p.h = take(h.device_ptr_mut(&stream));
+            p.l = f32_at(offset);
+            p.h = f32_at(offset + m * r);
+            offset += 2 * m * r;
             p.da = take(grad.lora_a.device_ptr_mut(&stream));
             p.db = take(grad.lora_b.device_ptr_mut(&stream));
-            let dora = match (st.dora, grad.magnitude.as_mut()) {
-                (Some(d), Some(dmag)) => scale_bufs.next().map(|scale| (d, dmag, scale)),
-                _ => None,
-            };
-            if let Some((d, dmag, scale)) = dora {
+            if let (Some(d), Some(dmag)) = (st.dora, grad.magnitude.as_mut()) {
                 p.dmag = take(dmag.device_ptr_mut(&stream));
-                p.scale = take(scale.device_ptr_mut(&stream));
+                p.scale = f32_at(scale_offset);
+                scale_offset += n;
                 p.magnitude = take(d.magnitude.device_ptr(&stream));
                 p.norm = take(d.norm.device_ptr(&stream));
                 p.base = take(d.base.device_ptr(&stream));
@@ -333,20 +504,26 @@ impl Gpu {
                 row_scale: g_scale,
                 ..operand(g_ptr, elem, 1, n)
             };
-            second.push(plain(
-                phase(g_f_t, operand(p.l, f32k, r, 1), m, s),
-                n,
-                r,
-                p.db,
-                false,
-            ));
-            second.push(plain(
-                phase(operand(p.h, f32k, 1, r), x_op, m, s),
-                r,
-                k,
-                p.da,
-                false,
-            ));
+            second.push(Product {
+                accumulate: accumulate.grads,
+                ..plain(
+                    phase(g_f_t, operand(p.l, f32k, r, 1), m, s),
+                    n,
+                    r,
+                    p.db,
+                    false,
+                )
+            });
+            second.push(Product {
+                accumulate: accumulate.grads,
+                ..plain(
+                    phase(operand(p.h, f32k, 1, r), x_op, m, s),
+                    r,
+                    k,
+                    p.da,
+                    false,
+                )
+            });
             // dX += s·H·A
             dx_phases.push(phase(
                 operand(p.h, f32k, r, 1),
@@ -363,7 +540,7 @@ impl Gpu {
             n: k,
             out: dx_ptr,
             out_f32: false,
-            accumulate,
+            accumulate: accumulate.dx,
         });
         self.launch_products::<T>(&first, base_weight, k)?;
         self.launch_products::<T>(&second, base_weight, k)?;
@@ -382,11 +559,13 @@ impl Gpu {
                     n: n as i32,
                     rank: st.adapter.rank as i32,
                     scale: st.adapter.scale,
+                    accumulate: accumulate.grads as i32,
+                    pad: 0,
                 })?;
             }
         }
         drop(guards);
-        Ok(grads)
+        Ok(())
     }
 
     /// Launches independent `products` in as few launches as the parameter block holds

@@ -24,7 +24,7 @@
 mod gpu;
 pub mod reference;
 
-pub use gpu::DxWeight;
+pub use gpu::{BackwardScratch, DxWeight};
 
 /// The gradients of one adapter's trainable tensors.
 #[derive(Clone, Debug)]
@@ -35,6 +35,16 @@ pub struct AdapterGrads<B> {
     pub lora_b: B,
     /// dL/dm, `[n]`, for a DoRA adapter (peft's `lora_magnitude_vector.weight.grad`); `None` for LoRA.
     pub magnitude: Option<B>,
+}
+
+/// What a backward into caller-owned buffers adds to what they hold
+/// ([`crate::Gpu::backward_chain_into`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Accumulate {
+    /// dX: the Q, K and V projections of one input sum theirs.
+    pub dx: bool,
+    /// dA, dB and d magnitude: gradient accumulation over micro-batches.
+    pub grads: bool,
 }
 
 /// The gradients a backward returns: dX and each adapter's, in the order the adapters were given.

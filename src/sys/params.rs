@@ -674,11 +674,13 @@ pub struct LoraBackwardMagnitudeParams {
     pub n: i32,
     pub rank: i32,
     pub scale: f32,
+    pub accumulate: i32,
+    pub pad: i32,
 }
 #[allow(clippy::unnecessary_operation, clippy::identity_op)]
 const _: () = {
     ["Size of LoraBackwardMagnitudeParams"]
-        [::core::mem::size_of::<LoraBackwardMagnitudeParams>() - 80usize];
+        [::core::mem::size_of::<LoraBackwardMagnitudeParams>() - 88usize];
     ["Alignment of LoraBackwardMagnitudeParams"]
         [::core::mem::align_of::<LoraBackwardMagnitudeParams>() - 8usize];
     ["Offset of field: LoraBackwardMagnitudeParams::grad_output"]
@@ -705,6 +707,10 @@ const _: () = {
         [::core::mem::offset_of!(LoraBackwardMagnitudeParams, rank) - 72usize];
     ["Offset of field: LoraBackwardMagnitudeParams::scale"]
         [::core::mem::offset_of!(LoraBackwardMagnitudeParams, scale) - 76usize];
+    ["Offset of field: LoraBackwardMagnitudeParams::accumulate"]
+        [::core::mem::offset_of!(LoraBackwardMagnitudeParams, accumulate) - 80usize];
+    ["Offset of field: LoraBackwardMagnitudeParams::pad"]
+        [::core::mem::offset_of!(LoraBackwardMagnitudeParams, pad) - 84usize];
 };
 #[repr(C)]
 #[derive(Debug, Default, Copy, Clone)]
