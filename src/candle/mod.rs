@@ -20,7 +20,7 @@
 //! int8 bases, per-row adapter names (peft's mixed batch) and dropout (the forward is peft's with
 //! `lora_dropout = 0`).
 //!
-//! ```no_run
+//! ```
 //! use candle_core::{DType, Device, Module, Tensor};
 //! use lora_kernels::candle::LoraLinear;
 //!
