@@ -586,3 +586,36 @@ fn errors_name_what_was_wrong() {
         "{msg}"
     );
 }
+
+/// A forward's backward uses the values that forward ran on: changing the Vars or merging between
+/// the forward and the backward changes nothing in the gradients.
+#[test]
+fn backward_uses_the_forward_s_values() {
+    let mut rng = Rng::new(13);
+    let problem = Problem::<f32>::random(&mut rng, 5, 4, true, &[false, true]);
+    let layer = problem.candle();
+    let x = Var::from_tensor(&tensor(&rng.vec::<f32>(3 * 5, 1.0), &[3, 5])).unwrap();
+    let g = tensor(&rng.vec::<f32>(3 * 4, 1.0), &[3, 4]);
+    let loss = || {
+        (layer.forward(x.as_tensor()).unwrap() * &g)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+    };
+    let vars = layer.trainable_vars();
+    let grads = |loss: &Tensor| {
+        let store = loss.backward().unwrap();
+        std::iter::once(&x)
+            .chain(&vars)
+            .map(|v| values::<f32>(store.get(v.as_tensor()).unwrap()))
+            .collect::<Vec<_>>()
+    };
+    let want = grads(&loss());
+    let later = loss();
+    for v in &vars {
+        let changed = (v.as_tensor() * 2.0).unwrap();
+        v.set(&changed).unwrap();
+    }
+    layer.merge(None, false).unwrap();
+    assert_eq!(grads(&later), want);
+}

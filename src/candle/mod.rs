@@ -15,6 +15,8 @@
 //! What candle sees: the adapters' tensors are flattened and concatenated (exact data moves, with
 //! candle's own backward) into one input of the op, beside x; the op returns y and, in its
 //! backward, dX and the concatenated adapter gradients, which candle splits back onto the [`Var`]s.
+//! The op holds W as the forward saw it and its input is a copy of the adapters' values, so a
+//! backward always differentiates the forward that ran, even after an optimiser step or a merge.
 //!
 //! Not here yet: the GPU path (`candle-cuda`: a `cuda_fwd` on the crate's fused kernels), 4-bit and
 //! int8 bases, per-row adapter names (peft's mixed batch) and dropout (the forward is peft's with
@@ -363,7 +365,8 @@ impl LoraLinear {
     /// `W + s·B·A`, DoRA as `f ⊙ (W + s·B·A)` ([`crate::dora::reference::dora_merged_weight`]). With
     /// `safe`, a non-finite result is an error. Merging an adapter twice is an error. On an error W
     /// and the merged adapters are as before. A merged layer's forward is the base alone, and its
-    /// adapters get no gradient (as in peft).
+    /// adapters get no gradient (as in peft); changing a merged adapter's [`Var`]s (`Var::set`)
+    /// makes its unmerge subtract other values than were added, as in peft.
     pub fn merge(&self, names: Option<&[&str]>, safe: bool) -> Result<()> {
         match self.dtype {
             DType::F32 => self.lock().merge::<f32>(names, safe, self.k, self.n),
@@ -544,13 +547,16 @@ impl Module for LoraLinear {
             ForwardPlan::Active(names) => names,
             ForwardPlan::Mixed { .. } => unreachable!("no per-row adapter names were given"),
         };
-        let y = if names.is_empty() {
-            rows.apply_op1(BaseOp {
-                weight: inner.weight.clone(),
-                bias: self.bias.clone(),
-                k: self.k,
-                n: self.n,
-            })?
+        let base = BaseOp {
+            weight: inner.weight.clone(),
+            bias: self.bias.clone(),
+            k: self.k,
+            n: self.n,
+        };
+        // The op holds W as it is now and its input the adapters' values concatenated (a copy): a
+        // later merge or optimiser step does not change what this forward's backward computes.
+        let chain = if names.is_empty() {
+            None
         } else {
             let mut params = Vec::new();
             let mut steps = Vec::with_capacity(names.len());
@@ -586,19 +592,21 @@ impl Module for LoraLinear {
                     dora: ad.magnitude.is_some(),
                 });
             }
-            let params = Tensor::cat(&params, 0)?;
-            rows.apply_op2(
-                &params,
-                ChainOp {
-                    weight: inner.weight.clone(),
-                    bias: self.bias.clone(),
-                    steps,
-                    k: self.k,
-                    n: self.n,
-                },
-            )?
+            let op = ChainOp {
+                weight: base.weight.clone(),
+                bias: base.bias.clone(),
+                steps,
+                k: self.k,
+                n: self.n,
+            };
+            Some((op, Tensor::cat(&params, 0)?))
         };
+        // The products run without the lock.
         drop(inner);
+        let y = match chain {
+            None => rows.apply_op1(base)?,
+            Some((op, params)) => rows.apply_op2(&params, op)?,
+        };
         let mut dims = x.dims().to_vec();
         *dims.last_mut().expect("x has 2 or 3 dimensions") = self.n;
         y.reshape(dims)
