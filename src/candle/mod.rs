@@ -49,12 +49,15 @@ use crate::peft::PeftAdapter;
 use crate::{Element, MAX_RANK};
 use candle_core::backend::BackendStorage;
 use candle_core::{
-    CpuStorage, CustomOp1, CustomOp2, DType, Error, Layout, Module, Result, Shape, Tensor, Var,
-    WithDType,
+    CpuStorage, CustomOp1, CustomOp2, DType, Device, Error, Layout, Module, Result, Shape, Tensor,
+    Var, WithDType,
 };
 use std::collections::BTreeMap;
 use std::fmt::Display;
 use std::sync::{Mutex, MutexGuard};
+
+#[cfg(feature = "candle-cuda")]
+mod cuda;
 
 /// An element type both the crate's references and candle take: f32, `half::f16`, `half::bf16`.
 trait Float: Element + WithDType {}
@@ -80,14 +83,36 @@ fn check_dtype(arg: &str, dtype: DType) -> Result<()> {
     }
 }
 
-/// Only candle's CPU device for now.
-fn check_cpu(arg: &str, t: &Tensor) -> Result<()> {
-    if t.device().is_cpu() {
+/// Only candle's CPU device, or, with the `candle-cuda` feature, a CUDA device too.
+fn check_device(arg: &str, t: &Tensor) -> Result<()> {
+    if t.device().is_cpu() || (cfg!(feature = "candle-cuda") && t.device().is_cuda()) {
+        Ok(())
+    } else {
+        let expected = if cfg!(feature = "candle-cuda") {
+            "a tensor on the CPU or a CUDA device"
+        } else {
+            "a tensor on the CPU device (CUDA tensors need the `candle-cuda` feature)"
+        };
+        Err(invalid(
+            arg,
+            expected,
+            format!("a tensor on {:?}", t.device().location()),
+        ))
+    }
+}
+
+/// `t` must be on the base weight's device `dev`.
+fn check_same_device(arg: &str, t: &Tensor, dev: &Device) -> Result<()> {
+    check_device(arg, t)?;
+    if t.device().same_device(dev) {
         Ok(())
     } else {
         Err(invalid(
             arg,
-            "a tensor on the CPU device (the `candle-cuda` feature is not built yet)",
+            format!(
+                "a tensor on the base weight's device ({:?})",
+                dev.location()
+            ),
             format!("a tensor on {:?}", t.device().location()),
         ))
     }
@@ -182,6 +207,7 @@ pub struct LoraLinear {
     k: usize,
     n: usize,
     dtype: DType,
+    device: Device,
     inner: Mutex<Inner>,
 }
 
@@ -189,7 +215,7 @@ impl LoraLinear {
     /// A layer over W `[out, in]` and an optional bias `[out]` (f32, f16 or bf16, the same dtype,
     /// on the CPU), with no adapters. W and the bias are detached: they get no gradient.
     pub fn new(weight: Tensor, bias: Option<Tensor>) -> Result<Self> {
-        check_cpu("weight", &weight)?;
+        check_device("weight", &weight)?;
         check_dtype("weight", weight.dtype())?;
         let (n, k) = match *weight.dims() {
             [n, k] if n > 0 && k > 0 => (n, k),
@@ -204,7 +230,7 @@ impl LoraLinear {
         let dtype = weight.dtype();
         let bias = match bias {
             Some(b) => {
-                check_cpu("bias", &b)?;
+                check_same_device("bias", &b, weight.device())?;
                 check_same_dtype("bias", &b, dtype)?;
                 check_dims("bias", &b, &[n], &format!("[out_features={n}]"))?;
                 Some(b.detach().contiguous()?)
@@ -216,6 +242,7 @@ impl LoraLinear {
             k,
             n,
             dtype,
+            device: weight.device().clone(),
             inner: Mutex::new(Inner {
                 weight: weight.detach().contiguous()?,
                 adapters: BTreeMap::new(),
@@ -272,9 +299,8 @@ impl LoraLinear {
                 ),
             ));
         }
-        let dev = candle_core::Device::Cpu;
         let tensor = |v: &[f32], dims: &[usize]| -> Result<Tensor> {
-            Tensor::from_slice(v, dims, &dev)?.to_dtype(self.dtype)
+            Tensor::from_slice(v, dims, &self.device)?.to_dtype(self.dtype)
         };
         let a = tensor(&m.lora_a, &[m.rank, m.in_features])?;
         let b = tensor(&m.lora_b, &[m.out_features, m.rank])?;
@@ -329,7 +355,7 @@ impl LoraLinear {
         .into_iter()
         .chain(magnitude.map(|m| ("magnitude", m, vec![n], format!("[out_features={n}]"))))
         {
-            check_cpu(&arg(what), t)?;
+            check_same_device(&arg(what), t, &self.device)?;
             check_same_dtype(&arg(what), t, self.dtype)?;
             check_dims(&arg(what), t, &dims, &text)?;
         }
@@ -441,7 +467,7 @@ impl LoraLinear {
 
     /// Checks x `[m, in]` or `[batch, seq, in]` and returns it as `[rows, in]` (contiguous).
     fn flatten_input(&self, x: &Tensor) -> Result<Tensor> {
-        check_cpu("x", x)?;
+        check_same_device("x", x, &self.device)?;
         check_same_dtype("x", x, self.dtype)?;
         let k = self.k;
         let rows = match *x.dims() {
@@ -660,7 +686,25 @@ impl CustomOp1 for BaseOp {
         }
     }
 
+    #[cfg(feature = "candle-cuda")]
+    fn cuda_fwd(
+        &self,
+        s: &candle_core::CudaStorage,
+        l: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        cuda::base_fwd(self, s, l)
+    }
+
     fn bwd(&self, x: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        #[cfg(feature = "candle-cuda")]
+        if x.device().is_cuda() {
+            let gx = match x.dtype() {
+                DType::F32 => cuda::base_bwd::<f32>(self, x, grad)?,
+                DType::F16 => cuda::base_bwd::<half::f16>(self, x, grad)?,
+                _ => cuda::base_bwd::<half::bf16>(self, x, grad)?,
+            };
+            return Ok(Some(gx));
+        }
         let gx = match x.dtype() {
             DType::F32 => self.bwd_t::<f32>(x, grad)?,
             DType::F16 => self.bwd_t::<half::f16>(x, grad)?,
@@ -886,6 +930,17 @@ impl CustomOp2 for ChainOp {
         }
     }
 
+    #[cfg(feature = "candle-cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        cuda::chain_fwd(self, s1, l1, s2, l2)
+    }
+
     fn bwd(
         &self,
         x: &Tensor,
@@ -893,6 +948,15 @@ impl CustomOp2 for ChainOp {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        #[cfg(feature = "candle-cuda")]
+        if x.device().is_cuda() {
+            let (gx, gp) = match x.dtype() {
+                DType::F32 => cuda::chain_bwd::<f32>(self, x, params, grad)?,
+                DType::F16 => cuda::chain_bwd::<half::f16>(self, x, params, grad)?,
+                _ => cuda::chain_bwd::<half::bf16>(self, x, params, grad)?,
+            };
+            return Ok((Some(gx), Some(gp)));
+        }
         let (gx, gp) = match x.dtype() {
             DType::F32 => self.bwd_t::<f32>(x, params, grad)?,
             DType::F16 => self.bwd_t::<half::f16>(x, params, grad)?,
