@@ -619,3 +619,72 @@ fn backward_uses_the_forward_s_values() {
     layer.merge(None, false).unwrap();
     assert_eq!(grads(&later), want);
 }
+
+/// With `candle-cuda` on a CUDA device: the forward and every gradient on the crate's kernels match
+/// the CPU path (within the golden tolerance of the dtype). Skips without a device, unless
+/// `LORA_KERNELS_REQUIRE_GPU=1`.
+#[cfg(feature = "candle-cuda")]
+#[test]
+fn cuda_matches_the_cpu() {
+    let dev = match Device::new_cuda(0) {
+        Ok(dev) => dev,
+        Err(e) => {
+            assert!(
+                std::env::var("LORA_KERNELS_REQUIRE_GPU").as_deref() != Ok("1"),
+                "no CUDA device: {e}"
+            );
+            println!("SKIPPED: no CUDA device ({e})");
+            return;
+        }
+    };
+    cuda_case::<f32>(&dev, 21);
+    cuda_case::<half::f16>(&dev, 22);
+    cuda_case::<half::bf16>(&dev, 23);
+}
+
+#[cfg(feature = "candle-cuda")]
+fn cuda_case<T: Element + WithDType>(dev: &Device, seed: u64) {
+    let tol = tolerance(<T as Element>::DTYPE);
+    let mut rng = Rng::new(seed);
+    let (m, k, n) = (7, 40, 24);
+    let problem = Problem::<T>::random(&mut rng, k, n, true, &[false, true]);
+    let cpu = problem.candle();
+    let on = |t: &Tensor| t.to_device(dev).unwrap();
+    let gpu = LoraLinear::new(on(&cpu.weight()), cpu.bias().map(on)).unwrap();
+    for (name, _) in &problem.adapters {
+        let v = cpu.adapter(name).unwrap();
+        gpu.add_adapter(
+            name,
+            &on(v.lora_a.as_tensor()),
+            &on(v.lora_b.as_tensor()),
+            v.magnitude.as_ref().map(|m| on(m.as_tensor())).as_ref(),
+            v.scale,
+        )
+        .unwrap();
+    }
+    gpu.set_active(&problem.names()).unwrap();
+    let x = tensor(&rng.vec::<T>(m * k, 1.0), &[m, k]);
+    let g = tensor(&rng.vec::<T>(m * n, 1.0), &[m, n]);
+    let run = |layer: &LoraLinear, x: &Tensor, g: &Tensor| {
+        let xv = Var::from_tensor(x).unwrap();
+        let y = layer.forward(xv.as_tensor()).unwrap();
+        let store = (&y * g).unwrap().sum_all().unwrap().backward().unwrap();
+        let mut out = vec![f64s(&values::<T>(&y))];
+        out.push(f64s(&values::<T>(store.get(xv.as_tensor()).unwrap())));
+        for v in layer.trainable_vars() {
+            out.push(f64s(&values::<T>(store.get(v.as_tensor()).unwrap())));
+        }
+        out
+    };
+    let want = run(&cpu, &x, &g);
+    let got = run(&gpu, &on(&x), &on(&g));
+    assert_eq!(got.len(), want.len());
+    for (i, (a, b)) in got.iter().zip(&want).enumerate() {
+        let err = rel_error(a, b);
+        println!(
+            "{}: cuda output {i} rel error {err:.2e}",
+            <T as Element>::DTYPE
+        );
+        assert!(err <= tol, "{}: output {i}: {err:e}", <T as Element>::DTYPE);
+    }
+}
