@@ -10,7 +10,8 @@
 //! [`crate::lora::reference::lora_forward`], [`crate::dora::reference`]) and whose backward is the
 //! crate's CPU reference backward ([`crate::lora_backward::reference::backward`]): dX (the base
 //! term G·W included), dA, dB and d magnitude, with the DoRA norm detached as peft trains it. W and
-//! the bias are frozen (no gradient). Tensors are f32, f16 or bf16, on candle's CPU device.
+//! the bias are frozen (no gradient). Tensors are f32, f16 or bf16, on candle's CPU device (or a
+//! CUDA device, below).
 //!
 //! What candle sees: the adapters' tensors are flattened and concatenated (exact data moves, with
 //! candle's own backward) into one input of the op, beside x; the op returns y and, in its
@@ -18,9 +19,13 @@
 //! The op holds W as the forward saw it and its input is a copy of the adapters' values, so a
 //! backward always differentiates the forward that ran, even after an optimiser step or a merge.
 //!
-//! Not here yet: the GPU path (`candle-cuda`: a `cuda_fwd` on the crate's fused kernels), 4-bit and
-//! int8 bases, per-row adapter names (peft's mixed batch) and dropout (the forward is peft's with
-//! `lora_dropout = 0`).
+//! With the `candle-cuda` feature (candle-core's `cuda`; build with `--no-default-features`, candle
+//! picks cudarc's CUDA version), CUDA tensors run the crate's kernels on candle's stream: the fused
+//! forward and the GPU backward ([`crate::Gpu::backward_chain`]). That path is type-checked only: no
+//! GPU has run it yet. Merge and unmerge run on the CPU references on either device.
+//!
+//! Not here yet: 4-bit and int8 bases, per-row adapter names (peft's mixed batch) and dropout (the
+//! forward is peft's with `lora_dropout = 0`).
 //!
 //! ```
 //! use candle_core::{DType, Device, Module, Tensor};
@@ -213,7 +218,8 @@ pub struct LoraLinear {
 
 impl LoraLinear {
     /// A layer over W `[out, in]` and an optional bias `[out]` (f32, f16 or bf16, the same dtype,
-    /// on the CPU), with no adapters. W and the bias are detached: they get no gradient.
+    /// on the CPU or, with `candle-cuda`, a CUDA device), with no adapters; every tensor the layer
+    /// takes later must be on W's device and of W's dtype. W and the bias are detached: they get no gradient.
     pub fn new(weight: Tensor, bias: Option<Tensor>) -> Result<Self> {
         check_device("weight", &weight)?;
         check_dtype("weight", weight.dtype())?;
