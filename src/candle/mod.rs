@@ -219,7 +219,8 @@ pub struct LoraLinear {
 impl LoraLinear {
     /// A layer over W `[out, in]` and an optional bias `[out]` (f32, f16 or bf16, the same dtype,
     /// on the CPU or, with `candle-cuda`, a CUDA device), with no adapters; every tensor the layer
-    /// takes later must be on W's device and of W's dtype. W and the bias are detached: they get no gradient.
+    /// takes later must be on W's device and of W's dtype. W and the bias are detached: they get no
+    /// gradient.
     pub fn new(weight: Tensor, bias: Option<Tensor>) -> Result<Self> {
         check_device("weight", &weight)?;
         check_dtype("weight", weight.dtype())?;
@@ -281,7 +282,12 @@ impl LoraLinear {
         module: &str,
     ) -> Result<AdapterVars> {
         let Some(m) = adapter.module(module) else {
-            let known: Vec<&str> = adapter.modules.keys().map(String::as_str).collect();
+            let mut known: Vec<&str> = adapter.modules.keys().map(String::as_str).take(8).collect();
+            let more = adapter.modules.len().saturating_sub(known.len());
+            let more = format!("and {more} more");
+            if adapter.modules.len() > 8 {
+                known.push(&more);
+            }
             return Err(invalid(
                 "module",
                 format!(
