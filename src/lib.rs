@@ -25,6 +25,8 @@
 //! - [`layer`]: a peft layer's forward states (disabled, mixed batch, merged, active adapters) over
 //!   a dense, 4-bit or int8 base, on the GPU ([`layer::Layer`]) and as the CPU reference.
 //! - [`peft`]: loading adapters as peft's `save_pretrained` writes them.
+//! - `candle` (cargo feature `candle`): `candle::LoraLinear`, a candle `Module` with LoRA/DoRA
+//!   adapters whose forward and backward are the CPU references, trained with candle's autograd.
 //! - `golden` (cargo feature `golden`, off by default; test support, not API): reading the golden
 //!   cases computed by the real peft and bitsandbytes, and the tests' comparators.
 //! - [`device`]: the [`Gpu`] handle; [`sys`]: the parameter structs and constants shared with the
@@ -57,6 +59,9 @@
 #![warn(missing_docs)]
 
 mod adapter;
+// candle integration: LoRA/DoRA layers as candle ops with gradients (cargo feature `candle`).
+#[cfg(feature = "candle")]
+pub mod candle;
 pub mod device;
 pub mod dora;
 pub mod dtype;
