@@ -583,7 +583,11 @@ impl Module for LoraLinear {
             }
             ForwardPlan::Merged => Vec::new(),
             ForwardPlan::Active(names) => names,
-            ForwardPlan::Mixed { .. } => unreachable!("no per-row adapter names were given"),
+            ForwardPlan::Mixed { .. } => {
+                return Err(candle_core::Error::Msg(
+                    "LoraLinear: per-row adapter names are not supported (none were given)".into(),
+                ))
+            }
         };
         let base = BaseOp {
             weight: inner.weight.clone(),
@@ -646,7 +650,9 @@ impl Module for LoraLinear {
             Some((op, params)) => rows.apply_op2(&params, op)?,
         };
         let mut dims = x.dims().to_vec();
-        *dims.last_mut().expect("x has 2 or 3 dimensions") = self.n;
+        if let Some(last) = dims.last_mut() {
+            *last = self.n;
+        }
         y.reshape(dims)
     }
 }
