@@ -139,6 +139,66 @@ fn saved_bases<T: Element>(c: &Case<T>, w: &[T]) -> Saved<T> {
     (bases, norms)
 }
 
+/// One adapter on the device: A, B, magnitude (DoRA), rank, scale.
+type DeviceAdapter<T> = (CudaSlice<T>, CudaSlice<T>, Option<CudaSlice<T>>, usize, f32);
+
+/// A case's buffers on the device, with the bases and norms its DoRA steps saved.
+struct DeviceCase<T> {
+    x: CudaSlice<T>,
+    g: CudaSlice<T>,
+    weight: CudaSlice<T>,
+    bias: Option<CudaSlice<T>>,
+    adapters: Vec<DeviceAdapter<T>>,
+    bases: Vec<Option<CudaSlice<T>>>,
+    norms: Vec<Option<CudaSlice<f32>>>,
+}
+
+impl<T: Element> DeviceCase<T> {
+    fn upload(gpu: &Gpu, c: &Case<T>, (bases, norms): &Saved<T>) -> Self {
+        let s = gpu.stream();
+        let up = |v: &[T]| s.clone_htod(v).unwrap();
+        DeviceCase {
+            x: up(&c.x),
+            g: up(&c.g),
+            weight: up(&c.weight),
+            bias: c.bias.as_deref().map(up),
+            adapters: c
+                .adapters
+                .iter()
+                .map(|ad| {
+                    let m = ad.magnitude.as_deref().map(up);
+                    (up(&ad.a), up(&ad.b), m, ad.rank, ad.scale)
+                })
+                .collect(),
+            bases: bases.iter().map(|b| b.as_deref().map(up)).collect(),
+            norms: norms
+                .iter()
+                .map(|nm| nm.as_deref().map(|v| s.clone_htod(v).unwrap()))
+                .collect(),
+        }
+    }
+
+    /// The chain's steps over these buffers.
+    fn steps(&self) -> Vec<BackwardStep<'_, CudaSlice<T>, CudaSlice<f32>>> {
+        self.adapters
+            .iter()
+            .zip(self.bases.iter().zip(&self.norms))
+            .map(|((a, b, mag, rank, scale), (base, nm))| BackwardStep {
+                adapter: LoraAdapter::new(a, b, *rank, *scale),
+                dora: match (mag, base, nm) {
+                    (Some(mag), Some(base), Some(nm)) => Some(DoraSaved {
+                        magnitude: mag,
+                        norm: nm,
+                        base,
+                        bias: self.bias.as_ref(),
+                    }),
+                    _ => None,
+                },
+            })
+            .collect()
+    }
+}
+
 /// Runs `c` through [`Gpu::backward_chain`] and the reference and compares every gradient.
 fn check<T: Element>(gpu: &Gpu, c: &Case<T>, base: Base, accumulate: bool, label: &str) {
     let s = gpu.stream();
@@ -192,21 +252,8 @@ fn check<T: Element>(gpu: &Gpu, c: &Case<T>, base: Base, accumulate: bool, label
 
     // The GPU.
     let up = |v: &[T]| s.clone_htod(v).unwrap();
-    let x = up(&c.x);
-    let g = up(&c.g);
-    let wd = up(&c.weight);
-    let bias = c.bias.as_deref().map(up);
-    type DeviceAdapter<T> = (CudaSlice<T>, CudaSlice<T>, Option<CudaSlice<T>>);
-    let dev_adapters: Vec<DeviceAdapter<T>> = c
-        .adapters
-        .iter()
-        .map(|ad| (up(&ad.a), up(&ad.b), ad.magnitude.as_deref().map(up)))
-        .collect();
-    let dev_bases: Vec<Option<CudaSlice<T>>> = bases.iter().map(|b| b.as_deref().map(up)).collect();
-    let dev_norms: Vec<Option<CudaSlice<f32>>> = norms
-        .iter()
-        .map(|nm| nm.as_deref().map(|v| s.clone_htod(v).unwrap()))
-        .collect();
+    let dev = DeviceCase::upload(gpu, c, &(bases, norms));
+    let (x, g) = (&dev.x, &dev.g);
     let q4 = match &quantized {
         Quantized::Quant4(q) => Some(gpu.upload_quant4(q).unwrap()),
         _ => None,
@@ -219,30 +266,13 @@ fn check<T: Element>(gpu: &Gpu, c: &Case<T>, base: Base, accumulate: bool, label
         (Base::Skip, _, _) => DxWeight::Skip,
         (_, Some(q), _) => DxWeight::Quantized(QuantizedWeight::Quant4(q)),
         (_, _, Some(q)) => DxWeight::Quantized(QuantizedWeight::Int8(q)),
-        _ => DxWeight::Dense(&wd),
+        _ => DxWeight::Dense(&dev.weight),
     };
-    let dev_steps: Vec<BackwardStep<'_, CudaSlice<T>, CudaSlice<f32>>> = c
-        .adapters
-        .iter()
-        .zip(&dev_adapters)
-        .zip(dev_bases.iter().zip(&dev_norms))
-        .map(|((ad, (a, b, mag)), (base, nm))| BackwardStep {
-            adapter: LoraAdapter::new(a, b, ad.rank, ad.scale),
-            dora: match (mag, base, nm) {
-                (Some(mag), Some(base), Some(nm)) => Some(DoraSaved {
-                    magnitude: mag,
-                    norm: nm,
-                    base,
-                    bias: bias.as_ref(),
-                }),
-                _ => None,
-            },
-        })
-        .collect();
+    let dev_steps = dev.steps();
     let run = || {
         let mut dx = up(&prior);
         let grads = gpu
-            .backward_chain(&x, &g, weight, &dev_steps, c.shape, &mut dx, accumulate)
+            .backward_chain(x, g, weight, &dev_steps, c.shape, &mut dx, accumulate)
             .unwrap();
         (s.clone_dtoh(&dx).unwrap(), grads)
     };
@@ -433,39 +463,13 @@ fn gradients_accumulate_into_caller_buffers() {
     let shape = LoraShape::new(9, 48, 40);
     let c = case::<f32>(&mut rng, shape, &[(4, false), (3, true)], true);
     let (w, _) = effective_weight(&c, Base::Dense);
-    let (bases, norms) = saved_bases(&c, &w);
-    let up = |v: &[f32]| s.clone_htod(v).unwrap();
-    let (x, g, wd) = (up(&c.x), up(&c.g), up(&c.weight));
-    let bias = c.bias.as_deref().map(up);
-    let dev: Vec<_> = c
-        .adapters
-        .iter()
-        .map(|ad| (up(&ad.a), up(&ad.b), ad.magnitude.as_deref().map(up)))
-        .collect();
-    let dev_bases: Vec<_> = bases.iter().map(|b| b.as_deref().map(up)).collect();
-    let dev_norms: Vec<_> = norms.iter().map(|v| v.as_deref().map(up)).collect();
-    let steps: Vec<BackwardStep<'_, CudaSlice<f32>, CudaSlice<f32>>> = c
-        .adapters
-        .iter()
-        .zip(&dev)
-        .zip(dev_bases.iter().zip(&dev_norms))
-        .map(|((ad, (a, b, mag)), (base, nm))| BackwardStep {
-            adapter: LoraAdapter::new(a, b, ad.rank, ad.scale),
-            dora: match (mag, base, nm) {
-                (Some(mag), Some(base), Some(nm)) => Some(DoraSaved {
-                    magnitude: mag,
-                    norm: nm,
-                    base,
-                    bias: bias.as_ref(),
-                }),
-                _ => None,
-            },
-        })
-        .collect();
-    let weight = DxWeight::Dense(&wd);
+    let dev = DeviceCase::upload(&gpu, &c, &saved_bases(&c, &w));
+    let (x, g) = (&dev.x, &dev.g);
+    let steps = dev.steps();
+    let weight = DxWeight::Dense(&dev.weight);
     let mut dx_alloc = s.alloc_zeros::<f32>(shape.m * shape.k).unwrap();
     let once = gpu
-        .backward_chain(&x, &g, weight, &steps, shape, &mut dx_alloc, false)
+        .backward_chain(x, g, weight, &steps, shape, &mut dx_alloc, false)
         .unwrap();
     let mut grads = gpu.adapter_grads::<f32, _>(&steps, shape).unwrap();
     let mut scratch = gpu.backward_scratch(shape.m, &[4, 3], 1, shape.n).unwrap();
@@ -476,10 +480,8 @@ fn gradients_accumulate_into_caller_buffers() {
                 dx: acc,
                 grads: acc,
             };
-            gpu.backward_chain_into(
-                &x, &g, weight, &steps, shape, dx, grads, scratch, accumulate,
-            )
-            .unwrap()
+            gpu.backward_chain_into(x, g, weight, &steps, shape, dx, grads, scratch, accumulate)
+                .unwrap()
         };
     run(false, &mut grads, &mut scratch, &mut dx);
     assert_eq!(s.clone_dtoh(&dx).unwrap(), s.clone_dtoh(&dx_alloc).unwrap());
@@ -528,8 +530,8 @@ fn gradients_accumulate_into_caller_buffers() {
         .unwrap();
     let err = gpu
         .backward_chain_into(
-            &x,
-            &g,
+            x,
+            g,
             weight,
             &steps,
             shape,
@@ -546,8 +548,8 @@ fn gradients_accumulate_into_caller_buffers() {
     let mut fewer = gpu.adapter_grads::<f32, _>(&steps[..1], shape).unwrap();
     let err = gpu
         .backward_chain_into(
-            &x,
-            &g,
+            x,
+            g,
             weight,
             &steps,
             shape,
