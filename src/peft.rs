@@ -4,8 +4,13 @@
 //! peft's scale: `lora_alpha / r`, or `lora_alpha / sqrt(r)` with `use_rslora`, where `rank_pattern`
 //! and `alpha_pattern` override r and alpha per module.
 //!
+//! Modules listed in `modules_to_save` (a classification head trained beside the adapter, as peft's
+//! `task_type: SEQ_CLS` saves `classifier`) are read as they are saved: `base_model.model.<module>.<param>`
+//! (peft saves the trained copy under the module's own path), into [`PeftAdapter::saved`].
+//!
 //! Settings the crate does not implement are errors that name the setting: another `peft_type`,
-//! `fan_in_fan_out`, `lora_bias`, and tensors other than A, B and the magnitude. Values peft would
+//! `fan_in_fan_out`, `lora_bias`, and tensors other than A, B, the magnitude and those of the
+//! modules to save. Values peft would
 //! fail on or read as something else (`"true"` for a flag, r = 8.5, a pattern that is not an
 //! object, a scale that overflows f32, a `lora_B` without its `lora_A`) are errors too, naming the
 //! file, the key, what was expected and what was there; [`PeftAdapter::from_bytes`] lists them. The
@@ -40,6 +45,15 @@ pub struct ModuleAdapter {
     pub magnitude: Option<Vec<f32>>,
 }
 
+/// A tensor of a module to save (`classifier.weight`), as f32 (exact for f32, f16 and bf16 files).
+#[derive(Clone, Debug, PartialEq)]
+pub struct SavedTensor {
+    /// Its shape.
+    pub shape: Vec<usize>,
+    /// Its values, row-major.
+    pub values: Vec<f32>,
+}
+
 /// A peft LoRA or DoRA adapter folder, loaded.
 #[derive(Clone, Debug, PartialEq)]
 pub struct PeftAdapter {
@@ -51,6 +65,11 @@ pub struct PeftAdapter {
     pub use_rslora: bool,
     /// The adapted modules by path, sorted.
     pub modules: BTreeMap<String, ModuleAdapter>,
+    /// `modules_to_save` as the config lists it (empty when null or absent).
+    pub modules_to_save: Vec<String>,
+    /// The tensors of the modules to save, by key without `base_model.model.`
+    /// (`classifier.weight`), sorted.
+    pub saved: BTreeMap<String, SavedTensor>,
 }
 
 const PREFIX: &str = "base_model.model.";
@@ -67,6 +86,8 @@ struct Config {
     rank_pattern: BTreeMap<String, usize>,
     /// `alpha_pattern` (module key → alpha), sorted by key.
     alpha_pattern: BTreeMap<String, serde_json::Number>,
+    /// `modules_to_save`, in the config's order.
+    modules_to_save: Vec<String>,
 }
 
 /// `items` as `` `a`, `b` `` (at most 8, then how many more), in their (sorted) order.
@@ -165,7 +186,23 @@ impl Config {
         for (k, v) in pattern("alpha_pattern")? {
             alpha_pattern.insert(k.clone(), alpha(&format!("alpha_pattern.{k}"), v)?);
         }
+        let modules_to_save = match setting("modules_to_save") {
+            None => Vec::new(),
+            Some(Value::Array(items)) => items
+                .iter()
+                .map(|v| match v {
+                    Value::String(s) if !s.is_empty() => Ok(s.clone()),
+                    _ => Err(got(
+                        "modules_to_save",
+                        "a list of module names (non-empty strings)",
+                        v,
+                    )),
+                })
+                .collect::<Result<_>>()?,
+            Some(v) => return Err(got("modules_to_save", "a list of module names or null", v)),
+        };
         Ok(Config {
+            modules_to_save,
             r,
             alpha: lora_alpha,
             use_dora: flag("use_dora")?,
@@ -184,6 +221,16 @@ fn pattern_value<'a, T>(patterns: &'a BTreeMap<String, T>, module: &str) -> Opti
         .filter(|(key, _)| module == key.as_str() || module.ends_with(&format!(".{key}")))
         .max_by_key(|(key, _)| key.len())
         .map(|(_, v)| v)
+}
+
+/// Whether tensor `key` (`classifier.weight`, `bert.pooler.dense.bias`, without `base_model.model.`)
+/// is a parameter of a module to save: a module path it lies under (the key up to a dot, the whole
+/// key excluded) is a listed name or ends with `.<name>` (peft matches `modules_to_save` against a
+/// module path's end, and saves the module's own state dict under that path).
+fn is_saved_module(modules_to_save: &[String], key: &str) -> bool {
+    modules_to_save
+        .iter()
+        .any(|m| key.starts_with(&format!("{m}.")) || key.contains(&format!(".{m}.")))
 }
 
 fn tensor_f32(st: &SafeTensors<'_>, name: &str, path: &Path) -> Result<(Vec<usize>, Vec<f32>)> {
@@ -235,8 +282,9 @@ impl PeftAdapter {
     /// `fan_in_fan_out`, `lora_bias`) that are not JSON booleans; `r` or a `rank_pattern` value that
     /// is not an integer from 1 to [`MAX_RANK`]; `lora_alpha` or an `alpha_pattern` value that is
     /// not a number; patterns that are not objects; a scale that is not finite (or rounds to 0) in
-    /// f32; tensors other than `lora_A.weight`, `lora_B.weight` and `lora_magnitude_vector` under
-    /// `base_model.model.` (all listed, sorted); a `lora_B` or magnitude without its `lora_A`; a
+    /// f32; `modules_to_save` that is not a list of non-empty strings (or null); tensors other
+    /// than `lora_A.weight`, `lora_B.weight`, `lora_magnitude_vector` and the parameters of the
+    /// modules to save under `base_model.model.` (all listed, sorted); a `lora_B` or magnitude without its `lora_A`; a
     /// magnitude when `use_dora` is false (or none when it is true); and shapes that disagree. NaN and
     /// infinite weights load as they are (peft loads them): a safe merge refuses a non-finite result,
     /// and the forwards propagate them.
@@ -252,6 +300,7 @@ impl PeftAdapter {
         let mut keys: Vec<&str> = st.names();
         keys.sort_unstable();
         let (mut lora_a, mut lora_b, mut magnitudes) = (Vec::new(), Vec::new(), Vec::new());
+        let mut saved_keys = Vec::new();
         let (mut no_prefix, mut unsupported) = (Vec::new(), Vec::new());
         for &key in &keys {
             let Some(rest) = key.strip_prefix(PREFIX) else {
@@ -264,6 +313,8 @@ impl PeftAdapter {
                 lora_b.push(module);
             } else if let Some(module) = rest.strip_suffix(".lora_magnitude_vector") {
                 magnitudes.push(module);
+            } else if is_saved_module(&config.modules_to_save, rest) {
+                saved_keys.push(rest);
             } else {
                 unsupported.push(key);
             }
@@ -278,7 +329,8 @@ impl PeftAdapter {
         if !unsupported.is_empty() {
             return Err(weights_error(format!(
                 "unsupported tensor{} {} (expected only `<module>.lora_A.weight`, \
-                 `.lora_B.weight` and `.lora_magnitude_vector`)",
+                 `.lora_B.weight` and `.lora_magnitude_vector`, and `<module>.<param>` of the \
+                 modules in `modules_to_save`)",
                 if unsupported.len() > 1 { "s" } else { "" },
                 key_list(unsupported)
             )));
@@ -403,16 +455,28 @@ impl PeftAdapter {
                 },
             );
         }
+        let mut saved = BTreeMap::new();
+        for key in saved_keys {
+            let (shape, values) = tensor_f32(&st, &format!("{PREFIX}{key}"), &weights_path)?;
+            saved.insert(key.to_string(), SavedTensor { shape, values });
+        }
         Ok(PeftAdapter {
             dir: dir.to_path_buf(),
             use_dora: config.use_dora,
             use_rslora: config.use_rslora,
             modules,
+            modules_to_save: config.modules_to_save,
+            saved,
         })
     }
 
     /// The adapter of module `name` (`layers.0.q_proj`).
     pub fn module(&self, name: &str) -> Option<&ModuleAdapter> {
         self.modules.get(name)
+    }
+
+    /// The saved tensor `key` of a module to save (`classifier.weight`).
+    pub fn saved_tensor(&self, key: &str) -> Option<&SavedTensor> {
+        self.saved.get(key)
     }
 }

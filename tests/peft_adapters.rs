@@ -429,3 +429,70 @@ fn modules_whose_paths_extend_others_load() {
     assert!(a.module("layers.0.q_proj").is_some());
     assert!(a.module("layers.0.q_proj.a.q_proj").is_some());
 }
+
+#[test]
+fn modules_to_save_are_read_and_others_still_refused() {
+    // A classification head as peft's SEQ_CLS saves it: `base_model.model.<module>.<param>`.
+    let dir = folder("modules-to-save", "adapter_lora", |c| {
+        c["modules_to_save"] = json!(["classifier", "score"]);
+    });
+    let head: Vec<f32> = (0..6).map(|i| i as f32 * 0.25 - 0.5).collect();
+    edit_weights(&dir, |t| {
+        let bytes: Vec<u8> = head.iter().flat_map(|v| v.to_le_bytes()).collect();
+        t.insert(
+            "base_model.model.classifier.weight".into(),
+            (Dtype::F32, vec![2, 3], bytes.clone()),
+        );
+        t.insert(
+            "base_model.model.model.score.dense.bias".into(),
+            (Dtype::F32, vec![6], bytes),
+        );
+    });
+    let adapter = PeftAdapter::load(&dir).unwrap();
+    assert_eq!(adapter.modules_to_save, ["classifier", "score"]);
+    assert_eq!(
+        adapter.saved.keys().collect::<Vec<_>>(),
+        ["classifier.weight", "model.score.dense.bias"]
+    );
+    let w = adapter.saved_tensor("classifier.weight").unwrap();
+    assert_eq!(
+        (w.shape.as_slice(), w.values.as_slice()),
+        (&[2, 3][..], &head[..])
+    );
+    assert_eq!(
+        adapter.modules,
+        PeftAdapter::load(&golden("adapter_lora")).unwrap().modules,
+        "the LoRA modules are unchanged"
+    );
+
+    // A tensor of a module that is not listed (or only ends like a listed name), or a listed name
+    // that is a parameter and not a module, is refused.
+    edit_weights(&dir, |t| {
+        let a = t["base_model.model.classifier.weight"].clone();
+        t.insert("base_model.model.xclassifier.weight".into(), a.clone());
+        t.insert("base_model.model.classifier_head.bias".into(), a.clone());
+        t.insert("base_model.model.head.classifier".into(), a);
+    });
+    let msg = same_error(&dir);
+    assert!(
+        msg.contains("unsupported tensors `base_model.model.classifier_head.bias`, `base_model.model.head.classifier`, `base_model.model.xclassifier.weight`")
+            && msg.contains("modules_to_save"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn modules_to_save_must_be_a_list_of_names() {
+    for bad in [
+        json!("classifier"),
+        json!([1]),
+        json!([""]),
+        json!({"a": 1}),
+    ] {
+        let dir = folder("modules-to-save-bad", "adapter_lora", |c| {
+            c["modules_to_save"] = bad.clone();
+        });
+        let msg = same_error(&dir);
+        assert!(msg.contains("`modules_to_save`: expected"), "{bad}: {msg}");
+    }
+}

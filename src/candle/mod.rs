@@ -61,6 +61,7 @@ use std::collections::BTreeMap;
 use std::fmt::Display;
 use std::sync::{Mutex, MutexGuard};
 
+pub mod bert;
 #[cfg(feature = "candle-cuda")]
 mod cuda;
 
