@@ -19,6 +19,11 @@
 //! The op holds W as the forward saw it and its input is a copy of the adapters' values, so a
 //! backward always differentiates the forward that ran, even after an optimiser step or a merge.
 //!
+//! On the CPU the frozen base is, by default, inside that op on the reference too, which is exact
+//! and slow at model sizes. [`LoraLinear::set_cpu_base`] with [`CpuBase::Candle`] computes it with
+//! candle's own matmul instead (and its dX term with candle's autograd), the op then adding the
+//! adapters' terms to that base: for training a real model on a CPU.
+//!
 //! With the `candle-cuda` feature (candle-core's `cuda`; build with `--no-default-features`, candle
 //! picks cudarc's CUDA version), CUDA tensors run the crate's kernels on candle's stream: the fused
 //! forward and the GPU backward ([`crate::Gpu::backward_chain`]). That path is type-checked only: no
@@ -54,8 +59,8 @@ use crate::peft::PeftAdapter;
 use crate::{Element, MAX_RANK};
 use candle_core::backend::BackendStorage;
 use candle_core::{
-    CpuStorage, CustomOp1, CustomOp2, DType, Device, Error, Layout, Module, Result, Shape, Tensor,
-    Var, WithDType,
+    CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Device, Error, Layout, Module, Result,
+    Shape, Tensor, Var, WithDType,
 };
 use std::collections::BTreeMap;
 use std::fmt::Display;
@@ -199,6 +204,27 @@ struct Inner {
     weight: Tensor,
     adapters: BTreeMap<String, AdapterVars>,
     state: LayerState<Vec<f32>>,
+    cpu_base: CpuBase,
+}
+
+/// Where a [`LoraLinear`] on candle's CPU device computes its frozen base `x·Wᵀ + bias` (set with
+/// [`LoraLinear::set_cpu_base`]). The adapters' terms and gradients run on the crate's CPU
+/// references either way; on a CUDA device the fused kernels run and this setting is not read.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum CpuBase {
+    /// The crate's CPU reference ([`crate::linear::reference::linear`]: f64 accumulation, one
+    /// thread), inside the layer's op: the whole forward is rounded once, as
+    /// [`crate::layer::ReferenceLayer`] computes it, and dX's base term G·W is the reference's too.
+    /// The truth the kernels are tested against, and slow at model sizes.
+    #[default]
+    Reference,
+    /// candle's own matmul (`x·Wᵀ` in the element type, multi-threaded, plus the bias), outside the
+    /// op: its dX term comes from candle's autograd (G_base·W, with G_base = G times the DoRA
+    /// factors after it, which the op hands back). The adapters' op takes that base as its input.
+    /// The result differs from [`CpuBase::Reference`] only by the base's rounding (one f32 or
+    /// 16-bit matmul, then the adapters' terms added in f64 and rounded again): for training and
+    /// inference at model sizes on a CPU.
+    Candle,
 }
 
 /// A peft `lora.Linear` as a candle [`Module`]: a frozen dense base W `[out, in]` with an optional
@@ -255,6 +281,7 @@ impl LoraLinear {
                 weight: weight.detach().contiguous()?,
                 adapters: BTreeMap::new(),
                 state: LayerState::default(),
+                cpu_base: CpuBase::default(),
             }),
         })
     }
@@ -392,6 +419,17 @@ impl LoraLinear {
     /// Unknown names and a name given twice are errors; on an error the active set is unchanged.
     pub fn set_active(&self, names: &[&str]) -> Result<()> {
         self.lock().state.set_active(names).map_err(wrap)
+    }
+
+    /// Where the frozen base `x·Wᵀ + bias` is computed on candle's CPU device (see [`CpuBase`]);
+    /// the default is [`CpuBase::Reference`]. Forwards already run keep the backward they had.
+    pub fn set_cpu_base(&self, base: CpuBase) {
+        self.lock().cpu_base = base;
+    }
+
+    /// The [`CpuBase`] in use.
+    pub fn cpu_base(&self) -> CpuBase {
+        self.lock().cpu_base
     }
 
     /// peft's `disable_adapters`: while disabled the forward is the base alone (unmerging merged
@@ -644,11 +682,24 @@ impl Module for LoraLinear {
             };
             Some((op, Tensor::cat(&params, 0)?))
         };
+        let candle_base = inner.cpu_base == CpuBase::Candle && rows.device().is_cpu();
         // The products run without the lock.
         drop(inner);
-        let y = match chain {
-            None => rows.apply_op1(base)?,
-            Some((op, params)) => rows.apply_op2(&params, op)?,
+        let y = if candle_base {
+            // W and the bias are detached: candle's autograd gives dX its G_base·W term only.
+            let mut y0 = rows.matmul(&base.weight.t()?)?;
+            if let Some(b) = &base.bias {
+                y0 = y0.broadcast_add(b)?;
+            }
+            match chain {
+                None => y0,
+                Some((op, params)) => rows.apply_op3(&y0, &params, ChainOnBaseOp(op))?,
+            }
+        } else {
+            match chain {
+                None => rows.apply_op1(base)?,
+                Some((op, params)) => rows.apply_op2(&params, op)?,
+            }
         };
         let mut dims = x.dims().to_vec();
         if let Some(last) = dims.last_mut() {
@@ -821,10 +872,15 @@ impl ChainOp {
         w: &[T],
         bias: Option<&[T]>,
         params: &[T],
+        base: Option<Vec<T>>,
     ) -> Result<ChainForward<T>> {
         let (k, n) = (self.k, self.n);
         let shape = LoraShape::new(x.len() / k, k, n);
-        let mut y = crate::linear::reference::linear(x, w, bias, shape).map_err(wrap)?;
+        // The base the first adapter takes: given (CpuBase::Candle) or the reference's x·Wᵀ + bias.
+        let mut y = match base {
+            Some(base) => base,
+            None => crate::linear::reference::linear(x, w, bias, shape).map_err(wrap)?,
+        };
         let mut bases = Vec::with_capacity(self.steps.len());
         let mut norms = Vec::with_capacity(self.steps.len());
         for v in self.views(params) {
@@ -860,7 +916,7 @@ impl ChainOp {
         self.check_params(params.len())?;
         let w: Vec<T> = host(&self.weight)?;
         let bias: Option<Vec<T>> = self.bias.as_ref().map(host).transpose()?;
-        let out = self.chain(x, &w, bias.as_deref(), params)?;
+        let out = self.chain(x, &w, bias.as_deref(), params, None)?;
         let m = x.len() / self.k;
         Ok((T::to_cpu_storage_owned(out.y), Shape::from((m, self.n))))
     }
@@ -871,14 +927,30 @@ impl ChainOp {
         params: &Tensor,
         grad: &Tensor,
     ) -> Result<(Tensor, Tensor)> {
+        let (gx, gp, _) = self.grads::<T>(x, params, None, grad)?;
+        Ok((gx, gp))
+    }
+
+    /// The reference backward of the chain: dX, the adapters' gradients concatenated as the
+    /// parameters, and (with a given `base`, the op's input) the gradient of that base,
+    /// G ⊙ the product of every DoRA factor; without one, dX includes the base term G·W.
+    fn grads<T: Float>(
+        &self,
+        x: &Tensor,
+        params: &Tensor,
+        base: Option<&Tensor>,
+        grad: &Tensor,
+    ) -> Result<(Tensor, Tensor, Option<Tensor>)> {
         let (xv, pv, g) = (host::<T>(x)?, host::<T>(params)?, host::<T>(grad)?);
         self.check_params(pv.len())?;
+        let base_v: Option<Vec<T>> = base.map(host).transpose()?;
+        let given_base = base_v.is_some();
         let w: Vec<T> = host(&self.weight)?;
         let bias: Option<Vec<T>> = self.bias.as_ref().map(host).transpose()?;
         let (k, n) = (self.k, self.n);
         let m = xv.len() / k;
         // The DoRA bases the forward took, recomputed (the forward is deterministic).
-        let fwd = self.chain(&xv, &w, bias.as_deref(), &pv)?;
+        let fwd = self.chain(&xv, &w, bias.as_deref(), &pv, base_v)?;
         let views = self.views(&pv);
         let steps: Vec<BackwardStep<'_, [T], [f32]>> = views
             .iter()
@@ -899,21 +971,43 @@ impl ChainOp {
         let grads = crate::lora_backward::reference::backward(
             &xv,
             &g,
-            Some(&w),
+            (!given_base).then_some(&w[..]),
             &steps,
             LoraShape::new(m, k, n),
         )
         .map_err(wrap)?;
+        let dev = x.device();
+        let grad_base = if given_base {
+            // Each DoRA step scales the running result's gradient by its factor f (peft's
+            // y = bias + f ⊙ (base − bias + s·U)); a LoRA step passes it through.
+            let mut column_scale = vec![1.0f64; n];
+            for step in &steps {
+                if let Some(d) = &step.dora {
+                    let f = dora_ref::dora_factor(d.magnitude, d.norm).map_err(wrap)?;
+                    for (c, fj) in column_scale.iter_mut().zip(f) {
+                        *c *= f64::from(fj);
+                    }
+                }
+            }
+            let gb: Vec<T> = g
+                .iter()
+                .enumerate()
+                .map(|(e, &v)| <T as Element>::from_f64(Element::to_f64(v) * column_scale[e % n]))
+                .collect();
+            Some(Tensor::from_vec(gb, (m, n), dev)?)
+        } else {
+            None
+        };
         let mut gp = Vec::with_capacity(pv.len());
         for ad in grads.adapters {
             gp.extend(ad.lora_a);
             gp.extend(ad.lora_b);
             gp.extend(ad.magnitude.into_iter().flatten());
         }
-        let dev = x.device();
         Ok((
             Tensor::from_vec(grads.x, (m, k), dev)?,
             Tensor::from_vec(gp, pv.len(), dev)?,
+            grad_base,
         ))
     }
 }
@@ -982,5 +1076,93 @@ impl CustomOp2 for ChainOp {
             _ => self.bwd_t::<half::bf16>(x, params, grad)?,
         };
         Ok((Some(gx), Some(gp)))
+    }
+}
+
+/// [`CpuBase::Candle`]'s op: the adapters of a [`ChainOp`] on (x `[m, k]`, the base `[m, n]`
+/// candle computed, the adapters' concatenated tensors), CPU only. Forward: the chain from that
+/// base; backward: dX's adapter terms, the base's gradient (to candle's matmul) and the adapters'.
+struct ChainOnBaseOp(ChainOp);
+
+impl ChainOnBaseOp {
+    #[allow(clippy::too_many_arguments)]
+    fn fwd<T: Float>(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let op = &self.0;
+        let x = slice::<T>("x", s1, l1)?;
+        let base = slice::<T>("base", s2, l2)?;
+        let params = slice::<T>("params", s3, l3)?;
+        op.check_params(params.len())?;
+        let m = x.len() / op.k;
+        if base.len() != m * op.n {
+            return Err(invalid(
+                "base",
+                format!("{} elements ([m={m}, n={}])", m * op.n, op.n),
+                base.len(),
+            ));
+        }
+        let w: Vec<T> = host(&op.weight)?;
+        let bias: Option<Vec<T>> = op.bias.as_ref().map(host).transpose()?;
+        let out = op.chain(x, &w, bias.as_deref(), params, Some(base.to_vec()))?;
+        Ok((T::to_cpu_storage_owned(out.y), Shape::from((m, op.n))))
+    }
+}
+
+impl CustomOp3 for ChainOnBaseOp {
+    fn name(&self) -> &'static str {
+        "lora-kernels-lora-adapters"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        for (arg, s) in [("base", s2), ("params", s3)] {
+            if s.dtype() != s1.dtype() {
+                return Err(invalid(
+                    arg,
+                    format!("dtype {:?} (x's)", s1.dtype()),
+                    format!("{:?}", s.dtype()),
+                ));
+            }
+        }
+        match s1 {
+            CpuStorage::F32(_) => self.fwd::<f32>(s1, l1, s2, l2, s3, l3),
+            CpuStorage::F16(_) => self.fwd::<half::f16>(s1, l1, s2, l2, s3, l3),
+            CpuStorage::BF16(_) => self.fwd::<half::bf16>(s1, l1, s2, l2, s3, l3),
+            other => Err(invalid(
+                "x",
+                "dtype f32, f16 or bf16",
+                format!("{:?}", other.dtype()),
+            )),
+        }
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        base: &Tensor,
+        params: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (gx, gp, gb) = match x.dtype() {
+            DType::F32 => self.0.grads::<f32>(x, params, Some(base), grad)?,
+            DType::F16 => self.0.grads::<half::f16>(x, params, Some(base), grad)?,
+            _ => self.0.grads::<half::bf16>(x, params, Some(base), grad)?,
+        };
+        Ok((Some(gx), gb, Some(gp)))
     }
 }
