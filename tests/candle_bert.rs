@@ -11,6 +11,7 @@ mod rng;
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::Optimizer;
 use lora_kernels::candle::bert::{load_weights, BertClassifier, BertConfig, LoraSettings};
+use lora_kernels::candle::CpuBase;
 use lora_kernels::peft::PeftAdapter;
 use rng::Rng;
 use std::collections::HashMap;
@@ -215,9 +216,10 @@ fn fd_error(m: &BertClassifier, var: &Var, grad: &Tensor, count: usize) -> (f64,
     ((num / den.max(1e-30)).sqrt(), den.sqrt())
 }
 
-fn check_gradients(lora: LoraSettings) {
+fn check_gradients(lora: LoraSettings, base: CpuBase) {
     let toy = toy(if lora.use_dora { "fd-dora" } else { "fd" }, false, true);
     let m = model(&toy, &lora);
+    m.set_cpu_base(base);
     let l0 = loss(&m);
     let grads = l0.backward().unwrap();
     let vars = m.trainable_vars();
@@ -269,22 +271,31 @@ fn check_gradients(lora: LoraSettings) {
 
 #[test]
 fn lora_training_step_gradients_match_finite_differences() {
-    check_gradients(LoraSettings::default());
+    check_gradients(LoraSettings::default(), CpuBase::Reference);
+}
+
+#[test]
+fn lora_gradients_with_candles_base_match_finite_differences() {
+    check_gradients(LoraSettings::default(), CpuBase::Candle);
 }
 
 #[test]
 fn dora_on_all_projections_gradients_match_finite_differences() {
-    check_gradients(LoraSettings {
-        target_modules: vec!["query".into(), "key".into(), "value".into()],
-        rank: 3,
-        alpha: 5.0,
-        use_dora: true,
-    });
+    check_gradients(
+        LoraSettings {
+            target_modules: vec!["query".into(), "key".into(), "value".into()],
+            rank: 3,
+            alpha: 5.0,
+            use_dora: true,
+        },
+        CpuBase::Candle,
+    );
 }
 
-fn round_trip(test: &str, prefix: bool, pooler: bool, lora: LoraSettings) {
+fn round_trip(test: &str, prefix: bool, pooler: bool, lora: LoraSettings, base: CpuBase) {
     let toy = toy(test, prefix, pooler);
     let m = model(&toy, &lora);
+    m.set_cpu_base(base);
     assert_eq!((toy.prefix, toy.pooler), (prefix, pooler));
     // Train a few steps so that the head and adapters moved.
     let mut opt = candle_nn::AdamW::new_lr(m.trainable_vars(), 5e-2).unwrap();
@@ -369,6 +380,7 @@ fn round_trip(test: &str, prefix: bool, pooler: bool, lora: LoraSettings) {
     let config = BertConfig::load(&toy.dir.join("config.json")).unwrap();
     let vb = load_weights(&toy.dir.join("model.safetensors")).unwrap();
     let rebuilt = BertClassifier::from_peft(&config, vb, &adapter).unwrap();
+    rebuilt.set_cpu_base(base);
     let (mut got, mut want) = (
         rebuilt.lora_settings().target_modules.clone(),
         lora.target_modules.clone(),
@@ -382,7 +394,13 @@ fn round_trip(test: &str, prefix: bool, pooler: bool, lora: LoraSettings) {
 
 #[test]
 fn saved_lora_adapter_round_trips_and_reproduces_the_logits() {
-    round_trip("round-trip", false, true, LoraSettings::default());
+    round_trip(
+        "round-trip",
+        false,
+        true,
+        LoraSettings::default(),
+        CpuBase::Reference,
+    );
 }
 
 #[test]
@@ -394,7 +412,7 @@ fn saved_dora_adapter_with_a_trained_pooler_round_trips() {
         alpha: 12.0,
         use_dora: true,
     };
-    round_trip("round-trip-dora", true, false, lora);
+    round_trip("round-trip-dora", true, false, lora, CpuBase::Candle);
 }
 
 #[test]

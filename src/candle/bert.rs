@@ -32,7 +32,7 @@
 //!
 //! The adapters are initialised as peft does by default: A kaiming-uniform (`U(±1/sqrt(in))`), B = 0,
 //! the DoRA magnitude the row norms of W; from a seed, so a run is reproducible.
-use super::{invalid, LoraLinear};
+use super::{invalid, CpuBase, LoraLinear};
 use crate::peft::PeftAdapter;
 use candle_core::backend::BackendStorage;
 use candle_core::{
@@ -793,6 +793,15 @@ impl BertClassifier {
             }
         }
         out
+    }
+
+    /// Where every adapted projection computes its frozen base on the CPU
+    /// ([`LoraLinear::set_cpu_base`]): [`CpuBase::Candle`] (candle's matmul) for training at model
+    /// sizes, [`CpuBase::Reference`] (the default) for the crate's exact reference.
+    pub fn set_cpu_base(&self, base: CpuBase) {
+        for (_, layer) in self.lora_layers() {
+            layer.set_cpu_base(base);
+        }
     }
 
     /// The classifier's weight `[num_labels, hidden]` and bias `[num_labels]`.
