@@ -378,6 +378,7 @@ fn plot(path: &Path, losses: &[f32], accuracies: &[(usize, f64)], title: &str) -
     if has_font {
         chart
             .configure_series_labels()
+            .position(SeriesLabelPosition::UpperRight)
             .background_style(WHITE.mix(0.8))
             .border_style(BLACK)
             .label_font(("sans-serif", 13))
@@ -397,7 +398,8 @@ fn plot(path: &Path, losses: &[f32], accuracies: &[(usize, f64)], title: &str) -
         .map(|a| a.1)
         .fold(1.0f64, f64::min)
         .min(0.5);
-    let mut chart = chart.build_cartesian_2d(0..steps, (lo - 0.02)..1.0f64)?;
+    // Room on the right for the last point's label.
+    let mut chart = chart.build_cartesian_2d(0..steps + steps / 8 + 1, (lo - 0.02)..1.0f64)?;
     if has_font {
         chart
             .configure_mesh()
