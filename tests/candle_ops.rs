@@ -11,6 +11,7 @@ use candle_core::{DType, Device, Module, Tensor, Var, WithDType};
 use lora_kernels::candle::{CpuBase, LoraLinear};
 use lora_kernels::golden::{rel_error, tolerance, AdapterModel, GoldenCase};
 use lora_kernels::layer::{LayerAdapter, ReferenceLayer};
+use lora_kernels::quant4::{Quant4Weight, QuantType};
 use lora_kernels::Element;
 use rng::Rng;
 use std::path::Path;
@@ -338,6 +339,12 @@ fn autograd_matches_the_golden_gradients() {
         "dora_backward_f32",
         "lora_backward_bf16",
         "dora_backward_f16",
+        // QLoRA / QDoRA on bitsandbytes' NF4 state dicts (double-quantised absmax): the backward
+        // cases, and the forward-only ones (no grad_output).
+        "qlora_backward_nf4_bf16",
+        "qdora_backward_nf4_f32",
+        "qlora_nf4_f32",
+        "qdora_nf4_bf16",
     ] {
         let case = GoldenCase::load(&golden(&format!("{name}.safetensors"))).unwrap();
         match case.dtype().unwrap() {
@@ -352,8 +359,24 @@ fn golden_case<T: Element + WithDType>(case: &GoldenCase) {
     let tol = tolerance(<T as Element>::DTYPE);
     let v = |name: &str| case.values::<T>(name).unwrap();
     let shape = |name: &str| case.shape(name).unwrap().to_vec();
-    let bias = case.has("bias").then(|| tensor(&v("bias"), &shape("bias")));
-    let layer = LoraLinear::new(tensor(&v("weight"), &shape("weight")), bias).unwrap();
+    // An NF4 case holds the base as bitsandbytes' `Linear4bit` state dict under `base.`.
+    let nf4 = case.has("base.weight.quant_state.bitsandbytes__nf4");
+    let bias_name = if nf4 { "base.bias" } else { "bias" };
+    let bias = case
+        .has(bias_name)
+        .then(|| tensor(&v(bias_name), &shape(bias_name)));
+    let layer = if nf4 {
+        let bytes = std::fs::read(&case.path).unwrap();
+        let q = Quant4Weight::from_state_dict(&bytes, "base.", &case.name).unwrap();
+        let layer = LoraLinear::new_quant4(&q, bias, <T as WithDType>::DTYPE).unwrap();
+        assert_eq!(layer.quant4_type(), Some(QuantType::Nf4), "{}", case.name);
+        // The dequantised copy is bitsandbytes' own dequantisation, bit for bit.
+        let want = f64s(&v("dequantized_weight"));
+        assert_eq!(f64s(&values::<T>(&layer.weight())), want, "{}", case.name);
+        layer
+    } else {
+        LoraLinear::new(tensor(&v("weight"), &shape("weight")), bias).unwrap()
+    };
     let magnitude = case
         .has("magnitude")
         .then(|| tensor(&v("magnitude"), &shape("magnitude")));
@@ -376,6 +399,10 @@ fn golden_case<T: Element + WithDType>(case: &GoldenCase) {
         "{}: output rel error {err:e} > {tol:e}",
         case.name
     );
+    if !case.has("grad_output") {
+        println!("{}: output rel error {err:.2e} (a forward case)", case.name);
+        return;
+    }
     let g = tensor(&v("grad_output"), &shape("grad_output"));
     let store = (y * g).unwrap().sum_all().unwrap().backward().unwrap();
     let mut checked = vec![
@@ -650,6 +677,40 @@ fn errors_name_what_was_wrong() {
 
 /// A forward's backward uses the values that forward ran on: changing the Vars or merging between
 /// the forward and the backward changes nothing in the gradients.
+/// A 4-bit base: bad codes, dtype and bias are errors naming the argument before anything is
+/// built, and merging into it is refused with the layer unchanged.
+#[test]
+fn a_4bit_base_validates_and_refuses_merging() {
+    let mut rng = Rng::new(41);
+    let (n, k) = (6, 64);
+    let w: Vec<f32> = rng.vec(n * k, 1.0);
+    let q =
+        lora_kernels::quant4::reference::quantize(&w, [n, k], 64, QuantType::Fp4, true).unwrap();
+    let mut short = q.clone();
+    short.packed.pop();
+    let msg = error_of(LoraLinear::new_quant4(&short, None, DType::F32));
+    assert!(msg.contains("packed"), "{msg}");
+    let msg = error_of(LoraLinear::new_quant4(&q, None, DType::F64));
+    assert!(msg.contains("`dtype`") && msg.contains("F64"), "{msg}");
+    let bias16 = tensor(&rng.vec::<half::f16>(n, 1.0), &[n]);
+    let msg = error_of(LoraLinear::new_quant4(&q, Some(bias16), DType::F32));
+    assert!(msg.contains("`bias`") && msg.contains("F16"), "{msg}");
+
+    let layer = LoraLinear::new_quant4(&q, None, DType::F32).unwrap();
+    assert_eq!(layer.quant4_type(), Some(QuantType::Fp4));
+    let want = lora_kernels::quant4::reference::dequantize::<f32>(&q).unwrap();
+    assert_eq!(values::<f32>(&layer.weight()), want);
+    let (a, b) = (rng.vec::<f32>(2 * k, 0.5), rng.vec::<f32>(n * 2, 0.5));
+    layer
+        .add_adapter("q", &tensor(&a, &[2, k]), &tensor(&b, &[n, 2]), None, 2.0)
+        .unwrap();
+    layer.set_active(&["q"]).unwrap();
+    let msg = error_of(layer.merge(None, true));
+    assert!(msg.contains("`layer`") && msg.contains("Fp4"), "{msg}");
+    assert!(layer.merged().is_empty());
+    assert_eq!(values::<f32>(&layer.weight()), want);
+}
+
 #[test]
 fn backward_uses_the_forward_s_values() {
     let mut rng = Rng::new(13);

@@ -29,8 +29,11 @@
 //! forward and the GPU backward ([`crate::Gpu::backward_chain`]). That path is type-checked only: no
 //! GPU has run it yet. Merge and unmerge run on the CPU references on either device.
 //!
-//! Not here yet: 4-bit and int8 bases, per-row adapter names (peft's mixed batch) and dropout (the
-//! forward is peft's with `lora_dropout = 0`).
+//! A 4-bit base (QLoRA, QDoRA: [`LoraLinear::new_quant4`]) runs on the CPU on its bit-exact
+//! dequantisation, checked against peft's and bitsandbytes' golden gradients.
+//!
+//! Not here yet: an int8 base, a 4-bit base on a CUDA device, per-row adapter names (peft's mixed
+//! batch) and dropout (the forward is peft's with `lora_dropout = 0`).
 //!
 //! ```
 //! use candle_core::{DType, Device, Module, Tensor};
@@ -56,6 +59,7 @@ use crate::layer::{ForwardPlan, LayerState};
 use crate::lora::{LoraAdapter, LoraShape};
 use crate::lora_backward::{BackwardStep, DoraSaved};
 use crate::peft::PeftAdapter;
+use crate::quant4::{Quant4Weight, QuantType};
 use crate::{Element, MAX_RANK};
 use candle_core::backend::BackendStorage;
 use candle_core::{
@@ -173,6 +177,12 @@ fn slice<'a, T: Float>(arg: &str, s: &'a CpuStorage, l: &Layout) -> Result<&'a [
     }
 }
 
+/// A 4-bit W dequantised to `T` as a CPU tensor `[n, k]`.
+fn dequantized<T: Float>(weight: &Quant4Weight, n: usize, k: usize) -> Result<Tensor> {
+    let w: Vec<T> = crate::quant4::reference::dequantize(weight).map_err(wrap)?;
+    Tensor::from_vec(w, (n, k), &Device::Cpu)
+}
+
 /// One adapter of a [`LoraLinear`]: its trainable tensors (candle [`Var`]s, for an optimiser),
 /// rank and scale.
 #[derive(Clone, Debug)]
@@ -205,6 +215,9 @@ struct Inner {
     adapters: BTreeMap<String, AdapterVars>,
     state: LayerState<Vec<f32>>,
     cpu_base: CpuBase,
+    /// `Some` for a 4-bit base ([`LoraLinear::new_quant4`]): its NF4/FP4 type, which also means
+    /// that merging is refused (`weight` is the dequantised copy).
+    quant4: Option<QuantType>,
 }
 
 /// Where a [`LoraLinear`] on candle's CPU device computes its frozen base `x·Wᵀ + bias` (set with
@@ -282,8 +295,40 @@ impl LoraLinear {
                 adapters: BTreeMap::new(),
                 state: LayerState::default(),
                 cpu_base: CpuBase::default(),
+                quant4: None,
             }),
         })
+    }
+
+    /// A QLoRA layer: a frozen bitsandbytes 4-bit base (NF4 or FP4, plain or double-quantised
+    /// absmax, in bitsandbytes' byte format: [`Quant4Weight`], e.g. from
+    /// [`Quant4Weight::from_state_dict`]) and an optional bias `[out]`, on candle's CPU device, with
+    /// tensors of `dtype` (f32, f16 or bf16). W is dequantised once, bit-exactly, to `dtype`
+    /// ([`crate::quant4::reference::dequantize`]): what bitsandbytes' `Linear4bit` multiplies with
+    /// and what peft differentiates (its DoRA norm included), so forward and backward are peft's
+    /// QLoRA/QDoRA. The layer holds that dense copy (a CPU layer; the codes are not kept). Merging
+    /// into a 4-bit base is an error, as on [`crate::layer::Layer`] (peft would requantise the merged
+    /// weight). Not yet on a CUDA device, nor for an int8 base.
+    pub fn new_quant4(weight: &Quant4Weight, bias: Option<Tensor>, dtype: DType) -> Result<Self> {
+        check_dtype("dtype", dtype)?;
+        weight.validate().map_err(wrap)?;
+        let [n, k] = weight.shape;
+        let dense = match dtype {
+            DType::F32 => dequantized::<f32>(weight, n, k)?,
+            DType::F16 => dequantized::<half::f16>(weight, n, k)?,
+            _ => dequantized::<half::bf16>(weight, n, k)?,
+        };
+        if let Some(b) = &bias {
+            check_same_device("bias", b, &Device::Cpu)?;
+        }
+        let layer = Self::new(dense, bias)?;
+        layer.lock().quant4 = Some(weight.quant_type);
+        Ok(layer)
+    }
+
+    /// The 4-bit type of a [`LoraLinear::new_quant4`] layer's base; `None` for a dense base.
+    pub fn quant4_type(&self) -> Option<QuantType> {
+        self.lock().quant4
     }
 
     /// Loads module `module` (`layers.0.q_proj`) of a peft adapter as adapter `"default"` (peft's
@@ -445,6 +490,13 @@ impl LoraLinear {
     /// adapters get no gradient (as in peft); changing a merged adapter's [`Var`]s (`Var::set`)
     /// makes its unmerge subtract other values than were added, as in peft.
     pub fn merge(&self, names: Option<&[&str]>, safe: bool) -> Result<()> {
+        if let Some(quant_type) = self.lock().quant4 {
+            return Err(invalid(
+                "layer",
+                "a dense base (merging into a 4-bit base would need requantising)",
+                format!("a {quant_type:?} base"),
+            ));
+        }
         match self.dtype {
             DType::F32 => self.lock().merge::<f32>(names, safe, self.k, self.n),
             DType::F16 => self.lock().merge::<half::f16>(names, safe, self.k, self.n),
