@@ -574,10 +574,8 @@ fn main() -> AnyResult<()> {
     let mut opt = AdamW::new(model.trainable_vars(), params)?;
     let bar = ProgressBar::new(args.steps as u64);
     bar.set_style(
-        ProgressStyle::with_template(
-            "{elapsed_precise} [{bar:30}] {pos}/{len} steps, {per_sec}, eta {eta}, {msg}",
-        )?
-        .progress_chars("=> "),
+        ProgressStyle::with_template("{elapsed_precise} [{bar:20}] {pos}/{len} eta {eta} {msg}")?
+            .progress_chars("=> "),
     );
     let mut losses: Vec<f32> = Vec::with_capacity(args.steps);
     let t_train = Instant::now();
@@ -595,7 +593,7 @@ fn main() -> AnyResult<()> {
         seen += b.len();
         let recent = &losses[losses.len().saturating_sub(20)..];
         let status = format!(
-            "loss {:.4} (avg {:.4}), {:.1} sentences/s",
+            "loss {:.4} (avg {:.4}) {:.1} sent/s",
             l,
             recent.iter().sum::<f32>() / recent.len() as f32,
             seen as f64 / t_train.elapsed().as_secs_f64()

@@ -32,6 +32,27 @@
 //!
 //! The adapters are initialised as peft does by default: A kaiming-uniform (`U(±1/sqrt(in))`), B = 0,
 //! the DoRA magnitude the row norms of W; from a seed, so a run is reproducible.
+//!
+//! ```no_run
+//! use candle_core::{Device, Tensor};
+//! use candle_nn::Optimizer;
+//! use lora_kernels::candle::bert::{BertClassifier, LoraSettings};
+//! use lora_kernels::candle::CpuBase;
+//! use std::path::Path;
+//!
+//! # fn main() -> candle_core::Result<()> {
+//! // A folder with config.json and model.safetensors (e.g. all-MiniLM-L6-v2).
+//! let model = BertClassifier::from_dir(Path::new("minilm"), &LoraSettings::default(), 2, 0)?;
+//! model.set_cpu_base(CpuBase::Candle); // the frozen bases on candle's matmul
+//! let mut opt = candle_nn::AdamW::new_lr(model.trainable_vars(), 2e-3)?;
+//! let ids = Tensor::new(&[[101u32, 2307, 3185, 102]], &Device::Cpu)?; // [batch, seq]
+//! let mask = Tensor::new(&[[1u32, 1, 1, 1]], &Device::Cpu)?;
+//! let labels = Tensor::new(&[1u32], &Device::Cpu)?;
+//! let loss = candle_nn::loss::cross_entropy(&model.forward(&ids, &mask)?, &labels)?;
+//! opt.backward_step(&loss)?;
+//! model.save_peft(Path::new("my-adapter"), "sentence-transformers/all-MiniLM-L6-v2")?;
+//! # Ok(()) }
+//! ```
 use super::{invalid, CpuBase, LoraLinear};
 use crate::peft::PeftAdapter;
 use candle_core::backend::BackendStorage;
@@ -320,7 +341,8 @@ impl Frozen {
 #[derive(Debug)]
 enum Proj {
     Frozen(Frozen),
-    Lora(LoraLinear),
+    /// Boxed: a `LoraLinear` is much larger than a frozen layer.
+    Lora(Box<LoraLinear>),
 }
 
 impl Proj {
@@ -573,7 +595,7 @@ impl BertClassifier {
                         layer
                     }
                 };
-                qkv.push(Proj::Lora(layer));
+                qkv.push(Proj::Lora(Box::new(layer)));
             }
             let [q, k, v]: [Proj; 3] = qkv
                 .try_into()
@@ -788,7 +810,7 @@ impl BertClassifier {
         for (i, layer) in self.layers.iter().enumerate() {
             for (name, p) in TARGETABLE.iter().zip(&layer.qkv) {
                 if let Proj::Lora(l) = p {
-                    out.push((projection_path(i, name), l));
+                    out.push((projection_path(i, name), &**l));
                 }
             }
         }
