@@ -619,6 +619,10 @@ fn main() -> AnyResult<()> {
         }
     }
     bar.finish();
+    if !bar.is_hidden() {
+        // The bar leaves the cursor at the end of its line.
+        eprintln!();
+    }
     let train_secs = t_train.elapsed().as_secs_f64();
 
     let final_logits = logits(&model, &tok, &heldout, &heldout_lengths, eval_batch, &dev)?;
