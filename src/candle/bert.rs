@@ -53,12 +53,9 @@
 //! model.save_peft(Path::new("my-adapter"), "sentence-transformers/all-MiniLM-L6-v2")?;
 //! # Ok(()) }
 //! ```
-use super::{invalid, CpuBase, LoraLinear};
+use super::{invalid, CpuBase, FrozenMatmul, LoraLinear};
 use crate::peft::PeftAdapter;
-use candle_core::backend::BackendStorage;
-use candle_core::{
-    CpuStorage, CustomOp1, DType, Device, Layout, Module, Result, Shape, Tensor, Var, D,
-};
+use candle_core::{DType, Device, Module, Result, Tensor, Var, D};
 use candle_nn::VarBuilder;
 use serde_json::{json, Value};
 use std::collections::HashMap;
@@ -277,39 +274,6 @@ impl SplitMix {
 struct Frozen {
     weight: Tensor,
     bias: Tensor,
-}
-
-/// The custom op of [`Frozen`]: forward `x·Wᵀ` for x `[m, k]`, backward `G·W`.
-struct FrozenMatmul {
-    weight: Tensor,
-}
-
-impl CustomOp1 for FrozenMatmul {
-    fn name(&self) -> &'static str {
-        "lora-kernels-frozen-matmul"
-    }
-
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let x = match s {
-            CpuStorage::F32(v) => v,
-            other => return Err(invalid("x", "dtype f32", format!("{:?}", other.dtype()))),
-        };
-        let (start, end) = l.contiguous_offsets().ok_or_else(|| {
-            invalid(
-                "x",
-                "a contiguous tensor",
-                format!("strides {:?}", l.stride()),
-            )
-        })?;
-        let x = Tensor::from_slice(&x[start..end], l.dims(), &Device::Cpu)?;
-        let y = x.matmul(&self.weight.t()?)?;
-        let shape = y.shape().clone();
-        Ok((CpuStorage::F32(y.flatten_all()?.to_vec1::<f32>()?), shape))
-    }
-
-    fn bwd(&self, _x: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        Ok(Some(grad.matmul(&self.weight)?))
-    }
 }
 
 impl Frozen {

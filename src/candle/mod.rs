@@ -738,8 +738,10 @@ impl Module for LoraLinear {
         // The products run without the lock.
         drop(inner);
         let y = if candle_base {
-            // W and the bias are detached: candle's autograd gives dX its G_base·W term only.
-            let mut y0 = rows.matmul(&base.weight.t()?)?;
+            // W and the bias are frozen: the base's backward is dX's G_base·W term only.
+            let mut y0 = rows.apply_op1(FrozenMatmul {
+                weight: base.weight.clone(),
+            })?;
             if let Some(b) = &base.bias {
                 y0 = y0.broadcast_add(b)?;
             }
@@ -833,6 +835,57 @@ impl CustomOp1 for BaseOp {
             _ => self.bwd_t::<half::bf16>(x, grad)?,
         };
         Ok(Some(gx))
+    }
+}
+
+/// `x·Wᵀ` for x `[m, k]` on candle's own matmul (CPU), with W frozen: the backward is dX = G·W
+/// only. (candle's matmul backward would also form dW, another m·n·k product, for a W that gets no
+/// gradient.) [`CpuBase::Candle`]'s base, and the frozen layers of [`bert`].
+pub(crate) struct FrozenMatmul {
+    /// W `[n, k]`, contiguous, of x's dtype.
+    pub(crate) weight: Tensor,
+}
+
+impl FrozenMatmul {
+    fn fwd<T: Float>(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = slice::<T>("x", s, l)?;
+        // A tensor outside the autograd graph, on the same data (one copy of x, one of y).
+        let y = Tensor::from_slice(x, l.dims(), &Device::Cpu)?.matmul(&self.weight.t()?)?;
+        let shape = y.shape().clone();
+        Ok((
+            T::to_cpu_storage_owned(y.flatten_all()?.to_vec1::<T>()?),
+            shape,
+        ))
+    }
+}
+
+impl CustomOp1 for FrozenMatmul {
+    fn name(&self) -> &'static str {
+        "lora-kernels-frozen-matmul"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        if s.dtype() != self.weight.dtype() {
+            return Err(invalid(
+                "x",
+                format!("dtype {:?} (the weight's)", self.weight.dtype()),
+                format!("{:?}", s.dtype()),
+            ));
+        }
+        match s {
+            CpuStorage::F32(_) => self.fwd::<f32>(s, l),
+            CpuStorage::F16(_) => self.fwd::<half::f16>(s, l),
+            CpuStorage::BF16(_) => self.fwd::<half::bf16>(s, l),
+            other => Err(invalid(
+                "x",
+                "dtype f32, f16 or bf16",
+                format!("{:?}", other.dtype()),
+            )),
+        }
+    }
+
+    fn bwd(&self, _x: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(grad.matmul(&self.weight)?))
     }
 }
 
