@@ -12,12 +12,14 @@
 // f32: CUDA-core FMAs, each thread a 4 x 8 register tile (f32 accuracy, no TF32). The epilogue scales
 // int8 columns by SCB / 127, adds the bias and rounds once.
 //
-// linear_gemv_T is the decode path of a dense W (m <= 8): a warp per output column, with the optional
-// LoRA term of LoraGemvEpilogue added before the store (see there).
+// linear_gemv_T is the decode path of a dense W (m <= 8): a warp per output column, x staged in shared
+// memory a chunk at a time for the block's 8 warps (StagedX), with the optional LoRA term of
+// LoraGemvEpilogue added before the store (see there).
 //
 // Bytes moved from HBM by the tiled kernel: W once per 64 rows of x (n*k elements, n*k/2 bytes for
 // 4-bit plus absmax, n*k for int8; repeats come from L2 when W fits), x once per 128-column tile of y
-// (from L2 after the first), y once. A plain tiled kernel without cp.async pipelining or ldmatrix: it
+// (from L2 after the first), y once. The GEMV: W once, x once per block (from L2 after the first, into
+// shared memory), y once. A plain tiled kernel without cp.async pipelining or ldmatrix: it
 // is the crate's own base GEMM (no cuBLAS dependency), not a cuBLAS rival at large m; see
 // BENCHMARKS.md.
 #include "common.cuh"
@@ -296,15 +298,23 @@ template <typename T, int kFormat> __device__ void linear(const LinearParams &p)
 }
 
 // The decode path for a dense W (m <= 8, the host's GEMV_MAX_M): one warp per output column j, 8 per
-// block; lanes walk W's row j with 16-byte loads and keep up to 8 rows of x in f32 accumulators; a warp
-// shuffle reduces. W is read once, as in the tiled kernel, but with n / 8 blocks instead of n / 128
-// the whole device streams it (the tiled grid is too small to fill the SMs at decode sizes).
+// block; lanes walk W's row j with 16-byte loads (lane L: words L, L + 32, ...) and keep up to 8 rows
+// of x in f32 accumulators; a warp shuffle reduces. x comes from shared memory: the block stages up to
+// 8 rows of the chunk of 32 * 4 16-byte words its lanes work on at a time (StagedX, interleaved, in
+// common.cuh) with coalesced 16-byte loads, so the block reads x once instead of once per warp; a warp
+// past the last column still helps stage (the barriers). W is read once, as in the tiled kernel, but
+// with n / 8 blocks instead of n / 128 the whole device streams it (the tiled grid is too small to
+// fill the SMs at decode sizes). Otherwise (k not a multiple of the vector width, unaligned pointers)
+// an element-wise path does the same sums, x straight from global memory.
 template <typename T> __device__ void linear_gemv(const LinearParams &p) {
     constexpr int V = kVec<T>;
     constexpr int kRows = 8;
+    constexpr int kPieces = 4;  // 16-byte words of W (and of each row of x) per lane and chunk
+    using StagedXs = StagedX<T, kPieces * V, kRows, true>;
+    __shared__ StagedXs xs;
     const int lane = threadIdx.x % 32;
     const int j = blockIdx.x * (kThreads / 32) + threadIdx.x / 32;
-    if (j >= p.n) return;
+    const bool active = j < p.n;  // a warp past the last column still helps stage x (the barriers)
     const T *w = reinterpret_cast<const T *>(p.weight) + (size_t)j * p.k;
     // Passes of 8 rows (m > 8 re-reads W's row j, from L1/L2 when it stayed there).
     for (int r0 = 0; r0 < p.m; r0 += kRows) {
@@ -314,22 +324,27 @@ template <typename T> __device__ void linear_gemv(const LinearParams &p) {
 #pragma unroll
         for (int r = 0; r < kRows; ++r) acc[r] = 0.0f;
         if (p.vector_x && p.vector_w) {
-#pragma unroll 2
-            for (int v = lane; v < p.k / V; v += 32) {
-                Vec16<T> wv;
-                wv.raw = __ldg(reinterpret_cast<const uint4 *>(w) + v);
+            for (int c0 = 0; c0 < p.k; c0 += StagedXs::kChunk) {
+                xs.template load<kThreads>(reinterpret_cast<const T *>(p.x), p.k, r0, rows, c0);
+                if (!active) continue;
 #pragma unroll
-                for (int r = 0; r < kRows; ++r) {
-                    if (r < rows) {
-                        Vec16<T> xv;
-                        xv.raw = __ldg(reinterpret_cast<const uint4 *>(x + (size_t)r * p.k) + v);
+                for (int q = 0; q < kPieces; ++q) {
+                    const int v = c0 / V + 32 * q + lane;  // the lane's words in increasing v: the order of the sums
+                    if (v >= p.k / V) break;
+                    Vec16<T> wv;
+                    wv.raw = __ldg(reinterpret_cast<const uint4 *>(w) + v);
 #pragma unroll
-                        for (int q = 0; q < V; ++q)
-                            acc[r] = fmaf(Element<T>::to_f32(xv.v[q]), Element<T>::to_f32(wv.v[q]), acc[r]);
+                    for (int r = 0; r < kRows; ++r) {
+                        if (r < rows) {
+                            const Vec16<T> xv = xs.at(r, lane, q);
+#pragma unroll
+                            for (int e = 0; e < V; ++e)
+                                acc[r] = fmaf(Element<T>::to_f32(xv.v[e]), Element<T>::to_f32(wv.v[e]), acc[r]);
+                        }
                     }
                 }
             }
-        } else {
+        } else if (active) {
             for (int c = lane; c < p.k; c += 32) {
                 const float wv = Element<T>::to_f32(w[c]);
 #pragma unroll
@@ -337,6 +352,7 @@ template <typename T> __device__ void linear_gemv(const LinearParams &p) {
                     if (r < rows) acc[r] = fmaf(Element<T>::to_f32(x[(size_t)r * p.k + c]), wv, acc[r]);
             }
         }
+        if (!active) continue;
         float lora[kRows] = {};
         lora_gemv_partials<T, kRows>(p.lora, r0, rows, j, lora);
         warp_sum_store_rows<T, kRows>(acc, lora, rows, 1.0f, reinterpret_cast<const T *>(p.bias),
