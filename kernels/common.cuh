@@ -143,22 +143,28 @@ __device__ __forceinline__ int quant4_code_at(const uint8_t *packed, long long i
 // v rounded to f16 and back (bitsandbytes' int8 paths see activations and weights in f16).
 __device__ __forceinline__ float round_to_f16(float v) { return __half2float(__float2half_rn(v)); }
 
-// x staged in shared memory for the quantised GEMVs (kernels/quant4.cu, kernels/int8.cu). There lane L
-// of every warp of a block works on the kSlice consecutive columns [c0 + L * kSlice, c0 + (L + 1) * kSlice)
-// of the same chunk of kChunk = 32 * kSlice columns, so the block loads the chunk of up to kRows rows of
-// x once, with coalesced 16-byte loads (a warp's 32 loads are 512 consecutive bytes), and each lane
-// reads its slice back 16 bytes at a time. Lane L's 16-byte piece q sits in slot
-// L * kPieces + (q ^ ((L / kGroup) % kPieces)), kGroup lanes per 128 bytes: the XOR spreads both the
-// stores (consecutive pieces) and the reads (piece q of 8 consecutive lanes) over 8 distinct 16-byte
-// bank groups, so neither conflicts. The values are the bits of x: a lane's sums are unchanged.
-template <typename T, int kSlice, int kRows> struct StagedX {
-    static constexpr int kPieces = kSlice / kVec<T>;  // 16-byte pieces in a lane's slice
+// x staged in shared memory for the GEMVs (kernels/quant4.cu, kernels/int8.cu, kernels/linear.cu): the
+// block loads a chunk of kChunk = 32 * kSlice columns of up to kRows rows of x once, with coalesced
+// 16-byte loads (a warp's 32 loads are 512 consecutive bytes), and each lane reads its kPieces 16-byte
+// pieces of the chunk back from there. The values are the bits of x: a lane's sums are unchanged.
+//   kInterleaved = false (quant4, int8): lane L works on the kSlice consecutive columns
+//   [c0 + L * kSlice, c0 + (L + 1) * kSlice), the columns of one word of packed W. Its piece q sits in
+//   slot L * kPieces + (q ^ ((L / kGroup) % kPieces)), kGroup lanes per 128 bytes: the XOR spreads both
+//   the stores (consecutive pieces) and the reads (piece q of 8 consecutive lanes) over 8 distinct
+//   16-byte bank groups, so neither conflicts.
+//   kInterleaved = true (the dense GEMV, whose lanes walk W's row 16 bytes at a time, 32 lanes apart):
+//   lane L's piece q is columns c0 + (32 q + L) * kVec<T> .. + kVec<T> - 1, kept in load order (slot
+//   32 q + L): a warp reads piece q as 512 consecutive bytes, and stores are consecutive too, so
+//   neither conflicts without a swizzle.
+template <typename T, int kSlice, int kRows, bool kInterleaved = false> struct StagedX {
+    static constexpr int kPieces = kSlice / kVec<T>;  // 16-byte pieces of a lane in a chunk
     static constexpr int kChunk = 32 * kSlice;
     static constexpr int kGroup = kPieces >= 8 ? 1 : 8 / kPieces;
     static_assert(kPieces >= 2 && (kPieces & (kPieces - 1)) == 0, "a power-of-two number of pieces");
     uint4 piece[kRows][32 * kPieces];
 
     static __device__ __forceinline__ int slot(int lane, int q) {
+        if constexpr (kInterleaved) return 32 * q + lane;
         return lane * kPieces + (q ^ ((lane / kGroup) % kPieces));
     }
     // Stages x[row0 + r, c0 + c] for r < rows and c < min(kChunk, k - c0) (x is [.., k], 16-byte
@@ -168,14 +174,15 @@ template <typename T, int kSlice, int kRows> struct StagedX {
         __syncthreads();  // every warp is done with the previous chunk
         const int pieces = min(32 * kPieces, (k - c0) / kVec<T>);
         for (int e = threadIdx.x; e < rows * 32 * kPieces; e += kThreads) {
-            const int r = e / (32 * kPieces), u = e % (32 * kPieces);
+            const int r = e / (32 * kPieces), u = e % (32 * kPieces);  // u: the piece's place in the chunk
             if (u < pieces)
-                piece[r][slot(u / kPieces, u % kPieces)] =
+                piece[r][kInterleaved ? u : slot(u / kPieces, u % kPieces)] =
                     __ldg(reinterpret_cast<const uint4 *>(x + (size_t)(row0 + r) * k + c0) + u);
         }
         __syncthreads();
     }
-    // Piece q of lane `lane`'s slice in row r: its columns q * kVec<T> .. q * kVec<T> + kVec<T> - 1.
+    // Piece q of lane `lane` in row r (kInterleaved = false: its columns q * kVec<T> .. q * kVec<T> +
+    // kVec<T> - 1 of the lane's slice; true: chunk columns (32 q + lane) * kVec<T> ..).
     __device__ __forceinline__ Vec16<T> at(int r, int lane, int q) const {
         Vec16<T> v;
         v.raw = piece[r][slot(lane, q)];

@@ -175,18 +175,34 @@ template <typename T> __device__ void dora_rows(const DoraRowParams &p) {
 // A block owns 64 rows of W and walks k in 64-column slices. (B A) for the block's rows and the slice
 // is a [64, 64] product over the rank: 8 warps as 4 (16-row blocks) x 2 (32-column halves), each warp
 // 4 mma.sync m16n8k16 per 16 ranks, B's rows as the A operand (staged once per block), the A slice
-// transposed in shared memory as the B operand. The accumulators line up with the W slice's elements,
-// staged from 16-byte loads issued one slice ahead: v = w + s * (B A), sum v^2 per row, reduced over the
-// row's lanes and the two column halves at the end. Bytes: W once, A once per block from L2, B once.
+// transposed in shared memory as the B operand (both rank-contiguous and swizzled, norm_tc_word: no
+// bank conflicts). The accumulators line up with the W slice's elements, staged from 16-byte loads
+// issued one slice ahead: v = w + s * (B A), sum v^2 per row, reduced over the row's lanes and the two
+// column halves at the end. Bytes: W once, A once per block from L2, B once.
 constexpr int kTcRows = DORA_TC_ROWS;
 constexpr int kTcCols = DORA_TC_COLS;
 constexpr int kTcMaxRank = DORA_TC_MAX_RANK;
 
+// The 32-bit word holding ranks (2 pair, 2 pair + 1) of row r of a rank-contiguous operand (s.b, s.at):
+// rows of 64 words (kTcMaxRank, no padding), the pair's low five bits XORed with
+// 8 (r % 4) + 4 ((r / 4) % 2) + (r / 8) % 4. Every access lands in distinct banks: a fragment read
+// (8 rows of an aligned group of 8, 4 consecutive pairs), the A slice's 2-byte stores (32 consecutive
+// rows at one rank) and B's 2-byte stores (32 consecutive elements in [row][rank] order, rp a multiple
+// of 16: 2 rows of 8 pairs at rp = 16, one run of 16 pairs otherwise).
+__device__ __forceinline__ int norm_tc_word(int r, int pair) {
+    return r * (kTcMaxRank / 2) + (pair ^ (((r & 3) << 3) | (r & 4) | ((r >> 3) & 3)));
+}
+
 template <typename T> struct SharedNormTc {
-    T b[kTcRows][kTcMaxRank + 8];   // the block's rows of B, [row][rank], zero past the rank
-    T at[kTcCols][kTcMaxRank + 8];  // the slice of A transposed, [column][rank]
-    T w[kTcRows][kTcCols + 8];      // the slice of W
-    float partial[2][kTcRows];      // sums of squares per column half
+    uint32_t b[kTcRows * kTcMaxRank / 2];   // the block's rows of B, [row][rank] (norm_tc_word), zero past the rank
+    uint32_t at[kTcCols * kTcMaxRank / 2];  // the slice of A transposed, [column][rank] (norm_tc_word)
+    T w[kTcRows][kTcCols + 8];              // the slice of W
+    float partial[2][kTcRows];              // sums of squares per column half
+
+    // Element (r, j) of s.b or s.at.
+    static __device__ __forceinline__ T &elem(uint32_t *words, int r, int j) {
+        return reinterpret_cast<T *>(words)[2 * norm_tc_word(r, j >> 1) + (j & 1)];
+    }
 };
 
 template <typename T> __device__ void dora_norm_tc(const DoraRowParams &p) {
@@ -215,7 +231,8 @@ template <typename T> __device__ void dora_norm_tc(const DoraRowParams &p) {
     };
     for (int e = threadIdx.x; e < kTcRows * rp; e += kThreads) {
         const int r = e / rp, j = e % rp;
-        s.b[r][j] = (row0 + r < p.n && j < p.rank) ? lora_b[(size_t)(row0 + r) * p.rank + j] : zero;
+        SharedNormTc<T>::elem(s.b, r, j) =
+            (row0 + r < p.n && j < p.rank) ? lora_b[(size_t)(row0 + r) * p.rank + j] : zero;
     }
     fetch_w(0);
     float sum_sq[2] = {0.0f, 0.0f};  // rows 16 mb + g and 16 mb + g + 8
@@ -226,9 +243,14 @@ template <typename T> __device__ void dora_norm_tc(const DoraRowParams &p) {
             const int e = threadIdx.x + i * kThreads;
             *reinterpret_cast<uint4 *>(&s.w[e / (kTcCols / V)][(e % (kTcCols / V)) * V]) = w_regs[i];
         }
-        for (int e = threadIdx.x; e < rp * kTcCols; e += kThreads) {
-            const int j = e / kTcCols, c = e % kTcCols;  // consecutive threads read consecutive columns of A
-            s.at[c][j] = (j < p.rank && k0 + c < p.k) ? lora_a[(size_t)j * p.k + k0 + c] : zero;
+        {
+            // Consecutive threads read consecutive columns of A: thread e stages column e % 64, ranks
+            // e / 64, e / 64 + 4, ...
+            static_assert(kThreads % kTcCols == 0, "a fixed column per thread");
+            const int c = threadIdx.x % kTcCols;
+            const bool col_ok = k0 + c < p.k;
+            for (int j = threadIdx.x / kTcCols; j < rp; j += kThreads / kTcCols)
+                SharedNormTc<T>::elem(s.at, c, j) = (j < p.rank && col_ok) ? lora_a[(size_t)j * p.k + k0 + c] : zero;
         }
         if (k0 + kTcCols < p.k) fetch_w(k0 + kTcCols);
         __syncthreads();
@@ -238,15 +260,14 @@ template <typename T> __device__ void dora_norm_tc(const DoraRowParams &p) {
         for (int kk = 0; kk < rp; kk += 16) {
             uint32_t a[4];
             const int r = mb * 16 + g;
-            a[0] = *reinterpret_cast<const uint32_t *>(&s.b[r][kk + 2 * t]);
-            a[1] = *reinterpret_cast<const uint32_t *>(&s.b[r + 8][kk + 2 * t]);
-            a[2] = *reinterpret_cast<const uint32_t *>(&s.b[r][kk + 2 * t + 8]);
-            a[3] = *reinterpret_cast<const uint32_t *>(&s.b[r + 8][kk + 2 * t + 8]);
+            a[0] = s.b[norm_tc_word(r, kk / 2 + t)];
+            a[1] = s.b[norm_tc_word(r + 8, kk / 2 + t)];
+            a[2] = s.b[norm_tc_word(r, kk / 2 + t + 4)];
+            a[3] = s.b[norm_tc_word(r + 8, kk / 2 + t + 4)];
 #pragma unroll
             for (int nb = 0; nb < 4; ++nb) {
                 const int c = nh * 32 + nb * 8 + g;
-                mma_16816<T>(acc[nb], a, *reinterpret_cast<const uint32_t *>(&s.at[c][kk + 2 * t]),
-                             *reinterpret_cast<const uint32_t *>(&s.at[c][kk + 2 * t + 8]));
+                mma_16816<T>(acc[nb], a, s.at[norm_tc_word(c, kk / 2 + t)], s.at[norm_tc_word(c, kk / 2 + t + 4)]);
             }
         }
         // Accumulator (nb, q): row 16 mb + g + 8 (q / 2), column 32 nh + 8 nb + 2 t + q % 2.

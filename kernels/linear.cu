@@ -8,16 +8,19 @@
 // [128, 32] is loaded into registers (16-byte loads where aligned; 4-bit and int8 codes decoded to the
 // element type on the way into shared memory), then multiplied while the next slice's loads are in
 // flight. f16/bf16: 8 warps as 2 x 4, each a 32 x 32 warp tile of mma.sync m16n8k16 (f32 accumulate,
-// fragments read from shared memory as 32-bit words, conflict-free with 8 elements of row padding).
+// fragments read from shared memory as 32-bit words; rows swizzled, not padded, so that neither the
+// fragment reads nor the 16-byte staging stores conflict: SharedTiles).
 // f32: CUDA-core FMAs, each thread a 4 x 8 register tile (f32 accuracy, no TF32). The epilogue scales
 // int8 columns by SCB / 127, adds the bias and rounds once.
 //
-// linear_gemv_T is the decode path of a dense W (m <= 8): a warp per output column, with the optional
-// LoRA term of LoraGemvEpilogue added before the store (see there).
+// linear_gemv_T is the decode path of a dense W (m <= 8): a warp per output column, x staged in shared
+// memory a chunk at a time for the block's 8 warps (StagedX), with the optional LoRA term of
+// LoraGemvEpilogue added before the store (see there).
 //
 // Bytes moved from HBM by the tiled kernel: W once per 64 rows of x (n*k elements, n*k/2 bytes for
 // 4-bit plus absmax, n*k for int8; repeats come from L2 when W fits), x once per 128-column tile of y
-// (from L2 after the first), y once. A plain tiled kernel without cp.async pipelining or ldmatrix: it
+// (from L2 after the first), y once. The GEMV: W once, x once per block (from L2 after the first, into
+// shared memory), y once. A plain tiled kernel without cp.async pipelining or ldmatrix: it
 // is the crate's own base GEMM (no cuBLAS dependency), not a cuBLAS rival at large m; see
 // BENCHMARKS.md.
 #include "common.cuh"
@@ -31,16 +34,34 @@ constexpr int kBM = LINEAR_BLOCK_M;
 constexpr int kBN = LINEAR_BLOCK_N;
 constexpr int kBK = LINEAR_BLOCK_K;
 
-template <typename T> struct Tile {
-    // 16-bit rows padded by 8 elements (16 bytes): the 32-bit fragment reads of a warp hit 32 banks.
-    // f32 rows padded by 1: the CUDA-core path reads a column across 16 threads.
-    static constexpr int kPad = sizeof(T) == 4 ? 1 : 8;
-    static constexpr bool kTensorCores = sizeof(T) == 2;
+template <typename T> struct Tile { static constexpr bool kTensorCores = sizeof(T) == 2; };
+
+// The slices of x and W in shared memory; xe(r, c) and we(r, c) are element (r, c). f32 (CUDA cores):
+// rows padded by 1, the CUDA-core path reads a column across 16 threads. 16-bit (tensor cores, below):
+// rows of kBK = 32 elements as four 16-byte pieces, not padded but swizzled.
+template <typename T, bool kTc = Tile<T>::kTensorCores> struct SharedTiles {
+    T x[kBM][kBK + 1];
+    T w[kBN][kBK + 1];
+    __device__ __forceinline__ T &xe(int r, int c) { return x[r][c]; }
+    __device__ __forceinline__ T &we(int r, int c) { return w[r][c]; }
 };
 
-template <typename T> struct SharedTiles {
-    T x[kBM][kBK + Tile<T>::kPad];
-    T w[kBN][kBK + Tile<T>::kPad];
+// 16-bit: piece c / 8 of row r is stored at piece (c / 8) ^ ((r / 2) % 4) of the row (at). A 16-byte
+// store of 8 lanes (2 rows, 4 pieces each) then fills 8 distinct 16-byte bank groups, and a fragment
+// read (8 consecutive rows from a multiple of 8, one 32-bit word of one piece each) hits 32 distinct
+// banks: neither conflicts (with 8 elements of row padding instead, the 80-byte row stride put two of
+// a quarter-warp's 16-byte stores in the same banks).
+template <typename T> struct SharedTiles<T, true> {
+    static_assert(kBK == 4 * kVec<T>, "four 16-byte pieces a row");
+    T x[kBM * kBK];
+    T w[kBN * kBK];
+    static __device__ __forceinline__ int at(int r, int c) { return r * kBK + (((c / 8) ^ ((r / 2) % 4)) * 8) + c % 8; }
+    __device__ __forceinline__ T &xe(int r, int c) { return x[at(r, c)]; }
+    __device__ __forceinline__ T &we(int r, int c) { return w[at(r, c)]; }
+    // The 16-byte piece of elements c .. c + 7 (c a multiple of 8) of row r.
+    __device__ __forceinline__ uint4 &piece(bool of_x, int r, int c) {
+        return *reinterpret_cast<uint4 *>((of_x ? x : w) + at(r, c));
+    }
 };
 
 // W[row, col] of the tile as an element, for the element-wise path (0 outside W).
@@ -113,14 +134,23 @@ template <typename T, int kFormat> struct Slice {
         }
     }
 
+    // Elements c .. c + V - 1 of row r of x (of_x) or W; 16-bit: one 16-byte store (SharedTiles::piece).
+    static __device__ __forceinline__ void put(SharedTiles<T> &s, bool of_x, int r, int c, const Vec16<T> &v) {
+        if constexpr (Tile<T>::kTensorCores) {
+            s.piece(of_x, r, c) = v.raw;
+        } else {
+#pragma unroll
+            for (int q = 0; q < V; ++q) (of_x ? s.xe(r, c + q) : s.we(r, c + q)) = v.v[q];
+        }
+    }
+
     __device__ void stash(SharedTiles<T> &s, const float *code) const {
 #pragma unroll
         for (int i = 0; i < kXVecs; ++i) {
             const int e = threadIdx.x + i * kThreads;
             Vec16<T> v;
             v.raw = x[i];
-#pragma unroll
-            for (int q = 0; q < V; ++q) s.x[e / (kBK / V)][(e % (kBK / V)) * V + q] = v.v[q];
+            put(s, true, e / (kBK / V), (e % (kBK / V)) * V, v);
         }
 #pragma unroll
         for (int i = 0; i < kWVecs; ++i) {
@@ -130,22 +160,33 @@ template <typename T, int kFormat> struct Slice {
             if constexpr (kFormat == LINEAR_DENSE) {
                 Vec16<T> v;
                 v.raw = w[i];
-#pragma unroll
-                for (int q = 0; q < V; ++q) s.w[r][word * V + q] = v.v[q];
+                put(s, false, r, word * V, v);
             } else if constexpr (kFormat == LINEAR_INT8) {
                 const uint32_t parts[4] = {w[i].x, w[i].y, w[i].z, w[i].w};
 #pragma unroll
-                for (int b = 0; b < 16; ++b)
-                    s.w[r][word * 16 + b] =
-                        Element<T>::from_f32((float)(int8_t)((parts[b / 4] >> (8 * (b % 4))) & 0xff));
+                for (int h = 0; h < 16 / V; ++h) {  // the 16 codes as 16 / V vectors
+                    Vec16<T> v;
+#pragma unroll
+                    for (int q = 0; q < V; ++q) {
+                        const int b = h * V + q;
+                        v.v[q] = Element<T>::from_f32((float)(int8_t)((parts[b / 4] >> (8 * (b % 4))) & 0xff));
+                    }
+                    put(s, false, r, word * 16 + h * V, v);
+                }
             } else {
                 // Byte b holds elements 2b (high nibble) and 2b + 1 (low nibble).
                 const uint32_t parts[4] = {w[i].x, w[i].y, w[i].z, w[i].w};
 #pragma unroll
-                for (int b = 0; b < 16; ++b) {
-                    const uint32_t byte = (parts[b / 4] >> (8 * (b % 4))) & 0xff;
-                    s.w[r][2 * b] = Element<T>::from_f32(code[byte >> 4] * absmax);
-                    s.w[r][2 * b + 1] = Element<T>::from_f32(code[byte & 0x0f] * absmax);
+                for (int h = 0; h < kBK / V; ++h) {  // the 32 elements as kBK / V vectors
+                    Vec16<T> v;
+#pragma unroll
+                    for (int q = 0; q < V; q += 2) {
+                        const int b = (h * V + q) / 2;
+                        const uint32_t byte = (parts[b / 4] >> (8 * (b % 4))) & 0xff;
+                        v.v[q] = Element<T>::from_f32(code[byte >> 4] * absmax);
+                        v.v[q + 1] = Element<T>::from_f32(code[byte & 0x0f] * absmax);
+                    }
+                    put(s, false, r, h * V, v);
                 }
             }
         }
@@ -161,12 +202,12 @@ __device__ void load_slice_scalar(const LinearParams &p, SharedTiles<T> &s, cons
     if (!x_done) {
         for (int e = threadIdx.x; e < kBM * kBK; e += kThreads) {
             const int r = e / kBK, c = e % kBK;
-            s.x[r][c] = (row0 + r < p.m && k0 + c < p.k) ? x[(size_t)(row0 + r) * p.k + k0 + c] : zero;
+            s.xe(r, c) = (row0 + r < p.m && k0 + c < p.k) ? x[(size_t)(row0 + r) * p.k + k0 + c] : zero;
         }
     }
     for (int e = threadIdx.x; e < kBN * kBK; e += kThreads) {
         const int r = e / kBK, c = e % kBK;
-        s.w[r][c] = weight_element<T, kFormat>(p, code, col0 + r, k0 + c);
+        s.we(r, c) = weight_element<T, kFormat>(p, code, col0 + r, k0 + c);
     }
 }
 
@@ -218,23 +259,30 @@ template <typename T, int kFormat> __device__ void linear(const LinearParams &p)
         for (int mb = 0; mb < 2; ++mb)
 #pragma unroll
             for (int nb = 0; nb < 4; ++nb) acc[mb][nb][0] = acc[mb][nb][1] = acc[mb][nb][2] = acc[mb][nb][3] = 0.0f;
+        // Every row this thread reads is g mod 8, so piece q of each sits at q ^ swz (SharedTiles::at).
+        // frag: the 32-bit word of elements 2t, 2t + 1 of piece q of a row.
+        const int swz = (g / 2) % 4;
+        auto frag = [&](const T *rows, int row, int q) {
+            return *reinterpret_cast<const uint32_t *>(rows + row * kBK + (q ^ swz) * 8 + 2 * t);
+        };
         for_each_slice([&]() {
 #pragma unroll
             for (int kk = 0; kk < kBK; kk += 16) {
                 uint32_t a[2][4], b[4][2];
+                const int q = kk / 8;  // the piece of columns kk .. kk + 7; q + 1: kk + 8 .. kk + 15
 #pragma unroll
                 for (int mb = 0; mb < 2; ++mb) {
                     const int r = wm * 32 + mb * 16 + g;
-                    a[mb][0] = *reinterpret_cast<const uint32_t *>(&s.x[r][kk + 2 * t]);
-                    a[mb][1] = *reinterpret_cast<const uint32_t *>(&s.x[r + 8][kk + 2 * t]);
-                    a[mb][2] = *reinterpret_cast<const uint32_t *>(&s.x[r][kk + 2 * t + 8]);
-                    a[mb][3] = *reinterpret_cast<const uint32_t *>(&s.x[r + 8][kk + 2 * t + 8]);
+                    a[mb][0] = frag(s.x, r, q);
+                    a[mb][1] = frag(s.x, r + 8, q);
+                    a[mb][2] = frag(s.x, r, q + 1);
+                    a[mb][3] = frag(s.x, r + 8, q + 1);
                 }
 #pragma unroll
                 for (int nb = 0; nb < 4; ++nb) {
                     const int c = wn * 32 + nb * 8 + g;
-                    b[nb][0] = *reinterpret_cast<const uint32_t *>(&s.w[c][kk + 2 * t]);
-                    b[nb][1] = *reinterpret_cast<const uint32_t *>(&s.w[c][kk + 2 * t + 8]);
+                    b[nb][0] = frag(s.w, c, q);
+                    b[nb][1] = frag(s.w, c, q + 1);
                 }
 #pragma unroll
                 for (int mb = 0; mb < 2; ++mb)
@@ -296,15 +344,23 @@ template <typename T, int kFormat> __device__ void linear(const LinearParams &p)
 }
 
 // The decode path for a dense W (m <= 8, the host's GEMV_MAX_M): one warp per output column j, 8 per
-// block; lanes walk W's row j with 16-byte loads and keep up to 8 rows of x in f32 accumulators; a warp
-// shuffle reduces. W is read once, as in the tiled kernel, but with n / 8 blocks instead of n / 128
-// the whole device streams it (the tiled grid is too small to fill the SMs at decode sizes).
+// block; lanes walk W's row j with 16-byte loads (lane L: words L, L + 32, ...) and keep up to 8 rows
+// of x in f32 accumulators; a warp shuffle reduces. x comes from shared memory: the block stages up to
+// 8 rows of the chunk of 32 * 4 16-byte words its lanes work on at a time (StagedX, interleaved, in
+// common.cuh) with coalesced 16-byte loads, so the block reads x once instead of once per warp; a warp
+// past the last column still helps stage (the barriers). W is read once, as in the tiled kernel, but
+// with n / 8 blocks instead of n / 128 the whole device streams it (the tiled grid is too small to
+// fill the SMs at decode sizes). Otherwise (k not a multiple of the vector width, unaligned pointers)
+// an element-wise path does the same sums, x straight from global memory.
 template <typename T> __device__ void linear_gemv(const LinearParams &p) {
     constexpr int V = kVec<T>;
     constexpr int kRows = 8;
+    constexpr int kPieces = 4;  // 16-byte words of W (and of each row of x) per lane and chunk
+    using StagedXs = StagedX<T, kPieces * V, kRows, true>;
+    __shared__ StagedXs xs;
     const int lane = threadIdx.x % 32;
     const int j = blockIdx.x * (kThreads / 32) + threadIdx.x / 32;
-    if (j >= p.n) return;
+    const bool active = j < p.n;  // a warp past the last column still helps stage x (the barriers)
     const T *w = reinterpret_cast<const T *>(p.weight) + (size_t)j * p.k;
     // Passes of 8 rows (m > 8 re-reads W's row j, from L1/L2 when it stayed there).
     for (int r0 = 0; r0 < p.m; r0 += kRows) {
@@ -314,22 +370,27 @@ template <typename T> __device__ void linear_gemv(const LinearParams &p) {
 #pragma unroll
         for (int r = 0; r < kRows; ++r) acc[r] = 0.0f;
         if (p.vector_x && p.vector_w) {
-#pragma unroll 2
-            for (int v = lane; v < p.k / V; v += 32) {
-                Vec16<T> wv;
-                wv.raw = __ldg(reinterpret_cast<const uint4 *>(w) + v);
+            for (int c0 = 0; c0 < p.k; c0 += StagedXs::kChunk) {
+                xs.template load<kThreads>(reinterpret_cast<const T *>(p.x), p.k, r0, rows, c0);
+                if (!active) continue;
 #pragma unroll
-                for (int r = 0; r < kRows; ++r) {
-                    if (r < rows) {
-                        Vec16<T> xv;
-                        xv.raw = __ldg(reinterpret_cast<const uint4 *>(x + (size_t)r * p.k) + v);
+                for (int q = 0; q < kPieces; ++q) {
+                    const int v = c0 / V + 32 * q + lane;  // the lane's words in increasing v: the order of the sums
+                    if (v >= p.k / V) break;
+                    Vec16<T> wv;
+                    wv.raw = __ldg(reinterpret_cast<const uint4 *>(w) + v);
 #pragma unroll
-                        for (int q = 0; q < V; ++q)
-                            acc[r] = fmaf(Element<T>::to_f32(xv.v[q]), Element<T>::to_f32(wv.v[q]), acc[r]);
+                    for (int r = 0; r < kRows; ++r) {
+                        if (r < rows) {
+                            const Vec16<T> xv = xs.at(r, lane, q);
+#pragma unroll
+                            for (int e = 0; e < V; ++e)
+                                acc[r] = fmaf(Element<T>::to_f32(xv.v[e]), Element<T>::to_f32(wv.v[e]), acc[r]);
+                        }
                     }
                 }
             }
-        } else {
+        } else if (active) {
             for (int c = lane; c < p.k; c += 32) {
                 const float wv = Element<T>::to_f32(w[c]);
 #pragma unroll
@@ -337,6 +398,7 @@ template <typename T> __device__ void linear_gemv(const LinearParams &p) {
                     if (r < rows) acc[r] = fmaf(Element<T>::to_f32(x[(size_t)r * p.k + c]), wv, acc[r]);
             }
         }
+        if (!active) continue;
         float lora[kRows] = {};
         lora_gemv_partials<T, kRows>(p.lora, r0, rows, j, lora);
         warp_sum_store_rows<T, kRows>(acc, lora, rows, 1.0f, reinterpret_cast<const T *>(p.bias),
