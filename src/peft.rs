@@ -4,16 +4,16 @@
 //! peft's scale: `lora_alpha / r`, or `lora_alpha / sqrt(r)` with `use_rslora`, where `rank_pattern`
 //! and `alpha_pattern` override r and alpha per module.
 //!
-//! Modules listed in `modules_to_save` (a classification head trained beside the adapter, as peft's
-//! `task_type: SEQ_CLS` saves `classifier`) are read as they are saved: `base_model.model.<module>.<param>`
-//! (peft saves the trained copy under the module's own path), into [`PeftAdapter::saved`].
+//! Modules listed in `modules_to_save` (a classification head trained beside the adapter, as
+//! peft's `task_type: SEQ_CLS` saves `classifier`) are read as they are saved,
+//! `base_model.model.<module>.<param>` (peft saves the trained copy under the module's own path),
+//! into [`PeftAdapter::saved`].
 //!
 //! Settings the crate does not implement are errors that name the setting: another `peft_type`,
 //! `fan_in_fan_out`, `lora_bias`, and tensors other than A, B, the magnitude and those of the
-//! modules to save. Values peft would
-//! fail on or read as something else (`"true"` for a flag, r = 8.5, a pattern that is not an
-//! object, a scale that overflows f32, a `lora_B` without its `lora_A`) are errors too, naming the
-//! file, the key, what was expected and what was there; [`PeftAdapter::from_bytes`] lists them. The
+//! modules to save. Values peft would fail on or read as something else (`"true"` for a flag,
+//! r = 8.5, a pattern that is not an object, a scale that overflows f32, a `lora_B` without its
+//! `lora_A`) are errors too, naming the file, the key, what was expected and what was there; [`PeftAdapter::from_bytes`] lists them. The
 //! same bytes always give the same result.
 use crate::error::{file_error, json_value, read_safetensors, Result};
 use crate::MAX_RANK;
@@ -284,9 +284,9 @@ impl PeftAdapter {
     /// not a number; patterns that are not objects; a scale that is not finite (or rounds to 0) in
     /// f32; `modules_to_save` that is not a list of non-empty strings (or null); tensors other
     /// than `lora_A.weight`, `lora_B.weight`, `lora_magnitude_vector` and the parameters of the
-    /// modules to save under `base_model.model.` (all listed, sorted); a `lora_B` or magnitude without its `lora_A`; a
-    /// magnitude when `use_dora` is false (or none when it is true); and shapes that disagree. NaN and
-    /// infinite weights load as they are (peft loads them): a safe merge refuses a non-finite result,
+    /// modules to save under `base_model.model.` (all listed, sorted); a `lora_B` or magnitude
+    /// without its `lora_A`; a magnitude when `use_dora` is false (or none when it is true); and
+    /// shapes that disagree. NaN and infinite weights load as they are (peft loads them): a safe merge refuses a non-finite result,
     /// and the forwards propagate them.
     pub fn from_bytes(config_json: &[u8], safetensors: &[u8], dir: &Path) -> Result<Self> {
         let config_path = dir.join(CONFIG);
