@@ -13,8 +13,8 @@
 //! `fan_in_fan_out`, `lora_bias`, and tensors other than A, B, the magnitude and those of the
 //! modules to save. Values peft would fail on or read as something else (`"true"` for a flag,
 //! r = 8.5, a pattern that is not an object, a scale that overflows f32, a `lora_B` without its
-//! `lora_A`) are errors too, naming the file, the key, what was expected and what was there; [`PeftAdapter::from_bytes`] lists them. The
-//! same bytes always give the same result.
+//! `lora_A`) are errors too, naming the file, the key, what was expected and what was there;
+//! [`PeftAdapter::from_bytes`] lists them. The same bytes always give the same result.
 use crate::error::{file_error, json_value, read_safetensors, Result};
 use crate::MAX_RANK;
 use safetensors::{Dtype as StDtype, SafeTensors};
@@ -286,8 +286,8 @@ impl PeftAdapter {
     /// than `lora_A.weight`, `lora_B.weight`, `lora_magnitude_vector` and the parameters of the
     /// modules to save under `base_model.model.` (all listed, sorted); a `lora_B` or magnitude
     /// without its `lora_A`; a magnitude when `use_dora` is false (or none when it is true); and
-    /// shapes that disagree. NaN and infinite weights load as they are (peft loads them): a safe merge refuses a non-finite result,
-    /// and the forwards propagate them.
+    /// shapes that disagree. NaN and infinite weights load as they are (peft loads them): a safe
+    /// merge refuses a non-finite result, and the forwards propagate them.
     pub fn from_bytes(config_json: &[u8], safetensors: &[u8], dir: &Path) -> Result<Self> {
         let config_path = dir.join(CONFIG);
         let weights_path = dir.join(WEIGHTS);
